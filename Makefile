@@ -1,0 +1,41 @@
+# Everything runs from a project-local virtualenv so a fresh machine needs only Python 3.11.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test lint typecheck unit integration bench clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "need $(PY) on PATH"; exit 1; }
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/portrait demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check stream tests
+	$(BIN)/ruff format --check stream tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy stream
+
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+integration: $(STAMP)
+	$(BIN)/pytest -q tests/integration
+
+test: lint typecheck
+	$(BIN)/pytest -q -ra
+
+bench: $(STAMP)
+	$(BIN)/portrait bench
+
+clean:
+	rm -rf $(VENV) .portrait .mypy_cache .ruff_cache .pytest_cache

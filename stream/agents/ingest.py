@@ -1,0 +1,28 @@
+"""The ingest agent: take a batch of raw messages, hand it to the processor, then ack."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from stream.pipeline import Message
+from stream.processor import Processor
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def register_ingest(app: Any, topic: Any, processor: Processor, settings: Settings) -> Any:
+    """Register the agent consuming every input topic. Returns the agent."""
+
+    async def ingest(stream: Any) -> None:
+        # take_events acks a batch only after this loop body returns, so a crash mid-batch means
+        # redelivery, which the processor absorbs (per-user applied offsets).
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
+            messages = [
+                Message(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
+                for e in events
+            ]
+            await processor.process(messages)
+
+    return app.agent(topic, name="portrait-ingest")(ingest)

@@ -1,0 +1,241 @@
+"""The ``portrait`` command. Each subcommand is a thin wrapper over a library function."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from stream.settings import ConfigError, Settings
+
+
+def _store(settings: Settings) -> Any:
+    from stream.keys import Keys
+    from stream.store import Store
+
+    return Store.from_url(settings.resolved_redis_url(), Keys(settings.key_prefix))
+
+
+# -- infra --------------------------------------------------------------------------------
+def cmd_infra(settings: Settings, args: argparse.Namespace) -> int:
+    from stream import infra
+
+    if args.action == "up":
+        state = infra.up(settings)
+        print(json.dumps(state, indent=2))
+    elif args.action == "down":
+        print("stopped" if infra.down(settings) else "nothing was running")
+    else:
+        print(json.dumps(infra.status(settings), indent=2, default=str))
+    return 0
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.app import run_worker
+
+    run_worker(settings)
+    return 0
+
+
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from stream import replay
+
+    mapping = replay.parse_mapping(args.map) if args.map else None
+    source = replay.read_events(Path(args.file), fmt=args.format, mapping=mapping, default_type=args.type, tz=args.tz)
+    report = asyncio.run(replay.replay(settings, source, progress=not args.quiet, rate=args.rate))
+    print(report)
+    return 0
+
+
+def cmd_profile(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.tagging.definitions import load_catalogue
+
+    async def fetch() -> dict[str, str]:
+        store = _store(settings)
+        try:
+            profile: dict[str, str] = await store.profile(args.user_id)
+            return profile
+        finally:
+            await store.close()
+
+    profile = asyncio.run(fetch())
+    if not profile:
+        print(f"no profile for {args.user_id!r}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(profile, indent=2, sort_keys=True))
+        return 0
+    print(format_profile(args.user_id, profile, load_catalogue(settings.tags_file)))
+    return 0
+
+
+def format_profile(user_id: str, profile: dict[str, str], catalogue: Any) -> str:
+    lines = [f"profile {user_id}"]
+    for level in ("L1", "L2", "L3"):
+        rows = [
+            (t.name, profile[t.name], t.unit or "") for t in catalogue.tags if t.level == level and t.name in profile
+        ]
+        if rows:
+            lines.append(f"  [{level}]")
+            lines.extend(f"    {name:<22} {value} {unit}".rstrip() for name, value, unit in rows)
+    meta = {k: v for k, v in profile.items() if k.startswith("_")}
+    if meta:
+        lines.append("  [meta] " + "  ".join(f"{k}={v}" for k, v in sorted(meta.items())))
+    return "\n".join(lines)
+
+
+def cmd_tags(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.tagging.definitions import load_catalogue
+
+    catalogue = load_catalogue(settings.tags_file)
+    print(f"{'tag':<22} {'level':<5} {'category':<13} {'type':<6} {'unit':<7} {'aud':<3} description")
+    for t in sorted(catalogue.tags, key=lambda t: (t.level, t.category, t.name)):
+        aud = "yes" if t.audience else ""
+        print(f"{t.name:<22} {t.level:<5} {t.category:<13} {t.type:<6} {t.unit or '':<7} {aud:<3} {t.description}")
+    return 0
+
+
+def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
+    from stream import dlq
+
+    if args.action == "tail":
+        for letter in asyncio.run(dlq.read(settings, idle_s=args.idle)):
+            if args.reason and letter.reason != args.reason:
+                continue
+            src = f"{letter.source_topic}[{letter.source_partition}]@{letter.source_offset}"
+            print(f"{letter.reason:<18} {src:<36} {letter.error.splitlines()[0][:100]}")
+        return 0
+    count = asyncio.run(dlq.resubmit(settings, reason=args.reason, idle_s=args.idle))
+    print(f"re-submitted {count} dead letters to their source topics")
+    return 0
+
+
+def cmd_rfm(settings: Settings, args: argparse.Namespace) -> int:
+    async def run() -> int:
+        store = _store(settings)
+        try:
+            clock = await store.clock() if settings.clock == "event" else None
+            import time
+
+            version = await store.refresh_rfm(clock if clock is not None else time.time())
+            if args.reevaluate:
+                await store.mark_all_due()
+            return version
+        finally:
+            await store.close()
+
+    print(f"rfm thresholds version {asyncio.run(run())}")
+    return 0
+
+
+def cmd_clock(settings: Settings, args: argparse.Namespace) -> int:
+    async def run() -> float | None:
+        store = _store(settings)
+        try:
+            if args.set is not None:
+                await store.set_clock(args.set)
+            value: float | None = await store.clock()
+            return value
+        finally:
+            await store.close()
+
+    print(asyncio.run(run()))
+    return 0
+
+
+def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
+    async def run() -> dict[str, int]:
+        store = _store(settings)
+        try:
+            stats: dict[str, int] = await store.stats()
+            return stats
+        finally:
+            await store.close()
+
+    print(json.dumps(asyncio.run(run()), indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.demo import run_demo
+
+    return run_demo(users=args.users, events=args.events, seed=args.seed)
+
+
+def cmd_schemas(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.schemas import write_schemas
+
+    for path in write_schemas(Path(args.out)):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="portrait", description="Real-time user portraits")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("infra", help="embedded broker + Valkey in the background")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.set_defaults(func=cmd_infra)
+
+    sub.add_parser("worker", help="run the Faust worker").set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("replay", help="stream a JSONL or CSV file into the input topics")
+    p.add_argument("file")
+    p.add_argument("--format", choices=["auto", "jsonl", "csv"], default="auto")
+    p.add_argument("--map", help="CSV column mapping, e.g. user=user_id,date=ts,amount=amount")
+    p.add_argument("--type", help="event type for rows without a type column (e.g. order_paid)")
+    p.add_argument("--tz", default="UTC", help="time zone of naive timestamps")
+    p.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("profile", help="show a user's profile from Redis")
+    p.add_argument("user_id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_profile)
+
+    sub.add_parser("tags", help="print the tag catalogue").set_defaults(func=cmd_tags)
+
+    p = sub.add_parser("dlq", help="dead letters: tail or re-submit")
+    p.add_argument("action", choices=["tail", "replay"])
+    p.add_argument("--reason", help="only this reason")
+    p.add_argument("--idle", type=float, default=2.0, help="stop after this many idle seconds")
+    p.set_defaults(func=cmd_dlq)
+
+    p = sub.add_parser("rfm", help="refresh RFM population thresholds")
+    p.add_argument("action", choices=["refresh"])
+    p.add_argument("--reevaluate", action="store_true", help="re-evaluate every user now")
+    p.set_defaults(func=cmd_rfm)
+
+    p = sub.add_parser("clock", help="show or advance the event-time clock")
+    p.add_argument("--set", type=float, help="epoch seconds (only moves forward)")
+    p.set_defaults(func=cmd_clock)
+
+    sub.add_parser("stats", help="processing counters").set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("demo", help="end-to-end demo on embedded infrastructure")
+    p.add_argument("--users", type=int, default=2000)
+    p.add_argument("--events", type=int, default=50000)
+    p.add_argument("--seed", type=int, default=7)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("schemas", help="write the JSON Schemas of the event models")
+    p.add_argument("--out", default="docs/schemas")
+    p.set_defaults(func=cmd_schemas)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings()
+        result: int = args.func(settings, args)
+        return result
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,68 @@
+"""Dead-letter envelope: why a message was rejected, plus everything needed to re-submit it."""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+Reason = Literal[
+    "invalid_json",
+    "schema_violation",
+    "unknown_type",
+    "future_timestamp",
+    "too_old",
+    "unknown_currency",
+    "processing_error",
+]
+REASONS: tuple[str, ...] = Reason.__args__  # type: ignore[attr-defined]
+
+
+class DeadLetter(BaseModel):
+    """One rejected message. ``original_b64`` holds the exact bytes received."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reason: Reason
+    error: str
+    original_b64: str
+    key_b64: str | None
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    processor_version: str
+    dead_lettered_at: float
+
+    @classmethod
+    def build(
+        cls,
+        reason: Reason,
+        error: str,
+        value: bytes,
+        key: bytes | None,
+        topic: str,
+        partition: int,
+        offset: int,
+        processor_version: str,
+    ) -> DeadLetter:
+        return cls(
+            reason=reason,
+            error=error[:2000],
+            original_b64=base64.b64encode(value).decode(),
+            key_b64=base64.b64encode(key).decode() if key is not None else None,
+            source_topic=topic,
+            source_partition=partition,
+            source_offset=offset,
+            processor_version=processor_version,
+            dead_lettered_at=time.time(),
+        )
+
+    @property
+    def original(self) -> bytes:
+        return base64.b64decode(self.original_b64)
+
+    @property
+    def key(self) -> bytes | None:
+        return base64.b64decode(self.key_b64) if self.key_b64 is not None else None

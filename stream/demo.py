@@ -1,0 +1,137 @@
+"""``portrait demo``: the whole service on embedded infrastructure, start to summary.
+
+Starts an embedded broker and Valkey, a worker process in event-time mode, replays a seeded
+synthetic dataset plus a handful of malformed messages, waits until everything is processed
+and re-evaluated, prints a summary and three sample profiles, and stops what it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from aiokafka import AIOKafkaProducer
+from tqdm import tqdm
+
+from stream import infra, replay, synth
+from stream.cli import format_profile
+from stream.events import EVENT_TYPES
+from stream.harness import settle, start_worker, stop_worker, wait_healthy, wait_processed
+from stream.keys import Keys
+from stream.settings import Settings
+from stream.store import Store
+from stream.tagging.definitions import load_catalogue
+from stream.topics import Topics
+
+SUMMARY_TAGS = (
+    "rfm_segment",
+    "value_tier",
+    "activity_level",
+    "activity_trend",
+    "funnel_stage_7d",
+    "cart_abandoned",
+    "night_owl",
+    "preferred_daypart",
+    "satisfaction",
+)
+
+
+async def _send_malformed(settings: Settings, seed: int) -> int:
+    topics = Topics(settings.topic_prefix)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers(), acks="all")
+    await producer.start()
+    try:
+        bad = synth.malformed_messages(seed)
+        for hint, raw, _reason in bad:
+            if hint in EVENT_TYPES:
+                topic = topics.for_event_type(hint)
+            elif f"{topics.prefix}.{hint}" in topics.inputs:
+                topic = f"{topics.prefix}.{hint}"
+            else:
+                topic = topics.clickstream
+            await producer.send_and_wait(topic, raw, key=b"malformed")
+        return len(bad)
+    finally:
+        await producer.stop()
+
+
+async def _audiences(store: Store, tags: tuple[str, ...]) -> dict[str, Counter[str]]:
+    out: dict[str, Counter[str]] = {t: Counter() for t in tags}
+    base = store.keys.base
+    async for key in store.client.scan_iter(match=f"{base}:aud:*", count=1000):
+        name = key.decode() if isinstance(key, bytes) else key
+        tag, value = name[len(base) + 5 :].split(":", 1)
+        if tag in out:
+            out[tag][value] = await store.client.scard(key)
+    return out
+
+
+async def _run(settings: Settings, users: int, events: int, seed: int, workdir: Path) -> None:
+    store = Store.from_url(settings.resolved_redis_url(), Keys(settings.key_prefix))
+    worker = start_worker(settings, workdir / "worker.log")
+    try:
+        print(f"worker starting (log: {workdir / 'worker.log'})")
+        data = synth.generate(users=users, events=events, seed=seed)
+        personas = synth.personas(users=users, seed=seed)
+        print(f"generated {len(data)} events for {users} users ({', '.join(sorted(set(personas.values())))})")
+        started = time.monotonic()
+        report = await replay.replay(settings, data, progress=True)
+        bad = await _send_malformed(settings, seed)
+        total = report.total + bad
+        await asyncio.to_thread(wait_healthy, settings, worker)
+        with tqdm(total=total, desc="processed", unit="ev", file=sys.stderr) as bar:
+            await wait_processed(store, total, timeout=240, progress=bar)
+        elapsed = time.monotonic() - started
+        await settle(store, event_clock=True)
+        stats = await store.stats()
+        audiences = await _audiences(store, SUMMARY_TAGS)
+        catalogue = load_catalogue(settings.tags_file)
+
+        print("\n=== summary ===")
+        print(f"messages processed : {stats.get('messages', 0)}  (replayed {report.total} events + {bad} malformed)")
+        print(f"events applied     : {stats.get('events_applied', 0)}")
+        print(f"duplicates skipped : {stats.get('events_duplicate', 0)}")
+        print(f"redelivered skipped: {stats.get('events_redelivered', 0)}")
+        print(f"re-evaluations     : {stats.get('reevaluations', 0)} (time-driven)")
+        print(f"throughput         : {total / elapsed:,.0f} events/s end to end ({elapsed:.1f}s from first send)")
+        dlq = {k[4:]: v for k, v in stats.items() if k.startswith("dlq_")}
+        print("dead-lettered      : " + (", ".join(f"{k}={v}" for k, v in sorted(dlq.items())) or "none"))
+        print("\n=== tag distribution (audience set sizes) ===")
+        for tag in SUMMARY_TAGS:
+            counts = audiences[tag]
+            print(f"{tag:<18} " + ", ".join(f"{v}={n}" for v, n in counts.most_common()))
+        print("\n=== sample profiles ===")
+        shown = 0
+        for wanted in ("night_owl", "loyal_big_spender", "drifting_away", "window_shopper"):
+            uid = next((u for u, p in sorted(personas.items()) if p == wanted), None)
+            if uid is None or shown == 3:
+                continue
+            profile = {k: v for k, v in (await store.profile(uid)).items() if not k.startswith("_")}
+            print(f"\n(persona: {wanted})")
+            print(format_profile(uid, profile, catalogue))
+            shown += 1
+    finally:
+        stop_worker(worker)
+        await store.close()
+
+
+def run_demo(users: int = 2000, events: int = 50000, seed: int = 7) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="portrait-demo-"))
+    began = time.monotonic()
+    with infra.embedded(workdir) as handle:
+        print(f"embedded {handle.broker_kind} broker at {handle.bootstrap}, Valkey at {handle.redis_url}")
+        settings = Settings(
+            broker_url=handle.broker_url,
+            redis_url=handle.redis_url,
+            clock="event",
+            web_port=infra.free_port(),
+            state_file=workdir / "infra.json",
+        )
+        infra.create_topics(handle.bootstrap, Topics(settings.topic_prefix).all, settings.partitions)
+        asyncio.run(_run(settings, users, events, seed, workdir))
+    print(f"\ndemo finished in {time.monotonic() - began:.1f}s; everything it started is stopped")
+    return 0

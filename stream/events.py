@@ -1,0 +1,179 @@
+"""Input event models (pydantic v2), validated straight from raw Kafka bytes.
+
+Wire format (JSON, one event per message, message key = user id)::
+
+    {"schema_version": 1, "event_id": "e-1", "type": "page_view", "user_id": "u1",
+     "ts": "2026-11-01T12:00:00+00:00", "page": "/p/42", "category": "shoes"}
+
+Every event carries ``schema_version``, ``event_id``, ``type``, a timezone-aware ``ts`` and a
+``user_id`` and/or ``anonymous_id``. Unknown extra fields are ignored so collectors may add context.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
+
+Id = Annotated[str, Field(min_length=1, max_length=128)]
+Category = Annotated[str, Field(min_length=1, max_length=64)]
+Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+Money = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class EventBase(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    schema_version: Literal[1] = 1
+    event_id: Id
+    user_id: Id | None = None
+    anonymous_id: Id | None = None
+    ts: AwareDatetime
+
+    @model_validator(mode="after")
+    def _has_subject(self) -> EventBase:
+        if self.user_id is None and self.anonymous_id is None:
+            raise ValueError("one of user_id or anonymous_id is required")
+        return self
+
+    @property
+    def subject_id(self) -> str:
+        """The id whose profile this event updates (the known user when present)."""
+        return self.user_id if self.user_id is not None else f"anon:{self.anonymous_id}"
+
+    @property
+    def epoch(self) -> float:
+        return self.ts.timestamp()
+
+
+class PageView(EventBase):
+    type: Literal["page_view"]
+    page: str = Field(default="/", max_length=2048)
+    category: Category | None = None
+    product_id: Id | None = None
+
+
+class Search(EventBase):
+    type: Literal["search"]
+    query: str = Field(max_length=512)
+    category: Category | None = None
+
+
+class AddToCart(EventBase):
+    type: Literal["add_to_cart"]
+    product_id: Id
+    category: Category | None = None
+    price: Money = 0.0
+    quantity: int = Field(default=1, ge=1)
+
+
+class RemoveFromCart(EventBase):
+    type: Literal["remove_from_cart"]
+    product_id: Id
+    category: Category | None = None
+    quantity: int = Field(default=1, ge=1)
+
+
+class CheckoutStarted(EventBase):
+    type: Literal["checkout_started"]
+    cart_value: Money | None = None
+
+
+class OrderItem(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    product_id: Id
+    category: Category
+    price: Money
+    quantity: int = Field(default=1, ge=1)
+
+
+class OrderPaid(EventBase):
+    type: Literal["order_paid"]
+    order_id: Id
+    amount: Money
+    currency: Currency = "USD"
+    items: list[OrderItem] = Field(default_factory=list)
+
+
+class OrderRefunded(EventBase):
+    type: Literal["order_refunded"]
+    order_id: Id
+    amount: Money
+    currency: Currency = "USD"
+
+
+class Feedback(EventBase):
+    type: Literal["feedback"]
+    rating: int | None = Field(default=None, ge=1, le=5)
+    nps: int | None = Field(default=None, ge=0, le=10)
+    text: str | None = Field(default=None, max_length=4000)
+    complaint: bool = False
+
+    @model_validator(mode="after")
+    def _has_content(self) -> Feedback:
+        if self.rating is None and self.nps is None and self.text is None and not self.complaint:
+            raise ValueError("feedback needs a rating, an nps score, a text or complaint=true")
+        return self
+
+
+class Traits(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    region: str | None = Field(default=None, max_length=64)
+    age_band: str | None = Field(default=None, max_length=16)
+    member_level: str | None = Field(default=None, max_length=32)
+    signup_channel: str | None = Field(default=None, max_length=32)
+    timezone: str | None = Field(default=None, max_length=64)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError) as exc:
+                raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+
+class Identify(EventBase):
+    type: Literal["identify"]
+    traits: Traits = Field(default_factory=Traits)
+
+
+Event = Annotated[
+    PageView | Search | AddToCart | RemoveFromCart | CheckoutStarted | OrderPaid | OrderRefunded | Feedback | Identify,
+    Field(discriminator="type"),
+]
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+EVENT_TYPES: tuple[str, ...] = (
+    "page_view",
+    "search",
+    "add_to_cart",
+    "remove_from_cart",
+    "checkout_started",
+    "order_paid",
+    "order_refunded",
+    "feedback",
+    "identify",
+)
+
+
+def parse_event(raw: bytes) -> Event:
+    """Validate one event from raw bytes. Raises ``pydantic.ValidationError``."""
+    return EVENT_ADAPTER.validate_json(raw)
+
+
+def to_epoch(ts: datetime) -> float:
+    return ts.timestamp()

@@ -1,0 +1,97 @@
+"""Running workers as child processes and waiting for them: shared by the demo, bench and tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from stream.settings import Settings
+from stream.store import Store
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that reproduces ``settings`` in a child process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTRAIT_")}
+    for name, value in settings.model_dump(exclude_none=True).items():
+        env[f"PORTRAIT_{name.upper()}"] = str(value)
+    return env
+
+
+def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = log_path.open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "stream", "worker"],
+        env=settings_env(settings),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def stop_worker(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def wait_healthy(settings: Settings, proc: subprocess.Popen[bytes] | None = None, timeout: float = 90.0) -> None:
+    url = f"http://{settings.web_host}:{settings.web_port}/healthz"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {proc.returncode} before becoming healthy")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"worker not healthy at {url} after {timeout}s")
+
+
+async def wait_processed(store: Store, messages: int, timeout: float = 300.0, progress: object = None) -> float:
+    """Wait until the workers have processed at least ``messages`` messages; returns seconds waited."""
+    started = time.monotonic()
+    deadline = started + timeout
+    last = -1
+    while time.monotonic() < deadline:
+        done = (await store.stats()).get("messages", 0)
+        if progress is not None and done != last:
+            progress.update(done - max(last, 0))  # type: ignore[attr-defined]
+            last = done
+        if done >= messages:
+            return time.monotonic() - started
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"only {(await store.stats()).get('messages', 0)} of {messages} messages processed")
+
+
+async def settle(store: Store, event_clock: bool, timeout: float = 120.0, reevaluate_all: bool = True) -> None:
+    """Refresh RFM thresholds, make every user due, and wait until the workers caught up.
+
+    After this, every profile equals the tags at the current clock.
+    """
+    now = (await store.clock() or 0.0) if event_clock else time.time()
+    await store.refresh_rfm(now)
+    if reevaluate_all:
+        await store.mark_all_due()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = (await store.clock() or 0.0) if event_clock else time.time()
+        count, _ = await store.due_stats(now)
+        if count == 0:
+            return
+        await asyncio.sleep(0.2)
+    raise TimeoutError("due re-evaluations did not drain")

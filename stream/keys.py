@@ -1,0 +1,58 @@
+"""The Redis key contract (see docs/redis-keys.md). One place builds every key name.
+
+Per-user keys share the hash tag ``{user_id}`` so they land in one Redis Cluster slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SCHEMA = "v1"
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "portrait"
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}:{SCHEMA}"
+
+    def state(self, uid: str) -> str:
+        return f"{self.base}:{{{uid}}}:state"
+
+    def profile(self, uid: str) -> str:
+        return f"{self.base}:{{{uid}}}:profile"
+
+    def user_pattern(self, uid: str) -> str:
+        return f"{self.base}:{{{uid}}}:*"
+
+    def audience(self, tag: str, value: str) -> str:
+        return f"{self.base}:aud:{tag}:{value}"
+
+    @property
+    def due(self) -> str:
+        return f"{self.base}:due"
+
+    @property
+    def inflight(self) -> str:
+        return f"{self.base}:due:inflight"
+
+    def rank(self, metric: str) -> str:
+        return f"{self.base}:rank:{metric}"
+
+    @property
+    def rfm_thresholds(self) -> str:
+        return f"{self.base}:rfm:thresholds"
+
+    @property
+    def clock(self) -> str:
+        return f"{self.base}:clock"
+
+    @property
+    def stats(self) -> str:
+        return f"{self.base}:stats"
+
+    @property
+    def catalogue(self) -> str:
+        return f"{self.base}:meta:tags"

@@ -1,0 +1,57 @@
+"""Every Prometheus metric of the service, declared once. Labels come from bounded sets only."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from stream import __version__
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    """Metric handles bound to one registry (tests pass a fresh registry)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events = Counter("portrait_events_consumed", "Valid events consumed", ["topic", "type"], registry=r)
+        self.applied = Counter(
+            "portrait_events_applied", "Events folded into state, by outcome", ["outcome"], registry=r
+        )
+        self.dead_letters = Counter("portrait_dead_letters", "Messages dead-lettered", ["reason"], registry=r)
+        self.batch_size = Histogram(
+            "portrait_batch_size",
+            "Messages per processed batch",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000),
+            registry=r,
+        )
+        self.event_to_profile = Histogram(
+            "portrait_event_to_profile_seconds",
+            "Event time to profile written (wall clock mode)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.consume_to_profile = Histogram(
+            "portrait_consume_to_profile_seconds",
+            "Batch received to profiles written",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.redis_latency = Histogram(
+            "portrait_redis_command_seconds", "Redis round trip", ["op"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.redis_errors = Counter("portrait_redis_errors", "Redis errors (retried)", ["op"], registry=r)
+        self.write_conflicts = Counter(
+            "portrait_write_conflicts", "Batches retried because a user changed concurrently", registry=r
+        )
+        self.reevaluations = Counter("portrait_reevaluations", "Time-driven re-evaluations done", registry=r)
+        self.due_pending = Gauge("portrait_reevaluations_pending", "Users due for re-evaluation now", registry=r)
+        self.freshness = Gauge(
+            "portrait_tag_freshness_seconds", "Age of the oldest due re-evaluation (0 when none is late)", registry=r
+        )
+        self.processing_errors = Counter(
+            "portrait_processing_errors", "Unexpected errors while processing a batch", ["stage"], registry=r
+        )
+        self.info = Info("portrait_worker", "Worker build and config", registry=r)
+        self.info.info({"version": __version__})

@@ -1,0 +1,145 @@
+"""Pure batch logic: classify raw messages, fold events into states, plan the Redis writes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from stream.deadletter import DeadLetter, Reason
+from stream.events import Event, parse_event
+from stream.store import UserWrite
+from stream.tagging.definitions import TagCatalogue
+from stream.tagging.engine import (
+    LONGEST_WINDOW_DAYS,
+    RfmThresholds,
+    UnknownCurrency,
+    check_event,
+    day_of,
+    evaluate,
+    is_expired,
+    next_due,
+    prune,
+    rank_metrics,
+    retention_end,
+)
+from stream.tagging.state import UserState
+
+
+@dataclass(frozen=True)
+class Message:
+    """A consumed Kafka message, reduced to what the pipeline needs."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+    @property
+    def source(self) -> str:
+        return f"{self.topic}/{self.partition}"
+
+
+@dataclass(frozen=True)
+class Valid:
+    message: Message
+    event: Event
+
+
+def _schema_reason(exc: ValidationError) -> Reason:
+    kinds = {e["type"] for e in exc.errors()}
+    if "json_invalid" in kinds or "json_type" in kinds:
+        return "invalid_json"
+    if "union_tag_invalid" in kinds:
+        return "unknown_type"
+    return "schema_violation"
+
+
+def _summary(exc: ValidationError) -> str:
+    """Readable one-liner per error, e.g. ``ts: Input should have timezone info``."""
+    parts = []
+    for error in exc.errors(include_url=False):
+        # drop the union member wrappers pydantic puts in the location
+        loc = ".".join(str(p) for p in error["loc"] if "[" not in str(p) and "(" not in str(p))
+        parts.append(f"{loc or '(event)'}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def classify(
+    message: Message,
+    catalogue: TagCatalogue,
+    wall_now: float,
+    clock_now: float,
+    max_future_skew_s: float,
+    processor_version: str,
+) -> Valid | DeadLetter:
+    """Validate one message; anything unusable becomes a ``DeadLetter`` with its reason."""
+
+    def dead(reason: Reason, error: str) -> DeadLetter:
+        return DeadLetter.build(
+            reason,
+            error,
+            message.value,
+            message.key,
+            message.topic,
+            message.partition,
+            message.offset,
+            processor_version,
+        )
+
+    try:
+        event = parse_event(message.value)
+    except ValidationError as exc:
+        return dead(_schema_reason(exc), _summary(exc))
+    ts = event.epoch
+    if ts > wall_now + max_future_skew_s:
+        return dead("future_timestamp", f"ts {event.ts.isoformat()} is more than {max_future_skew_s:.0f}s ahead")
+    if day_of(ts) < day_of(clock_now) - LONGEST_WINDOW_DAYS + 1:
+        return dead("too_old", f"ts {event.ts.isoformat()} is older than the {LONGEST_WINDOW_DAYS}-day window")
+    try:
+        check_event(event, catalogue.params)
+    except UnknownCurrency as exc:
+        return dead("unknown_currency", str(exc))
+    return Valid(message, event)
+
+
+def plan_write(
+    uid: str,
+    version: int,
+    state: UserState,
+    now: float,
+    thresholds: RfmThresholds,
+    catalogue: TagCatalogue,
+    wall_now: float,
+) -> UserWrite:
+    """Evaluate a user's tags at ``now`` and describe the resulting Redis writes.
+
+    Mutates ``state`` (prunes old tiles, records the published profile for audience diffs).
+    """
+    previous = state.published
+    audience_tags = catalogue.audience_tags
+    if is_expired(state, now):
+        removals = [(t, v) for t, v in previous.items() if t in audience_tags]
+        return UserWrite(uid, version, None, audience_remove=removals)
+    prune(state, now)
+    wanted = catalogue.names
+    profile = {k: v for k, v in evaluate(state, now, thresholds, catalogue.params).items() if k in wanted}
+    add = [(t, v) for t, v in profile.items() if t in audience_tags and previous.get(t) != v]
+    remove = [(t, v) for t, v in previous.items() if t in audience_tags and profile.get(t) != v]
+    state.published = {t: v for t, v in profile.items() if t in audience_tags}
+    profile["_evaluated_at"] = f"{now:.3f}"
+    profile["_updated_at"] = f"{wall_now:.3f}"
+    profile["_rfm_version"] = str(thresholds.version)
+    ttl = int(retention_end(state) - now) + 2 * 86400
+    return UserWrite(
+        uid,
+        version,
+        state,
+        profile=profile,
+        audience_add=add,
+        audience_remove=remove,
+        due=next_due(state, now, catalogue.params),
+        ttl_s=ttl,
+        ranks=rank_metrics(state, now),
+    )

@@ -1,0 +1,230 @@
+"""Batch processor: the only place that combines the pure pipeline with Redis and dead letters.
+
+Contract: ``process`` returns only once the batch's effects are durable (dead letters delivered,
+state written atomically); infrastructure errors are retried with backoff, never swallowed, so
+the caller does not ack a batch that was not applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from stream.deadletter import DeadLetter
+from stream.metrics import Metrics
+from stream.pipeline import Message, Valid, classify, plan_write
+from stream.settings import Settings
+from stream.store import Store, UserWrite
+from stream.tagging.definitions import TagCatalogue
+from stream.tagging.engine import Applied, RfmThresholds, apply_event
+from stream.tagging.state import UserState
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SendDeadLetters = Callable[[list[DeadLetter]], Awaitable[None]]
+MAX_CONFLICT_RETRIES = 20
+THRESHOLDS_CACHE_S = 5.0
+
+
+@dataclass
+class BatchReport:
+    messages: int = 0
+    applied: int = 0
+    redelivered: int = 0
+    duplicates: int = 0
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    users: int = 0
+
+
+class Processor:
+    def __init__(
+        self,
+        settings: Settings,
+        catalogue: TagCatalogue,
+        store: Store,
+        send_dead_letters: SendDeadLetters,
+        metrics: Metrics,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.catalogue = catalogue
+        self.store = store
+        self.send_dead_letters = send_dead_letters
+        self.metrics = metrics
+        self.wall_clock = wall_clock
+        self.event_clock = 0.0  # largest event time this worker has seen (event-time mode)
+        self.healthy = True
+        self.last_error: str | None = None
+        self._thresholds = RfmThresholds()
+        self._thresholds_at = -1e18
+
+    # -- helpers -------------------------------------------------------------------------
+    async def thresholds(self) -> RfmThresholds:
+        wall = self.wall_clock()
+        if wall - self._thresholds_at > THRESHOLDS_CACHE_S:
+            self._thresholds = await self.store.rfm_thresholds()
+            self._thresholds_at = wall
+        return self._thresholds
+
+    async def _retrying(self, op: str, action: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run ``action`` until it succeeds; Redis outages turn health red but lose nothing."""
+        delay = 0.2
+        while True:
+            try:
+                started = time.perf_counter()
+                result = await action(*args)
+                self.metrics.redis_latency.labels(op).observe(time.perf_counter() - started)
+                if not self.healthy:
+                    log.info("redis reachable again")
+                self.healthy, self.last_error = True, None
+                return result
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                self.metrics.redis_errors.labels(op).inc()
+                self.healthy, self.last_error = False, f"{op}: {exc}"
+                log.warning("redis %s failed (%s); retrying in %.1fs", op, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    # -- event path ----------------------------------------------------------------------
+    async def process(self, messages: list[Message]) -> BatchReport:
+        """Apply one batch exactly once (idempotent under redelivery)."""
+        received = time.perf_counter()
+        report = BatchReport(messages=len(messages))
+        wall = self.wall_clock()
+        event_mode = self.settings.clock == "event"
+        clock_before = self.event_clock if event_mode else wall
+        valid: list[Valid] = []
+        dead: list[DeadLetter] = []
+        for message in messages:
+            outcome: Valid | DeadLetter = classify(
+                message,
+                self.catalogue,
+                wall,
+                clock_before,
+                self.settings.max_future_skew_s,
+                self.settings.processor_version,
+            )
+            if isinstance(outcome, Valid):
+                valid.append(outcome)
+            else:
+                dead.append(outcome)
+
+        if dead:
+            await self.send_dead_letters(dead)
+            for letter in dead:
+                report.dead_letters[letter.reason] += 1
+                self.metrics.dead_letters.labels(letter.reason).inc()
+                log.info(
+                    "dead letter %s at %s[%d]@%d: %s",
+                    letter.reason,
+                    letter.source_topic,
+                    letter.source_partition,
+                    letter.source_offset,
+                    letter.error.splitlines()[0],
+                )
+
+        uids = list(dict.fromkeys(v.event.subject_id for v in valid))
+        batch_max_ts = max((v.event.epoch for v in valid), default=None)
+        thresholds = await self.thresholds()
+        for _attempt in range(MAX_CONFLICT_RETRIES):
+            loaded, stored_clock = await self._retrying("load", self.store.load, uids)
+            now = max(self.event_clock, stored_clock or 0.0, batch_max_ts or 0.0) if event_mode else wall
+            states = {uid: loaded[uid].state or UserState() for uid in uids}
+            outcomes: Counter[str] = Counter()
+            touched: dict[str, None] = {}
+            for item in valid:
+                uid = item.event.subject_id
+                applied = apply_event(
+                    states[uid], item.event, item.message.source, item.message.offset, self.catalogue.params
+                )
+                outcomes[applied.value] += 1
+                if applied is Applied.APPLIED:
+                    touched[uid] = None
+            writes = [
+                plan_write(uid, loaded[uid].version, states[uid], now, thresholds, self.catalogue, wall)
+                for uid in touched
+            ]
+            stats = {f"events_{k}": n for k, n in outcomes.items()}
+            stats.update({f"dlq_{k}": n for k, n in report.dead_letters.items()})
+            stats["messages"] = len(messages)
+            clock = now if event_mode else None
+            conflicts = await self._retrying("write", self.store.write, writes, clock, stats)
+            if not conflicts:
+                break
+            self.metrics.write_conflicts.inc()
+            log.info("version conflict on %d users; recomputing batch", len(conflicts))
+        else:
+            raise RuntimeError(f"batch kept conflicting after {MAX_CONFLICT_RETRIES} attempts")
+
+        if event_mode:
+            self.event_clock = max(self.event_clock, now)
+        report.applied = outcomes[Applied.APPLIED.value]
+        report.redelivered = outcomes[Applied.REDELIVERED.value]
+        report.duplicates = outcomes[Applied.DUPLICATE.value]
+        report.users = len(touched)
+        for kind, n in outcomes.items():
+            self.metrics.applied.labels(kind).inc(n)
+        for item in valid:
+            self.metrics.events.labels(item.message.topic, item.event.type).inc()
+        self.metrics.batch_size.observe(len(messages))
+        done = time.perf_counter()
+        self.metrics.consume_to_profile.observe(done - received)
+        if not event_mode:
+            finished = self.wall_clock()
+            for item in valid:
+                self.metrics.event_to_profile.observe(max(0.0, finished - item.event.epoch))
+        return report
+
+    # -- time-driven path ----------------------------------------------------------------
+    async def now(self) -> float:
+        if self.settings.clock == "wall":
+            return self.wall_clock()
+        stored = await self._retrying("clock", self.store.clock)
+        self.event_clock = max(self.event_clock, stored or 0.0)
+        return self.event_clock
+
+    async def reevaluate_due(self) -> int:
+        """Re-evaluate users whose tags change without an event (windows, recency, timers)."""
+        now = await self.now()
+        if now <= 0:
+            return 0
+        s = self.settings
+        ids = await self._retrying("claim", self.store.claim_due, now, s.due_batch, self.wall_clock(), s.due_lease_s)
+        if not ids:
+            return 0
+        thresholds = await self.thresholds()
+        wall = self.wall_clock()
+        pending = list(ids)
+        done = 0
+        for _attempt in range(3):
+            loaded, _ = await self._retrying("load", self.store.load, pending)
+            writes: list[UserWrite] = []
+            for uid in pending:
+                user = loaded[uid]
+                if user.state is None:
+                    writes.append(UserWrite(uid, user.version, None))
+                else:
+                    writes.append(plan_write(uid, user.version, user.state, now, thresholds, self.catalogue, wall))
+            conflicts = await self._retrying("write", self.store.write, writes, None, {})
+            done += len(writes) - len(conflicts)
+            if not conflicts:
+                break
+            pending = conflicts  # someone else wrote them meanwhile; recompute from their new state
+        self.metrics.reevaluations.inc(done)
+        await self._retrying("write", self.store.write, [], None, {"reevaluations": done})
+        return done
+
+    async def observe_due(self) -> None:
+        now = await self.now()
+        count, oldest = await self._retrying("due_stats", self.store.due_stats, now)
+        self.metrics.due_pending.set(count)
+        self.metrics.freshness.set(max(0.0, now - oldest) if oldest is not None and oldest <= now else 0.0)

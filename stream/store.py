@@ -1,0 +1,259 @@
+"""Redis I/O: one round trip to load a batch's users, one atomic script to write them.
+
+The write script checks every user's state version first (compare-and-set) and writes nothing if
+any changed since it was read, so two workers briefly owning the same partition during a
+rebalance cannot interleave updates: the loser re-reads and recomputes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from stream.keys import Keys
+from stream.tagging.engine import RfmThresholds
+from stream.tagging.state import UserState
+
+WRITE_SCRIPT = """
+local base = ARGV[1]
+local meta = cjson.decode(ARGV[2])
+local conflicts = {}
+for i, u in ipairs(meta.users) do
+  local cur = redis.call('HGET', base .. ':{' .. u.u .. '}:state', 'ver')
+  local curv = 0
+  if cur then curv = tonumber(cur) end
+  if curv ~= u.v then table.insert(conflicts, u.u) end
+end
+if #conflicts > 0 then return conflicts end
+local due = base .. ':due'
+local inflight = base .. ':due:inflight'
+for i, u in ipairs(meta.users) do
+  local skey = base .. ':{' .. u.u .. '}:state'
+  local pkey = base .. ':{' .. u.u .. '}:profile'
+  redis.call('ZREM', inflight, u.u)
+  if u.del then
+    redis.call('DEL', skey, pkey)
+    redis.call('ZREM', due, u.u)
+  else
+    redis.call('HSET', skey, 'ver', u.v + 1, 'blob', ARGV[2 + i])
+    redis.call('EXPIRE', skey, u.ttl)
+    redis.call('DEL', pkey)
+    if #u.p > 0 then
+      redis.call('HSET', pkey, unpack(u.p))
+      redis.call('EXPIRE', pkey, u.ttl)
+    end
+    redis.call('ZADD', due, u.due, u.u)
+  end
+  for _, tv in ipairs(u.ar) do
+    redis.call('SREM', base .. ':aud:' .. tv[1] .. ':' .. tv[2], u.u)
+  end
+  for _, tv in ipairs(u.aa) do
+    local akey = base .. ':aud:' .. tv[1] .. ':' .. tv[2]
+    redis.call('SADD', akey, u.u)
+    redis.call('EXPIRE', akey, meta.aud_ttl)
+  end
+  local metrics = {'r', 'f', 'm'}
+  for j, m in ipairs(metrics) do
+    local rkey = base .. ':rank:' .. m
+    if type(u.rk) == 'table' then
+      redis.call('ZADD', rkey, u.rk[j], u.u)
+      redis.call('EXPIRE', rkey, meta.aud_ttl)
+    else
+      redis.call('ZREM', rkey, u.u)
+    end
+  end
+end
+if type(meta.clock) == 'number' then
+  local ckey = base .. ':clock'
+  local cur = tonumber(redis.call('GET', ckey) or '0')
+  if meta.clock > cur then redis.call('SET', ckey, string.format('%.6f', meta.clock)) end
+end
+for k, n in pairs(meta.stats) do
+  redis.call('HINCRBY', base .. ':stats', k, n)
+end
+return {}
+"""
+
+# Claimed users move from the due set to an in-flight set with a wall-clock lease; every write of
+# the user removes it from there. A worker that dies mid-evaluation leaves its lease to expire,
+# and the next claim puts those users back at the head of the due set.
+CLAIM_SCRIPT = """
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
+for _, u in ipairs(expired) do
+  redis.call('ZREM', KEYS[2], u)
+  redis.call('ZADD', KEYS[1], 0, u)
+end
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, u in ipairs(ids) do
+  redis.call('ZREM', KEYS[1], u)
+  redis.call('ZADD', KEYS[2], ARGV[4], u)
+end
+return ids
+"""
+
+REFRESH_RFM_SCRIPT = """
+local base = ARGV[1]
+local out = {}
+for _, m in ipairs({'r', 'f', 'm'}) do
+  local key = base .. ':rank:' .. m
+  local n = redis.call('ZCARD', key)
+  local ts = {}
+  if n > 0 then
+    for k = 1, 4 do
+      local idx = math.ceil(k * n / 5) - 1
+      local r = redis.call('ZRANGE', key, idx, idx, 'WITHSCORES')
+      table.insert(ts, r[2])
+    end
+  end
+  out[m] = table.concat(ts, ',')
+end
+local tkey = base .. ':rfm:thresholds'
+local old = redis.call('HMGET', tkey, 'r', 'f', 'm')
+if old[1] ~= out.r or old[2] ~= out.f or old[3] ~= out.m then
+  redis.call('HSET', tkey, 'r', out.r, 'f', out.f, 'm', out.m, 'computed_at', ARGV[2])
+  redis.call('HINCRBY', tkey, 'version', 1)
+end
+return redis.call('HGET', tkey, 'version')
+"""
+
+AUDIENCE_TTL_S = 92 * 86400
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass
+class LoadedUser:
+    version: int
+    state: UserState | None
+
+
+@dataclass
+class UserWrite:
+    """Everything one user's update writes, applied atomically with the rest of its batch."""
+
+    uid: str
+    expected_version: int
+    state: UserState | None  # None deletes the user
+    profile: dict[str, str] = field(default_factory=dict)
+    audience_add: list[tuple[str, str]] = field(default_factory=list)
+    audience_remove: list[tuple[str, str]] = field(default_factory=list)
+    due: float = 0.0
+    ttl_s: int = 86400
+    ranks: tuple[float, int, int] | None = None
+
+
+class Store:
+    """Async Redis access for the worker. All writes go through ``write``."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+        self.client = client
+        self.keys = keys
+        self._write = client.register_script(WRITE_SCRIPT)
+        self._claim = client.register_script(CLAIM_SCRIPT)
+        self._refresh = client.register_script(REFRESH_RFM_SCRIPT)
+
+    @classmethod
+    def from_url(cls, url: str, keys: Keys) -> Store:
+        return cls(aioredis.Redis.from_url(url, decode_responses=False), keys)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def load(self, uids: list[str]) -> tuple[dict[str, LoadedUser], float | None]:
+        """States of ``uids`` and the event-time clock, in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for uid in uids:
+            pipe.hmget(self.keys.state(uid), "ver", "blob")
+        pipe.get(self.keys.clock)
+        replies = await pipe.execute()
+        loaded: dict[str, LoadedUser] = {}
+        for uid, (ver, blob) in zip(uids, replies[:-1], strict=True):
+            state = UserState.from_bytes(blob) if blob else None
+            loaded[uid] = LoadedUser(int(ver) if ver else 0, state)
+        clock = float(replies[-1]) if replies[-1] else None
+        return loaded, clock
+
+    async def write(self, writes: list[UserWrite], clock: float | None, stats: dict[str, int]) -> list[str]:
+        """Apply all writes atomically. Returns the user ids whose version changed (nothing written)."""
+        if not writes and clock is None and not stats:
+            return []
+        users: list[dict[str, Any]] = []
+        blobs: list[bytes] = []
+        for w in writes:
+            flat: list[str] = []
+            for k, v in w.profile.items():
+                flat.extend((k, v))
+            users.append(
+                {
+                    "u": w.uid,
+                    "v": w.expected_version,
+                    "del": w.state is None,
+                    "p": flat,
+                    "aa": [list(p) for p in w.audience_add],
+                    "ar": [list(p) for p in w.audience_remove],
+                    "due": w.due,
+                    "ttl": max(1, w.ttl_s),
+                    "rk": list(w.ranks) if w.ranks else False,
+                }
+            )
+            blobs.append(w.state.to_bytes() if w.state is not None else b"")
+        meta = {"users": users, "clock": clock if clock is not None else False, "stats": stats or {}}
+        meta["aud_ttl"] = AUDIENCE_TTL_S
+        if not stats:
+            meta["stats"] = {"_": 0}
+        result = await self._write(args=[self.keys.base, orjson.dumps(meta), *blobs])
+        return [_text(c) for c in result]
+
+    async def claim_due(self, now: float, limit: int, wall_now: float, lease_s: float) -> list[str]:
+        """Claim up to ``limit`` users due at ``now`` (event or wall time) for ``lease_s`` wall seconds."""
+        keys = [self.keys.due, self.keys.inflight]
+        ids = await self._claim(keys=keys, args=[repr(now), limit, repr(wall_now), repr(wall_now + lease_s)])
+        return [_text(i) for i in ids]
+
+    async def due_stats(self, now: float) -> tuple[int, float | None]:
+        """(users due now or being re-evaluated, score of the oldest due entry)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zcount(self.keys.due, "-inf", repr(now))
+        pipe.zcard(self.keys.inflight)
+        pipe.zrange(self.keys.due, 0, 0, withscores=True)
+        count, inflight, oldest = await pipe.execute()
+        return int(count) + int(inflight), (float(oldest[0][1]) if oldest else None)
+
+    async def refresh_rfm(self, now: float) -> int:
+        version = await self._refresh(args=[self.keys.base, repr(now)])
+        return int(version or 0)
+
+    async def rfm_thresholds(self) -> RfmThresholds:
+        raw = await self.client.hgetall(self.keys.rfm_thresholds)
+        if not raw:
+            return RfmThresholds()
+
+        def parse(name: bytes) -> tuple[float, ...]:
+            text = _text(raw.get(name, b""))
+            return tuple(float(x) for x in text.split(",") if x)
+
+        return RfmThresholds(int(raw.get(b"version", b"0")), parse(b"r"), parse(b"f"), parse(b"m"))
+
+    async def mark_all_due(self) -> None:
+        """Make every live user due now (all scores -> 0) for a full re-evaluation."""
+        await self.client.zunionstore(self.keys.due, {self.keys.due: 0})
+
+    async def clock(self) -> float | None:
+        raw = await self.client.get(self.keys.clock)
+        return float(raw) if raw else None
+
+    async def set_clock(self, value: float) -> None:
+        await self.client.set(self.keys.clock, f"{value:.6f}")
+
+    async def profile(self, uid: str) -> dict[str, str]:
+        raw = await self.client.hgetall(self.keys.profile(uid))
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    async def stats(self) -> dict[str, int]:
+        raw = await self.client.hgetall(self.keys.stats)
+        return {_text(k): int(v) for k, v in raw.items() if k != b"_"}

@@ -1,0 +1,1 @@
+"""Pure tag core: definitions, per-user state, incremental updates and evaluation (no I/O)."""

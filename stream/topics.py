@@ -1,0 +1,52 @@
+"""Topic names. Every input topic is keyed by user id so one partition owns a user."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Topics:
+    prefix: str = "portrait"
+
+    @property
+    def clickstream(self) -> str:
+        return f"{self.prefix}.clickstream"
+
+    @property
+    def transactions(self) -> str:
+        return f"{self.prefix}.transactions"
+
+    @property
+    def feedback(self) -> str:
+        return f"{self.prefix}.feedback"
+
+    @property
+    def identify(self) -> str:
+        return f"{self.prefix}.identify"
+
+    @property
+    def dead_letters(self) -> str:
+        return f"{self.prefix}.dlq"
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return (self.clickstream, self.transactions, self.feedback, self.identify)
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return (*self.inputs, self.dead_letters)
+
+    def for_event_type(self, event_type: str) -> str:
+        """The input topic an event of ``event_type`` belongs on."""
+        if event_type in CLICKSTREAM_TYPES:
+            return self.clickstream
+        if event_type in TRANSACTION_TYPES:
+            return self.transactions
+        if event_type == "feedback":
+            return self.feedback
+        return self.identify
+
+
+CLICKSTREAM_TYPES = frozenset({"page_view", "search", "add_to_cart", "remove_from_cart", "checkout_started"})
+TRANSACTION_TYPES = frozenset({"order_paid", "order_refunded"})

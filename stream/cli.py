@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -100,16 +101,16 @@ def cmd_tags(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
-    from stream import dlq
+    from stream.dlq import read, resubmit
 
     if args.action == "tail":
-        for letter in asyncio.run(dlq.read(settings, idle_s=args.idle)):
+        for letter in asyncio.run(read(settings, idle_s=args.idle)):
             if args.reason and letter.reason != args.reason:
                 continue
             src = f"{letter.source_topic}[{letter.source_partition}]@{letter.source_offset}"
             print(f"{letter.reason:<18} {src:<36} {letter.error.splitlines()[0][:100]}")
         return 0
-    count = asyncio.run(dlq.resubmit(settings, reason=args.reason, idle_s=args.idle))
+    count = asyncio.run(resubmit(settings, reason=args.reason, idle_s=args.idle))
     print(f"re-submitted {count} dead letters to their source topics")
     return 0
 
@@ -119,9 +120,7 @@ def cmd_rfm(settings: Settings, args: argparse.Namespace) -> int:
         store = _store(settings)
         try:
             clock = await store.clock() if settings.clock == "event" else None
-            import time
-
-            version = await store.refresh_rfm(clock if clock is not None else time.time())
+            version: int = await store.refresh_rfm(clock if clock is not None else time.time())
             if args.reevaluate:
                 await store.mark_all_due()
             return version

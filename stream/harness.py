@@ -62,20 +62,26 @@ def wait_healthy(settings: Settings, proc: subprocess.Popen[bytes] | None = None
     raise TimeoutError(f"worker not healthy at {url} after {timeout}s")
 
 
-async def wait_processed(store: Store, messages: int, timeout: float = 300.0, progress: object = None) -> float:
-    """Wait until the workers have processed at least ``messages`` messages; returns seconds waited."""
+async def wait_processed(
+    store: Store, messages: int, timeout: float = 300.0, progress: object = None, counter: str = "messages"
+) -> float:
+    """Wait until the stats ``counter`` reaches ``messages``; returns seconds waited.
+
+    ``messages`` counts every message handled, redeliveries included; after crashes wait on
+    ``events_applied`` instead, which counts each event once.
+    """
     started = time.monotonic()
     deadline = started + timeout
     last = -1
     while time.monotonic() < deadline:
-        done = (await store.stats()).get("messages", 0)
+        done = (await store.stats()).get(counter, 0)
         if progress is not None and done != last:
             progress.update(done - max(last, 0))  # type: ignore[attr-defined]
             last = done
         if done >= messages:
             return time.monotonic() - started
         await asyncio.sleep(0.2)
-    raise TimeoutError(f"only {(await store.stats()).get('messages', 0)} of {messages} messages processed")
+    raise TimeoutError(f"only {(await store.stats()).get(counter, 0)} of {messages} {counter} after {timeout}s")
 
 
 async def settle(store: Store, event_clock: bool, timeout: float = 120.0, reevaluate_all: bool = True) -> None:

@@ -24,7 +24,7 @@ from stream.pipeline import Message, Valid, classify, plan_write
 from stream.settings import Settings
 from stream.store import Store, UserWrite
 from stream.tagging.definitions import TagCatalogue
-from stream.tagging.engine import Applied, RfmThresholds, apply_event
+from stream.tagging.engine import Applied, apply_event
 from stream.tagging.state import UserState
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,6 @@ T = TypeVar("T")
 
 SendDeadLetters = Callable[[list[DeadLetter]], Awaitable[None]]
 MAX_CONFLICT_RETRIES = 20
-THRESHOLDS_CACHE_S = 5.0
 
 
 @dataclass
@@ -64,17 +63,8 @@ class Processor:
         self.event_clock = 0.0  # largest event time this worker has seen (event-time mode)
         self.healthy = True
         self.last_error: str | None = None
-        self._thresholds = RfmThresholds()
-        self._thresholds_at = -1e18
 
     # -- helpers -------------------------------------------------------------------------
-    async def thresholds(self) -> RfmThresholds:
-        wall = self.wall_clock()
-        if wall - self._thresholds_at > THRESHOLDS_CACHE_S:
-            self._thresholds = await self.store.rfm_thresholds()
-            self._thresholds_at = wall
-        return self._thresholds
-
     async def _retrying(self, op: str, action: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run ``action`` until it succeeds; Redis outages turn health red but lose nothing."""
         delay = 0.2
@@ -134,9 +124,8 @@ class Processor:
 
         uids = list(dict.fromkeys(v.event.subject_id for v in valid))
         batch_max_ts = max((v.event.epoch for v in valid), default=None)
-        thresholds = await self.thresholds()
         for _attempt in range(MAX_CONFLICT_RETRIES):
-            loaded, stored_clock = await self._retrying("load", self.store.load, uids)
+            loaded, stored_clock, thresholds = await self._retrying("load", self.store.load, uids)
             now = max(self.event_clock, stored_clock or 0.0, batch_max_ts or 0.0) if event_mode else wall
             states = {uid: loaded[uid].state or UserState() for uid in uids}
             outcomes: Counter[str] = Counter()
@@ -201,12 +190,11 @@ class Processor:
         ids = await self._retrying("claim", self.store.claim_due, now, s.due_batch, self.wall_clock(), s.due_lease_s)
         if not ids:
             return 0
-        thresholds = await self.thresholds()
         wall = self.wall_clock()
         pending = list(ids)
         done = 0
         for _attempt in range(3):
-            loaded, _ = await self._retrying("load", self.store.load, pending)
+            loaded, _, thresholds = await self._retrying("load", self.store.load, pending)
             writes: list[UserWrite] = []
             for uid in pending:
                 user = loaded[uid]

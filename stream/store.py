@@ -126,6 +126,16 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _thresholds(raw: Any) -> RfmThresholds:
+    if not raw:
+        return RfmThresholds()
+
+    def parse(name: bytes) -> tuple[float, ...]:
+        return tuple(float(x) for x in _text(raw.get(name, b"")).split(",") if x)
+
+    return RfmThresholds(int(raw.get(b"version", b"0")), parse(b"r"), parse(b"f"), parse(b"m"))
+
+
 @dataclass
 class LoadedUser:
     version: int
@@ -164,19 +174,20 @@ class Store:
     async def close(self) -> None:
         await self.client.aclose()
 
-    async def load(self, uids: list[str]) -> tuple[dict[str, LoadedUser], float | None]:
-        """States of ``uids`` and the event-time clock, in one round trip."""
+    async def load(self, uids: list[str]) -> tuple[dict[str, LoadedUser], float | None, RfmThresholds]:
+        """States of ``uids``, the event-time clock and the RFM thresholds, in one round trip."""
         pipe = self.client.pipeline(transaction=False)
         for uid in uids:
             pipe.hmget(self.keys.state(uid), "ver", "blob")
         pipe.get(self.keys.clock)
+        pipe.hgetall(self.keys.rfm_thresholds)
         replies = await pipe.execute()
         loaded: dict[str, LoadedUser] = {}
-        for uid, (ver, blob) in zip(uids, replies[:-1], strict=True):
+        for uid, (ver, blob) in zip(uids, replies[:-2], strict=True):
             state = UserState.from_bytes(blob) if blob else None
             loaded[uid] = LoadedUser(int(ver) if ver else 0, state)
-        clock = float(replies[-1]) if replies[-1] else None
-        return loaded, clock
+        clock = float(replies[-2]) if replies[-2] else None
+        return loaded, clock, _thresholds(replies[-1])
 
     async def write(self, writes: list[UserWrite], clock: float | None, stats: dict[str, int]) -> list[str]:
         """Apply all writes atomically. Returns the user ids whose version changed (nothing written)."""
@@ -229,15 +240,7 @@ class Store:
         return int(version or 0)
 
     async def rfm_thresholds(self) -> RfmThresholds:
-        raw = await self.client.hgetall(self.keys.rfm_thresholds)
-        if not raw:
-            return RfmThresholds()
-
-        def parse(name: bytes) -> tuple[float, ...]:
-            text = _text(raw.get(name, b""))
-            return tuple(float(x) for x in text.split(",") if x)
-
-        return RfmThresholds(int(raw.get(b"version", b"0")), parse(b"r"), parse(b"f"), parse(b"m"))
+        return _thresholds(await self.client.hgetall(self.keys.rfm_thresholds))
 
     async def mark_all_due(self) -> None:
         """Make every live user due now (all scores -> 0) for a full re-evaluation."""

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from stream.settings import ConfigError, Settings
 
 
@@ -136,7 +138,7 @@ def cmd_clock(settings: Settings, args: argparse.Namespace) -> int:
         store = _store(settings)
         try:
             if args.set is not None:
-                await store.set_clock(args.set)
+                await store.advance_clock(args.set)
             value: float | None = await store.clock()
             return value
         finally:
@@ -232,7 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = Settings()
+        try:
+            settings = Settings()
+        except ValidationError as exc:
+            problems = "; ".join(f"PORTRAIT_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+            raise ConfigError(f"environment: {problems}") from exc
         result: int = args.func(settings, args)
         return result
     except ConfigError as exc:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from stream.settings import Settings
@@ -62,10 +63,27 @@ def wait_healthy(settings: Settings, proc: subprocess.Popen[bytes] | None = None
     raise TimeoutError(f"worker not healthy at {url} after {timeout}s")
 
 
+@dataclass
+class Throughput:
+    """Progress of a wait: ``rate`` is measured from the first processed message to the last."""
+
+    seconds: float = 0.0
+    first_at: float | None = None
+    first_count: int = 0
+    done_at: float = 0.0
+    total: int = 0
+
+    @property
+    def rate(self) -> float:
+        if self.first_at is None or self.done_at <= self.first_at:
+            return 0.0
+        return (self.total - self.first_count) / (self.done_at - self.first_at)
+
+
 async def wait_processed(
     store: Store, messages: int, timeout: float = 300.0, progress: object = None, counter: str = "messages"
-) -> float:
-    """Wait until the stats ``counter`` reaches ``messages``; returns seconds waited.
+) -> Throughput:
+    """Wait until the stats ``counter`` reaches ``messages``.
 
     ``messages`` counts every message handled, redeliveries included; after crashes wait on
     ``events_applied`` instead, which counts each event once.
@@ -73,14 +91,19 @@ async def wait_processed(
     started = time.monotonic()
     deadline = started + timeout
     last = -1
+    result = Throughput()
     while time.monotonic() < deadline:
         done = (await store.stats()).get(counter, 0)
+        now = time.monotonic()
+        if done and result.first_at is None:
+            result.first_at, result.first_count = now, done
         if progress is not None and done != last:
             progress.update(done - max(last, 0))  # type: ignore[attr-defined]
             last = done
         if done >= messages:
-            return time.monotonic() - started
-        await asyncio.sleep(0.2)
+            result.seconds, result.done_at, result.total = now - started, now, done
+            return result
+        await asyncio.sleep(0.05)
     raise TimeoutError(f"only {(await store.stats()).get(counter, 0)} of {messages} {counter} after {timeout}s")
 
 

@@ -250,8 +250,13 @@ class Store:
         raw = await self.client.get(self.keys.clock)
         return float(raw) if raw else None
 
-    async def set_clock(self, value: float) -> None:
-        await self.client.set(self.keys.clock, f"{value:.6f}")
+    async def advance_clock(self, value: float) -> float:
+        """Move the event-time clock forward to ``value`` (never backwards); returns the clock."""
+        script = (
+            "local c = tonumber(redis.call('GET', KEYS[1]) or '0') if tonumber(ARGV[1]) > c then "
+            "redis.call('SET', KEYS[1], ARGV[1]) return ARGV[1] end return tostring(c)"
+        )
+        return float(await self.client.eval(script, 1, self.keys.clock, f"{value:.6f}"))
 
     async def profile(self, uid: str) -> dict[str, str]:
         raw = await self.client.hgetall(self.keys.profile(uid))

@@ -1,0 +1,77 @@
+"""Tags decay without events: only the worker's timer (the due set) re-evaluates users."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from stream import replay, synth
+from tests import oracle
+from tests.integration.helpers import processed_and_settled, read_profiles, store_for, worker
+
+pytestmark = pytest.mark.integration
+RFM_TAGS = {"r_score", "f_score", "m_score", "rfm_segment"}
+DAY = 86400
+
+
+async def _advance_and_drain(settings, to: float) -> None:
+    store = store_for(settings)
+    try:
+        await store.advance_clock(to)
+        for _ in range(600):
+            count, _ = await store.due_stats(to)
+            if count == 0:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError("due re-evaluations did not drain")
+    finally:
+        await store.close()
+
+
+async def _all_keys(settings) -> list[str]:
+    store = store_for(settings)
+    try:
+        return [k.decode() async for k in store.client.scan_iter(match=f"{store.keys.base}:*", count=1000)]
+    finally:
+        await store.close()
+
+
+def _without_rfm(profiles: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    # RFM scores depend on population thresholds, which only a refresh moves; not under test here
+    return {u: {k: v for k, v in p.items() if k not in RFM_TAGS} for u, p in profiles.items()}
+
+
+def test_tags_decay_and_users_expire_without_events(make_settings, tmp_path: Path) -> None:
+    settings = make_settings(clock="event", timer_interval_s=0.2)
+    events = synth.generate(users=150, events=4000, seed=31, days=40)
+    with worker(settings, tmp_path / "worker.log"):
+        report = asyncio.run(replay.replay(settings, events, progress=False))
+        asyncio.run(processed_and_settled(settings, report.total))
+        before, now = asyncio.run(read_profiles(settings, set()))
+
+        later = now + 20 * DAY + 7 * 3600  # crosses day boundaries, 7/30-day windows, cart timers
+        asyncio.run(_advance_and_drain(settings, later))
+        after, clock = asyncio.run(read_profiles(settings, set()))
+        assert clock == later
+        expected = _without_rfm(after)
+        want = _without_rfm(oracle.compute_profiles(events, later))
+        assert_profiles_match_plain(want, expected)
+        changed = sum(1 for u in before if _without_rfm(before)[u] != expected[u])
+        assert changed > 100, f"only {changed} profiles changed after 20 days without events"
+
+        # past the 90-day window every trace of every user is deleted by the time-driven path
+        asyncio.run(_advance_and_drain(settings, now + 95 * DAY))
+        leftovers = [k for k in asyncio.run(_all_keys(settings)) if ":{" in k or ":aud:" in k or ":rank:" in k]
+        assert leftovers == []
+
+
+def assert_profiles_match_plain(want: dict[str, dict[str, str]], got: dict[str, dict[str, str]]) -> None:
+    assert set(want) == set(got)
+    diffs = [
+        (u, {k: (got[u].get(k), want[u].get(k)) for k in set(got[u]) | set(want[u]) if got[u].get(k) != want[u].get(k)})
+        for u in want
+        if want[u] != got[u]
+    ]
+    assert not diffs, f"{len(diffs)} profiles differ, e.g. {diffs[:3]}"

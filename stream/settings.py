@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     timer_interval_s: float = Field(default=1.0, gt=0)
     due_batch: int = Field(default=1000, ge=1)
     due_lease_s: float = Field(default=30.0, gt=0)
-    rfm_refresh_interval_s: float = Field(default=60.0, gt=0)
+    rfm_refresh_interval_s: float = Field(default=10.0, gt=0)
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     broker_session_timeout_s: float = 6.0

@@ -128,20 +128,41 @@ class Processor:
             loaded, stored_clock, thresholds = await self._retrying("load", self.store.load, uids)
             now = max(self.event_clock, stored_clock or 0.0, batch_max_ts or 0.0) if event_mode else wall
             states = {uid: loaded[uid].state or UserState() for uid in uids}
-            outcomes: Counter[str] = Counter()
-            touched: dict[str, None] = {}
+            results: list[tuple[str, Applied]] = []
+            broken: dict[str, str] = {}  # user -> error: a bug isolates the user, not the batch
             for item in valid:
                 uid = item.event.subject_id
-                applied = apply_event(
-                    states[uid], item.event, item.message.source, item.message.offset, self.catalogue.params
-                )
-                outcomes[applied.value] += 1
-                if applied is Applied.APPLIED:
-                    touched[uid] = None
-            writes = [
-                plan_write(uid, loaded[uid].version, states[uid], now, thresholds, self.catalogue, wall)
-                for uid in touched
-            ]
+                if uid in broken:
+                    continue
+                try:
+                    applied = apply_event(
+                        states[uid], item.event, item.message.source, item.message.offset, self.catalogue.params
+                    )
+                except Exception as exc:
+                    broken[uid] = f"apply: {exc!r}"
+                    log.exception(
+                        "bug applying %s[%d]@%d", item.message.topic, item.message.partition, item.message.offset
+                    )
+                    continue
+                results.append((uid, applied))
+            touched = dict.fromkeys(uid for uid, a in results if a is Applied.APPLIED)
+            writes = []
+            for uid in touched:
+                if uid in broken:
+                    continue
+                try:
+                    writes.append(
+                        plan_write(uid, loaded[uid].version, states[uid], now, thresholds, self.catalogue, wall)
+                    )
+                except Exception as exc:
+                    broken[uid] = f"evaluate: {exc!r}"
+                    log.exception("bug evaluating user %s", uid)
+            if broken:
+                # Nothing of these users is written; their events go to the DLQ to be replayed after a fix.
+                await self._dead_letter_users(valid, broken, report)
+                valid = [v for v in valid if v.event.subject_id not in broken]
+                uids = [u for u in uids if u not in broken]
+            outcomes = Counter(a.value for uid, a in results if uid not in broken)
             stats = {f"events_{k}": n for k, n in outcomes.items()}
             stats.update({f"dlq_{k}": n for k, n in report.dead_letters.items()})
             stats["messages"] = len(messages)
@@ -172,6 +193,45 @@ class Processor:
             for item in valid:
                 self.metrics.event_to_profile.observe(max(0.0, finished - item.event.epoch))
         return report
+
+    async def _dead_letter_users(self, valid: list[Valid], broken: dict[str, str], report: BatchReport) -> None:
+        letters = [
+            DeadLetter.build(
+                "processing_error",
+                broken[v.event.subject_id],
+                v.message.value,
+                v.message.key,
+                v.message.topic,
+                v.message.partition,
+                v.message.offset,
+                self.settings.processor_version,
+            )
+            for v in valid
+            if v.event.subject_id in broken
+        ]
+        await self.send_dead_letters(letters)
+        report.dead_letters["processing_error"] += len(letters)
+        self.metrics.dead_letters.labels("processing_error").inc(len(letters))
+        self.metrics.processing_errors.labels("event").inc(len(letters))
+
+    async def dead_letter_batch(self, messages: list[Message], error: BaseException) -> None:
+        """Last resort for a bug outside per-user isolation: keep the batch in the DLQ, never drop it."""
+        letters = [
+            DeadLetter.build(
+                "processing_error",
+                f"batch: {error!r}",
+                m.value,
+                m.key,
+                m.topic,
+                m.partition,
+                m.offset,
+                self.settings.processor_version,
+            )
+            for m in messages
+        ]
+        await self.send_dead_letters(letters)
+        self.metrics.dead_letters.labels("processing_error").inc(len(letters))
+        self.metrics.processing_errors.labels("batch").inc()
 
     # -- time-driven path ----------------------------------------------------------------
     async def now(self) -> float:

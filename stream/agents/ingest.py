@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -23,6 +24,16 @@ def register_ingest(app: Any, topic: Any, processor: Processor, settings: Settin
                 Message(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
                 for e in events
             ]
-            await processor.process(messages)
+            try:
+                await processor.process(messages)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Faust would ack a batch whose agent raised; park it in the DLQ instead of losing it.
+                first, last = messages[0], messages[-1]
+                log.exception(
+                    "bug processing batch %s[%d]@%d..%d", first.topic, first.partition, first.offset, last.offset
+                )
+                await processor.dead_letter_batch(messages, exc)
 
     return app.agent(topic, name="portrait-ingest")(ingest)

@@ -5,6 +5,7 @@ This is the only module that knows about all the parts.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -20,14 +21,17 @@ from stream.agents.ingest import register_ingest
 from stream.agents.timers import register_timers
 from stream.deadletter import DeadLetter
 from stream.keys import Keys
+from stream.lag import LagReader, record_lag
 from stream.metrics import Metrics
 from stream.processor import Processor
+from stream.rules import MODEL_TAGS, load_rules
 from stream.settings import Settings
-from stream.store import Store
+from stream.store import OutboxEntry, Store
 from stream.tagging.definitions import TagCatalogue, load_catalogue
 from stream.topics import Topics
 
 log = logging.getLogger(__name__)
+LAG_INTERVAL_S = 15.0
 
 
 @dataclass
@@ -72,7 +76,17 @@ def create_app(settings: Settings, catalogue: TagCatalogue | None = None) -> Ser
                 topics.dead_letters, letter.key, letter.model_dump_json().encode(), None, None, None
             )
 
-    processor = Processor(settings, catalogue, store, send_dead_letters, metrics)
+    async def send_triggers(entries: list[OutboxEntry]) -> None:
+        futures = [await app.producer.send(e.topic, e.key.encode(), e.value, None, None, None) for e in entries]
+        await asyncio.gather(*futures)
+
+    rules_file = settings.resolved_rules_file()
+    rules = load_rules(rules_file, catalogue.names | set(MODEL_TAGS)) if rules_file is not None else None
+    if rules is not None:
+        log.info("rules: %d active from %s", len(rules.active), rules_file)
+    processor = Processor(
+        settings, catalogue, store, send_dead_letters, metrics, rules=rules, send_triggers=send_triggers
+    )
     register_ingest(app, input_topic, processor, settings)
     register_timers(app, processor, settings)
     service = Service(app, settings, catalogue, store, processor, metrics)
@@ -81,6 +95,18 @@ def create_app(settings: Settings, catalogue: TagCatalogue | None = None) -> Ser
     @app.task  # type: ignore[untyped-decorator]
     async def publish_catalogue() -> None:
         await store.client.set(store.keys.catalogue, catalogue.model_dump_json())
+        await store.ensure_outbox()
+
+    lag_reader = LagReader(settings.bootstrap_servers(), settings.app_id, topics.inputs)
+
+    @app.timer(LAG_INTERVAL_S)  # type: ignore[untyped-decorator]
+    async def report_lag() -> None:
+        try:
+            if not lag_reader.started:
+                await lag_reader.start()
+            record_lag(metrics, await lag_reader.read())
+        except Exception as exc:  # lag is observability only: never let it disturb processing
+            log.warning("consumer lag unavailable: %r", exc)
 
     return service
 
@@ -99,7 +125,8 @@ def _register_views(service: Service) -> None:
     @app.page("/metrics")
     class MetricsView(View):
         async def get(self, request: Request) -> Response:
-            return self.bytes(generate_latest(service.metrics.registry), content_type=CONTENT_TYPE_LATEST)
+            # aiohttp refuses a charset inside content_type; prometheus-client's type carries one
+            return self.bytes(generate_latest(service.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     @app.page("/healthz")
     class HealthView(View):

@@ -161,6 +161,64 @@ def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_triggers(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.triggers_tail import tail
+
+    return asyncio.run(tail(settings, topic=args.topic, follow=args.follow))
+
+
+def cmd_explain(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.rules import DeliveryMemory
+
+    async def load() -> Any:
+        store = _store(settings)
+        try:
+            loaded, _, _ = await store.load([args.user_id])
+            return loaded[args.user_id].state
+        finally:
+            await store.close()
+
+    state = asyncio.run(load())
+    if state is None:
+        print(f"no state for {args.user_id!r}", file=sys.stderr)
+        return 1
+    memory = DeliveryMemory.from_dict(state.delivery)
+    print(f"rule firings for {args.user_id} (newest last; suppressed firings are recorded, not sent)")
+    for record in memory.recent:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record.at))
+        outcome = record.outcome if record.reason is None else f"{record.outcome} ({record.reason})"
+        print(
+            f"  {when}Z  {record.rule_id} v{record.rule_version}  {record.channel:<6} {outcome:<24} {record.trigger_id}"
+        )
+    if not memory.recent:
+        print("  none")
+    print("rule inputs at last evaluation: " + json.dumps(state.rules_prev or {}, sort_keys=True))
+    return 0
+
+
+def cmd_rules(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.rules import MODEL_TAGS, load_rules
+    from stream.tagging.definitions import load_catalogue
+
+    known = load_catalogue(settings.tags_file).names | set(MODEL_TAGS)
+    rules = load_rules(Path(args.file), known)
+    print(f"{args.file}: {len(rules.active)} active rules OK")
+    for rule in rules.active:
+        print(f"  {rule.id} v{rule.version} -> {rule.action.type} on {rule.channel}")
+    return 0
+
+
+def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.models.evaluation import evaluate_events
+    from stream.replay import read_events
+    from stream.tagging.definitions import parse_duration
+
+    events = [e for e in read_events(Path(args.file)) if isinstance(e, dict)]
+    report = evaluate_events(events, horizon=parse_duration(args.horizon) if args.horizon else None)
+    print(report.to_text())
+    return 0
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from stream.demo import run_demo
 
@@ -218,6 +276,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_clock)
 
     sub.add_parser("stats", help="processing counters").set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("triggers", help="follow the trigger topics like a marketing-automation consumer")
+    p.add_argument("action", choices=["tail"])
+    p.add_argument("--topic", help="one trigger topic suffix, e.g. triggers.coupon (default: all)")
+    p.add_argument("--follow", action="store_true", help="keep waiting for new triggers")
+    p.set_defaults(func=cmd_triggers)
+
+    p = sub.add_parser("explain", help="a user's recent rule firings and suppressions with reasons")
+    p.add_argument("user_id")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("rules", help="validate a rules file")
+    p.add_argument("action", choices=["check"])
+    p.add_argument("file")
+    p.set_defaults(func=cmd_rules)
+
+    p = sub.add_parser("evaluate", help="replay an export offline: churn AUC vs baseline, segments")
+    p.add_argument("file")
+    p.add_argument("--horizon", help="churn horizon, e.g. 30d or 90d")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="end-to-end demo on embedded infrastructure")
     p.add_argument("--users", type=int, default=2000)

@@ -108,19 +108,31 @@ async def wait_processed(
 
 
 async def settle(store: Store, event_clock: bool, timeout: float = 120.0, reevaluate_all: bool = True) -> None:
-    """Refresh RFM thresholds, make every user due, and wait until the workers caught up.
+    """Bring every profile to the tags at the current clock, with final RFM thresholds.
 
-    After this, every profile equals the tags at the current clock.
+    Re-evaluating users moves their RFM metrics, which can move the population thresholds, so
+    this repeats "refresh thresholds, re-evaluate everyone" until a refresh changes nothing.
     """
-    now = (await store.clock() or 0.0) if event_clock else time.time()
-    await store.refresh_rfm(now)
-    if reevaluate_all:
-        await store.mark_all_due()
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        now = (await store.clock() or 0.0) if event_clock else time.time()
-        count, _ = await store.due_stats(now)
-        if count == 0:
+
+    async def drain() -> float:
+        while time.monotonic() < deadline:
+            now = (await store.clock() or 0.0) if event_clock else time.time()
+            count, _ = await store.due_stats(now)
+            if count == 0:
+                return now
+            await asyncio.sleep(0.1)
+        raise TimeoutError("due re-evaluations did not drain")
+
+    now = await drain()
+    version = await store.refresh_rfm(now)
+    if not reevaluate_all:
+        return
+    for _ in range(10):
+        await store.mark_all_due()
+        now = await drain()
+        refreshed = await store.refresh_rfm(now)
+        if refreshed == version:
             return
-        await asyncio.sleep(0.2)
-    raise TimeoutError("due re-evaluations did not drain")
+        version = refreshed
+    raise TimeoutError("RFM thresholds did not converge")

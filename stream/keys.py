@@ -46,6 +46,10 @@ class Keys:
         return f"{self.base}:rfm:thresholds"
 
     @property
+    def outbox(self) -> str:
+        return f"{self.base}:outbox"
+
+    @property
     def clock(self) -> str:
         return f"{self.base}:clock"
 

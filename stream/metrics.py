@@ -53,5 +53,27 @@ class Metrics:
         self.processing_errors = Counter(
             "portrait_processing_errors", "Unexpected errors while processing a batch", ["stage"], registry=r
         )
+        self.consumer_lag = Gauge(
+            "portrait_consumer_lag",
+            "Messages not yet committed by the consumer group, per input partition (see stream.lag)",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.triggers_sent = Counter(
+            "portrait_triggers_sent", "Triggers decided for sending, by rule", ["rule"], registry=r
+        )
+        self.triggers_suppressed = Counter(
+            "portrait_triggers_suppressed", "Rule firings not sent, by rule and reason", ["rule", "reason"], registry=r
+        )
+        self.triggers_delivered = Counter(
+            "portrait_triggers_delivered", "Triggers produced to their topic from the outbox", ["topic"], registry=r
+        )
+        self.trigger_latency = Histogram(
+            "portrait_trigger_latency_seconds",
+            "Trigger event time to trigger on its topic (wall clock mode)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.outbox_pending = Gauge("portrait_outbox_pending", "Triggers in the outbox not yet delivered", registry=r)
         self.info = Info("portrait_worker", "Worker build and config", registry=r)
         self.info.info({"version": __version__})

@@ -8,6 +8,7 @@ from pydantic import ValidationError
 
 from stream.deadletter import DeadLetter, Reason
 from stream.events import Event, parse_event
+from stream.rules import ORDER_TAGS, DeliveryMemory, RuleSet, evaluate_rules, tags_referenced
 from stream.store import UserWrite
 from stream.tagging.definitions import TagCatalogue
 from stream.tagging.engine import (
@@ -24,6 +25,7 @@ from stream.tagging.engine import (
     retention_end,
 )
 from stream.tagging.state import UserState
+from stream.topics import Topics
 
 
 @dataclass(frozen=True)
@@ -112,10 +114,15 @@ def plan_write(
     thresholds: RfmThresholds,
     catalogue: TagCatalogue,
     wall_now: float,
+    rules: RuleSet | None = None,
+    topics: Topics | None = None,
 ) -> UserWrite:
     """Evaluate a user's tags at ``now`` and describe the resulting Redis writes.
 
-    Mutates ``state`` (prunes old tiles, records the published profile for audience diffs).
+    Mutates ``state`` (prunes old tiles, records the published profile for audience diffs and the
+    values rules compare against, updates the delivery memory). Rule firings become triggers that
+    the write puts in the outbox atomically with the state, so none is lost between deciding and
+    sending.
     """
     previous = state.published
     audience_tags = catalogue.audience_tags
@@ -128,6 +135,8 @@ def plan_write(
     add = [(t, v) for t, v in profile.items() if t in audience_tags and previous.get(t) != v]
     remove = [(t, v) for t, v in previous.items() if t in audience_tags and profile.get(t) != v]
     state.published = {t: v for t, v in profile.items() if t in audience_tags}
+    state.evaluated_at = now
+    triggers, decisions = _apply_rules(uid, version, state, profile, now, rules, topics or Topics())
     profile["_evaluated_at"] = f"{now:.3f}"
     profile["_updated_at"] = f"{wall_now:.3f}"
     profile["_rfm_version"] = str(thresholds.version)
@@ -142,4 +151,24 @@ def plan_write(
         due=next_due(state, now, catalogue.params),
         ttl_s=ttl,
         ranks=rank_metrics(state, now),
+        triggers=triggers,
+        decisions=decisions,
     )
+
+
+def _apply_rules(
+    uid: str, version: int, state: UserState, profile: dict[str, str], now: float, rules: RuleSet | None, topics: Topics
+) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
+    """(outbox entries (topic, trigger JSON), decisions (rule, outcome, reason)) for this step."""
+    if rules is None:
+        return [], []
+    tracked = tags_referenced(rules) | set(ORDER_TAGS)
+    # A brand-new user starts from nothing; an existing user without a baseline (rules just
+    # deployed) only records one, so a deployment does not fire at everyone at once.
+    previous = state.rules_prev if state.rules_prev is not None else ({} if version == 0 else None)
+    memory = DeliveryMemory.from_dict(state.delivery)
+    found = evaluate_rules(rules, uid, previous, profile, now, memory)
+    state.rules_prev = {t: profile[t] for t in sorted(tracked) if t in profile}
+    state.delivery = memory.to_dict()
+    outbox = [(topics.trigger(d.topic_suffix), d.trigger.model_dump_json()) for d in found if d.outcome == "send"]
+    return outbox, [(d.rule.id, d.outcome, d.reason or "") for d in found]

@@ -9,28 +9,36 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stream.deadletter import DeadLetter
 from stream.metrics import Metrics
 from stream.pipeline import Message, Valid, classify, plan_write
+from stream.rules import RuleSet
 from stream.settings import Settings
-from stream.store import Store, UserWrite
+from stream.store import OutboxEntry, Store, UserWrite
 from stream.tagging.definitions import TagCatalogue
 from stream.tagging.engine import Applied, apply_event
 from stream.tagging.state import UserState
+from stream.topics import Topics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SendDeadLetters = Callable[[list[DeadLetter]], Awaitable[None]]
+SendTriggers = Callable[[list[OutboxEntry]], Awaitable[None]]
+OUTBOX_BATCH = 500
+OUTBOX_STALE_MS = 30_000
 MAX_CONFLICT_RETRIES = 20
 
 
@@ -53,8 +61,14 @@ class Processor:
         send_dead_letters: SendDeadLetters,
         metrics: Metrics,
         wall_clock: Callable[[], float] = time.time,
+        rules: RuleSet | None = None,
+        send_triggers: SendTriggers | None = None,
     ) -> None:
         self.settings = settings
+        self.rules = rules
+        self.send_triggers = send_triggers
+        self.topics = Topics(settings.topic_prefix)
+        self.sender_id = f"{socket.gethostname()}-{os.getpid()}"
         self.catalogue = catalogue
         self.store = store
         self.send_dead_letters = send_dead_letters
@@ -124,6 +138,9 @@ class Processor:
 
         uids = list(dict.fromkeys(v.event.subject_id for v in valid))
         batch_max_ts = max((v.event.epoch for v in valid), default=None)
+        latest: dict[str, float] = {}
+        for v in valid:
+            latest[v.event.subject_id] = max(latest.get(v.event.subject_id, v.event.epoch), v.event.epoch)
         for _attempt in range(MAX_CONFLICT_RETRIES):
             loaded, stored_clock, thresholds = await self._retrying("load", self.store.load, uids)
             now = max(self.event_clock, stored_clock or 0.0, batch_max_ts or 0.0) if event_mode else wall
@@ -150,10 +167,11 @@ class Processor:
             for uid in touched:
                 if uid in broken:
                     continue
+                # Event time: each user is evaluated at their own latest event (never going back), so a
+                # replay evaluates users at the same moments live processing would, whatever the batching.
+                at = max(latest[uid], states[uid].evaluated_at or 0.0) if event_mode else now
                 try:
-                    writes.append(
-                        plan_write(uid, loaded[uid].version, states[uid], now, thresholds, self.catalogue, wall)
-                    )
+                    writes.append(self._plan(uid, loaded[uid].version, states[uid], min(at, now), thresholds, wall))
                 except Exception as exc:
                     broken[uid] = f"evaluate: {exc!r}"
                     log.exception("bug evaluating user %s", uid)
@@ -177,6 +195,9 @@ class Processor:
 
         if event_mode:
             self.event_clock = max(self.event_clock, now)
+        self._count_decisions(writes)
+        if any(w.triggers for w in writes):
+            await self.deliver_triggers()
         report.applied = outcomes[Applied.APPLIED.value]
         report.redelivered = outcomes[Applied.REDELIVERED.value]
         report.duplicates = outcomes[Applied.DUPLICATE.value]
@@ -242,17 +263,25 @@ class Processor:
         return self.event_clock
 
     async def reevaluate_due(self) -> int:
-        """Re-evaluate users whose tags change without an event (windows, recency, timers)."""
+        """Re-evaluate users whose tags change without an event (windows, recency, timers).
+
+        Each user is evaluated at their due time (not the possibly much later clock), so a replay
+        in event time passes through the same states, and fires the same rules, as live processing.
+        """
         now = await self.now()
         if now <= 0:
             return 0
         s = self.settings
-        ids = await self._retrying("claim", self.store.claim_due, now, s.due_batch, self.wall_clock(), s.due_lease_s)
-        if not ids:
+        claimed = await self._retrying(
+            "claim", self.store.claim_due, now, s.due_batch, self.wall_clock(), s.due_lease_s
+        )
+        if not claimed:
             return 0
         wall = self.wall_clock()
-        pending = list(ids)
+        due_at = dict(claimed)
+        pending = list(due_at)
         done = 0
+        all_writes: list[UserWrite] = []
         for _attempt in range(3):
             loaded, _, thresholds = await self._retrying("load", self.store.load, pending)
             writes: list[UserWrite] = []
@@ -260,19 +289,70 @@ class Processor:
                 user = loaded[uid]
                 if user.state is None:
                     writes.append(UserWrite(uid, user.version, None))
-                else:
-                    writes.append(plan_write(uid, user.version, user.state, now, thresholds, self.catalogue, wall))
-            conflicts = await self._retrying("write", self.store.write, writes, None, {})
-            done += len(writes) - len(conflicts)
-            if not conflicts:
+                    continue
+                due = due_at[uid]
+                at = now if due <= 0 else min(now, max(due, user.state.evaluated_at or 0.0))
+                try:
+                    writes.append(self._plan(uid, user.version, user.state, at, thresholds, wall))
+                except Exception:
+                    # stays in flight until its lease expires, then is retried; logged and counted
+                    self.metrics.processing_errors.labels("reevaluate").inc()
+                    log.exception("bug re-evaluating user %s", uid)
+            conflicts = await self._retrying("write", self.store.write, writes, None, {"reevaluations": len(writes)})
+            if conflicts:
+                writes = [w for w in writes if w.uid not in conflicts]  # nothing was written: retry the rest
+            else:
+                done += len(writes)
+                all_writes.extend(writes)
                 break
-            pending = conflicts  # someone else wrote them meanwhile; recompute from their new state
+            pending = [w.uid for w in writes]
         self.metrics.reevaluations.inc(done)
-        await self._retrying("write", self.store.write, [], None, {"reevaluations": done})
+        self._count_decisions(all_writes)
+        if any(w.triggers for w in all_writes):
+            await self.deliver_triggers()
         return done
+
+    def _plan(self, uid: str, version: int, state: UserState, at: float, thresholds: Any, wall: float) -> UserWrite:
+        return plan_write(uid, version, state, at, thresholds, self.catalogue, wall, self.rules, self.topics)
+
+    def _count_decisions(self, writes: list[UserWrite]) -> None:
+        for w in writes:
+            for rule, outcome, reason in w.decisions:
+                if outcome == "send":
+                    self.metrics.triggers_sent.labels(rule).inc()
+                else:
+                    self.metrics.triggers_suppressed.labels(rule, reason).inc()
+
+    # -- trigger delivery ----------------------------------------------------------------
+    async def deliver_triggers(self) -> int:
+        """Produce outbox entries to their topics, then remove them. At least once: entries of a
+        sender that died unacknowledged are claimed by another after ``OUTBOX_STALE_MS``; consumers
+        dedupe by the deterministic ``trigger_id``."""
+        if self.send_triggers is None:
+            return 0
+        delivered = 0
+        while True:
+            entries = await self._retrying(
+                "outbox", self.store.read_outbox, self.sender_id, OUTBOX_BATCH, OUTBOX_STALE_MS
+            )
+            if not entries:
+                break
+            await self.send_triggers(entries)
+            await self._retrying("outbox", self.store.ack_outbox, [e.id for e in entries])
+            wall = self.wall_clock()
+            for entry in entries:
+                self.metrics.triggers_delivered.labels(entry.topic).inc()
+                if self.settings.clock == "wall":
+                    event_time = float(orjson.loads(entry.value).get("event_time", wall))
+                    self.metrics.trigger_latency.observe(max(0.0, wall - event_time))
+            delivered += len(entries)
+            if len(entries) < OUTBOX_BATCH:
+                break
+        return delivered
 
     async def observe_due(self) -> None:
         now = await self.now()
         count, oldest = await self._retrying("due_stats", self.store.due_stats, now)
         self.metrics.due_pending.set(count)
         self.metrics.freshness.set(max(0.0, now - oldest) if oldest is not None and oldest <= now else 0.0)
+        self.metrics.outbox_pending.set(await self._retrying("outbox", self.store.outbox_pending))

@@ -7,11 +7,16 @@ from pathlib import Path
 
 from stream.deadletter import DeadLetter
 from stream.events import EVENT_ADAPTER
+from stream.rules import Trigger
 
 
 def write_schemas(out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    docs = {"event.schema.json": EVENT_ADAPTER.json_schema(), "dead-letter.schema.json": DeadLetter.model_json_schema()}
+    docs = {
+        "event.schema.json": EVENT_ADAPTER.json_schema(),
+        "dead-letter.schema.json": DeadLetter.model_json_schema(),
+        "trigger.schema.json": Trigger.model_json_schema(),
+    }
     paths = []
     for name, schema in docs.items():
         path = out / name

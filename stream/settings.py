@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     key_prefix: str = "portrait"
     partitions: int = Field(default=4, ge=1)
     tags_file: Path | None = Field(default=None, description="tag definitions YAML; default is shipped")
+    rules_file: Path | None = Field(
+        default=None, description="automation rules YAML; default deploy/rules.yaml when present, else no rules"
+    )
     clock: Literal["wall", "event"] = "wall"
     batch_size: int = Field(default=500, ge=1)
     batch_within: float = Field(default=0.2, gt=0)
@@ -54,6 +57,12 @@ class Settings(BaseSettings):
     @property
     def processor_version(self) -> str:
         return __version__
+
+    def resolved_rules_file(self) -> Path | None:
+        if self.rules_file is not None:
+            return self.rules_file
+        shipped = Path(__file__).resolve().parent.parent / "deploy" / "rules.yaml"
+        return shipped if shipped.exists() else None
 
     def read_state(self) -> dict[str, str]:
         """Connection details written by ``portrait infra up`` (empty when absent)."""

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from stream.keys import Keys
 from stream.tagging.engine import RfmThresholds
@@ -55,6 +56,9 @@ for i, u in ipairs(meta.users) do
     redis.call('SADD', akey, u.u)
     redis.call('EXPIRE', akey, meta.aud_ttl)
   end
+  for _, tr in ipairs(u.tr) do
+    redis.call('XADD', base .. ':outbox', '*', 't', tr[1], 'k', u.u, 'v', tr[2])
+  end
   local metrics = {'r', 'f', 'm'}
   for j, m in ipairs(metrics) do
     local rkey = base .. ':rank:' .. m
@@ -86,12 +90,12 @@ for _, u in ipairs(expired) do
   redis.call('ZREM', KEYS[2], u)
   redis.call('ZADD', KEYS[1], 0, u)
 end
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-for _, u in ipairs(ids) do
-  redis.call('ZREM', KEYS[1], u)
-  redis.call('ZADD', KEYS[2], ARGV[4], u)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
+for i = 1, #due, 2 do
+  redis.call('ZREM', KEYS[1], due[i])
+  redis.call('ZADD', KEYS[2], ARGV[4], due[i])
 end
-return ids
+return due
 """
 
 REFRESH_RFM_SCRIPT = """
@@ -120,6 +124,15 @@ return redis.call('HGET', tkey, 'version')
 """
 
 AUDIENCE_TTL_S = 92 * 86400
+OUTBOX_GROUP = "senders"
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    id: str
+    topic: str
+    key: str
+    value: bytes
 
 
 def _text(value: bytes | str) -> str:
@@ -155,6 +168,8 @@ class UserWrite:
     due: float = 0.0
     ttl_s: int = 86400
     ranks: tuple[float, int, int] | None = None
+    triggers: list[tuple[str, str]] = field(default_factory=list)  # outbox: (topic, trigger JSON)
+    decisions: list[tuple[str, str, str]] = field(default_factory=list)  # (rule, outcome, reason) for metrics
 
 
 class Store:
@@ -210,6 +225,7 @@ class Store:
                     "due": w.due,
                     "ttl": max(1, w.ttl_s),
                     "rk": list(w.ranks) if w.ranks else False,
+                    "tr": [list(t) for t in w.triggers],
                 }
             )
             blobs.append(w.state.to_bytes() if w.state is not None else b"")
@@ -220,11 +236,41 @@ class Store:
         result = await self._write(args=[self.keys.base, orjson.dumps(meta), *blobs])
         return [_text(c) for c in result]
 
-    async def claim_due(self, now: float, limit: int, wall_now: float, lease_s: float) -> list[str]:
-        """Claim up to ``limit`` users due at ``now`` (event or wall time) for ``lease_s`` wall seconds."""
+    # -- trigger outbox: a Redis stream consumed by the workers' "senders" group ----------------
+    async def ensure_outbox(self) -> None:
+        try:
+            await self.client.xgroup_create(self.keys.outbox, OUTBOX_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def read_outbox(self, consumer: str, count: int, stale_ms: int) -> list[OutboxEntry]:
+        """New entries plus entries another sender claimed ``stale_ms`` ago without acking (it died)."""
+        reply: Any = await self.client.xautoclaim(
+            self.keys.outbox, OUTBOX_GROUP, consumer, min_idle_time=stale_ms, start_id="0-0", count=count
+        )
+        claimed = reply[1]
+        fresh: Any = await self.client.xreadgroup(OUTBOX_GROUP, consumer, {self.keys.outbox: ">"}, count=count)
+        entries = list(claimed) + [e for _, items in fresh for e in items]
+        return [OutboxEntry(_text(eid), _text(f[b"t"]), _text(f[b"k"]), f[b"v"]) for eid, f in entries if f is not None]
+
+    async def ack_outbox(self, ids: list[str]) -> None:
+        if ids:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.xack(self.keys.outbox, OUTBOX_GROUP, *ids)
+            pipe.xdel(self.keys.outbox, *ids)
+            await pipe.execute()
+
+    async def outbox_pending(self) -> int:
+        return int(await self.client.xlen(self.keys.outbox))
+
+    async def claim_due(self, now: float, limit: int, wall_now: float, lease_s: float) -> list[tuple[str, float]]:
+        """Claim up to ``limit`` users due at ``now`` (event or wall time) for ``lease_s`` wall seconds.
+
+        Returns (user, due time); a due time of 0 means "re-evaluate now" (forced)."""
         keys = [self.keys.due, self.keys.inflight]
-        ids = await self._claim(keys=keys, args=[repr(now), limit, repr(wall_now), repr(wall_now + lease_s)])
-        return [_text(i) for i in ids]
+        flat = await self._claim(keys=keys, args=[repr(now), limit, repr(wall_now), repr(wall_now + lease_s)])
+        return [(_text(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     async def due_stats(self, now: float) -> tuple[int, float | None]:
         """(users due now or being re-evaluated, score of the oldest due entry)."""

@@ -29,13 +29,21 @@ class Topics:
     def dead_letters(self) -> str:
         return f"{self.prefix}.dlq"
 
+    def trigger(self, suffix: str) -> str:
+        """A trigger topic, e.g. ``trigger("triggers.coupon")`` → ``portrait.triggers.coupon``."""
+        return f"{self.prefix}.{suffix}"
+
+    @property
+    def triggers(self) -> tuple[str, ...]:
+        return tuple(self.trigger(s) for s in TRIGGER_SUFFIXES)
+
     @property
     def inputs(self) -> tuple[str, ...]:
         return (self.clickstream, self.transactions, self.feedback, self.identify)
 
     @property
     def all(self) -> tuple[str, ...]:
-        return (*self.inputs, self.dead_letters)
+        return (*self.inputs, self.dead_letters, *self.triggers)
 
     def for_event_type(self, event_type: str) -> str:
         """The input topic an event of ``event_type`` belongs on."""
@@ -50,3 +58,5 @@ class Topics:
 
 CLICKSTREAM_TYPES = frozenset({"page_view", "search", "add_to_cart", "remove_from_cart", "checkout_started"})
 TRANSACTION_TYPES = frozenset({"order_paid", "order_refunded"})
+# One topic per action type (stream/rules/actions.py registers them; a unit test keeps both in sync).
+TRIGGER_SUFFIXES = ("triggers.coupon", "triggers.care_sms")

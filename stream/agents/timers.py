@@ -15,8 +15,10 @@ def register_timers(app: Any, processor: Processor, settings: Settings) -> None:
     async def reevaluate() -> None:
         # Drain everything due now, a bounded batch at a time, so a clock jump catches up at once.
         try:
-            while await processor.reevaluate_due() >= settings.due_batch:
-                pass
+            # users may be due several times within one clock jump (each change point); bounded per tick
+            for _ in range(100):
+                if await processor.reevaluate_due() == 0:
+                    break
             await processor.observe_due()
         except Exception:  # a bug here must not kill the timer: log, count, try next tick
             processor.metrics.processing_errors.labels("reevaluate").inc()
@@ -30,5 +32,15 @@ def register_timers(app: Any, processor: Processor, settings: Settings) -> None:
             processor.metrics.processing_errors.labels("rfm_refresh").inc()
             log.exception("RFM threshold refresh failed")
 
+    async def deliver_triggers() -> None:
+        # Normally the batch that decided a trigger delivers it at once; this catches a sender that
+        # died between its Redis write and Kafka (its entries are claimed after a lease).
+        try:
+            await processor.deliver_triggers()
+        except Exception:
+            processor.metrics.processing_errors.labels("outbox").inc()
+            log.exception("trigger delivery failed")
+
     app.timer(settings.timer_interval_s, name="portrait-reevaluate")(reevaluate)
+    app.timer(settings.timer_interval_s, name="portrait-outbox")(deliver_triggers)
     app.timer(settings.rfm_refresh_interval_s, name="portrait-rfm-refresh")(refresh_rfm)

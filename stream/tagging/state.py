@@ -38,7 +38,10 @@ class UserState:
     nps: tuple[int, float, str] | None = None  # score, ts, event id
     offsets: dict[str, int] = field(default_factory=dict)  # "topic/partition" -> last offset
     recent_ids: list[str] = field(default_factory=list)
-    published: dict[str, str] = field(default_factory=dict)  # last profile written
+    published: dict[str, str] = field(default_factory=dict)  # audience tag values last written
+    evaluated_at: float | None = None  # the `now` of the last evaluation (monotonic per user)
+    rules_prev: dict[str, str] | None = None  # values of rule-referenced tags at the last evaluation
+    delivery: dict[str, Any] = field(default_factory=dict)  # rules.DeliveryMemory.to_dict()
 
     def tile(self, day: int) -> list[int]:
         tile = self.tiles.get(day)
@@ -61,6 +64,9 @@ class UserState:
             "o": self.offsets,
             "r": self.recent_ids,
             "p": self.published,
+            "e": self.evaluated_at,
+            "rp": self.rules_prev,
+            "dm": self.delivery,
         }
         return orjson.dumps(doc)
 
@@ -81,4 +87,7 @@ class UserState:
             offsets=doc["o"],
             recent_ids=doc["r"],
             published=doc["p"],
+            evaluated_at=doc.get("e"),
+            rules_prev=doc.get("rp"),
+            delivery=doc.get("dm") or {},
         )

@@ -15,6 +15,7 @@ from stream import replay, synth
 from stream.harness import start_worker, stop_worker, wait_healthy
 from stream.infra import free_port
 from tests.integration.helpers import assert_profiles_match, processed_and_settled, read_profiles, store_for
+from tests.integration.triggers import RULES, expected_triggers, read_triggers
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +30,9 @@ async def _messages(settings) -> int:
 
 def test_sigkill_three_times_loses_and_duplicates_nothing(make_settings, tmp_path: Path) -> None:
     # small batches and a slow commit interval make each kill land with uncommitted work in flight
-    settings = make_settings(clock="event", web_port=free_port(), batch_size=100, commit_interval_s=3.0)
+    settings = make_settings(
+        clock="event", web_port=free_port(), batch_size=100, commit_interval_s=3.0, rules_file=RULES
+    )
     events = synth.generate(users=400, events=20000, seed=23, days=85)
     rng = random.Random(99)
     log = tmp_path / "worker.log"
@@ -51,6 +54,7 @@ def test_sigkill_three_times_loses_and_duplicates_nothing(make_settings, tmp_pat
             wait_healthy(settings, proc)
         asyncio.run(processed_and_settled(settings, len(events), timeout=300, counter="events_applied"))
         actual, now = asyncio.run(read_profiles(settings, set()))
+        triggers = asyncio.run(read_triggers(settings))
     finally:
         stop_worker(proc)
     assert kills == 3
@@ -59,6 +63,11 @@ def test_sigkill_three_times_loses_and_duplicates_nothing(make_settings, tmp_pat
     # every event applied exactly once; redelivered ones were recognised and skipped
     assert store_stats["events_applied"] == len(events)
     print(f"redelivered after kills: {store_stats.get('events_redelivered', 0)}")
+    # no trigger lost between deciding and sending, and a restart never mints a new id
+    for suffix, ids in expected_triggers(events).items():
+        seen = [t["trigger_id"] for t in triggers.get(suffix, [])]
+        assert set(seen) == ids, f"{suffix}: missing {len(ids - set(seen))}, unexpected {len(set(seen) - ids)}"
+        print(f"{suffix}: {len(ids)} triggers, {len(seen) - len(ids)} duplicate deliveries after kills")
 
 
 async def _stats(settings) -> dict[str, int]:

@@ -1,0 +1,55 @@
+"""Online behaviour segments and churn risk (pure: no Faust, Redis or Kafka; river only).
+
+See docs/models.md. Entry points: ``load_models_config``, ``Models`` (with ``UserModelState``
+per user), ``checkpoint.dump`` / ``checkpoint.restore``, ``evaluation.evaluate_events``.
+"""
+
+from stream.models.checkpoint import CheckpointError, CorruptCheckpoint, IncompatibleCheckpoint, dump, restore
+from stream.models.churn import (
+    ChurnMetrics,
+    ChurnModel,
+    PendingExample,
+    churn_band,
+    format_risk,
+    resolve,
+    roc_auc,
+    snapshot_due,
+    take_snapshot,
+)
+from stream.models.config import FeatureSpec, ModelsConfig, load_models_config, parse_models_config
+from stream.models.features import FeatureError, build_features, feature_columns
+from stream.models.runtime import MODEL_TAGS, Models, StepResult, UserModelState, qualifying_ts
+from stream.models.segments import SegmentDescription, SegmentModel, match_centroids, should_reassign
+
+__all__ = [
+    "MODEL_TAGS",
+    "CheckpointError",
+    "ChurnMetrics",
+    "ChurnModel",
+    "CorruptCheckpoint",
+    "FeatureError",
+    "FeatureSpec",
+    "IncompatibleCheckpoint",
+    "Models",
+    "ModelsConfig",
+    "PendingExample",
+    "SegmentDescription",
+    "SegmentModel",
+    "StepResult",
+    "UserModelState",
+    "build_features",
+    "churn_band",
+    "dump",
+    "feature_columns",
+    "format_risk",
+    "load_models_config",
+    "match_centroids",
+    "parse_models_config",
+    "qualifying_ts",
+    "resolve",
+    "restore",
+    "roc_auc",
+    "should_reassign",
+    "snapshot_due",
+    "take_snapshot",
+]

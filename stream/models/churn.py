@@ -1,0 +1,226 @@
+"""Churn risk: online logistic regression trained from delayed labels, resolved in event time.
+
+Label definition (``churn`` in ``stream/models.yaml``): a snapshot of a user's features taken at
+``ts`` is *churned* (1) when the user has no qualifying activity (default: a paid order) in
+``(ts, ts + horizon]``, and *retained* (0) as soon as such activity is seen. Resolution is driven
+by ``now`` (wall clock, or the watermark in event-time replays), so it fits the time-driven path:
+call ``resolve`` whenever the user's qualifying timestamp advances and when ``now`` reaches
+``pending.ts + horizon`` (``deadline``).
+
+Progressive validation: every resolved example is scored by the current model *before* it is
+learned from; the score feeds a rolling ROC AUC, a log loss and an ADWIN drift detector on the
+absolute error. A recency-only baseline (the value of ``baseline_feature`` in the snapshot, e.g.
+scaled days since the last order: higher = more likely churned) is scored on the same examples.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from river import drift as _drift
+from river import linear_model as _linear_model
+from river import metrics as _metrics
+from river import optim as _optim
+from river import preprocessing as _preprocessing
+
+from stream.models.config import ChurnBands, ChurnParams
+from stream.models.features import Vector
+
+# river is only partly annotated: use it through ``Any`` so mypy --strict accepts the calls.
+drift: Any = _drift
+linear_model: Any = _linear_model
+metrics: Any = _metrics
+optim: Any = _optim
+preprocessing: Any = _preprocessing
+
+
+@dataclass(frozen=True)
+class PendingExample:
+    """A user's churn features at snapshot time ``ts``, waiting for its label."""
+
+    features: dict[str, float]
+    ts: float
+
+    def deadline(self, horizon: float) -> float:
+        """``now`` at which the example resolves as churned if nothing qualifying happened."""
+        return self.ts + horizon
+
+    def to_json(self) -> dict[str, Any]:
+        return {"x": self.features, "ts": self.ts}
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> PendingExample:
+        return cls(features={str(k): float(v) for k, v in doc["x"].items()}, ts=float(doc["ts"]))
+
+
+def take_snapshot(features: Mapping[str, float], now: float) -> PendingExample:
+    """Freeze ``features`` as a pending example at ``now`` (copied, so later changes don't leak in)."""
+    return PendingExample(features=dict(features), ts=float(now))
+
+
+def resolve(
+    pending: PendingExample, last_qualifying_activity_ts: float | None, now: float, horizon: float
+) -> int | None:
+    """The label of ``pending`` at ``now``: 0 (came back), 1 (churned) or ``None`` (not yet known).
+
+    * 0 when ``pending.ts < last_qualifying_activity_ts <= pending.ts + horizon``;
+    * 1 when ``now >= pending.ts + horizon`` and the latest qualifying activity is not in that range
+      (none, at/before the snapshot, or — only when the caller resolved late — after the deadline);
+    * ``None`` otherwise.
+    Contract: call it whenever the qualifying timestamp advances (so a return inside the horizon is
+    not hidden by a later one) and when ``now`` passes the deadline. Pure.
+    """
+    deadline = pending.ts + horizon
+    last = last_qualifying_activity_ts
+    if last is not None and pending.ts < last <= deadline:
+        return 0
+    if now >= deadline:
+        return 1
+    return None
+
+
+def snapshot_due(pending: PendingExample | None, last_snapshot_ts: float | None, now: float, interval: float) -> bool:
+    """Cadence: at most one pending example per user; a new one once the previous resolved and
+    at least ``interval`` passed since the previous snapshot. Pure."""
+    if pending is not None:
+        return False
+    return last_snapshot_ts is None or now - last_snapshot_ts >= interval
+
+
+def churn_band(p: float, bands: ChurnBands) -> str:
+    """``low`` below ``bands.medium``, ``high`` from ``bands.high``, else ``medium``."""
+    if p >= bands.high:
+        return "high"
+    if p >= bands.medium:
+        return "medium"
+    return "low"
+
+
+def format_risk(p: float) -> str:
+    return f"{p:.4f}"
+
+
+@dataclass(frozen=True)
+class ChurnMetrics:
+    examples: int
+    positive_rate: float
+    auc: float  # rolling ROC AUC of the model (progressive)
+    baseline_auc: float  # same window, recency-only baseline
+    log_loss: float
+    drifts: int
+    drift_detected: bool  # ADWIN fired on the latest resolved example
+    version: str
+
+
+class ChurnModel:
+    """StandardScaler → LogisticRegression (river) with progressive-validation metrics.
+
+    ``score(x)`` is the churn probability; ``learn(example, label)`` scores the example with the
+    current model, updates the metrics, the baseline and the drift detector, then learns.
+    ``version`` is the number of learned examples as a string (changes whenever the model does).
+    """
+
+    def __init__(self, params: ChurnParams) -> None:
+        self.params = params
+        self.pipeline: Any = preprocessing.StandardScaler() | linear_model.LogisticRegression(
+            optimizer=optim.SGD(params.learning_rate), l2=params.l2
+        )
+        self.auc: Any = metrics.RollingROCAUC(window_size=params.auc_window)
+        self.baseline_auc: Any = metrics.RollingROCAUC(window_size=params.auc_window)
+        self.log_loss: Any = metrics.LogLoss()
+        self.adwin: Any = drift.ADWIN(delta=params.adwin_delta)
+        self.n_learned = 0
+        self.positives = 0
+        self.drifts = 0
+        self.drift_detected = False
+        self.record: list[tuple[int, float, float]] | None = None  # (label, score, baseline) when set
+
+    @property
+    def version(self) -> str:
+        return str(self.n_learned)
+
+    def score(self, x: Mapping[str, float]) -> float:
+        """Probability of churn within the horizon (0.5 before anything was learned)."""
+        proba = self.pipeline.predict_proba_one(dict(x))
+        p = float(proba.get(True, 0.5)) if proba else 0.5
+        return min(max(p, 0.0), 1.0)
+
+    def baseline(self, x: Mapping[str, float]) -> float:
+        """Recency-only score: the snapshot's ``baseline_feature`` value (monotone in days since last order)."""
+        return float(x.get(self.params.baseline_feature, 0.0))
+
+    def learn(self, example: PendingExample, label: int) -> float:
+        """Progressive step: score ``example`` (before learning), update metrics, learn. Returns the score."""
+        y = bool(label)
+        p = self.score(example.features)
+        self.auc.update(y, p)
+        self.baseline_auc.update(y, self.baseline(example.features))
+        self.log_loss.update(y, {True: p, False: 1.0 - p})
+        self.adwin.update(abs(float(y) - p))
+        self.drift_detected = bool(self.adwin.drift_detected)
+        if self.drift_detected:
+            self.drifts += 1
+        self.positives += int(y)
+        if self.record is not None:
+            self.record.append((int(y), p, self.baseline(example.features)))
+        self.pipeline.learn_one(dict(example.features), y)
+        self.n_learned += 1
+        return p
+
+    def tags(self, x: Mapping[str, float]) -> dict[str, str]:
+        """Profile fields for one user: ``churn_risk`` ("0.1234"), ``churn_band``, ``churn_model``."""
+        p = self.score(x)
+        return {
+            "churn_risk": format_risk(p),
+            "churn_band": churn_band(p, self.params.bands),
+            "churn_model": self.version,
+        }
+
+    def metrics(self) -> ChurnMetrics:
+        n = self.n_learned
+        return ChurnMetrics(
+            examples=n,
+            positive_rate=self.positives / n if n else 0.0,
+            auc=float(self.auc.get()) if n else math.nan,
+            baseline_auc=float(self.baseline_auc.get()) if n else math.nan,
+            log_loss=float(self.log_loss.get()) if n else math.nan,
+            drifts=self.drifts,
+            drift_detected=self.drift_detected,
+            version=self.version,
+        )
+
+
+def roc_auc(labels: list[int], scores: list[float]) -> float:
+    """Exact ROC AUC (ties count one half) by ranks; ``nan`` without both classes."""
+    pos = sum(1 for y in labels if y)
+    neg = len(labels) - pos
+    if not pos or not neg:
+        return math.nan
+    order = sorted(range(len(scores)), key=lambda i: scores[i])
+    rank_sum = 0.0
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
+            j += 1
+        avg_rank = (i + j) / 2 + 1
+        rank_sum += avg_rank * sum(1 for k in range(i, j + 1) if labels[order[k]])
+        i = j + 1
+    return (rank_sum - pos * (pos + 1) / 2) / (pos * neg)
+
+
+__all__ = [
+    "ChurnMetrics",
+    "ChurnModel",
+    "PendingExample",
+    "Vector",
+    "churn_band",
+    "format_risk",
+    "resolve",
+    "roc_auc",
+    "snapshot_due",
+    "take_snapshot",
+]

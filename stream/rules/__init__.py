@@ -1,0 +1,65 @@
+"""Automation rules and trigger delivery: the pure core (no Kafka, Redis or Faust).
+
+Load rules with ``load_rules``; per user step call ``evaluate_rules`` with the previous and current
+profile and the user's ``DeliveryMemory``; publish the ``send`` decisions' triggers on their topic.
+See docs/rules.md.
+"""
+
+from stream.rules.actions import ACTION_TYPES, ActionParams, ActionSpec, ActionType, register_action
+from stream.rules.backtest import BacktestReport, Counts, Evaluation, backtest
+from stream.rules.conditions import Condition, fires, holds
+from stream.rules.config import (
+    MODEL_TAGS,
+    DeliverySettings,
+    QuietHours,
+    Rule,
+    RuleSet,
+    default_known_tags,
+    load_rules,
+    parse_rules,
+    tags_referenced,
+)
+from stream.rules.effect import ORDER_TAGS, EffectTracker, Exposure, detect_order, expose_decisions
+from stream.rules.evaluate import REASONS, Decision, Outcome, Reason, evaluate_rules
+from stream.rules.memory import DeliveryMemory, DeliveryRecord
+from stream.rules.trigger import Trigger, holdout, trigger_id, write_trigger_schema
+
+__all__ = [
+    "ACTION_TYPES",
+    "MODEL_TAGS",
+    "ORDER_TAGS",
+    "REASONS",
+    "ActionParams",
+    "ActionSpec",
+    "ActionType",
+    "BacktestReport",
+    "Condition",
+    "Counts",
+    "Decision",
+    "DeliveryMemory",
+    "DeliveryRecord",
+    "DeliverySettings",
+    "EffectTracker",
+    "Evaluation",
+    "Exposure",
+    "Outcome",
+    "QuietHours",
+    "Reason",
+    "Rule",
+    "RuleSet",
+    "Trigger",
+    "backtest",
+    "default_known_tags",
+    "detect_order",
+    "evaluate_rules",
+    "expose_decisions",
+    "fires",
+    "holdout",
+    "holds",
+    "load_rules",
+    "parse_rules",
+    "register_action",
+    "tags_referenced",
+    "trigger_id",
+    "write_trigger_schema",
+]

@@ -1,0 +1,40 @@
+"""Rules fire edge-triggered on the real pipeline; trigger ids and holdout match an independent
+computation; payloads carry their explanation."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from stream import replay, synth
+from tests.integration.helpers import processed_and_settled, worker
+from tests.integration.triggers import RULES, expected_triggers, held_out, read_triggers
+
+pytestmark = pytest.mark.integration
+
+
+def test_replay_fires_expected_triggers_once_each(make_settings, tmp_path: Path) -> None:
+    settings = make_settings(clock="event", rules_file=RULES)
+    events = synth.generate(users=200, events=5000, seed=17, days=85)
+    with worker(settings, tmp_path / "worker.log"):
+        report = asyncio.run(replay.replay(settings, events, progress=False))
+        asyncio.run(processed_and_settled(settings, report.total))
+        got = asyncio.run(read_triggers(settings))
+    want = expected_triggers(events)
+    for suffix, ids in want.items():
+        seen = [t["trigger_id"] for t in got.get(suffix, [])]
+        assert set(seen) == ids, f"{suffix}: missing {len(ids - set(seen))}, unexpected {len(set(seen) - ids)}"
+        assert len(seen) == len(ids), f"{suffix}: {len(seen) - len(ids)} duplicate deliveries without a crash"
+    assert want["triggers.care_sms"], "the dataset must contain complaints"
+
+    complaint = next(t for t in got["triggers.care_sms"])
+    assert complaint["rule_id"] == "care_after_complaint" and complaint["rule_version"] == 3
+    assert complaint["action"] == {"type": "care_sms", "params": {"template": "complaint_care"}}
+    values = complaint["explanation"]["values"]["complaints_90d"]
+    assert values["previous"] in (None, "0") and int(values["current"]) >= 1
+
+    users = {e["user_id"] for e in events if e["type"] != "identify"}
+    control = sum(held_out(u, "welcome_first_activity", 0.3) for u in users)
+    assert abs(control / len(users) - 0.3) < 0.08

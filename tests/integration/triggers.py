@@ -1,0 +1,74 @@
+"""Independent expectations for tests/data/test_rules.yaml and a reader of the trigger topics."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from stream.settings import Settings
+from stream.topics import Topics
+
+RULES = Path(__file__).resolve().parents[1] / "data" / "test_rules.yaml"
+# The id contract (docs/rules.md): uuid5 in this namespace over rule, version, user, window index.
+NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "portrait:v1:triggers")
+YEAR = 365 * 86400
+
+
+def expected_id(rule: str, version: int, user: str, at: float) -> str:
+    return str(uuid.uuid5(NAMESPACE, f"{rule}\x1f{version}\x1f{user}\x1f{int(at // YEAR)}"))
+
+
+def held_out(user: str, rule: str, share: float) -> bool:
+    point = int.from_bytes(hashlib.sha256(f"{rule}\x1f{user}".encode()).digest()[:8], "big") / 2.0**64
+    return point < share
+
+
+def expected_triggers(events: list[dict]) -> dict[str, set[str]]:
+    """topic suffix -> trigger ids the replay must produce (each user fires each rule once)."""
+    complainers: dict[str, float] = {}
+    active: dict[str, float] = {}
+    for e in events:
+        from datetime import datetime
+
+        t = datetime.fromisoformat(e["ts"]).timestamp()
+        user = e["user_id"]
+        if e["type"] == "feedback" and e.get("complaint"):
+            complainers[user] = min(complainers.get(user, t), t)
+        if e["type"] != "identify":
+            active[user] = min(active.get(user, t), t)
+    sms = {expected_id("care_after_complaint", 3, u, t) for u, t in complainers.items()}
+    coupons = {
+        expected_id("welcome_first_activity", 1, u, t)
+        for u, t in active.items()
+        if not held_out(u, "welcome_first_activity", 0.3)
+    }
+    return {"triggers.care_sms": sms, "triggers.coupon": coupons}
+
+
+async def read_triggers(settings: Settings, idle_s: float = 3.0) -> dict[str, list[dict]]:
+    """Every message on the trigger topics (duplicates included), by topic suffix."""
+    topics = Topics(settings.topic_prefix)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers(), enable_auto_commit=False)
+    await consumer.start()
+    out: dict[str, list[dict]] = {}
+    try:
+        tps = []
+        for name in topics.triggers:
+            await consumer._client.force_metadata_update()
+            tps += [TopicPartition(name, p) for p in sorted(consumer.partitions_for_topic(name) or [])]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        while True:
+            batch = await consumer.getmany(timeout_ms=int(idle_s * 1000))
+            if not batch:
+                break
+            for tp, records in batch.items():
+                suffix = tp.topic[len(settings.topic_prefix) + 1 :]
+                out.setdefault(suffix, []).extend(orjson.loads(r.value) for r in records)
+    finally:
+        await consumer.stop()
+    return out

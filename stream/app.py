@@ -23,12 +23,14 @@ from stream.deadletter import DeadLetter
 from stream.keys import Keys
 from stream.lag import LagReader, record_lag
 from stream.metrics import Metrics
+from stream.models import Models, load_models_config
 from stream.processor import Processor
 from stream.rules import MODEL_TAGS, load_rules
 from stream.settings import Settings
 from stream.store import OutboxEntry, Store
 from stream.tagging.definitions import TagCatalogue, load_catalogue
 from stream.topics import Topics
+from stream.trainer import Trainer
 
 log = logging.getLogger(__name__)
 LAG_INTERVAL_S = 15.0
@@ -84,9 +86,28 @@ def create_app(settings: Settings, catalogue: TagCatalogue | None = None) -> Ser
     rules = load_rules(rules_file, catalogue.names | set(MODEL_TAGS)) if rules_file is not None else None
     if rules is not None:
         log.info("rules: %d active from %s", len(rules.active), rules_file)
+    models_config = load_models_config(settings.models_file) if settings.models_enabled else None
     processor = Processor(
-        settings, catalogue, store, send_dead_letters, metrics, rules=rules, send_triggers=send_triggers
+        settings,
+        catalogue,
+        store,
+        send_dead_letters,
+        metrics,
+        rules=rules,
+        send_triggers=send_triggers,
+        models=Models(models_config) if models_config is not None else None,
     )
+    if models_config is not None:
+        trainer = Trainer(store, models_config, metrics, settings.model_checkpoint_interval_s)
+
+        @app.timer(settings.timer_interval_s)  # type: ignore[untyped-decorator]
+        async def train() -> None:
+            try:
+                await trainer.tick()
+            except Exception:  # the trainer must not stop scoring or ingest; its lease lapses
+                metrics.processing_errors.labels("trainer").inc()
+                log.exception("model trainer failed")
+
     register_ingest(app, input_topic, processor, settings)
     register_timers(app, processor, settings)
     service = Service(app, settings, catalogue, store, processor, metrics)

@@ -219,6 +219,31 @@ def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
+    async def run() -> tuple[dict[str, Any], int]:
+        store = _store(settings)
+        try:
+            status: dict[str, Any] = await store.model_status()
+            _, _, version = await store.model_checkpoint()
+            return status, version
+        finally:
+            await store.close()
+
+    status, version = asyncio.run(run())
+    if not status:
+        print("no model checkpoint published yet")
+        return 1
+    if args.action == "status":
+        c = status["churn"]
+        print(f"model checkpoint v{version} (churn model {c['version']}), {c['examples']} resolved examples")
+        print(f"  churn progressive ROC AUC {c['auc']}  vs recency-only baseline {c['baseline_auc']}")
+        print(f"  log loss {c['log_loss']}  positive rate {c['positive_rate']}  drift alarms {c['drifts']}")
+    else:
+        for seg in sorted(status["segments"], key=lambda d: -d["share"]):
+            print(f"{seg['segment_id']:<5} {seg['share']:6.1%}  {seg['text']}")
+    return 0
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from stream.demo import run_demo
 
@@ -296,6 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--horizon", help="churn horizon, e.g. 30d or 90d")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("models", help="model quality and segment descriptions")
+    p.add_argument("action", choices=["status", "segments"])
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("demo", help="end-to-end demo on embedded infrastructure")
     p.add_argument("--users", type=int, default=2000)

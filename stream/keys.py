@@ -50,6 +50,22 @@ class Keys:
         return f"{self.base}:outbox"
 
     @property
+    def model_examples(self) -> str:
+        return f"{self.base}:models:examples"
+
+    @property
+    def model_checkpoint(self) -> str:
+        return f"{self.base}:models:checkpoint"
+
+    @property
+    def model_meta(self) -> str:
+        return f"{self.base}:models:meta"
+
+    @property
+    def model_trainer(self) -> str:
+        return f"{self.base}:models:trainer"
+
+    @property
     def clock(self) -> str:
         return f"{self.base}:clock"
 

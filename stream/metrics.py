@@ -75,5 +75,22 @@ class Metrics:
             registry=r,
         )
         self.outbox_pending = Gauge("portrait_outbox_pending", "Triggers in the outbox not yet delivered", registry=r)
+        self.model_auc = Gauge("portrait_model_auc", "Rolling progressive ROC AUC", ["model"], registry=r)
+        self.model_log_loss = Gauge("portrait_model_log_loss", "Rolling progressive log loss", ["model"], registry=r)
+        self.model_drift = Counter(
+            "portrait_model_drift_detections",
+            "Drift detector (ADWIN) alarms on the error stream",
+            ["model"],
+            registry=r,
+        )
+        self.model_checkpoint_time = Gauge(
+            "portrait_model_checkpoint_timestamp_seconds",
+            "When the model checkpoint was last published",
+            ["model"],
+            registry=r,
+        )
+        self.model_version = Gauge(
+            "portrait_model_version", "Model checkpoint version this worker scores with", registry=r
+        )
         self.info = Info("portrait_worker", "Worker build and config", registry=r)
         self.info.info({"version": __version__})

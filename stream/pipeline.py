@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from stream.deadletter import DeadLetter, Reason
 from stream.events import Event, parse_event
+from stream.models import Models
+from stream.models.runtime import UserModelState, qualifying_ts
 from stream.rules import ORDER_TAGS, DeliveryMemory, RuleSet, evaluate_rules, tags_referenced
 from stream.store import UserWrite
 from stream.tagging.definitions import TagCatalogue
@@ -26,6 +30,9 @@ from stream.tagging.engine import (
 )
 from stream.tagging.state import UserState
 from stream.topics import Topics
+
+# Model outputs users are grouped by for the CRM (P:v1:aud:behaviour_segment:S3, ...:churn_band:high).
+MODEL_AUDIENCE_TAGS = frozenset({"behaviour_segment", "churn_band"})
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,7 @@ def plan_write(
     wall_now: float,
     rules: RuleSet | None = None,
     topics: Topics | None = None,
+    models: Models | None = None,
 ) -> UserWrite:
     """Evaluate a user's tags at ``now`` and describe the resulting Redis writes.
 
@@ -127,11 +135,21 @@ def plan_write(
     previous = state.published
     audience_tags = catalogue.audience_tags
     if is_expired(state, now):
-        removals = [(t, v) for t, v in previous.items() if t in audience_tags]
-        return UserWrite(uid, version, None, audience_remove=removals)
+        return UserWrite(uid, version, None, audience_remove=list(previous.items()))
     prune(state, now)
     wanted = catalogue.names
     profile = {k: v for k, v in evaluate(state, now, thresholds, catalogue.params).items() if k in wanted}
+    learn: list[dict[str, Any]] = []
+    due = next_due(state, now, catalogue.params)
+    if models is not None:
+        user = UserModelState.from_json(state.models)
+        scored = models.score_step(user, profile, qualifying_ts(state, models.config), now)
+        state.models = user.to_json()
+        profile.update(scored.tags)
+        learn = scored.learn
+        if scored.pending_deadline is not None and now < scored.pending_deadline < due:
+            due = scored.pending_deadline  # the churn label resolves then, event or not
+        audience_tags = audience_tags | MODEL_AUDIENCE_TAGS
     add = [(t, v) for t, v in profile.items() if t in audience_tags and previous.get(t) != v]
     remove = [(t, v) for t, v in previous.items() if t in audience_tags and profile.get(t) != v]
     state.published = {t: v for t, v in profile.items() if t in audience_tags}
@@ -148,11 +166,12 @@ def plan_write(
         profile=profile,
         audience_add=add,
         audience_remove=remove,
-        due=next_due(state, now, catalogue.params),
+        due=due,
         ttl_s=ttl,
         ranks=rank_metrics(state, now),
         triggers=triggers,
         decisions=decisions,
+        learn=[orjson.dumps(item).decode() for item in learn],
     )
 
 

@@ -23,6 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stream.deadletter import DeadLetter
 from stream.metrics import Metrics
+from stream.models import CheckpointError, Models, restore
 from stream.pipeline import Message, Valid, classify, plan_write
 from stream.rules import RuleSet
 from stream.settings import Settings
@@ -63,8 +64,11 @@ class Processor:
         wall_clock: Callable[[], float] = time.time,
         rules: RuleSet | None = None,
         send_triggers: SendTriggers | None = None,
+        models: Models | None = None,
     ) -> None:
         self.settings = settings
+        self.models = models  # scores only; learning happens in stream.trainer
+        self.models_version = 0
         self.rules = rules
         self.send_triggers = send_triggers
         self.topics = Topics(settings.topic_prefix)
@@ -143,6 +147,7 @@ class Processor:
             latest[v.event.subject_id] = max(latest.get(v.event.subject_id, v.event.epoch), v.event.epoch)
         for _attempt in range(MAX_CONFLICT_RETRIES):
             loaded, stored_clock, thresholds = await self._retrying("load", self.store.load, uids)
+            await self.sync_models()
             now = max(self.event_clock, stored_clock or 0.0, batch_max_ts or 0.0) if event_mode else wall
             states = {uid: loaded[uid].state or UserState() for uid in uids}
             results: list[tuple[str, Applied]] = []
@@ -284,6 +289,7 @@ class Processor:
         all_writes: list[UserWrite] = []
         for _attempt in range(3):
             loaded, _, thresholds = await self._retrying("load", self.store.load, pending)
+            await self.sync_models()
             writes: list[UserWrite] = []
             for uid in pending:
                 user = loaded[uid]
@@ -313,7 +319,24 @@ class Processor:
         return done
 
     def _plan(self, uid: str, version: int, state: UserState, at: float, thresholds: Any, wall: float) -> UserWrite:
-        return plan_write(uid, version, state, at, thresholds, self.catalogue, wall, self.rules, self.topics)
+        return plan_write(
+            uid, version, state, at, thresholds, self.catalogue, wall, self.rules, self.topics, self.models
+        )
+
+    async def sync_models(self) -> None:
+        """Load the trainer's newer checkpoint (its version arrived with the last ``load``)."""
+        if self.models is None or self.store.models_version_seen <= self.models_version:
+            return
+        raw, _, version = await self._retrying("models", self.store.model_checkpoint)
+        if raw is None:
+            return
+        try:
+            self.models = restore(raw, self.models.config)
+        except CheckpointError as exc:
+            self.metrics.processing_errors.labels("model_checkpoint").inc()
+            log.error("model checkpoint v%d unusable (%s); keeping model v%d", version, exc, self.models_version)
+        self.models_version = version
+        self.metrics.model_version.set(version)
 
     def _count_decisions(self, writes: list[UserWrite]) -> None:
         for w in writes:

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     rules_file: Path | None = Field(
         default=None, description="automation rules YAML; default deploy/rules.yaml when present, else no rules"
     )
+    models_enabled: bool = True
+    models_file: Path | None = Field(default=None, description="model config YAML; default is shipped")
+    model_checkpoint_interval_s: float = Field(default=10.0, gt=0)
     clock: Literal["wall", "event"] = "wall"
     batch_size: int = Field(default=500, ge=1)
     batch_within: float = Field(default=0.2, gt=0)

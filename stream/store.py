@@ -59,6 +59,9 @@ for i, u in ipairs(meta.users) do
   for _, tr in ipairs(u.tr) do
     redis.call('XADD', base .. ':outbox', '*', 't', tr[1], 'k', u.u, 'v', tr[2])
   end
+  for _, item in ipairs(u.ln) do
+    redis.call('XADD', base .. ':models:examples', '*', 'i', item)
+  end
   local metrics = {'r', 'f', 'm'}
   for j, m in ipairs(metrics) do
     local rkey = base .. ':rank:' .. m
@@ -123,6 +126,16 @@ end
 return redis.call('HGET', tkey, 'version')
 """
 
+# Take or renew a lease: succeeds when free or already ours.
+LEASE_SCRIPT = """
+local cur = redis.call('GET', KEYS[1])
+if cur == false or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
 AUDIENCE_TTL_S = 92 * 86400
 OUTBOX_GROUP = "senders"
 
@@ -170,6 +183,7 @@ class UserWrite:
     ranks: tuple[float, int, int] | None = None
     triggers: list[tuple[str, str]] = field(default_factory=list)  # outbox: (topic, trigger JSON)
     decisions: list[tuple[str, str, str]] = field(default_factory=list)  # (rule, outcome, reason) for metrics
+    learn: list[str] = field(default_factory=list)  # model training items (JSON) for the trainer's stream
 
 
 class Store:
@@ -181,6 +195,8 @@ class Store:
         self._write = client.register_script(WRITE_SCRIPT)
         self._claim = client.register_script(CLAIM_SCRIPT)
         self._refresh = client.register_script(REFRESH_RFM_SCRIPT)
+        self._lease = client.register_script(LEASE_SCRIPT)
+        self.models_version_seen = 0  # model checkpoint version seen by the last ``load``
 
     @classmethod
     def from_url(cls, url: str, keys: Keys) -> Store:
@@ -196,7 +212,9 @@ class Store:
             pipe.hmget(self.keys.state(uid), "ver", "blob")
         pipe.get(self.keys.clock)
         pipe.hgetall(self.keys.rfm_thresholds)
+        pipe.hget(self.keys.model_meta, "version")
         replies = await pipe.execute()
+        self.models_version_seen = int(replies.pop() or 0)
         loaded: dict[str, LoadedUser] = {}
         for uid, (ver, blob) in zip(uids, replies[:-2], strict=True):
             state = UserState.from_bytes(blob) if blob else None
@@ -226,6 +244,7 @@ class Store:
                     "ttl": max(1, w.ttl_s),
                     "rk": list(w.ranks) if w.ranks else False,
                     "tr": [list(t) for t in w.triggers],
+                    "ln": w.learn,
                 }
             )
             blobs.append(w.state.to_bytes() if w.state is not None else b"")
@@ -263,6 +282,37 @@ class Store:
 
     async def outbox_pending(self) -> int:
         return int(await self.client.xlen(self.keys.outbox))
+
+    # -- models: one trainer (lease) learns from the examples stream and publishes checkpoints ----
+    async def acquire_trainer_lease(self, holder: str, lease_ms: int) -> bool:
+        return bool(await self._lease(keys=[self.keys.model_trainer], args=[holder, lease_ms]))
+
+    async def read_model_items(self, after: str, count: int) -> list[tuple[str, bytes]]:
+        entries: Any = await self.client.xrange(self.keys.model_examples, min=f"({after}", max="+", count=count)
+        return [(_text(eid), fields[b"i"]) for eid, fields in entries]
+
+    async def publish_checkpoint(self, raw: bytes, position: str, status: dict[str, Any]) -> int:
+        """Store a checkpoint atomically with the stream position it covers; drop learned items."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.set(self.keys.model_checkpoint, raw)
+        pipe.hset(self.keys.model_meta, mapping={"position": position, "status": orjson.dumps(status)})
+        pipe.hincrby(self.keys.model_meta, "version", 1)
+        pipe.xtrim(self.keys.model_examples, minid=position)
+        replies = await pipe.execute()
+        return int(replies[2])
+
+    async def model_checkpoint(self) -> tuple[bytes | None, str, int]:
+        """(checkpoint bytes, stream position it covers, version)."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.get(self.keys.model_checkpoint)
+        pipe.hmget(self.keys.model_meta, "position", "version")
+        raw, (position, version) = await pipe.execute()
+        return raw, _text(position) if position else "0-0", int(version or 0)
+
+    async def model_status(self) -> dict[str, Any]:
+        raw = await self.client.hget(self.keys.model_meta, "status")
+        status: dict[str, Any] = orjson.loads(raw) if raw else {}
+        return status
 
     async def claim_due(self, now: float, limit: int, wall_now: float, lease_s: float) -> list[tuple[str, float]]:
         """Claim up to ``limit`` users due at ``now`` (event or wall time) for ``lease_s`` wall seconds.

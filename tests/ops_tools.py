@@ -43,10 +43,6 @@ WORKER_JOB = "portrait-worker"
 # Metrics the dashboard and alerts already use but that stream.metrics does not define yet: the
 # models code and an audience-size timer have to add and feed them. Exposed names.
 LEAD_METRICS: dict[str, str] = {
-    "portrait_model_auc": "Gauge portrait_model_auc{model} (rolling/prequential ROC AUC)",
-    "portrait_model_log_loss": "Gauge portrait_model_log_loss{model}",
-    "portrait_model_drift_detections_total": "Counter portrait_model_drift_detections{model}",
-    "portrait_model_checkpoint_timestamp_seconds": "Gauge portrait_model_checkpoint_timestamp_seconds{model}",
     "portrait_audience_users": "Gauge portrait_audience_users{tag, value} (SCARD of audience sets)",
 }
 PROMQL_BUILTINS = frozenset({"up", "time", "vector", "scalar"})

@@ -44,6 +44,14 @@ class UserModelState:
             }
         )
 
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = orjson.loads(self.to_bytes())
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any] | None) -> UserModelState:
+        return cls.from_bytes(orjson.dumps(doc)) if doc else cls()
+
     @classmethod
     def from_bytes(cls, raw: bytes | str) -> UserModelState:
         doc: dict[str, Any] = orjson.loads(raw)
@@ -68,6 +76,15 @@ class StepResult:
 def qualifying_ts(state: UserState, config: ModelsConfig) -> float | None:
     """The user's latest qualifying activity time for the configured churn definition."""
     return state.last_order if config.churn.qualifying == "order" else state.last_activity
+
+
+@dataclass
+class ScoreResult:
+    """A scoring-only step: tags to publish, and what the trainer must learn from (as JSON)."""
+
+    tags: dict[str, str]
+    learn: list[dict[str, Any]] = field(default_factory=list)
+    pending_deadline: float | None = None
 
 
 class Models:
@@ -133,3 +150,51 @@ class Models:
             result.snapshot = True
         result.tags.update(self.churn.tags(x_churn))
         return result
+
+    def score_step(
+        self,
+        user: UserModelState,
+        profile: Mapping[str, str],
+        qualifying: float | None,
+        now: float,
+        allow_snapshot: bool = True,
+    ) -> ScoreResult:
+        """Like ``step`` but never learns: what to learn is returned for the single trainer.
+
+        Workers score with the last published model; learning happens in one place so every worker
+        scores with the same versioned model. Items of ``learn``: ``{"kind": "churn", "x": ..., "ts":
+        ..., "y": 0|1}`` for a resolved example, ``{"kind": "segment", "x": ...}`` for a segment vector.
+        """
+        result = ScoreResult(tags={})
+        if user.pending is not None:
+            label = resolve(user.pending, qualifying, now, self.config.churn.horizon)
+            if label is not None:
+                result.learn.append({"kind": "churn", **user.pending.to_json(), "y": label})
+                user.pending = None
+        x_seg = build_features(profile, self.segment_specs)
+        if should_reassign(user.segment_vector, x_seg, user.segment_ts, now, self.config.segments.reassign):
+            user.segment = self.segments.assign(x_seg)
+            user.segment_vector = x_seg
+            user.segment_ts = now
+            result.learn.append({"kind": "segment", "x": x_seg})
+        if user.segment is not None:
+            result.tags["behaviour_segment"] = user.segment
+        x_churn = build_features(profile, self.churn_specs)
+        if (
+            allow_snapshot
+            and self.eligible(profile)
+            and snapshot_due(user.pending, user.last_snapshot_ts, now, self.config.churn.snapshot_interval)
+        ):
+            user.pending = take_snapshot(x_churn, now)
+            user.last_snapshot_ts = now
+        if user.pending is not None:
+            result.pending_deadline = user.pending.deadline(self.config.churn.horizon)
+        result.tags.update(self.churn.tags(x_churn))
+        return result
+
+    def learn_item(self, item: Mapping[str, Any]) -> None:
+        """Apply one item produced by ``score_step`` (the trainer's side)."""
+        if item["kind"] == "churn":
+            self.churn.learn(PendingExample.from_json(item), int(item["y"]))
+        elif item["kind"] == "segment":
+            self.segments.learn({str(k): float(v) for k, v in item["x"].items()})

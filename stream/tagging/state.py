@@ -42,6 +42,7 @@ class UserState:
     evaluated_at: float | None = None  # the `now` of the last evaluation (monotonic per user)
     rules_prev: dict[str, str] | None = None  # values of rule-referenced tags at the last evaluation
     delivery: dict[str, Any] = field(default_factory=dict)  # rules.DeliveryMemory.to_dict()
+    models: dict[str, Any] = field(default_factory=dict)  # models.UserModelState.to_json()
 
     def tile(self, day: int) -> list[int]:
         tile = self.tiles.get(day)
@@ -67,6 +68,7 @@ class UserState:
             "e": self.evaluated_at,
             "rp": self.rules_prev,
             "dm": self.delivery,
+            "m": self.models,
         }
         return orjson.dumps(doc)
 
@@ -90,4 +92,5 @@ class UserState:
             evaluated_at=doc.get("e"),
             rules_prev=doc.get("rp"),
             delivery=doc.get("dm") or {},
+            models=doc.get("m") or {},
         )

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -20,13 +21,12 @@ from stream import transport
 from stream.agents.ingest import register_ingest
 from stream.agents.timers import register_timers
 from stream.deadletter import DeadLetter
-from stream.keys import Keys
 from stream.lag import LagReader, record_lag
 from stream.metrics import Metrics
 from stream.models import Models, load_models_config
 from stream.processor import Processor
 from stream.rules import MODEL_TAGS, load_rules
-from stream.settings import Settings
+from stream.settings import ConfigError, Settings
 from stream.store import OutboxEntry, Store
 from stream.tagging.definitions import TagCatalogue, load_catalogue
 from stream.topics import Topics
@@ -34,6 +34,8 @@ from stream.trainer import Trainer
 
 log = logging.getLogger(__name__)
 LAG_INTERVAL_S = 15.0
+AUDIENCE_INTERVAL_S = 30.0
+RULES_POLL_S = 2.0
 
 
 @dataclass
@@ -65,11 +67,14 @@ def create_app(settings: Settings, catalogue: TagCatalogue | None = None) -> Ser
         web_bind=settings.web_host,
         web_port=settings.web_port,
         web_enabled=True,
+        broker_credentials=_broker_credentials(settings),
     )
     app.portrait_fetch_max_wait_ms = settings.consumer_fetch_max_wait_ms  # type: ignore[attr-defined]
     metrics = Metrics()
-    metrics.info.info({"version": settings.processor_version, "clock": settings.clock})
-    store = Store.from_url(settings.resolved_redis_url(), Keys(settings.key_prefix))
+    metrics.info.info(
+        {"version": settings.processor_version, "clock": settings.clock, "config_hash": settings.config_hash()}
+    )
+    store = Store.from_settings(settings)
     input_topic = app.topic(*topics.inputs, value_type=bytes, value_serializer="raw", key_serializer="raw")
 
     async def send_dead_letters(letters: list[DeadLetter]) -> None:
@@ -118,7 +123,9 @@ def create_app(settings: Settings, catalogue: TagCatalogue | None = None) -> Ser
         await store.client.set(store.keys.catalogue, catalogue.model_dump_json())
         await store.ensure_outbox()
 
-    lag_reader = LagReader(settings.bootstrap_servers(), settings.app_id, topics.inputs)
+    lag_reader = LagReader(
+        settings.bootstrap_servers(), settings.app_id, topics.inputs, client_kwargs=settings.kafka_client_kwargs()
+    )
 
     @app.timer(LAG_INTERVAL_S)  # type: ignore[untyped-decorator]
     async def report_lag() -> None:
@@ -129,7 +136,74 @@ def create_app(settings: Settings, catalogue: TagCatalogue | None = None) -> Ser
         except Exception as exc:  # lag is observability only: never let it disturb processing
             log.warning("consumer lag unavailable: %r", exc)
 
+    if rules_file is not None:
+        watcher = RulesWatcher(rules_file, catalogue.names | set(MODEL_TAGS), processor, metrics)
+
+        @app.timer(RULES_POLL_S)  # type: ignore[untyped-decorator]
+        async def reload_rules() -> None:
+            watcher.poll()
+
+    @app.timer(AUDIENCE_INTERVAL_S)  # type: ignore[untyped-decorator]
+    async def report_audiences() -> None:
+        try:
+            for (tag, value), size in (await store.audience_sizes()).items():
+                metrics.audience_users.labels(tag, value).set(size)
+        except Exception as exc:
+            log.warning("audience sizes unavailable: %r", exc)
+
     return service
+
+
+class RulesWatcher:
+    """Hot reload: a changed rules file is validated and swapped in; an invalid one is rejected
+    with its error and the previous rules stay active."""
+
+    def __init__(self, path: Path, known_tags: set[str] | frozenset[str], processor: Processor, metrics: Metrics):
+        self.path, self.known_tags, self.processor, self.metrics = path, known_tags, processor, metrics
+        self.stamp = self._stamp()
+
+    def _stamp(self) -> tuple[float, int] | None:
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return None
+        return (stat.st_mtime, stat.st_size)
+
+    def poll(self) -> None:
+        stamp = self._stamp()
+        if stamp is None or stamp == self.stamp:
+            return
+        self.stamp = stamp
+        try:
+            rules = load_rules(self.path, self.known_tags)
+        except ConfigError as exc:
+            self.metrics.rules_reloads.labels("rejected").inc()
+            log.error("rules change rejected, previous rules stay active: %s", exc)
+            return
+        self.processor.rules = rules
+        self.metrics.rules_reloads.labels("applied").inc()
+        log.info("rules reloaded: %d active from %s", len(rules.active), self.path)
+
+
+def _broker_credentials(settings: Settings) -> Any:
+    """Faust credentials for SASL/SSL from the same settings the tools use (None for PLAINTEXT)."""
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    ssl_context = settings.kafka_ssl_context() if protocol.endswith("SSL") else None
+    if protocol.startswith("SASL"):
+        password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else None
+        if settings.kafka_sasl_mechanism == "PLAIN":
+            return faust.SASLCredentials(
+                username=settings.kafka_sasl_username, password=password, ssl_context=ssl_context
+            )
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=password,
+            ssl_context=ssl_context,
+            mechanism=settings.kafka_sasl_mechanism,
+        )
+    return faust.SSLCredentials(ssl_context)
 
 
 def _register_views(service: Service) -> None:

@@ -17,10 +17,9 @@ from stream.settings import ConfigError, Settings
 
 
 def _store(settings: Settings) -> Any:
-    from stream.keys import Keys
     from stream.store import Store
 
-    return Store.from_url(settings.resolved_redis_url(), Keys(settings.key_prefix))
+    return Store.from_settings(settings)
 
 
 # -- infra --------------------------------------------------------------------------------
@@ -244,6 +243,12 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
+    print(json.dumps(settings.redacted(), indent=2, sort_keys=True, default=str))
+    print(f"config hash: {settings.config_hash()}")
+    return 0
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from stream.demo import run_demo
 
@@ -325,6 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="model quality and segment descriptions")
     p.add_argument("action", choices=["status", "segments"])
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("config", help="print the effective configuration (secrets redacted)")
+    p.add_argument("action", choices=["show"])
+    p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("demo", help="end-to-end demo on embedded infrastructure")
     p.add_argument("--users", type=int, default=2000)

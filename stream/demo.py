@@ -11,17 +11,18 @@ import asyncio
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 from tqdm import tqdm
 
 from stream import infra, replay, synth
 from stream.cli import format_profile
 from stream.events import EVENT_TYPES
 from stream.harness import settle, start_worker, stop_worker, wait_healthy, wait_processed
-from stream.keys import Keys
 from stream.settings import Settings
 from stream.store import Store
 from stream.tagging.definitions import load_catalogue
@@ -37,12 +38,16 @@ SUMMARY_TAGS = (
     "night_owl",
     "preferred_daypart",
     "satisfaction",
+    "behaviour_segment",
+    "churn_band",
 )
 
 
 async def _send_malformed(settings: Settings, seed: int) -> int:
     topics = Topics(settings.topic_prefix)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers(), acks="all")
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers(), acks="all", **settings.kafka_client_kwargs()
+    )
     await producer.start()
     try:
         bad = synth.malformed_messages(seed)
@@ -59,6 +64,29 @@ async def _send_malformed(settings: Settings, seed: int) -> int:
         await producer.stop()
 
 
+def _trigger_summary(settings: Settings) -> list[str]:
+    """Triggers per rule from the worker's /metrics (the same numbers an SRE sees)."""
+    url = f"http://{settings.web_host}:{settings.web_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text = resp.read().decode()
+    sent: Counter[str] = Counter()
+    suppressed: dict[str, Counter[str]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "portrait_triggers_sent_total":
+                sent[sample.labels["rule"]] += int(sample.value)
+            elif sample.name == "portrait_triggers_suppressed_total":
+                suppressed.setdefault(sample.labels["rule"], Counter())[sample.labels["reason"]] += int(sample.value)
+    rules = sorted(set(sent) | set(suppressed))
+    if not rules:
+        return ["no rule fired"]
+    lines = []
+    for rule in rules:
+        reasons = ", ".join(f"{r}={n}" for r, n in sorted(suppressed.get(rule, Counter()).items())) or "none"
+        lines.append(f"{rule:<26} sent {sent[rule]:>5}   suppressed: {reasons}")
+    return lines
+
+
 async def _audiences(store: Store, tags: tuple[str, ...]) -> dict[str, Counter[str]]:
     out: dict[str, Counter[str]] = {t: Counter() for t in tags}
     base = store.keys.base
@@ -71,7 +99,7 @@ async def _audiences(store: Store, tags: tuple[str, ...]) -> dict[str, Counter[s
 
 
 async def _run(settings: Settings, users: int, events: int, seed: int, workdir: Path) -> None:
-    store = Store.from_url(settings.resolved_redis_url(), Keys(settings.key_prefix))
+    store = Store.from_settings(settings)
     worker = start_worker(settings, workdir / "worker.log")
     try:
         print(f"worker starting (log: {workdir / 'worker.log'})")
@@ -107,6 +135,19 @@ async def _run(settings: Settings, users: int, events: int, seed: int, workdir: 
         for tag in SUMMARY_TAGS:
             counts = audiences[tag]
             print(f"{tag:<18} " + ", ".join(f"{v}={n}" for v, n in counts.most_common()))
+        print("\n=== triggers by rule (sent / suppressed by reason) ===")
+        for line in _trigger_summary(settings):
+            print(line)
+        status = await store.model_status()
+        if status:
+            churn = status["churn"]
+            print("\n=== models ===")
+            print(
+                f"churn: {churn['examples']} resolved examples, progressive AUC {churn['auc']} "
+                f"vs recency-only baseline {churn['baseline_auc']}"
+            )
+            for seg in sorted(status["segments"], key=lambda d: -d["share"]):
+                print(f"  {seg['segment_id']:<4} {seg['share']:6.1%}  {seg['text']}")
         print("\n=== sample profiles ===")
         shown = 0
         for wanted in ("night_owl", "loyal_big_spender", "drifting_away", "window_shopper"):

@@ -15,7 +15,9 @@ async def read(settings: Settings, idle_s: float = 2.0) -> list[DeadLetter]:
     """Every dead letter on the topic, oldest first. Stops after ``idle_s`` without a message
     (end offsets are not trusted: Tansu under-reports them)."""
     topic = Topics(settings.topic_prefix).dead_letters
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers(), enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers(), enable_auto_commit=False, **settings.kafka_client_kwargs()
+    )
     await consumer.start()
     letters: list[DeadLetter] = []
     try:
@@ -43,7 +45,9 @@ async def read(settings: Settings, idle_s: float = 2.0) -> list[DeadLetter]:
 async def resubmit(settings: Settings, reason: str | None = None, idle_s: float = 2.0) -> int:
     """Send dead letters' original bytes back to their source topics (after a fix)."""
     letters = [d for d in await read(settings, idle_s) if reason is None or d.reason == reason]
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers(), acks="all")
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers(), acks="all", **settings.kafka_client_kwargs()
+    )
     await producer.start()
     try:
         futures = [await producer.send(d.source_topic, d.original, key=d.key) for d in letters]

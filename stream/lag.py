@@ -32,7 +32,15 @@ Lag = dict[tuple[str, int], int]
 class LagReader:
     """Long-lived admin + metadata clients so a timer does not reconnect every tick."""
 
-    def __init__(self, bootstrap_servers: str, group_id: str, topics: Iterable[str], timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        group_id: str,
+        topics: Iterable[str],
+        timeout_s: float = 10.0,
+        client_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.client_kwargs = client_kwargs or {}
         self.bootstrap_servers = bootstrap_servers
         self.group_id = group_id
         self.topics = tuple(dict.fromkeys(topics))
@@ -44,12 +52,15 @@ class LagReader:
         from aiokafka import AIOKafkaConsumer
         from aiokafka.admin import AIOKafkaAdminClient
 
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=self.timeout_ms)
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self.bootstrap_servers, request_timeout_ms=self.timeout_ms, **self.client_kwargs
+        )
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap_servers,
             group_id=None,
             enable_auto_commit=False,
             request_timeout_ms=self.timeout_ms,
+            **self.client_kwargs,
         )
         await admin.start()
         try:

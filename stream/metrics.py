@@ -92,5 +92,14 @@ class Metrics:
         self.model_version = Gauge(
             "portrait_model_version", "Model checkpoint version this worker scores with", registry=r
         )
+        self.audience_users = Gauge(
+            "portrait_audience_users",
+            "Users per audience set (tag value), e.g. segment sizes",
+            ["tag", "value"],
+            registry=r,
+        )
+        self.rules_reloads = Counter(
+            "portrait_rules_reloads", "Rules file changes applied or rejected", ["result"], registry=r
+        )
         self.info = Info("portrait_worker", "Worker build and config", registry=r)
         self.info.info({"version": __version__})

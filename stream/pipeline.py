@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,19 +176,38 @@ def plan_write(
     )
 
 
+_TRACKED: dict[int, tuple[RuleSet, list[str], str]] = {}
+
+
+def _tracked_tags(rules: RuleSet) -> tuple[list[str], str]:
+    """Tags whose previous values rules compare against, and a short hash of that set (cached per
+    rule set: it is immutable)."""
+    cached = _TRACKED.get(id(rules))
+    if cached is None or cached[0] is not rules:
+        tracked = sorted(tags_referenced(rules) | set(ORDER_TAGS))
+        digest = hashlib.sha256("\x1f".join(tracked).encode()).hexdigest()[:8]
+        cached = _TRACKED[id(rules)] = (rules, tracked, digest)
+    return cached[1], cached[2]
+
+
 def _apply_rules(
     uid: str, version: int, state: UserState, profile: dict[str, str], now: float, rules: RuleSet | None, topics: Topics
 ) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
     """(outbox entries (topic, trigger JSON), decisions (rule, outcome, reason)) for this step."""
     if rules is None:
         return [], []
-    tracked = tags_referenced(rules) | set(ORDER_TAGS)
+    tracked, tracked_hash = _tracked_tags(rules)
     # A brand-new user starts from nothing; an existing user without a baseline (rules just
     # deployed) only records one, so a deployment does not fire at everyone at once.
     previous = state.rules_prev if state.rules_prev is not None else ({} if version == 0 else None)
+    if previous is not None and state.rules_hash is not None and state.rules_hash != tracked_hash:
+        # Rules changed to read tags not recorded before: their unknown previous values are taken
+        # as unchanged, so a reload cannot make every user "enter" a value at once.
+        previous = {**{t: profile[t] for t in tracked if t in profile and t not in previous}, **previous}
+    state.rules_hash = tracked_hash
     memory = DeliveryMemory.from_dict(state.delivery)
     found = evaluate_rules(rules, uid, previous, profile, now, memory)
-    state.rules_prev = {t: profile[t] for t in sorted(tracked) if t in profile}
+    state.rules_prev = {t: profile[t] for t in tracked if t in profile}
     state.delivery = memory.to_dict()
     outbox = [(topics.trigger(d.topic_suffix), d.trigger.model_dump_json()) for d in found if d.outcome == "send"]
     return outbox, [(d.rule.id, d.outcome, d.reason or "") for d in found]

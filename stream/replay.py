@@ -318,6 +318,7 @@ async def replay(
         linger_ms=5,
         max_batch_size=256 * 1024,
         request_timeout_ms=30000,
+        **settings.kafka_client_kwargs(),
     )
     total_hint = len(source) if isinstance(source, Sized) else None
     counts: Counter[str] = Counter()

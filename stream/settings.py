@@ -6,11 +6,14 @@ developer can run ``portrait infra up`` and then any other command without expor
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+import ssl
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stream import __version__
@@ -28,7 +31,19 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PORTRAIT_", frozen=True, extra="ignore")
 
     broker_url: str | None = Field(default=None, description="kafka://host:port[;host:port]")
-    redis_url: str | None = Field(default=None, description="redis://[user:pass@]host:port/db")
+    redis_url: str | None = Field(default=None, description="redis://host:port/db (rediss:// for TLS)")
+    # Redis ACL user (least privilege: see deploy/valkey/README.md) and TLS
+    redis_username: str | None = None
+    redis_password: SecretStr | None = None
+    redis_tls_ca_file: Path | None = None
+    # Kafka security: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; SASL PLAIN or SCRAM-SHA-256/512
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_ca_file: Path | None = None
+    kafka_ssl_cert_file: Path | None = None
+    kafka_ssl_key_file: Path | None = None
     state_file: Path = DEFAULT_STATE_FILE
     app_id: str = "portrait"
     topic_prefix: str = "portrait"
@@ -60,6 +75,60 @@ class Settings(BaseSettings):
     @property
     def processor_version(self) -> str:
         return __version__
+
+    def kafka_client_kwargs(self) -> dict[str, Any]:
+        """Security options for aiokafka clients (producers, consumers, admin)."""
+        kwargs: dict[str, Any] = {"security_protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            kwargs["ssl_context"] = self.kafka_ssl_context()
+        if self.kafka_security_protocol.startswith("SASL"):
+            kwargs["sasl_mechanism"] = self.kafka_sasl_mechanism
+            kwargs["sasl_plain_username"] = self.kafka_sasl_username
+            kwargs["sasl_plain_password"] = self._secret(self.kafka_sasl_password)
+        return kwargs
+
+    def kafka_ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.kafka_ssl_ca_file) if self.kafka_ssl_ca_file else None)
+        if self.kafka_ssl_cert_file is not None:
+            key = str(self.kafka_ssl_key_file) if self.kafka_ssl_key_file else None
+            context.load_cert_chain(str(self.kafka_ssl_cert_file), key)
+        return context
+
+    def redis_client_kwargs(self) -> dict[str, Any]:
+        """Credentials and TLS options for redis-py, on top of the URL."""
+        kwargs: dict[str, Any] = {}
+        if self.redis_username is not None:
+            kwargs["username"] = self.redis_username
+        if self.redis_password is not None:
+            kwargs["password"] = self._secret(self.redis_password)
+        if self.redis_tls_ca_file is not None:
+            kwargs["ssl_ca_certs"] = str(self.redis_tls_ca_file)
+        return kwargs
+
+    @staticmethod
+    def _secret(value: SecretStr | None) -> str | None:
+        return value.get_secret_value() if value is not None else None
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective settings with secrets (and passwords inside URLs) hidden, for display."""
+        shown: dict[str, Any] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                value = "**********" if value.get_secret_value() else ""
+            elif isinstance(value, str) and "://" in value:
+                value = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1**********@", value)
+            elif isinstance(value, Path):
+                value = str(value)
+            shown[name] = value
+        return shown
+
+    def config_hash(self) -> str:
+        """Short hash of the effective configuration (secrets excluded) for the worker info metric."""
+        doc = json.dumps(self.redacted(), sort_keys=True, default=str).encode()
+        for path in (self.tags_file, self.resolved_rules_file(), self.models_file):
+            if path is not None and path.exists():
+                doc += path.read_bytes()
+        return hashlib.sha256(doc).hexdigest()[:12]
 
     def resolved_rules_file(self) -> Path | None:
         if self.rules_file is not None:

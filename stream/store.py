@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from stream.keys import Keys
+from stream.settings import Settings
 from stream.tagging.engine import RfmThresholds
 from stream.tagging.state import UserState
 
@@ -199,8 +200,12 @@ class Store:
         self.models_version_seen = 0  # model checkpoint version seen by the last ``load``
 
     @classmethod
-    def from_url(cls, url: str, keys: Keys) -> Store:
-        return cls(aioredis.Redis.from_url(url, decode_responses=False), keys)
+    def from_url(cls, url: str, keys: Keys, **kwargs: Any) -> Store:
+        return cls(aioredis.Redis.from_url(url, decode_responses=False, **kwargs), keys)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Store:
+        return cls.from_url(settings.resolved_redis_url(), Keys(settings.key_prefix), **settings.redis_client_kwargs())
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -313,6 +318,20 @@ class Store:
         raw = await self.client.hget(self.keys.model_meta, "status")
         status: dict[str, Any] = orjson.loads(raw) if raw else {}
         return status
+
+    async def audience_sizes(self) -> dict[tuple[str, str], int]:
+        """(tag, value) -> members, for every audience set."""
+        prefix = f"{self.keys.base}:aud:"
+        keys = [k async for k in self.client.scan_iter(match=prefix + "*", count=1000)]
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.scard(key)
+        sizes = await pipe.execute()
+        out: dict[tuple[str, str], int] = {}
+        for key, size in zip(keys, sizes, strict=True):
+            tag, value = _text(key)[len(prefix) :].split(":", 1)
+            out[(tag, value)] = int(size)
+        return out
 
     async def claim_due(self, now: float, limit: int, wall_now: float, lease_s: float) -> list[tuple[str, float]]:
         """Claim up to ``limit`` users due at ``now`` (event or wall time) for ``lease_s`` wall seconds.

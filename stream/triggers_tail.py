@@ -15,7 +15,9 @@ from stream.topics import Topics
 async def tail(settings: Settings, topic: str | None = None, follow: bool = False, idle_s: float = 2.0) -> int:
     topics = Topics(settings.topic_prefix)
     names = [topics.trigger(topic)] if topic else list(topics.triggers)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers(), enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers(), enable_auto_commit=False, **settings.kafka_client_kwargs()
+    )
     await consumer.start()
     seen: set[str] = set()
     try:

@@ -42,9 +42,7 @@ WORKER_JOB = "portrait-worker"
 
 # Metrics the dashboard and alerts already use but that stream.metrics does not define yet: the
 # models code and an audience-size timer have to add and feed them. Exposed names.
-LEAD_METRICS: dict[str, str] = {
-    "portrait_audience_users": "Gauge portrait_audience_users{tag, value} (SCARD of audience sets)",
-}
+LEAD_METRICS: dict[str, str] = {}
 PROMQL_BUILTINS = frozenset({"up", "time", "vector", "scalar"})
 
 

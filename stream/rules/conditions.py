@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
+from functools import cached_property
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -128,9 +129,9 @@ class Condition(BaseModel):
         """The value of group key or operator ``name`` (``in``/``not`` by their YAML names)."""
         return getattr(self, {"in": "in_", "not": "not_"}.get(name, name))
 
-    @property
+    @cached_property
     def operator(self) -> str | None:
-        """The leaf's operator, or None for a group."""
+        """The leaf's operator, or None for a group (cached: conditions are immutable and hot)."""
         return next((o for o in OPERATORS if self.operand(o) is not None), None)
 
     def children(self) -> tuple[Condition, ...]:

@@ -41,6 +41,7 @@ class UserState:
     published: dict[str, str] = field(default_factory=dict)  # audience tag values last written
     evaluated_at: float | None = None  # the `now` of the last evaluation (monotonic per user)
     rules_prev: dict[str, str] | None = None  # values of rule-referenced tags at the last evaluation
+    rules_hash: str | None = None  # which tracked-tag set ``rules_prev`` was recorded for
     delivery: dict[str, Any] = field(default_factory=dict)  # rules.DeliveryMemory.to_dict()
     models: dict[str, Any] = field(default_factory=dict)  # models.UserModelState.to_json()
 
@@ -67,6 +68,7 @@ class UserState:
             "p": self.published,
             "e": self.evaluated_at,
             "rp": self.rules_prev,
+            "rh": self.rules_hash,
             "dm": self.delivery,
             "m": self.models,
         }
@@ -91,6 +93,7 @@ class UserState:
             published=doc["p"],
             evaluated_at=doc.get("e"),
             rules_prev=doc.get("rp"),
+            rules_hash=doc.get("rh"),
             delivery=doc.get("dm") or {},
             models=doc.get("m") or {},
         )

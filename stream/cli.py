@@ -199,6 +199,13 @@ def cmd_rules(settings: Settings, args: argparse.Namespace) -> int:
     from stream.rules import MODEL_TAGS, load_rules
     from stream.tagging.definitions import load_catalogue
 
+    if args.action == "report":
+        return rules_report(settings)
+    if args.action == "backtest":
+        from stream.backtest import run as run_backtest
+
+        return run_backtest(args)
+
     known = load_catalogue(settings.tags_file).names | set(MODEL_TAGS)
     rules = load_rules(Path(args.file), known)
     print(f"{args.file}: {len(rules.active)} active rules OK")
@@ -215,6 +222,46 @@ def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     events = [e for e in read_events(Path(args.file)) if isinstance(e, dict)]
     report = evaluate_events(events, horizon=parse_duration(args.horizon) if args.horizon else None)
     print(report.to_text())
+    return 0
+
+
+def rules_report(settings: Settings) -> int:
+    """Firings, suppressions by reason and uplift per rule, from the counters the workers keep."""
+
+    async def run() -> dict[str, int]:
+        store = _store(settings)
+        try:
+            stats: dict[str, int] = await store.stats()
+            return stats
+        finally:
+            await store.close()
+
+    stats = asyncio.run(run())
+    rules: dict[str, dict[str, int]] = {}
+    for key, n in stats.items():
+        kind, _, rest = key.partition(":")
+        if kind in ("rule", "effect"):
+            rule, _, what = rest.partition(":")
+            rules.setdefault(rule, {})[f"{kind}:{what}"] = n
+    if not rules:
+        print("no rule has fired yet")
+        return 0
+    print(f"{'rule':<26} {'sent':>6}  suppressed (reason=n)                  treated conv    control conv   uplift")
+    for rule, c in sorted(rules.items()):
+        reasons = ", ".join(
+            f"{k.split(':', 1)[1]}={n}" for k, n in sorted(c.items()) if k.startswith("rule:") and k != "rule:send"
+        )
+
+        def rate(group: str, c: dict[str, int] = c) -> tuple[str, float | None]:
+            exposed, converted = c.get(f"effect:{group}:exposed", 0), c.get(f"effect:{group}:converted", 0)
+            if not exposed:
+                return "      n/a", None
+            return f"{converted:>4}/{exposed:<4}", converted / exposed
+
+        (t_txt, t), (c_txt, k) = rate("treated"), rate("control")
+        uplift = f"{100 * (t - k):+.1f}pp" if t is not None and k is not None else "n/a"
+        print(f"{rule:<26} {c.get('rule:send', 0):>6}  {reasons or 'none':<38} {t_txt:>12} {c_txt:>12}   {uplift}")
+    print("conversion = an order within the rule's conversion window after the firing (open windows still count)")
     return 0
 
 
@@ -261,6 +308,12 @@ def cmd_schemas(settings: Settings, args: argparse.Namespace) -> int:
     for path in write_schemas(Path(args.out)):
         print(path)
     return 0
+
+
+def _add_backtest_arguments(parser: argparse.ArgumentParser) -> None:
+    from stream.backtest import add_arguments
+
+    add_arguments(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -317,10 +370,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user_id")
     p.set_defaults(func=cmd_explain)
 
-    p = sub.add_parser("rules", help="validate a rules file")
-    p.add_argument("action", choices=["check"])
-    p.add_argument("file")
-    p.set_defaults(func=cmd_rules)
+    p = sub.add_parser("rules", help="rules: check FILE | report | backtest FILE --data EXPORT")
+    rules_sub = p.add_subparsers(dest="action", required=True)
+    check = rules_sub.add_parser("check", help="validate a rules file")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_rules)
+    rules_sub.add_parser("report", help="firings, suppressions and uplift per rule").set_defaults(func=cmd_rules)
+    backtest = rules_sub.add_parser("backtest", help="replay an export in event time without sending")
+    _add_backtest_arguments(backtest)
+    backtest.set_defaults(func=cmd_rules)
 
     p = sub.add_parser("evaluate", help="replay an export offline: churn AUC vs baseline, segments")
     p.add_argument("file")

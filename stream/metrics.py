@@ -98,6 +98,12 @@ class Metrics:
             ["tag", "value"],
             registry=r,
         )
+        self.rule_effect = Counter(
+            "portrait_rule_exposures",
+            "Rule firings measured for uplift: exposed / converted (order within the window), by group",
+            ["rule", "group", "outcome"],
+            registry=r,
+        )
         self.rules_reloads = Counter(
             "portrait_rules_reloads", "Rules file changes applied or rejected", ["result"], registry=r
         )

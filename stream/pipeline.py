@@ -155,7 +155,11 @@ def plan_write(
     remove = [(t, v) for t, v in previous.items() if t in audience_tags and profile.get(t) != v]
     state.published = {t: v for t, v in profile.items() if t in audience_tags}
     state.evaluated_at = now
-    triggers, decisions = _apply_rules(uid, version, state, profile, now, rules, topics or Topics())
+    counters = _track_conversions(state, now)
+    triggers, decisions = _apply_rules(uid, version, state, profile, now, rules, topics or Topics(), counters)
+    ends = exposure_due(state, now)
+    if ends is not None and ends < due:
+        due = ends
     profile["_evaluated_at"] = f"{now:.3f}"
     profile["_updated_at"] = f"{wall_now:.3f}"
     profile["_rfm_version"] = str(thresholds.version)
@@ -173,6 +177,7 @@ def plan_write(
         triggers=triggers,
         decisions=decisions,
         learn=[orjson.dumps(item).decode() for item in learn],
+        counters=counters,
     )
 
 
@@ -190,8 +195,47 @@ def _tracked_tags(rules: RuleSet) -> tuple[list[str], str]:
     return cached[1], cached[2]
 
 
+def effect_key(rule: str, group: str, what: str) -> str:
+    """Stats field of the uplift counters, e.g. ``effect:winback:treated:converted``."""
+    return f"effect:{rule}:{group}:{what}"
+
+
+def _track_conversions(state: UserState, now: float) -> dict[str, int]:
+    """Convert open exposures on an order inside their window; drop expired ones.
+
+    Evaluations happen at every exposure's end (see ``exposure_due``), so an order is always
+    checked before the window it falls in is closed.
+    """
+    counters: dict[str, int] = {}
+    order = state.last_order
+    if order is not None and (state.order_seen is None or order > state.order_seen):
+        kept = []
+        for rule, group, at, until in state.exposures:
+            if at <= order <= until:
+                key = effect_key(rule, group, "converted")
+                counters[key] = counters.get(key, 0) + 1
+            else:
+                kept.append([rule, group, at, until])
+        state.exposures = kept
+        state.order_seen = order
+    state.exposures = [e for e in state.exposures if e[3] >= now]
+    return counters
+
+
+def exposure_due(state: UserState, now: float) -> float | None:
+    ends = [e[3] for e in state.exposures if e[3] > now]
+    return min(ends) if ends else None
+
+
 def _apply_rules(
-    uid: str, version: int, state: UserState, profile: dict[str, str], now: float, rules: RuleSet | None, topics: Topics
+    uid: str,
+    version: int,
+    state: UserState,
+    profile: dict[str, str],
+    now: float,
+    rules: RuleSet | None,
+    topics: Topics,
+    counters: dict[str, int],
 ) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
     """(outbox entries (topic, trigger JSON), decisions (rule, outcome, reason)) for this step."""
     if rules is None:
@@ -209,5 +253,12 @@ def _apply_rules(
     found = evaluate_rules(rules, uid, previous, profile, now, memory)
     state.rules_prev = {t: profile[t] for t in tracked if t in profile}
     state.delivery = memory.to_dict()
+    for d in found:
+        fired = f"rule:{d.rule.id}:{d.outcome if d.reason is None else d.reason}"
+        counters[fired] = counters.get(fired, 0) + 1
+        if d.group is not None:  # sent (treated) or held out (control): an exposure to measure
+            state.exposures.append([d.rule.id, d.group, now, now + rules.conversion_window_for(d.rule)])
+            key = effect_key(d.rule.id, d.group, "exposed")
+            counters[key] = counters.get(key, 0) + 1
     outbox = [(topics.trigger(d.topic_suffix), d.trigger.model_dump_json()) for d in found if d.outcome == "send"]
     return outbox, [(d.rule.id, d.outcome, d.reason or "") for d in found]

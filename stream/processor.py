@@ -187,6 +187,9 @@ class Processor:
                 uids = [u for u in uids if u not in broken]
             outcomes = Counter(a.value for uid, a in results if uid not in broken)
             stats = {f"events_{k}": n for k, n in outcomes.items()}
+            for w in writes:
+                for key, n in w.counters.items():
+                    stats[key] = stats.get(key, 0) + n
             stats.update({f"dlq_{k}": n for k, n in report.dead_letters.items()})
             stats["messages"] = len(messages)
             clock = now if event_mode else None
@@ -304,7 +307,11 @@ class Processor:
                     # stays in flight until its lease expires, then is retried; logged and counted
                     self.metrics.processing_errors.labels("reevaluate").inc()
                     log.exception("bug re-evaluating user %s", uid)
-            conflicts = await self._retrying("write", self.store.write, writes, None, {"reevaluations": len(writes)})
+            stats = {"reevaluations": len(writes)}
+            for w in writes:
+                for key, n in w.counters.items():
+                    stats[key] = stats.get(key, 0) + n
+            conflicts = await self._retrying("write", self.store.write, writes, None, stats)
             if conflicts:
                 writes = [w for w in writes if w.uid not in conflicts]  # nothing was written: retry the rest
             else:
@@ -340,6 +347,10 @@ class Processor:
 
     def _count_decisions(self, writes: list[UserWrite]) -> None:
         for w in writes:
+            for key, n in w.counters.items():
+                if key.startswith("effect:"):
+                    _, rule, group, what = key.split(":")
+                    self.metrics.rule_effect.labels(rule, group, what).inc(n)
             for rule, outcome, reason in w.decisions:
                 if outcome == "send":
                     self.metrics.triggers_sent.labels(rule).inc()

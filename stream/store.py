@@ -185,6 +185,7 @@ class UserWrite:
     triggers: list[tuple[str, str]] = field(default_factory=list)  # outbox: (topic, trigger JSON)
     decisions: list[tuple[str, str, str]] = field(default_factory=list)  # (rule, outcome, reason) for metrics
     learn: list[str] = field(default_factory=list)  # model training items (JSON) for the trainer's stream
+    counters: dict[str, int] = field(default_factory=dict)  # added to P:v1:stats with the batch
 
 
 class Store:

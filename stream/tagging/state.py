@@ -43,6 +43,8 @@ class UserState:
     rules_prev: dict[str, str] | None = None  # values of rule-referenced tags at the last evaluation
     rules_hash: str | None = None  # which tracked-tag set ``rules_prev`` was recorded for
     delivery: dict[str, Any] = field(default_factory=dict)  # rules.DeliveryMemory.to_dict()
+    exposures: list[list[Any]] = field(default_factory=list)  # open [rule, group, at, until] for uplift
+    order_seen: float | None = None  # last order already checked against exposures
     models: dict[str, Any] = field(default_factory=dict)  # models.UserModelState.to_json()
 
     def tile(self, day: int) -> list[int]:
@@ -70,6 +72,8 @@ class UserState:
             "rp": self.rules_prev,
             "rh": self.rules_hash,
             "dm": self.delivery,
+            "x": self.exposures,
+            "os": self.order_seen,
             "m": self.models,
         }
         return orjson.dumps(doc)
@@ -95,5 +99,7 @@ class UserState:
             rules_prev=doc.get("rp"),
             rules_hash=doc.get("rh"),
             delivery=doc.get("dm") or {},
+            exposures=doc.get("x") or [],
+            order_seen=doc.get("os"),
             models=doc.get("m") or {},
         )

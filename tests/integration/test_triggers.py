@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from stream import replay, synth
-from tests.integration.helpers import processed_and_settled, worker
+from tests.integration.helpers import processed_and_settled, store_for, worker
 from tests.integration.triggers import RULES, expected_triggers, held_out, read_triggers
 
 pytestmark = pytest.mark.integration
@@ -22,6 +22,7 @@ def test_replay_fires_expected_triggers_once_each(make_settings, tmp_path: Path)
         report = asyncio.run(replay.replay(settings, events, progress=False))
         asyncio.run(processed_and_settled(settings, report.total))
         got = asyncio.run(read_triggers(settings))
+        stats = asyncio.run(_stats(settings))
     want = expected_triggers(events)
     for suffix, ids in want.items():
         seen = [t["trigger_id"] for t in got.get(suffix, [])]
@@ -38,3 +39,18 @@ def test_replay_fires_expected_triggers_once_each(make_settings, tmp_path: Path)
     users = {e["user_id"] for e in events if e["type"] != "identify"}
     control = sum(held_out(u, "welcome_first_activity", 0.3) for u in users)
     assert abs(control / len(users) - 0.3) < 0.08
+    # the counters behind `portrait rules report` and the uplift metrics agree with the topics
+    assert stats["rule:care_after_complaint:send"] == len(want["triggers.care_sms"])
+    assert stats["rule:welcome_first_activity:send"] == len(want["triggers.coupon"])
+    assert stats["rule:welcome_first_activity:holdout"] == control
+    assert stats["effect:welcome_first_activity:treated:exposed"] == len(want["triggers.coupon"])
+    assert stats["effect:welcome_first_activity:control:exposed"] == control
+    assert 0 < stats.get("effect:welcome_first_activity:treated:converted", 0) <= len(want["triggers.coupon"])
+
+
+async def _stats(settings) -> dict[str, int]:
+    store = store_for(settings)
+    try:
+        return await store.stats()
+    finally:
+        await store.close()

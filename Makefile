@@ -35,6 +35,7 @@ test: lint typecheck
 	$(BIN)/pytest -q -ra
 
 bench: $(STAMP)
+	$(BIN)/pip install -q '.[bench]'
 	$(BIN)/portrait bench
 
 clean:

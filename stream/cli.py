@@ -316,6 +316,18 @@ def _add_backtest_arguments(parser: argparse.ArgumentParser) -> None:
     add_arguments(parser)
 
 
+def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    from stream.bench import add_arguments
+
+    add_arguments(parser)
+
+
+def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.bench import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="portrait", description="Real-time user portraits")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -392,6 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the effective configuration (secrets redacted)")
     p.add_argument("action", choices=["show"])
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("bench", help="throughput, latency and memory benchmark (results/)")
+    _add_bench_arguments(p)
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="end-to-end demo on embedded infrastructure")
     p.add_argument("--users", type=int, default=2000)

@@ -364,6 +364,12 @@ def format_table(doc: dict[str, Any]) -> str:
             f"p50 ≈ {_ms(lat.get('hist_p50_ms'))}, p99 ≈ {_ms(lat.get('hist_p99_ms'))}, "
             f"≤ 100 ms {_pct(lat.get('hist_share_within_100ms'))}, max ≤ {_ms(lat.get('hist_max_bucket_ms'))}"
         )
+        if lat.get("trigger_count"):
+            lines.append(
+                f"    event → trigger on its topic ({lat['trigger_count']} triggers): "
+                f"p50 {_ms(lat.get('trigger_p50_ms'))}, p99 {_ms(lat.get('trigger_p99_ms'))}, "
+                f"max {_ms(lat.get('trigger_max_ms'))}"
+            )
     mem = doc.get("memory")
     if mem:
         lines.append("")
@@ -820,6 +826,50 @@ class _ProfileWrites:
         await self.client.aclose()
 
 
+async def _read_trigger_records(settings: Settings, idle_s: float = 2.0) -> list[tuple[str, float, float]]:
+    """(user, trigger event_time, record timestamp) of every trigger produced so far."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from stream.topics import Topics
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers(), enable_auto_commit=False)
+    await consumer.start()
+    out: list[tuple[str, float, float]] = []
+    try:
+        await consumer._client.force_metadata_update()
+        tps = [
+            TopicPartition(t, p)
+            for t in Topics(settings.topic_prefix).triggers
+            for p in consumer.partitions_for_topic(t) or []
+        ]
+        if not tps:
+            return out
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        while batch := await consumer.getmany(timeout_ms=int(idle_s * 1000)):
+            for records in batch.values():
+                for r in records:
+                    doc = orjson.loads(r.value)
+                    out.append((doc["user_id"], float(doc["event_time"]), r.timestamp / 1000))
+    finally:
+        await consumer.stop()
+    return out
+
+
+def trigger_latency(sends: list[tuple[str, float]], triggers: list[tuple[str, float, float]]) -> list[float]:
+    """Event time → trigger on its topic: the record's timestamp minus the send time (= event time)
+    of the user's latest event at or before the firing."""
+    by_user: dict[str, list[float]] = {}
+    for user, sent in sends:
+        by_user.setdefault(user, []).append(sent)
+    out = []
+    for user, fired_at, on_topic in triggers:
+        times = sorted(t for t in by_user.get(user, []) if t <= fired_at)
+        if times:
+            out.append(on_topic - times[-1])
+    return out
+
+
 async def run_latency(bench: Bench, rate: float, seconds: float, batch_within: float | None = None) -> dict[str, Any]:
     """One wall-clock worker fed at ``rate`` events/s with events stamped at send time."""
     from stream import replay
@@ -854,6 +904,7 @@ async def run_latency(bench: Bench, rate: float, seconds: float, batch_within: f
             await _wait_count(settings, len(warm) + count, bench.timeout, "messages")
         await asyncio.sleep(0.5)  # last notifications and metrics
         after = parse_histogram(await _metrics_text(settings), PROFILE_HISTOGRAM)
+        trigger_records = await _read_trigger_records(settings)
     finally:
         await writes.stop()
         _stop(bench, proc)
@@ -863,7 +914,12 @@ async def run_latency(bench: Bench, rate: float, seconds: float, batch_within: f
     def ms(value: float | None) -> float | None:
         return None if value is None else value * 1000
 
+    trigger_latencies = trigger_latency(sends, trigger_records)
     return {
+        "trigger_count": len(trigger_latencies),
+        "trigger_p50_ms": ms(percentile(trigger_latencies, 0.5)),
+        "trigger_p99_ms": ms(percentile(trigger_latencies, 0.99)),
+        "trigger_max_ms": ms(max(trigger_latencies) if trigger_latencies else None),
         "rate": rate,
         "batch_within_s": settings.batch_within,
         "achieved_send_rate": report.events_per_s,

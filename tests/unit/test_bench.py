@@ -145,3 +145,12 @@ def test_result_document_with_missing_scenarios() -> None:
     assert doc["ratios"]["pipeline_vs_noop"] is None
     assert all(t["met"] is None for t in doc["targets"] if t["name"] != "stretch: full pipeline throughput")
     assert "| (1) Faust no-op agent (framework floor) | — | — | — | 0 | — |" in bench.format_table(doc)
+
+
+def test_trigger_latency_uses_the_users_latest_event_before_the_firing() -> None:
+    from stream.bench import trigger_latency
+
+    sends = [("a", 100.0), ("a", 105.0), ("a", 110.0), ("b", 100.0)]
+    triggers = [("a", 106.0, 106.25), ("b", 100.5, 100.75), ("c", 1.0, 2.0)]
+    # a: latest send at or before 106.0 is 105.0 -> 1.25 s; b: 0.75 s; c: no send -> ignored
+    assert trigger_latency(sends, triggers) == [1.25, 0.75]

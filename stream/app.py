@@ -48,15 +48,13 @@ class Service:
     metrics: Metrics
 
 
-def create_app(settings: Settings, catalogue: TagCatalogue | None = None) -> Service:
-    """Build the worker. Config errors raise ``ConfigError`` before anything is consumed."""
-    catalogue = catalogue or load_catalogue(settings.tags_file)
-    topics = Topics(settings.topic_prefix)
+def faust_app(settings: Settings, datadir_prefix: str = "portrait-faust-") -> Any:
+    """The Faust app with the service's consumer settings (shared with the benchmark's no-op floor)."""
     app = faust.App(
         settings.app_id,
         broker=transport.faust_broker_url(settings.bootstrap_servers()),
         store="memory://",
-        datadir=tempfile.mkdtemp(prefix="portrait-faust-"),
+        datadir=tempfile.mkdtemp(prefix=datadir_prefix),
         topic_partitions=settings.partitions,
         topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
@@ -70,6 +68,14 @@ def create_app(settings: Settings, catalogue: TagCatalogue | None = None) -> Ser
         broker_credentials=_broker_credentials(settings),
     )
     app.portrait_fetch_max_wait_ms = settings.consumer_fetch_max_wait_ms  # type: ignore[attr-defined]
+    return app
+
+
+def create_app(settings: Settings, catalogue: TagCatalogue | None = None) -> Service:
+    """Build the worker. Config errors raise ``ConfigError`` before anything is consumed."""
+    catalogue = catalogue or load_catalogue(settings.tags_file)
+    topics = Topics(settings.topic_prefix)
+    app = faust_app(settings)
     metrics = Metrics()
     metrics.info.info(
         {"version": settings.processor_version, "clock": settings.clock, "config_hash": settings.config_hash()}

@@ -423,31 +423,14 @@ def create_noop_app(settings: Settings) -> Any:
 
     Per batch it adds the batch size to the ``messages`` counter of the stats hash (one Redis call
     per batch), so ``stream.harness.wait_processed`` measures it the same way as the worker."""
-    import faust
     import redis.asyncio as aioredis
 
-    from stream import transport
+    from stream.app import faust_app
     from stream.keys import Keys
     from stream.topics import Topics
 
     topics = Topics(settings.topic_prefix)
-    app = faust.App(
-        settings.app_id,
-        broker=transport.faust_broker_url(settings.bootstrap_servers()),
-        store="memory://",
-        datadir=tempfile.mkdtemp(prefix="portrait-noop-"),
-        topic_partitions=settings.partitions,
-        topic_disable_leader=True,
-        consumer_auto_offset_reset="earliest",
-        broker_session_timeout=settings.broker_session_timeout_s,
-        broker_heartbeat_interval=settings.broker_heartbeat_interval_s,
-        broker_commit_interval=settings.commit_interval_s,
-        web_host=settings.web_host,
-        web_bind=settings.web_host,
-        web_port=settings.web_port,
-        web_enabled=True,
-    )
-    app.portrait_fetch_max_wait_ms = settings.consumer_fetch_max_wait_ms  # type: ignore[attr-defined]
+    app = faust_app(settings, datadir_prefix="portrait-noop-")
     client = aioredis.Redis.from_url(settings.resolved_redis_url())
     stats_key = Keys(settings.key_prefix).stats
     topic = app.topic(*topics.inputs, value_type=bytes, value_serializer="raw", key_serializer="raw")

@@ -70,6 +70,10 @@ class Keys:
         return f"{self.base}:clock"
 
     @property
+    def clock_parts(self) -> str:
+        return f"{self.base}:clock:parts"
+
+    @property
     def stats(self) -> str:
         return f"{self.base}:stats"
 

@@ -160,6 +160,7 @@ def plan_write(
     ends = exposure_due(state, now)
     if ends is not None and ends < due:
         due = ends
+    state.due_at = due
     profile["_evaluated_at"] = f"{now:.3f}"
     profile["_updated_at"] = f"{wall_now:.3f}"
     profile["_rfm_version"] = str(thresholds.version)

@@ -13,8 +13,8 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import orjson
@@ -27,7 +27,7 @@ from stream.models import CheckpointError, Models, restore
 from stream.pipeline import Message, Valid, classify, plan_write
 from stream.rules import RuleSet
 from stream.settings import Settings
-from stream.store import OutboxEntry, Store, UserWrite
+from stream.store import OutboxEntry, Progress, Store, UserWrite, watermark
 from stream.tagging.definitions import TagCatalogue
 from stream.tagging.engine import Applied, apply_event
 from stream.tagging.state import UserState
@@ -41,6 +41,9 @@ SendTriggers = Callable[[list[OutboxEntry]], Awaitable[None]]
 OUTBOX_BATCH = 500
 OUTBOX_STALE_MS = 30_000
 MAX_CONFLICT_RETRIES = 20
+# Change points evaluated before one user's next event, per batch: day-granular tags (recency)
+# change daily, so this covers a gap of more than a year; the time-driven path would do the same.
+MAX_CATCH_UP_STEPS = 400
 
 
 @dataclass
@@ -79,6 +82,8 @@ class Processor:
         self.metrics = metrics
         self.wall_clock = wall_clock
         self.event_clock = 0.0  # largest event time this worker has seen (event-time mode)
+        self._read_to: dict[str, int] = {}  # input partition -> last offset read (event-time watermark)
+        self._applied_ts: dict[str, float] = {}  # input partition -> highest event time applied from it
         self.healthy = True
         self.last_error: str | None = None
 
@@ -103,8 +108,14 @@ class Processor:
                 delay = min(delay * 2, 10.0)
 
     # -- event path ----------------------------------------------------------------------
-    async def process(self, messages: list[Message]) -> BatchReport:
-        """Apply one batch exactly once (idempotent under redelivery)."""
+    async def process(self, messages: list[Message], highwaters: Mapping[str, int | None] | None = None) -> BatchReport:
+        """Apply one batch exactly once (idempotent under redelivery).
+
+        ``highwaters``: the consumer's high-water mark of every input partition assigned to this
+        worker ("topic/partition" -> next offset to be written), from which the event-time
+        watermark learns which partitions still have messages waiting. A caller that cannot tell
+        passes None and the watermark stays the clock.
+        """
         received = time.perf_counter()
         report = BatchReport(messages=len(messages))
         wall = self.wall_clock()
@@ -143,8 +154,12 @@ class Processor:
         uids = list(dict.fromkeys(v.event.subject_id for v in valid))
         batch_max_ts = max((v.event.epoch for v in valid), default=None)
         latest: dict[str, float] = {}
+        first_event: dict[str, float] = {}
         for v in valid:
-            latest[v.event.subject_id] = max(latest.get(v.event.subject_id, v.event.epoch), v.event.epoch)
+            uid, epoch = v.event.subject_id, v.event.epoch
+            latest[uid] = max(latest.get(uid, epoch), epoch)
+            first_event[uid] = min(first_event.get(uid, epoch), epoch)
+        progress = self._progress(messages, valid, highwaters) if event_mode and highwaters is not None else None
         for _attempt in range(MAX_CONFLICT_RETRIES):
             loaded, stored_clock, thresholds = await self._retrying("load", self.store.load, uids)
             await self.sync_models()
@@ -152,6 +167,20 @@ class Processor:
             states = {uid: loaded[uid].state or UserState() for uid in uids}
             results: list[tuple[str, Applied]] = []
             broken: dict[str, str] = {}  # user -> error: a bug isolates the user, not the batch
+            earlier: dict[str, tuple[dict[str, str], list[UserWrite]]] = {}
+            if event_mode:
+                # change points are safe to evaluate only where no partition may still hold events
+                mark = watermark(now, self.store.parts_seen, progress)
+                for uid, first in first_event.items():
+                    try:
+                        until = min(first, mark)
+                        steps = self._catch_up(uid, loaded[uid].version, states[uid], until, thresholds, wall)
+                    except Exception as exc:
+                        broken[uid] = f"evaluate: {exc!r}"
+                        log.exception("bug evaluating user %s", uid)
+                        continue
+                    if steps:
+                        earlier[uid] = steps
             for item in valid:
                 uid = item.event.subject_id
                 if uid in broken:
@@ -176,7 +205,8 @@ class Processor:
                 # replay evaluates users at the same moments live processing would, whatever the batching.
                 at = max(latest[uid], states[uid].evaluated_at or 0.0) if event_mode else now
                 try:
-                    writes.append(self._plan(uid, loaded[uid].version, states[uid], min(at, now), thresholds, wall))
+                    write = self._plan(uid, loaded[uid].version, states[uid], min(at, now), thresholds, wall)
+                    writes.append(_after(earlier[uid], write) if uid in earlier else write)
                 except Exception as exc:
                     broken[uid] = f"evaluate: {exc!r}"
                     log.exception("bug evaluating user %s", uid)
@@ -193,7 +223,7 @@ class Processor:
             stats.update({f"dlq_{k}": n for k, n in report.dead_letters.items()})
             stats["messages"] = len(messages)
             clock = now if event_mode else None
-            conflicts = await self._retrying("write", self.store.write, writes, clock, stats)
+            conflicts = await self._retrying("write", self.store.write, writes, clock, stats, progress)
             if not conflicts:
                 break
             self.metrics.write_conflicts.inc()
@@ -264,11 +294,12 @@ class Processor:
 
     # -- time-driven path ----------------------------------------------------------------
     async def now(self) -> float:
+        """The time the time-driven path evaluates up to: wall time, or the event-time watermark."""
         if self.settings.clock == "wall":
             return self.wall_clock()
-        stored = await self._retrying("clock", self.store.clock)
-        self.event_clock = max(self.event_clock, stored or 0.0)
-        return self.event_clock
+        clock, mark = await self._retrying("clock", self.store.watermark)
+        self.event_clock = max(self.event_clock, clock)
+        return mark
 
     async def reevaluate_due(self) -> int:
         """Re-evaluate users whose tags change without an event (windows, recency, timers).
@@ -324,6 +355,46 @@ class Processor:
         if any(w.triggers for w in all_writes):
             await self.deliver_triggers()
         return done
+
+    def _progress(self, messages: list[Message], valid: list[Valid], highwaters: Mapping[str, int | None]) -> Progress:
+        """Per assigned input partition this worker has read: (highest event time applied from it,
+        whether everything written to it so far has been read). Includes partitions absent from the
+        batch: new messages on a partition read to its end make it hold the watermark back again."""
+        for m in messages:
+            self._read_to[m.source] = max(self._read_to.get(m.source, -1), m.offset)
+        for v in valid:
+            source = v.message.source
+            self._applied_ts[source] = max(self._applied_ts.get(source, v.event.epoch), v.event.epoch)
+        progress: Progress = {}
+        for source, last in self._read_to.items():
+            if source not in highwaters:
+                continue  # no longer assigned here: its new owner reports it
+            end = highwaters[source]
+            progress[source] = (self._applied_ts.get(source), end is None or last + 1 >= end)
+        return progress
+
+    def _catch_up(
+        self, uid: str, version: int, state: UserState, until: float, thresholds: Any, wall: float
+    ) -> tuple[dict[str, str], list[UserWrite]] | None:
+        """Event time: evaluate the user at the change points that fall before their next event.
+
+        The time-driven path only reaches a user once the watermark passes their due time; when the
+        user's next event gets there first, the change (a window emptying, a churn label resolving,
+        a rule firing on it) is evaluated here, at its own time, before the event is applied, as
+        live processing would have. Returns (published audiences before, the steps' writes).
+        """
+        published = dict(state.published)
+        steps: list[UserWrite] = []
+        while (
+            len(steps) < MAX_CATCH_UP_STEPS
+            and state.due_at is not None
+            and (state.evaluated_at or 0.0) < state.due_at <= until
+        ):
+            step = self._plan(uid, version, state, state.due_at, thresholds, wall)
+            steps.append(step)
+            if step.state is None:
+                break
+        return (published, steps) if steps else None
 
     def _plan(self, uid: str, version: int, state: UserState, at: float, thresholds: Any, wall: float) -> UserWrite:
         return plan_write(
@@ -390,3 +461,24 @@ class Processor:
         self.metrics.due_pending.set(count)
         self.metrics.freshness.set(max(0.0, now - oldest) if oldest is not None and oldest <= now else 0.0)
         self.metrics.outbox_pending.set(await self._retrying("outbox", self.store.outbox_pending))
+
+
+def _after(earlier: tuple[dict[str, str], list[UserWrite]], final: UserWrite) -> UserWrite:
+    """One write for a user's catch-up steps followed by their event-driven evaluation: the last
+    state and profile, every step's triggers, decisions, training items and counters, and the
+    audience changes from before the first step to after the last."""
+    published, steps = earlier
+    now = final.state.published if final.state is not None else {}
+    counters = dict(final.counters)
+    for step in steps:
+        for key, n in step.counters.items():
+            counters[key] = counters.get(key, 0) + n
+    return replace(
+        final,
+        audience_add=[(t, v) for t, v in now.items() if published.get(t) != v],
+        audience_remove=[(t, v) for t, v in published.items() if now.get(t) != v],
+        triggers=[t for w in [*steps, final] for t in w.triggers],
+        decisions=[d for w in [*steps, final] for d in w.decisions],
+        learn=[item for w in [*steps, final] for item in w.learn],
+        counters=counters,
+    )

@@ -7,6 +7,7 @@ rebalance cannot interleave updates: the loser re-reads and recomputes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +73,20 @@ for i, u in ipairs(meta.users) do
     else
       redis.call('ZREM', rkey, u.u)
     end
+  end
+end
+-- Per input partition progress for the event-time watermark: the highest event time applied from a
+-- partition that still has unconsumed messages, or 'caught' when its last batch reached the end.
+local pkey = base .. ':clock:parts'
+for _, p in ipairs(meta.parts or {}) do
+  local cur = redis.call('HGET', pkey, p.k)
+  local curt = tonumber(cur)
+  if p.c then
+    redis.call('HSET', pkey, p.k, 'caught')
+  elseif type(p.ts) == 'number' and (curt == nil or p.ts > curt) then
+    redis.call('HSET', pkey, p.k, string.format('%.6f', p.ts))
+  elseif curt == nil then
+    redis.call('HSET', pkey, p.k, '0')
   end
 end
 if type(meta.clock) == 'number' then
@@ -163,6 +178,26 @@ def _thresholds(raw: Any) -> RfmThresholds:
     return RfmThresholds(int(raw.get(b"version", b"0")), parse(b"r"), parse(b"f"), parse(b"m"))
 
 
+Progress = dict[str, tuple[float | None, bool]]  # partition -> (highest event time applied, read to end)
+
+
+def watermark(clock: float, parts: Mapping[bytes, bytes], progress: Progress | None = None) -> float:
+    """The clock held back to the slowest input partition with messages still waiting.
+
+    ``parts`` is the stored progress hash; ``progress`` a batch's update not written yet (the
+    same rules as the write script)."""
+    values = {k.decode(): v.decode() for k, v in parts.items()}
+    for key, (ts, caught) in (progress or {}).items():
+        current = values.get(key)
+        if caught:
+            values[key] = "caught"
+        elif ts is not None and (current in (None, "caught") or ts > float(current or 0)):
+            values[key] = repr(ts)
+        elif current in (None, "caught"):
+            values[key] = "0"
+    return min([clock, *(float(v) for v in values.values() if v != "caught")])
+
+
 @dataclass
 class LoadedUser:
     version: int
@@ -199,6 +234,7 @@ class Store:
         self._refresh = client.register_script(REFRESH_RFM_SCRIPT)
         self._lease = client.register_script(LEASE_SCRIPT)
         self.models_version_seen = 0  # model checkpoint version seen by the last ``load``
+        self.parts_seen: dict[bytes, bytes] = {}  # partition progress seen by the last ``load`` (watermark)
 
     @classmethod
     def from_url(cls, url: str, keys: Keys, **kwargs: Any) -> Store:
@@ -219,7 +255,9 @@ class Store:
         pipe.get(self.keys.clock)
         pipe.hgetall(self.keys.rfm_thresholds)
         pipe.hget(self.keys.model_meta, "version")
+        pipe.hgetall(self.keys.clock_parts)
         replies = await pipe.execute()
+        self.parts_seen = replies.pop()
         self.models_version_seen = int(replies.pop() or 0)
         loaded: dict[str, LoadedUser] = {}
         for uid, (ver, blob) in zip(uids, replies[:-2], strict=True):
@@ -228,9 +266,19 @@ class Store:
         clock = float(replies[-2]) if replies[-2] else None
         return loaded, clock, _thresholds(replies[-1])
 
-    async def write(self, writes: list[UserWrite], clock: float | None, stats: dict[str, int]) -> list[str]:
-        """Apply all writes atomically. Returns the user ids whose version changed (nothing written)."""
-        if not writes and clock is None and not stats:
+    async def write(
+        self,
+        writes: list[UserWrite],
+        clock: float | None,
+        stats: dict[str, int],
+        progress: Progress | None = None,
+    ) -> list[str]:
+        """Apply all writes atomically. Returns the user ids whose version changed (nothing written).
+
+        ``progress`` maps an input partition ("topic/partition") to (highest event time applied
+        from it in this batch, whether the batch reached its end): see ``watermark``.
+        """
+        if not writes and clock is None and not stats and not progress:
             return []
         users: list[dict[str, Any]] = []
         blobs: list[bytes] = []
@@ -256,6 +304,8 @@ class Store:
             blobs.append(w.state.to_bytes() if w.state is not None else b"")
         meta = {"users": users, "clock": clock if clock is not None else False, "stats": stats or {}}
         meta["aud_ttl"] = AUDIENCE_TTL_S
+        if progress:
+            meta["parts"] = [{"k": k, "ts": ts if ts is not None else False, "c": c} for k, (ts, c) in progress.items()]
         if not stats:
             meta["stats"] = {"_": 0}
         result = await self._write(args=[self.keys.base, orjson.dumps(meta), *blobs])
@@ -365,6 +415,22 @@ class Store:
     async def clock(self) -> float | None:
         raw = await self.client.get(self.keys.clock)
         return float(raw) if raw else None
+
+    async def watermark(self) -> tuple[float, float]:
+        """(clock, watermark) in event-time mode; the time-driven path evaluates up to the watermark.
+
+        The clock is the largest event time any worker applied; partitions are consumed at
+        different speeds, so a user on a partition that is behind may still have unconsumed events
+        older than it. The watermark is the clock held back to the slowest partition that still has
+        messages waiting; a partition whose last batch reached its end holds nothing back (a
+        time-ordered producer only appends later events).
+        """
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(self.keys.clock)
+        pipe.hgetall(self.keys.clock_parts)
+        raw, parts = await pipe.execute()
+        clock = float(raw) if raw else 0.0
+        return clock, watermark(clock, parts)
 
     async def advance_clock(self, value: float) -> float:
         """Move the event-time clock forward to ``value`` (never backwards); returns the clock."""

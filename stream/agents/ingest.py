@@ -25,7 +25,7 @@ def register_ingest(app: Any, topic: Any, processor: Processor, settings: Settin
                 for e in events
             ]
             try:
-                await processor.process(messages)
+                await processor.process(messages, _highwaters(app))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -37,3 +37,13 @@ def register_ingest(app: Any, topic: Any, processor: Processor, settings: Settin
                 await processor.dead_letter_batch(messages, exc)
 
     return app.agent(topic, name="portrait-ingest")(ingest)
+
+
+def _highwaters(app: Any) -> dict[str, int | None] | None:
+    """High-water marks of the input partitions assigned to this worker, from the consumer's last
+    fetches, for the event-time watermark; None when the consumer cannot tell."""
+    try:
+        consumer = app.consumer
+        return {f"{tp.topic}/{tp.partition}": consumer.highwater(tp) for tp in consumer.assignment()}
+    except Exception:  # no consumer thread yet or a transport without high-water marks
+        return None

@@ -40,6 +40,7 @@ class UserState:
     recent_ids: list[str] = field(default_factory=list)
     published: dict[str, str] = field(default_factory=dict)  # audience tag values last written
     evaluated_at: float | None = None  # the `now` of the last evaluation (monotonic per user)
+    due_at: float | None = None  # when the last evaluation said tags change next without an event
     rules_prev: dict[str, str] | None = None  # values of rule-referenced tags at the last evaluation
     rules_hash: str | None = None  # which tracked-tag set ``rules_prev`` was recorded for
     delivery: dict[str, Any] = field(default_factory=dict)  # rules.DeliveryMemory.to_dict()
@@ -69,6 +70,7 @@ class UserState:
             "r": self.recent_ids,
             "p": self.published,
             "e": self.evaluated_at,
+            "d": self.due_at,
             "rp": self.rules_prev,
             "rh": self.rules_hash,
             "dm": self.delivery,
@@ -96,6 +98,7 @@ class UserState:
             recent_ids=doc["r"],
             published=doc["p"],
             evaluated_at=doc.get("e"),
+            due_at=doc.get("d"),
             rules_prev=doc.get("rp"),
             rules_hash=doc.get("rh"),
             delivery=doc.get("dm") or {},

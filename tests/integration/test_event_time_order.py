@@ -1,0 +1,144 @@
+"""Component tier (real Valkey, in-process processor): event time across partitions read unevenly.
+
+A consumer reads partitions at different speeds: one user's orders (transactions topic) can be
+applied days of event time ahead of their page views (clickstream topic). The time-driven path
+must not evaluate the user at a moment whose events are still waiting on the slower partition,
+or a window empties that never was empty and a rule fires on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+
+from stream.deadletter import DeadLetter
+from stream.metrics import Metrics
+from stream.pipeline import Message
+from stream.processor import Processor
+from stream.rules import MODEL_TAGS, load_rules
+from stream.tagging.definitions import load_catalogue
+from stream.topics import Topics
+from tests.integration.helpers import store_for
+
+pytestmark = pytest.mark.integration
+START = datetime(2026, 8, 1, 12, tzinfo=UTC)
+RULES = """
+version: 1
+rules:
+  - id: welcome_back
+    version: 1
+    when: {tag: events_30d, crosses_above: 0}
+    action: {type: coupon, params: {campaign: welcome, value: 3.0}}
+    cooldown: 1d
+"""
+
+
+def _event(n: int, day: float, kind: str = "page_view", user: str = "u1") -> bytes:
+    event: dict[str, object] = {
+        "event_id": f"e{n}",
+        "type": kind,
+        "user_id": user,
+        "ts": (START + timedelta(days=day)).isoformat(),
+    }
+    if kind == "order_paid":
+        event |= {"order_id": f"o{n}", "amount": 20.0, "currency": "EUR", "items": []}
+    return orjson.dumps(event)
+
+
+def _firings(make_settings, names, tmp_path: Path, report_highwaters: bool) -> list[str]:  # type: ignore[no-untyped-def]
+    """u1 views pages on day 0 and 27 (clickstream); u2 orders on day 37 (transactions), and the
+    consumer applies that order before u1's day-27 page view. Returns u1's rule decisions."""
+    rules_file = tmp_path / f"rules-{report_highwaters}.yaml"
+    rules_file.write_text(RULES)
+    settings = make_settings(clock="event", key_prefix=f"{names.key_prefix}-{int(report_highwaters)}")
+    topics = Topics(settings.topic_prefix)
+    clicks, orders = f"{topics.clickstream}/0", f"{topics.transactions}/0"
+
+    async def dead(letters: list[DeadLetter]) -> None:
+        raise AssertionError(f"unexpected dead letters: {letters}")
+
+    async def run() -> list[str]:
+        store = store_for(settings)
+        catalogue = load_catalogue()
+        rules = load_rules(rules_file, catalogue.names | set(MODEL_TAGS))
+        proc = Processor(settings, catalogue, store, dead, Metrics(), rules=rules)
+        decisions: list[str] = []
+        original = proc._count_decisions
+
+        def spy(writes):  # type: ignore[no-untyped-def]
+            decisions.extend(f"{rule}:{outcome}" for w in writes if w.uid == "u1" for rule, outcome, _ in w.decisions)
+            original(writes)
+
+        proc._count_decisions = spy  # type: ignore[method-assign]
+        try:
+            # the consumer has seen 2 page views and 1 order waiting; it reads the first page view
+            marks = {clicks: 2, orders: 1} if report_highwaters else None
+            await proc.process([Message(topics.clickstream, 0, 0, b"u1", _event(0, 0))], marks)
+            # the order partition is read first, to its end: the clock jumps to day 37
+            order = _event(1, 37, "order_paid", user="u2")
+            await proc.process([Message(topics.transactions, 0, 0, b"u2", order)], marks)
+            while await proc.reevaluate_due():
+                pass
+            # then the slow partition delivers the day-27 page view
+            await proc.process([Message(topics.clickstream, 0, 1, b"u1", _event(2, 27))], marks)
+            while await proc.reevaluate_due():
+                pass
+            return decisions
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def test_a_slow_partition_holds_the_time_driven_path_back(make_settings, names, tmp_path: Path) -> None:
+    # Without partition progress the day-30 window end is evaluated before the day-27 page view
+    # arrives: events_30d falls to 0 and rises again, so the rule fires a second time (the failure
+    # this guards against, shown to be observable).
+    assert _firings(make_settings, names, tmp_path, report_highwaters=False) == ["welcome_back:send"] * 2
+    # With it, the user's activity never had a 30-day gap: one firing, on first activity.
+    assert _firings(make_settings, names, tmp_path, report_highwaters=True) == ["welcome_back:send"]
+
+
+def test_a_change_point_between_two_events_is_evaluated_before_the_second(make_settings, tmp_path: Path) -> None:
+    """u1 visits on day 0 and day 40 and the time-driven path never runs in between: the window
+    empties on day 30 all the same, so the day-40 visit is a return and the rule fires again."""
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(RULES)
+    settings = make_settings(clock="event")
+    topics = Topics(settings.topic_prefix)
+
+    async def dead(letters: list[DeadLetter]) -> None:
+        raise AssertionError(f"unexpected dead letters: {letters}")
+
+    async def run() -> tuple[list[dict[str, object]], dict[str, str]]:
+        store = store_for(settings)
+        catalogue = load_catalogue()
+        rules = load_rules(rules_file, catalogue.names | set(MODEL_TAGS))
+        proc = Processor(settings, catalogue, store, dead, Metrics(), rules=rules)
+        triggers: list[dict[str, object]] = []
+        original = proc._count_decisions
+
+        def spy(writes):  # type: ignore[no-untyped-def]
+            triggers.extend(orjson.loads(t) for w in writes for _, t in w.triggers)
+            original(writes)
+
+        proc._count_decisions = spy  # type: ignore[method-assign]
+        marks = {f"{topics.clickstream}/0": 2}
+        try:
+            for offset, day in enumerate((0, 40)):
+                await proc.process([Message(topics.clickstream, 0, offset, b"u1", _event(offset, day))], marks)
+            return triggers, await store.profile("u1")
+        finally:
+            await store.close()
+
+    triggers, profile = asyncio.run(run())
+    day = 86400.0
+    assert [(t["rule_id"], t["event_time"]) for t in triggers] == [
+        ("welcome_back", START.timestamp()),
+        ("welcome_back", START.timestamp() + 40 * day),
+    ]
+    assert profile["events_30d"] == "1"

@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stream import transport
 from stream.agents.ingest import register_ingest
+from stream.agents.privacy import register_privacy
 from stream.agents.timers import register_timers
 from stream.deadletter import DeadLetter
 from stream.lag import LagReader, record_lag
@@ -120,6 +121,7 @@ def create_app(settings: Settings, catalogue: TagCatalogue | None = None) -> Ser
                 log.exception("model trainer failed")
 
     register_ingest(app, input_topic, processor, settings)
+    register_privacy(app, processor, topics)
     register_timers(app, processor, settings)
     service = Service(app, settings, catalogue, store, processor, metrics)
     _register_views(service)

@@ -302,6 +302,17 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     return run_demo(users=args.users, events=args.events, seed=args.seed)
 
 
+def cmd_privacy(settings: Settings, args: argparse.Namespace) -> int:
+    from stream import privacy
+
+    if args.action == "erase":
+        confirmation = asyncio.run(privacy.erase_and_confirm(settings, args.user_id, args.request_id))
+        print(confirmation.model_dump_json(indent=2))
+    else:
+        print(json.dumps(asyncio.run(privacy.export_json(settings, args.user_id)), indent=2, sort_keys=True))
+    return 0
+
+
 def cmd_schemas(settings: Settings, args: argparse.Namespace) -> int:
     from stream.schemas import write_schemas
 
@@ -414,6 +425,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=int, default=50000)
     p.add_argument("--seed", type=int, default=7)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("privacy", help="erase a user everywhere, or export what is stored about them")
+    p.add_argument("action", choices=["erase", "export"])
+    p.add_argument("user_id")
+    p.add_argument("--request-id", help="erase: id echoed in the confirmation event (default: random)")
+    p.set_defaults(func=cmd_privacy)
 
     p = sub.add_parser("schemas", help="write the JSON Schemas of the event models")
     p.add_argument("--out", default="docs/schemas")

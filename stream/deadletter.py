@@ -16,6 +16,7 @@ Reason = Literal[
     "too_old",
     "unknown_currency",
     "processing_error",
+    "erased_user",
 ]
 REASONS: tuple[str, ...] = Reason.__args__  # type: ignore[attr-defined]
 

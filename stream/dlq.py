@@ -44,7 +44,10 @@ async def read(settings: Settings, idle_s: float = 2.0) -> list[DeadLetter]:
 
 async def resubmit(settings: Settings, reason: str | None = None, idle_s: float = 2.0) -> int:
     """Send dead letters' original bytes back to their source topics (after a fix)."""
-    letters = [d for d in await read(settings, idle_s) if reason is None or d.reason == reason]
+    # an erased user's dead letters carry no payload, and re-submitting them would be refused anyway
+    letters = [
+        d for d in await read(settings, idle_s) if (reason is None or d.reason == reason) and d.reason != "erased_user"
+    ]
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap_servers(), acks="all", **settings.kafka_client_kwargs()
     )

@@ -5,6 +5,7 @@ Per-user keys share the hash tag ``{user_id}`` so they land in one Redis Cluster
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 SCHEMA = "v1"
@@ -70,6 +71,10 @@ class Keys:
         return f"{self.base}:clock"
 
     @property
+    def erased(self) -> str:
+        return f"{self.base}:privacy:erased"
+
+    @property
     def clock_parts(self) -> str:
         return f"{self.base}:clock:parts"
 
@@ -80,3 +85,8 @@ class Keys:
     @property
     def catalogue(self) -> str:
         return f"{self.base}:meta:tags"
+
+
+def erased_token(uid: str) -> str:
+    """How an erased id is remembered on the suppression list: a hash, not the id itself."""
+    return hashlib.sha256(uid.encode()).hexdigest()[:32]

@@ -22,6 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stream.deadletter import DeadLetter
+from stream.keys import erased_token
 from stream.metrics import Metrics
 from stream.models import CheckpointError, Models, restore
 from stream.pipeline import Message, Valid, classify, plan_write
@@ -162,6 +163,13 @@ class Processor:
         progress = self._progress(messages, valid, highwaters) if event_mode and highwaters is not None else None
         for _attempt in range(MAX_CONFLICT_RETRIES):
             loaded, stored_clock, thresholds = await self._retrying("load", self.store.load, uids)
+            erased = {uid for uid in uids if loaded[uid].erased}
+            if erased:
+                await self._dead_letter_erased([v for v in valid if v.event.subject_id in erased], report)
+                valid = [v for v in valid if v.event.subject_id not in erased]
+                uids = [u for u in uids if u not in erased]
+                for uid in erased:
+                    first_event.pop(uid, None)
             await self.sync_models()
             now = max(self.event_clock, stored_clock or 0.0, batch_max_ts or 0.0) if event_mode else wall
             states = {uid: loaded[uid].state or UserState() for uid in uids}
@@ -273,6 +281,26 @@ class Processor:
         self.metrics.dead_letters.labels("processing_error").inc(len(letters))
         self.metrics.processing_errors.labels("event").inc(len(letters))
 
+    async def _dead_letter_erased(self, events: list[Valid], report: BatchReport) -> None:
+        """Events of erased users: counted and dead-lettered, their payload withheld (it is the
+        personal data the erasure removed), never applied."""
+        letters = [
+            DeadLetter.build(
+                "erased_user",
+                f"user erased (suppression token {erased_token(v.event.subject_id)}): not applied, payload withheld",
+                b"",
+                None,
+                v.message.topic,
+                v.message.partition,
+                v.message.offset,
+                self.settings.processor_version,
+            )
+            for v in events
+        ]
+        await self.send_dead_letters(letters)
+        report.dead_letters["erased_user"] += len(letters)
+        self.metrics.dead_letters.labels("erased_user").inc(len(letters))
+
     async def dead_letter_batch(self, messages: list[Message], error: BaseException) -> None:
         """Last resort for a bug outside per-user isolation: keep the batch in the DLQ, never drop it."""
         letters = [
@@ -327,6 +355,8 @@ class Processor:
             writes: list[UserWrite] = []
             for uid in pending:
                 user = loaded[uid]
+                if user.erased:
+                    continue  # erased after it was claimed: nothing to evaluate or write
                 if user.state is None:
                     writes.append(UserWrite(uid, user.version, None))
                     continue
@@ -442,7 +472,13 @@ class Processor:
             )
             if not entries:
                 break
-            await self.send_triggers(entries)
+            erased = await self._retrying("outbox", self.store.erased, list({e.key for e in entries}))
+            if erased:  # decided before the user was erased: never sent after it
+                for e in entries:
+                    if e.key in erased:
+                        rule = str(orjson.loads(e.value).get("rule_id", "unknown"))
+                        self.metrics.triggers_suppressed.labels(rule, "erased").inc()
+            await self.send_triggers([e for e in entries if e.key not in erased])
             await self._retrying("outbox", self.store.ack_outbox, [e.id for e in entries])
             wall = self.wall_clock()
             for entry in entries:

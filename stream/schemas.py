@@ -7,6 +7,7 @@ from pathlib import Path
 
 from stream.deadletter import DeadLetter
 from stream.events import EVENT_ADAPTER
+from stream.privacy import EraseRequest, ErasureConfirmation
 from stream.rules import Trigger
 
 
@@ -16,6 +17,8 @@ def write_schemas(out: Path) -> list[Path]:
         "event.schema.json": EVENT_ADAPTER.json_schema(),
         "dead-letter.schema.json": DeadLetter.model_json_schema(),
         "trigger.schema.json": Trigger.model_json_schema(),
+        "erase-request.schema.json": EraseRequest.model_json_schema(),
+        "erasure-confirmation.schema.json": ErasureConfirmation.model_json_schema(),
     }
     paths = []
     for name, schema in docs.items():

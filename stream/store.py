@@ -15,7 +15,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from stream.keys import Keys
+from stream.keys import Keys, erased_token
 from stream.settings import Settings
 from stream.tagging.engine import RfmThresholds
 from stream.tagging.state import UserState
@@ -28,7 +28,10 @@ for i, u in ipairs(meta.users) do
   local cur = redis.call('HGET', base .. ':{' .. u.u .. '}:state', 'ver')
   local curv = 0
   if cur then curv = tonumber(cur) end
-  if curv ~= u.v then table.insert(conflicts, u.u) end
+  -- an erasure since the read counts as a change: the retry sees the user erased, writes nothing
+  if curv ~= u.v or redis.call('SISMEMBER', base .. ':privacy:erased', u.h) == 1 then
+    table.insert(conflicts, u.u)
+  end
 end
 if #conflicts > 0 then return conflicts end
 local due = base .. ':due'
@@ -98,6 +101,34 @@ for k, n in pairs(meta.stats) do
   redis.call('HINCRBY', base .. ':stats', k, n)
 end
 return {}
+"""
+
+# Erase one user everywhere the worker keeps them, and remember the erasure (a hash of the id) so
+# late or replayed events cannot bring the profile back. Audience memberships are found through
+# the state's published values (written with the memberships in one script, so they agree).
+ERASE_SCRIPT = """
+local base, uid, token = ARGV[1], ARGV[2], ARGV[3]
+local skey = base .. ':{' .. uid .. '}:state'
+local removed = {}
+local blob = redis.call('HGET', skey, 'blob')
+if blob then
+  local ok, doc = pcall(cjson.decode, blob)
+  if ok and type(doc.p) == 'table' then
+    for tag, value in pairs(doc.p) do
+      local akey = base .. ':aud:' .. tag .. ':' .. tostring(value)
+      if redis.call('SREM', akey, uid) == 1 then table.insert(removed, akey) end
+    end
+  end
+end
+for _, key in ipairs({skey, base .. ':{' .. uid .. '}:profile'}) do
+  if redis.call('DEL', key) == 1 then table.insert(removed, key) end
+end
+local zkeys = {base .. ':due', base .. ':due:inflight', base .. ':rank:r', base .. ':rank:f', base .. ':rank:m'}
+for _, zkey in ipairs(zkeys) do
+  if redis.call('ZREM', zkey, uid) == 1 then table.insert(removed, zkey .. ' member') end
+end
+redis.call('SADD', base .. ':privacy:erased', token)
+return removed
 """
 
 # Claimed users move from the due set to an in-flight set with a wall-clock lease; every write of
@@ -202,6 +233,7 @@ def watermark(clock: float, parts: Mapping[bytes, bytes], progress: Progress | N
 class LoadedUser:
     version: int
     state: UserState | None
+    erased: bool = False  # on the suppression list: nothing of this user may be written again
 
 
 @dataclass
@@ -233,6 +265,7 @@ class Store:
         self._claim = client.register_script(CLAIM_SCRIPT)
         self._refresh = client.register_script(REFRESH_RFM_SCRIPT)
         self._lease = client.register_script(LEASE_SCRIPT)
+        self._erase = client.register_script(ERASE_SCRIPT)
         self.models_version_seen = 0  # model checkpoint version seen by the last ``load``
         self.parts_seen: dict[bytes, bytes] = {}  # partition progress seen by the last ``load`` (watermark)
 
@@ -252,6 +285,7 @@ class Store:
         pipe = self.client.pipeline(transaction=False)
         for uid in uids:
             pipe.hmget(self.keys.state(uid), "ver", "blob")
+        pipe.smismember(self.keys.erased, [erased_token(uid) for uid in uids] or ["-"])
         pipe.get(self.keys.clock)
         pipe.hgetall(self.keys.rfm_thresholds)
         pipe.hget(self.keys.model_meta, "version")
@@ -259,12 +293,13 @@ class Store:
         replies = await pipe.execute()
         self.parts_seen = replies.pop()
         self.models_version_seen = int(replies.pop() or 0)
+        thresholds, clock = replies.pop(), replies.pop()
+        erased = replies.pop()
         loaded: dict[str, LoadedUser] = {}
-        for uid, (ver, blob) in zip(uids, replies[:-2], strict=True):
+        for uid, (ver, blob), gone in zip(uids, replies, erased, strict=False):
             state = UserState.from_bytes(blob) if blob else None
-            loaded[uid] = LoadedUser(int(ver) if ver else 0, state)
-        clock = float(replies[-2]) if replies[-2] else None
-        return loaded, clock, _thresholds(replies[-1])
+            loaded[uid] = LoadedUser(int(ver) if ver else 0, state, bool(gone))
+        return loaded, float(clock) if clock else None, _thresholds(thresholds)
 
     async def write(
         self,
@@ -289,6 +324,7 @@ class Store:
             users.append(
                 {
                     "u": w.uid,
+                    "h": erased_token(w.uid),
                     "v": w.expected_version,
                     "del": w.state is None,
                     "p": flat,
@@ -439,6 +475,21 @@ class Store:
             "redis.call('SET', KEYS[1], ARGV[1]) return ARGV[1] end return tostring(c)"
         )
         return float(await self.client.eval(script, 1, self.keys.clock, f"{value:.6f}"))
+
+    # -- privacy ----------------------------------------------------------------------------
+    async def erase(self, uid: str) -> list[str]:
+        """Remove every key and membership of ``uid`` and put it on the suppression list.
+
+        Returns what was removed. Idempotent: erasing again removes nothing more."""
+        removed = await self._erase(args=[self.keys.base, uid, erased_token(uid)])
+        return [_text(r) for r in removed]
+
+    async def erased(self, uids: list[str]) -> set[str]:
+        """Which of ``uids`` are on the suppression list."""
+        if not uids:
+            return set()
+        flags = await self.client.smismember(self.keys.erased, [erased_token(u) for u in uids])
+        return {u for u, flag in zip(uids, flags, strict=True) if flag}
 
     async def profile(self, uid: str) -> dict[str, str]:
         raw = await self.client.hgetall(self.keys.profile(uid))

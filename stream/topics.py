@@ -29,6 +29,16 @@ class Topics:
     def dead_letters(self) -> str:
         return f"{self.prefix}.dlq"
 
+    @property
+    def erase_requests(self) -> str:
+        """Requests to erase a user everywhere (JSON: user_id, optional request_id)."""
+        return f"{self.prefix}.privacy.erase"
+
+    @property
+    def erase_confirmations(self) -> str:
+        """One confirmation per completed erasure (stream.privacy.ErasureConfirmation)."""
+        return f"{self.prefix}.privacy.erased"
+
     def trigger(self, suffix: str) -> str:
         """A trigger topic, e.g. ``trigger("triggers.coupon")`` → ``portrait.triggers.coupon``."""
         return f"{self.prefix}.{suffix}"
@@ -43,7 +53,7 @@ class Topics:
 
     @property
     def all(self) -> tuple[str, ...]:
-        return (*self.inputs, self.dead_letters, *self.triggers)
+        return (*self.inputs, self.dead_letters, *self.triggers, self.erase_requests, self.erase_confirmations)
 
     def for_event_type(self, event_type: str) -> str:
         """The input topic an event of ``event_type`` belongs on."""

@@ -17,6 +17,7 @@ Reason = Literal[
     "unknown_currency",
     "processing_error",
     "erased_user",
+    "blocked_identifier",
 ]
 REASONS: tuple[str, ...] = Reason.__args__  # type: ignore[attr-defined]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +13,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from stream.settings import Settings
 from stream.store import Store
 
@@ -20,7 +23,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that reproduces ``settings`` in a child process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PORTRAIT_")}
     for name, value in settings.model_dump(exclude_none=True).items():
-        env[f"PORTRAIT_{name.upper()}"] = str(value)
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        env[f"PORTRAIT_{name.upper()}"] = json.dumps(value) if isinstance(value, list | dict) else str(value)
     return env
 
 

@@ -25,6 +25,10 @@ class Keys:
     def profile(self, uid: str) -> str:
         return f"{self.base}:{{{uid}}}:profile"
 
+    def alias(self, subject: str) -> str:
+        """Where a merged anonymous subject (``anon:<id>``) points: the known user id."""
+        return f"{self.base}:{{{subject}}}:alias"
+
     def user_pattern(self, uid: str) -> str:
         return f"{self.base}:{{{uid}}}:*"
 
@@ -88,5 +92,6 @@ class Keys:
 
 
 def erased_token(uid: str) -> str:
-    """How an erased id is remembered on the suppression list: a hash, not the id itself."""
-    return hashlib.sha256(uid.encode()).hexdigest()[:32]
+    """How an erased id is remembered on the suppression list: a hash, not the id itself (SHA-1,
+    which the erase script can compute too, with ``redis.sha1hex``)."""
+    return hashlib.sha1(uid.encode()).hexdigest()

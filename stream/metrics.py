@@ -107,6 +107,12 @@ class Metrics:
         self.rules_reloads = Counter(
             "portrait_rules_reloads", "Rules file changes applied or rejected", ["result"], registry=r
         )
+        self.identity = Counter(
+            "portrait_identity_merges",
+            "Anonymous profiles merged into known users, or refused by a safeguard (outcome = reason)",
+            ["outcome"],
+            registry=r,
+        )
         self.erasures = Counter("portrait_erasures", "Users erased on request (privacy)", registry=r)
         self.info = Info("portrait_worker", "Worker build and config", registry=r)
         self.info.info({"version": __version__})

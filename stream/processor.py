@@ -22,13 +22,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stream.deadletter import DeadLetter
+from stream.identity import IdentityPolicy, Refusal, anon_subject, merge_into, refusal
 from stream.keys import erased_token
 from stream.metrics import Metrics
 from stream.models import CheckpointError, Models, restore
 from stream.pipeline import Message, Valid, classify, plan_write
 from stream.rules import RuleSet
 from stream.settings import Settings
-from stream.store import OutboxEntry, Progress, Store, UserWrite, watermark
+from stream.store import LoadedUser, OutboxEntry, Progress, Store, UserWrite, watermark
 from stream.tagging.definitions import TagCatalogue
 from stream.tagging.engine import Applied, apply_event
 from stream.tagging.state import UserState
@@ -87,6 +88,11 @@ class Processor:
         self._applied_ts: dict[str, float] = {}  # input partition -> highest event time applied from it
         self.healthy = True
         self.last_error: str | None = None
+        self.identity_policy = IdentityPolicy(
+            frozenset(v.strip().lower() for v in settings.identity_blocked_ids),
+            settings.identity_max_merges_per_day,
+            settings.identity_max_merges,
+        )
 
     # -- helpers -------------------------------------------------------------------------
     async def _retrying(self, op: str, action: Callable[..., Awaitable[T]], *args: Any) -> T:
@@ -152,28 +158,30 @@ class Processor:
                     letter.error.splitlines()[0],
                 )
 
-        uids = list(dict.fromkeys(v.event.subject_id for v in valid))
+        valid = await self._refuse_blocked(valid, report)
         batch_max_ts = max((v.event.epoch for v in valid), default=None)
-        latest: dict[str, float] = {}
-        first_event: dict[str, float] = {}
-        for v in valid:
-            uid, epoch = v.event.subject_id, v.event.epoch
-            latest[uid] = max(latest.get(uid, epoch), epoch)
-            first_event[uid] = min(first_event.get(uid, epoch), epoch)
         progress = self._progress(messages, valid, highwaters) if event_mode and highwaters is not None else None
         for _attempt in range(MAX_CONFLICT_RETRIES):
-            loaded, stored_clock, thresholds = await self._retrying("load", self.store.load, uids)
-            erased = {uid for uid in uids if loaded[uid].erased}
+            identity = await self._resolve(valid)
+            loaded, stored_clock, thresholds = await self._retrying("load", self.store.load, identity.subjects)
+            merges = self._merge(identity, loaded, report)
+            owner = identity.owner
+            erased = {uid for uid in identity.subjects if loaded[uid].erased}
             if erased:
-                await self._dead_letter_erased([v for v in valid if v.event.subject_id in erased], report)
-                valid = [v for v in valid if v.event.subject_id not in erased]
-                uids = [u for u in uids if u not in erased]
-                for uid in erased:
-                    first_event.pop(uid, None)
+                await self._dead_letter_erased([v for v in valid if owner(v) in erased], report)
+                valid = [v for v in valid if owner(v) not in erased]
+            uids = list(dict.fromkeys(owner(v) for v in valid))
+            latest: dict[str, float] = {}
+            first_event: dict[str, float] = {}
+            for v in valid:
+                uid, epoch = owner(v), v.event.epoch
+                latest[uid] = max(latest.get(uid, epoch), epoch)
+                first_event[uid] = min(first_event.get(uid, epoch), epoch)
             await self.sync_models()
             now = max(self.event_clock, stored_clock or 0.0, batch_max_ts or 0.0) if event_mode else wall
-            states = {uid: loaded[uid].state or UserState() for uid in uids}
+            states = {uid: merges.states.get(uid) or loaded[uid].state or UserState() for uid in uids}
             results: list[tuple[str, Applied]] = []
+            applied_items: set[int] = set()
             broken: dict[str, str] = {}  # user -> error: a bug isolates the user, not the batch
             earlier: dict[str, tuple[dict[str, str], list[UserWrite]]] = {}
             if event_mode:
@@ -190,7 +198,7 @@ class Processor:
                     if steps:
                         earlier[uid] = steps
             for item in valid:
-                uid = item.event.subject_id
+                uid = owner(item)
                 if uid in broken:
                     continue
                 try:
@@ -204,8 +212,11 @@ class Processor:
                     )
                     continue
                 results.append((uid, applied))
-            touched = dict.fromkeys(uid for uid, a in results if a is Applied.APPLIED)
-            writes = []
+                if applied is Applied.APPLIED:
+                    applied_items.add(id(item))
+            merges.count_refusals(applied_items)
+            touched = dict.fromkeys([*merges.into, *(uid for uid, a in results if a is Applied.APPLIED)])
+            writes = list(merges.writes)
             for uid in touched:
                 if uid in broken:
                     continue
@@ -220,9 +231,9 @@ class Processor:
                     log.exception("bug evaluating user %s", uid)
             if broken:
                 # Nothing of these users is written; their events go to the DLQ to be replayed after a fix.
-                await self._dead_letter_users(valid, broken, report)
-                valid = [v for v in valid if v.event.subject_id not in broken]
-                uids = [u for u in uids if u not in broken]
+                await self._dead_letter_users(valid, broken, report, owner)
+                valid = [v for v in valid if owner(v) not in broken]
+                writes = [w for w in writes if w.alias_to not in broken]  # the merge waits for the fix
             outcomes = Counter(a.value for uid, a in results if uid not in broken)
             stats = {f"events_{k}": n for k, n in outcomes.items()}
             for w in writes:
@@ -230,6 +241,8 @@ class Processor:
                     stats[key] = stats.get(key, 0) + n
             stats.update({f"dlq_{k}": n for k, n in report.dead_letters.items()})
             stats["messages"] = len(messages)
+            for key, n in merges.counters.items():
+                stats[key] = stats.get(key, 0) + n
             clock = now if event_mode else None
             conflicts = await self._retrying("write", self.store.write, writes, clock, stats, progress)
             if not conflicts:
@@ -241,6 +254,8 @@ class Processor:
 
         if event_mode:
             self.event_clock = max(self.event_clock, now)
+        for key, n in merges.counters.items():
+            self.metrics.identity.labels(key.removeprefix("identity_refused_").removeprefix("identity_")).inc(n)
         self._count_decisions(writes)
         if any(w.triggers for w in writes):
             await self.deliver_triggers()
@@ -261,11 +276,13 @@ class Processor:
                 self.metrics.event_to_profile.observe(max(0.0, finished - item.event.epoch))
         return report
 
-    async def _dead_letter_users(self, valid: list[Valid], broken: dict[str, str], report: BatchReport) -> None:
+    async def _dead_letter_users(
+        self, valid: list[Valid], broken: dict[str, str], report: BatchReport, owner: Callable[[Valid], str]
+    ) -> None:
         letters = [
             DeadLetter.build(
                 "processing_error",
-                broken[v.event.subject_id],
+                broken[owner(v)],
                 v.message.value,
                 v.message.key,
                 v.message.topic,
@@ -274,12 +291,98 @@ class Processor:
                 self.settings.processor_version,
             )
             for v in valid
-            if v.event.subject_id in broken
+            if owner(v) in broken
         ]
         await self.send_dead_letters(letters)
         report.dead_letters["processing_error"] += len(letters)
         self.metrics.dead_letters.labels("processing_error").inc(len(letters))
         self.metrics.processing_errors.labels("event").inc(len(letters))
+
+    # -- identity ---------------------------------------------------------------------------
+    async def _refuse_blocked(self, valid: list[Valid], report: BatchReport) -> list[Valid]:
+        """Dead-letter events whose own identity is a blocked value ("0", "null", ...): attributing
+        them would build one profile out of many people."""
+        policy = self.identity_policy
+        kept, letters = [], []
+        for v in valid:
+            e = v.event
+            if policy.is_blocked(e.user_id) or (e.user_id is None and policy.is_blocked(e.anonymous_id)):
+                m = v.message
+                letters.append(
+                    DeadLetter.build(
+                        "blocked_identifier",
+                        f"identifier {e.user_id if e.user_id is not None else e.anonymous_id!r} is blocked",
+                        m.value,
+                        m.key,
+                        m.topic,
+                        m.partition,
+                        m.offset,
+                        self.settings.processor_version,
+                    )
+                )
+            else:
+                kept.append(v)
+        if letters:
+            await self.send_dead_letters(letters)
+            report.dead_letters["blocked_identifier"] += len(letters)
+            self.metrics.dead_letters.labels("blocked_identifier").inc(len(letters))
+        return kept
+
+    async def _resolve(self, valid: list[Valid]) -> Resolution:
+        """Follow existing aliases and collect this batch's candidate links (first link of an
+        anonymous id wins)."""
+        policy = self.identity_policy
+        anonymous = {anon_subject(v.event.anonymous_id) for v in valid if v.event.anonymous_id is not None}
+        aliases = await self._retrying("aliases", self.store.aliases, sorted(anonymous)) if anonymous else {}
+        links: dict[str, tuple[str, float, int]] = {}
+        refused: list[tuple[int, Refusal]] = []
+        for v in valid:
+            e = v.event
+            if e.user_id is None or e.anonymous_id is None:
+                continue
+            if policy.is_blocked(e.anonymous_id):
+                refused.append((id(v), "blocked_id"))
+                continue
+            subject = anon_subject(e.anonymous_id)
+            linked = aliases.get(subject) or links.get(subject, (None, 0.0, 0))[0]
+            if linked == e.user_id:
+                continue  # merged already (or earlier in this batch)
+            if linked is not None:
+                refused.append((id(v), "already_linked"))
+                continue
+            links[subject] = (e.user_id, e.epoch, id(v))
+        resolution = Resolution(aliases, links, refused)
+        resolution.owners = list(dict.fromkeys(resolution.initial(v) for v in valid))
+        return resolution
+
+    def _merge(self, identity: Resolution, loaded: Mapping[str, LoadedUser], report: BatchReport) -> Merges:
+        """Decide this batch's merges in order and fold each anonymous state into its user's."""
+        policy = self.identity_policy
+        merges = Merges()
+        merges.refused.extend(identity.refused)
+        for subject, (uid, at, link) in identity.links.items():
+            if loaded[uid].erased or loaded[subject].erased:
+                continue  # the erased side's events are dead-lettered; nothing to merge
+            target = merges.states.get(uid) or loaded[uid].state or UserState()
+            why = refusal(policy, target, at)
+            if why is not None:
+                merges.refused.append((link, why))
+                log.info("identity merge refused (%s) at event time %.0f", why, at)
+                continue
+            source = loaded[subject].state
+            if source is not None:
+                merge_into(target, source, subject, at, self.catalogue.params.dedupe_window_events)
+            else:
+                target.merged = [*target.merged, [subject, at]]
+            merges.states[uid] = target
+            merges.into[uid] = None
+            identity.redirect[subject] = uid
+            published = source.published if source is not None else {}
+            merges.writes.append(
+                UserWrite(subject, loaded[subject].version, None, audience_remove=list(published.items()), alias_to=uid)
+            )
+            merges.counters["identity_merged"] = merges.counters.get("identity_merged", 0) + 1
+        return merges
 
     async def _dead_letter_erased(self, events: list[Valid], report: BatchReport) -> None:
         """Events of erased users: counted and dead-lettered, their payload withheld (it is the
@@ -518,3 +621,50 @@ def _after(earlier: tuple[dict[str, str], list[UserWrite]], final: UserWrite) ->
         learn=[item for w in [*steps, final] for item in w.learn],
         counters=counters,
     )
+
+
+@dataclass
+class Resolution:
+    """Who each event of a batch belongs to, and the links (anonymous -> user) it carries."""
+
+    aliases: dict[str, str]  # anonymous subject -> user, merged before this batch
+    links: dict[str, tuple[str, float, int]]  # anonymous subject -> (user, link time, id(link event)), unmerged
+    refused: list[tuple[int, Refusal]]  # (id(link event), why)
+    owners: list[str] = field(default_factory=list)  # events' owners before this batch's merges
+    redirect: dict[str, str] = field(default_factory=dict)  # anonymous subject -> user, merged in this batch
+
+    @property
+    def subjects(self) -> list[str]:
+        """Everyone to load: the events' owners and both sides of every candidate link."""
+        linked = [u for u, _, _ in self.links.values()]
+        return list(dict.fromkeys([*self.owners, *self.links, *linked]))
+
+    def owner(self, v: Valid) -> str:
+        subject = self.initial(v)
+        return self.redirect.get(subject, subject)
+
+    def initial(self, v: Valid) -> str:
+        e = v.event
+        if e.user_id is not None:
+            return e.user_id
+        subject = anon_subject(e.anonymous_id or "")
+        return self.aliases.get(subject, subject)
+
+
+@dataclass
+class Merges:
+    """This batch's accepted merges: the merged users' states, the anonymous profiles' deletions
+    (with aliases), and identity counters for P:v1:stats."""
+
+    states: dict[str, UserState] = field(default_factory=dict)
+    into: dict[str, None] = field(default_factory=dict)  # users that absorbed a profile (ordered set)
+    writes: list[UserWrite] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)
+    refused: list[tuple[int, Refusal]] = field(default_factory=list)  # (id(link event), why)
+
+    def count_refusals(self, applied: set[int]) -> None:
+        """Count the refusals of link events applied now (a redelivered link was counted before)."""
+        for link, reason in self.refused:
+            if link in applied:
+                key = f"identity_refused_{reason}"
+                self.counters[key] = self.counters.get(key, 0) + 1

@@ -61,6 +61,13 @@ class Settings(BaseSettings):
     # a batch closes when full or after this long: 20 ms keeps latency low at moderate rates
     batch_within: float = Field(default=0.02, gt=0)
     max_future_skew_s: float = Field(default=300.0, ge=0)
+    # identity resolution safeguards (see stream/identity.py)
+    identity_blocked_ids: list[str] = Field(
+        default=["", "0", "-1", "null", "none", "nil", "undefined", "anonymous", "unknown", "guest"],
+        description="identifier values that never identify anyone (compared case-insensitively)",
+    )
+    identity_max_merges_per_day: int = Field(default=5, ge=0)
+    identity_max_merges: int = Field(default=100, ge=0)
     timer_interval_s: float = Field(default=1.0, gt=0)
     due_batch: int = Field(default=1000, ge=1)
     due_lease_s: float = Field(default=30.0, gt=0)

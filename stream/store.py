@@ -31,6 +31,9 @@ for i, u in ipairs(meta.users) do
   -- an erasure since the read counts as a change: the retry sees the user erased, writes nothing
   if curv ~= u.v or redis.call('SISMEMBER', base .. ':privacy:erased', u.h) == 1 then
     table.insert(conflicts, u.u)
+  elseif u.a and not u.del and redis.call('EXISTS', base .. ':{' .. u.u .. '}:alias') == 1 then
+    -- merged into a known user since the read: its events now belong there
+    table.insert(conflicts, u.u)
   end
 end
 if #conflicts > 0 then return conflicts end
@@ -43,6 +46,9 @@ for i, u in ipairs(meta.users) do
   if u.del then
     redis.call('DEL', skey, pkey)
     redis.call('ZREM', due, u.u)
+    if u.al then
+      redis.call('SET', base .. ':{' .. u.u .. '}:alias', u.al, 'EX', meta.aud_ttl)
+    end
   else
     redis.call('HSET', skey, 'ver', u.v + 1, 'blob', ARGV[2 + i])
     redis.call('EXPIRE', skey, u.ttl)
@@ -120,7 +126,18 @@ if blob then
     end
   end
 end
-for _, key in ipairs({skey, base .. ':{' .. uid .. '}:profile'}) do
+local doomed = {skey, base .. ':{' .. uid .. '}:profile', base .. ':{' .. uid .. '}:alias'}
+if blob then
+  local ok, doc = pcall(cjson.decode, blob)
+  if ok and type(doc.mg) == 'table' then
+    -- anonymous ids merged into the user: their aliases go, and they are suppressed too
+    for _, m in ipairs(doc.mg) do
+      table.insert(doomed, base .. ':{' .. m[1] .. '}:alias')
+      redis.call('SADD', base .. ':privacy:erased', redis.sha1hex(m[1]))
+    end
+  end
+end
+for _, key in ipairs(doomed) do
   if redis.call('DEL', key) == 1 then table.insert(removed, key) end
 end
 local zkeys = {base .. ':due', base .. ':due:inflight', base .. ':rank:r', base .. ':rank:f', base .. ':rank:m'}
@@ -253,6 +270,7 @@ class UserWrite:
     decisions: list[tuple[str, str, str]] = field(default_factory=list)  # (rule, outcome, reason) for metrics
     learn: list[str] = field(default_factory=list)  # model training items (JSON) for the trainer's stream
     counters: dict[str, int] = field(default_factory=dict)  # added to P:v1:stats with the batch
+    alias_to: str | None = None  # with state None: merged into this user, leave an alias behind
 
 
 class Store:
@@ -325,6 +343,8 @@ class Store:
                 {
                     "u": w.uid,
                     "h": erased_token(w.uid),
+                    "a": w.uid.startswith("anon:"),
+                    "al": w.alias_to or False,
                     "v": w.expected_version,
                     "del": w.state is None,
                     "p": flat,
@@ -483,6 +503,11 @@ class Store:
         Returns what was removed. Idempotent: erasing again removes nothing more."""
         removed = await self._erase(args=[self.keys.base, uid, erased_token(uid)])
         return [_text(r) for r in removed]
+
+    async def aliases(self, subjects: list[str]) -> dict[str, str]:
+        """Anonymous subjects already merged -> the user they were merged into."""
+        values = await self.client.mget([self.keys.alias(s) for s in subjects])
+        return {s: _text(v) for s, v in zip(subjects, values, strict=True) if v is not None}
 
     async def erased(self, uids: list[str]) -> set[str]:
         """Which of ``uids`` are on the suppression list."""

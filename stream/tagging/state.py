@@ -47,6 +47,7 @@ class UserState:
     exposures: list[list[Any]] = field(default_factory=list)  # open [rule, group, at, until] for uplift
     order_seen: float | None = None  # last order already checked against exposures
     models: dict[str, Any] = field(default_factory=dict)  # models.UserModelState.to_json()
+    merged: list[list[Any]] = field(default_factory=list)  # [anonymous subject, link event time] merged in
 
     def tile(self, day: int) -> list[int]:
         tile = self.tiles.get(day)
@@ -77,6 +78,7 @@ class UserState:
             "x": self.exposures,
             "os": self.order_seen,
             "m": self.models,
+            "mg": self.merged,
         }
         return orjson.dumps(doc)
 
@@ -105,4 +107,5 @@ class UserState:
             exposures=doc.get("x") or [],
             order_seen=doc.get("os"),
             models=doc.get("m") or {},
+            merged=doc.get("mg") or [],
         )

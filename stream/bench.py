@@ -49,6 +49,7 @@ from typing import Any
 import orjson
 
 from stream.settings import Settings
+from stream.tagging.engine import LONGEST_WINDOW_DAYS
 
 log = logging.getLogger(__name__)
 
@@ -1078,7 +1079,10 @@ def run(args: argparse.Namespace) -> int:
     # wall clock (production): the synthetic 90 days end now, so every event is inside the windows;
     # event clock (replays/backfills): the generator's fixed end date.
     end = datetime.fromtimestamp(int(time.time()) // 60 * 60, UTC) if args.clock == "wall" else synth.DEFAULT_END
-    events = synth.generate(users=args.users, events=args.events, seed=args.seed, end=end)
+    # in wall time the window is whole days back from today: 90 days ending now would put the first
+    # day's events outside it (dead-lettered as too_old, depending on the hour the bench runs)
+    days = LONGEST_WINDOW_DAYS - 1 if args.clock == "wall" else synth.DEFAULT_DAYS
+    events = synth.generate(users=args.users, events=args.events, seed=args.seed, end=end, days=days)
     payloads = [
         (str(e["type"]), str(e.get("user_id") or e.get("anonymous_id")).encode(), orjson.dumps(e)) for e in events
     ]

@@ -58,7 +58,10 @@ THROUGHPUT_SCENARIOS: tuple[tuple[str, str], ...] = (
     ("raw", "(2) raw aiokafka consumer (transport ceiling)"),
     ("pipeline1", "(3) full pipeline, 1 worker"),
     ("pipeline2", "(4) full pipeline, 2 workers"),
+    ("envelope", "(3e) full pipeline, 1 worker, envelopes"),
 )
+# events per batch envelope in scenario (3e): a web collector's typical flush
+ENVELOPE_EVENTS = 50
 TARGETS = {
     "pipeline_vs_noop": 0.8,
     "two_vs_one": 1.7,
@@ -316,6 +319,7 @@ def result_document(
         "pipeline_vs_noop": ratio(medians["pipeline1"], medians["noop"]),
         "two_vs_one": ratio(medians["pipeline2"], medians["pipeline1"]),
         "noop_vs_raw": ratio(medians["noop"], medians["raw"]),
+        "envelope_vs_single": ratio(medians["envelope"], medians["pipeline1"]),
     }
     best = max((m for m in (medians["pipeline1"], medians["pipeline2"]) if m), default=None)
     p99 = latency.get("p99_ms") if latency else None
@@ -354,6 +358,7 @@ def format_table(doc: dict[str, Any]) -> str:
     lines.append(f"ratio (3)/(1) full pipeline / Faust no-op : {fmt_ratio(r['pipeline_vs_noop'])}")
     lines.append(f"ratio (4)/(3) two workers / one           : {fmt_ratio(r['two_vs_one'])}")
     lines.append(f"ratio (1)/(2) Faust no-op / raw aiokafka  : {fmt_ratio(r['noop_vs_raw'])}")
+    lines.append(f"ratio (3e)/(3) envelopes / single events  : {fmt_ratio(r.get('envelope_vs_single'))}")
     lat = doc.get("latency")
     if lat:
         lines.append("")
@@ -614,6 +619,16 @@ async def produce(settings: Settings, payloads: list[tuple[str, bytes, bytes]]) 
     return len(payloads) / max(1e-9, time.monotonic() - started)
 
 
+def pack(payloads: list[tuple[str, bytes, bytes]], size: int) -> list[tuple[str, bytes, bytes]]:
+    """Batch envelopes of ``size`` consecutive events (mixed users), keyed by collector, on the
+    clickstream topic, as a web collector would send them."""
+    out = []
+    for n in range(0, len(payloads), size):
+        values = b",".join(value for _, _, value in payloads[n : n + size])
+        out.append(("page_view", f"collector-{n // size % 8}".encode(), b'{"batch":[' + values + b"]}"))
+    return out
+
+
 def _prepare_topics(bench: Bench, settings: Settings) -> None:
     from stream.infra import create_topics
     from stream.topics import Topics
@@ -692,11 +707,16 @@ async def run_raw(bench: Bench, rep: int) -> dict[str, Any]:
     }
 
 
-async def run_pipeline(bench: Bench, rep: int, workers: int, profile_dir: Path | None = None) -> dict[str, Any]:
-    """``workers`` worker processes (event-time clock) started together on a pre-produced backlog."""
-    settings = bench.fresh_settings(f"p{workers}", clock=bench.clock)
+async def run_pipeline(
+    bench: Bench, rep: int, workers: int, profile_dir: Path | None = None, envelope: int = 0
+) -> dict[str, Any]:
+    """``workers`` worker processes started together on a pre-produced backlog; with ``envelope``,
+    the same events packed that many to a message (rates stay in events/s)."""
+    settings = bench.fresh_settings(f"p{workers}{'e' if envelope else ''}", clock=bench.clock)
     _prepare_topics(bench, settings)
-    produced = await produce(settings, bench.payloads)
+    produced = await produce(settings, pack(bench.payloads, envelope) if envelope else bench.payloads)
+    if envelope:
+        produced *= envelope  # messages/s -> events/s
     procs = []
     spies: list[subprocess.Popen[bytes]] = []
     try:
@@ -1039,8 +1059,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-users", type=int, default=100_000, help="users loaded for (6)")
     parser.add_argument(
         "--only",
-        default="noop,raw,pipeline1,pipeline2,latency,memory",
-        help="comma-separated scenarios to run (noop,raw,pipeline1,pipeline2,latency,memory)",
+        default="noop,raw,pipeline1,pipeline2,envelope,latency,memory",
+        help="comma-separated scenarios to run (noop,raw,pipeline1,pipeline2,envelope,latency,memory)",
     )
     parser.add_argument("--profile", action="store_true", help="py-spy record the worker during pipeline1 rep 1")
     parser.add_argument("--out", default="results", help="directory for the JSON and PNG")
@@ -1140,6 +1160,8 @@ async def _run_all(
                 result = await run_noop(bench, rep)
             elif key == "raw":
                 result = await run_raw(bench, rep)
+            elif key == "envelope":
+                result = await run_pipeline(bench, rep, 1, envelope=ENVELOPE_EVENTS)
             else:
                 workers = 1 if key == "pipeline1" else 2
                 spy = profile_dir if args.profile and key == "pipeline1" and rep == 1 else None

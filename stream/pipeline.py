@@ -36,19 +36,62 @@ from stream.topics import Topics
 MODEL_AUDIENCE_TAGS = frozenset({"behaviour_segment", "churn_band"})
 
 
+# A batch envelope (one Kafka message carrying many events, as web collectors send) holds at most
+# this many events; an event's position in its partition is offset * ENVELOPE_MAX + index.
+ENVELOPE_MAX = 1024
+
+
 @dataclass(frozen=True)
 class Message:
-    """A consumed Kafka message, reduced to what the pipeline needs."""
+    """A consumed Kafka message (or one event of a batch envelope), reduced to what the pipeline needs."""
 
     topic: str
     partition: int
     offset: int
     key: bytes | None
     value: bytes
+    index: int | None = None  # the event's place in its batch envelope (None: a single-event message)
 
     @property
     def source(self) -> str:
         return f"{self.topic}/{self.partition}"
+
+    @property
+    def position(self) -> int:
+        """Where the event stands in its partition: what per-user applied offsets record, so the
+        events of one envelope are applied (and recognised when redelivered) one by one."""
+        return self.offset * ENVELOPE_MAX + (self.index or 0)
+
+
+def unpack(message: Message, processor_version: str) -> list[Message] | DeadLetter:
+    """The events of a message: itself, or one message per event of a batch envelope
+    (``{"batch": [event, ...]}`` or a JSON array of events)."""
+    value = message.value
+    head = value[:64].lstrip()[:1]
+    if head != b"[" and not (head == b"{" and b'"batch"' in value[:64]):
+        return [message]
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return [message]  # classify reports the invalid JSON
+    if isinstance(doc, dict) and ("type" in doc or "batch" not in doc):
+        return [message]  # an event (one may well carry a field called "batch")
+    items = doc["batch"] if isinstance(doc, dict) else doc
+    if not isinstance(items, list) or len(items) > ENVELOPE_MAX:
+        return DeadLetter.build(
+            "schema_violation",
+            f"batch envelope must be a list of at most {ENVELOPE_MAX} events",
+            value,
+            message.key,
+            message.topic,
+            message.partition,
+            message.offset,
+            processor_version,
+        )
+    return [
+        Message(message.topic, message.partition, message.offset, message.key, orjson.dumps(item), index)
+        for index, item in enumerate(items)
+    ]
 
 
 @dataclass(frozen=True)
@@ -89,7 +132,7 @@ def classify(
     def dead(reason: Reason, error: str) -> DeadLetter:
         return DeadLetter.build(
             reason,
-            error,
+            f"[batch item {message.index}] {error}" if message.index is not None else error,
             message.value,
             message.key,
             message.topic,

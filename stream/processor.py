@@ -26,7 +26,7 @@ from stream.identity import IdentityPolicy, Refusal, anon_subject, merge_into, r
 from stream.keys import erased_token
 from stream.metrics import Metrics
 from stream.models import CheckpointError, Models, restore
-from stream.pipeline import Message, Valid, classify, plan_write
+from stream.pipeline import Message, Valid, classify, plan_write, unpack
 from stream.rules import RuleSet
 from stream.settings import Settings
 from stream.store import LoadedUser, OutboxEntry, Progress, Store, UserWrite, watermark
@@ -130,7 +130,14 @@ class Processor:
         clock_before = self.event_clock if event_mode else wall
         valid: list[Valid] = []
         dead: list[DeadLetter] = []
+        events: list[Message] = []
         for message in messages:
+            unpacked = unpack(message, self.settings.processor_version)
+            if isinstance(unpacked, DeadLetter):
+                dead.append(unpacked)
+            else:
+                events.extend(unpacked)
+        for message in events:
             outcome: Valid | DeadLetter = classify(
                 message,
                 self.catalogue,
@@ -203,7 +210,7 @@ class Processor:
                     continue
                 try:
                     applied = apply_event(
-                        states[uid], item.event, item.message.source, item.message.offset, self.catalogue.params
+                        states[uid], item.event, item.message.source, item.message.position, self.catalogue.params
                     )
                 except Exception as exc:
                     broken[uid] = f"apply: {exc!r}"

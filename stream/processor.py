@@ -171,11 +171,11 @@ class Processor:
         for _attempt in range(MAX_CONFLICT_RETRIES):
             identity = await self._resolve(valid)
             loaded, stored_clock, thresholds = await self._retrying("load", self.store.load, identity.subjects)
-            merges = self._merge(identity, loaded, report)
+            merges = self._merge(identity, loaded)
             owner = identity.owner
             erased = {uid for uid in identity.subjects if loaded[uid].erased}
             if erased:
-                await self._dead_letter_erased([v for v in valid if owner(v) in erased], report)
+                await self._dead_letter_erased([v for v in valid if owner(v) in erased], report, owner)
                 valid = [v for v in valid if owner(v) not in erased]
             uids = list(dict.fromkeys(owner(v) for v in valid))
             latest: dict[str, float] = {}
@@ -362,7 +362,7 @@ class Processor:
         resolution.owners = list(dict.fromkeys(resolution.initial(v) for v in valid))
         return resolution
 
-    def _merge(self, identity: Resolution, loaded: Mapping[str, LoadedUser], report: BatchReport) -> Merges:
+    def _merge(self, identity: Resolution, loaded: Mapping[str, LoadedUser]) -> Merges:
         """Decide this batch's merges in order and fold each anonymous state into its user's."""
         policy = self.identity_policy
         merges = Merges()
@@ -391,13 +391,15 @@ class Processor:
             merges.counters["identity_merged"] = merges.counters.get("identity_merged", 0) + 1
         return merges
 
-    async def _dead_letter_erased(self, events: list[Valid], report: BatchReport) -> None:
+    async def _dead_letter_erased(
+        self, events: list[Valid], report: BatchReport, owner: Callable[[Valid], str]
+    ) -> None:
         """Events of erased users: counted and dead-lettered, their payload withheld (it is the
         personal data the erasure removed), never applied."""
         letters = [
             DeadLetter.build(
                 "erased_user",
-                f"user erased (suppression token {erased_token(v.event.subject_id)}): not applied, payload withheld",
+                f"user erased (suppression token {erased_token(owner(v))}): not applied, payload withheld",
                 b"",
                 None,
                 v.message.topic,

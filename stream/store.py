@@ -116,25 +116,21 @@ ERASE_SCRIPT = """
 local base, uid, token = ARGV[1], ARGV[2], ARGV[3]
 local skey = base .. ':{' .. uid .. '}:state'
 local removed = {}
+local doomed = {skey, base .. ':{' .. uid .. '}:profile', base .. ':{' .. uid .. '}:alias'}
 local blob = redis.call('HGET', skey, 'blob')
-if blob then
-  local ok, doc = pcall(cjson.decode, blob)
-  if ok and type(doc.p) == 'table' then
-    for tag, value in pairs(doc.p) do
-      local akey = base .. ':aud:' .. tag .. ':' .. tostring(value)
-      if redis.call('SREM', akey, uid) == 1 then table.insert(removed, akey) end
-    end
+local ok, doc = false, nil
+if blob then ok, doc = pcall(cjson.decode, blob) end
+if ok and type(doc.p) == 'table' then
+  for tag, value in pairs(doc.p) do
+    local akey = base .. ':aud:' .. tag .. ':' .. tostring(value)
+    if redis.call('SREM', akey, uid) == 1 then table.insert(removed, akey) end
   end
 end
-local doomed = {skey, base .. ':{' .. uid .. '}:profile', base .. ':{' .. uid .. '}:alias'}
-if blob then
-  local ok, doc = pcall(cjson.decode, blob)
-  if ok and type(doc.mg) == 'table' then
-    -- anonymous ids merged into the user: their aliases go, and they are suppressed too
-    for _, m in ipairs(doc.mg) do
-      table.insert(doomed, base .. ':{' .. m[1] .. '}:alias')
-      redis.call('SADD', base .. ':privacy:erased', redis.sha1hex(m[1]))
-    end
+if ok and type(doc.mg) == 'table' then
+  -- anonymous ids merged into the user: their aliases go, and they are suppressed too
+  for _, m in ipairs(doc.mg) do
+    table.insert(doomed, base .. ':{' .. m[1] .. '}:alias')
+    redis.call('SADD', base .. ':privacy:erased', redis.sha1hex(m[1]))
   end
 end
 for _, key in ipairs(doomed) do

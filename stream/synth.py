@@ -733,7 +733,8 @@ def malformed_messages(
     out.append(("page_view", dump(no_type), "schema_violation"))
     naive = datetime.fromtimestamp(end_s + recent, UTC).replace(tzinfo=None).isoformat()
     out.append(("page_view", dump({**base("page_view", naive), "page": "/"}), "schema_violation"))
-    out.append(("page_view", b"[1, 2, 3]", "schema_violation"))
+    out.append(("page_view", b"42", "schema_violation"))  # JSON, but not an object
+    out.append(("page_view", b'{"batch": "not a list"}', "schema_violation"))  # a broken batch envelope
     # unknown event type
     out.append(("page_view", dump({**base("coupon_redeemed"), "coupon": "SAVE10"}), "unknown_type"))
     out.append(("page_view", dump(base("PageView")), "unknown_type"))

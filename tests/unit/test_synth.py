@@ -296,13 +296,19 @@ def test_malformed_messages_fail_as_stated() -> None:
 
 def test_malformed_messages_classified_by_pipeline() -> None:
     """The worker's own classifier gives each message its expected dead-letter reason."""
-    from stream.pipeline import Message, Valid, classify
+    from stream.pipeline import Message, Valid, classify, unpack
     from stream.tagging.definitions import load_catalogue
 
     catalogue = load_catalogue()
     for offset, (hint, raw, reason) in enumerate(synth.malformed_messages(seed=3)):
         message = Message(topic=f"portrait.{hint}", partition=0, offset=offset, key=b"u1", value=raw)
-        result = classify(message, catalogue, END_S, END_S, 300.0, "test")
+        unpacked = unpack(message, "test")  # one dead letter per message: none unpacks into several
+        result = (
+            unpacked
+            if not isinstance(unpacked, list)
+            else classify(unpacked[0], catalogue, END_S, END_S, 300.0, "test")
+        )
+        assert not isinstance(unpacked, list) or unpacked == [message], raw
         assert not isinstance(result, Valid), (reason, raw)
         assert result.reason == reason, (raw, result.error)
 

@@ -168,8 +168,13 @@ def plan_write(
     rules: RuleSet | None = None,
     topics: Topics | None = None,
     models: Models | None = None,
+    settled: float | None = None,
 ) -> UserWrite:
     """Evaluate a user's tags at ``now`` and describe the resulting Redis writes.
+
+    ``settled`` (default ``now``): the time up to which every input is known to have been read
+    (the event-time watermark). Conversion windows stay open until it passes their end, so an
+    order read late from a slower partition still converts the exposure it falls in.
 
     Mutates ``state`` (prunes old tiles, records the published profile for audience diffs and the
     values rules compare against, updates the delivery memory). Rule firings become triggers that
@@ -198,7 +203,7 @@ def plan_write(
     remove = [(t, v) for t, v in previous.items() if t in audience_tags and profile.get(t) != v]
     state.published = {t: v for t, v in profile.items() if t in audience_tags}
     state.evaluated_at = now
-    counters = _track_conversions(state, now)
+    counters = _track_conversions(state, now if settled is None else min(settled, now))
     triggers, decisions = _apply_rules(uid, version, state, profile, now, rules, topics or Topics(), counters)
     ends = exposure_due(state, now)
     if ends is not None and ends < due:
@@ -244,8 +249,9 @@ def effect_key(rule: str, group: str, what: str) -> str:
     return f"effect:{rule}:{group}:{what}"
 
 
-def _track_conversions(state: UserState, now: float) -> dict[str, int]:
-    """Convert open exposures on an order inside their window; drop expired ones.
+def _track_conversions(state: UserState, settled: float) -> dict[str, int]:
+    """Convert open exposures on an order inside their window; drop those that ended before
+    ``settled`` (no order can still arrive for them).
 
     Evaluations happen at every exposure's end (see ``exposure_due``), so an order is always
     checked before the window it falls in is closed.
@@ -262,7 +268,7 @@ def _track_conversions(state: UserState, now: float) -> dict[str, int]:
                 kept.append([rule, group, at, until])
         state.exposures = kept
         state.order_seen = order
-    state.exposures = [e for e in state.exposures if e[3] >= now]
+    state.exposures = [e for e in state.exposures if e[3] >= settled]
     return counters
 
 

@@ -8,6 +8,7 @@ the caller does not ack a batch that was not applied.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import os
 import socket
@@ -150,6 +151,8 @@ class Processor:
                 valid.append(outcome)
             else:
                 dead.append(outcome)
+        if event_mode:
+            valid = in_event_time_order(valid)
 
         if dead:
             await self.send_dead_letters(dead)
@@ -179,34 +182,41 @@ class Processor:
                 valid = [v for v in valid if owner(v) not in erased]
             uids = list(dict.fromkeys(owner(v) for v in valid))
             latest: dict[str, float] = {}
-            first_event: dict[str, float] = {}
             for v in valid:
                 uid, epoch = owner(v), v.event.epoch
                 latest[uid] = max(latest.get(uid, epoch), epoch)
-                first_event[uid] = min(first_event.get(uid, epoch), epoch)
             await self.sync_models()
             now = max(self.event_clock, stored_clock or 0.0, batch_max_ts or 0.0) if event_mode else wall
             states = {uid: merges.states.get(uid) or loaded[uid].state or UserState() for uid in uids}
             results: list[tuple[str, Applied]] = []
             applied_items: set[int] = set()
             broken: dict[str, str] = {}  # user -> error: a bug isolates the user, not the batch
-            earlier: dict[str, tuple[dict[str, str], list[UserWrite]]] = {}
-            if event_mode:
-                # change points are safe to evaluate only where no partition may still hold events
-                mark = watermark(now, self.store.parts_seen, progress)
-                for uid, first in first_event.items():
-                    try:
-                        until = min(first, mark)
-                        steps = self._catch_up(uid, loaded[uid].version, states[uid], until, thresholds, wall)
-                    except Exception as exc:
-                        broken[uid] = f"evaluate: {exc!r}"
-                        log.exception("bug evaluating user %s", uid)
-                        continue
-                    if steps:
-                        earlier[uid] = steps
+            # Event time: a user is evaluated after each of their events and at each change point
+            # between them, as live processing one event at a time would, so rules, conversions and
+            # models see the same steps however the events were batched.
+            mark = watermark(now, self.store.parts_seen, progress) if event_mode else now
+            steps: dict[str, Steps] = {}
+            unevaluated: dict[str, float] = {}  # user -> their latest applied, not yet evaluated event
             for item in valid:
                 uid = owner(item)
                 if uid in broken:
+                    continue
+                epoch = item.event.epoch
+                try:
+                    if event_mode:
+                        user_steps = steps.get(uid) or steps.setdefault(uid, Steps(dict(states[uid].published)))
+                        if uid in unevaluated:
+                            at = max(unevaluated.pop(uid), states[uid].evaluated_at or 0.0)
+                            user_steps.add(
+                                self._plan(uid, loaded[uid].version, states[uid], at, thresholds, wall, mark)
+                            )
+                        # change points are safe to evaluate only where no partition may still hold events
+                        self._catch_up(
+                            user_steps, uid, loaded[uid].version, states[uid], min(epoch, mark), thresholds, wall
+                        )
+                except Exception as exc:
+                    broken[uid] = f"evaluate: {exc!r}"
+                    log.exception("bug evaluating user %s", uid)
                     continue
                 try:
                     applied = apply_event(
@@ -221,18 +231,23 @@ class Processor:
                 results.append((uid, applied))
                 if applied is Applied.APPLIED:
                     applied_items.add(id(item))
+                    unevaluated[uid] = max(unevaluated.get(uid, epoch), epoch)
             merges.count_refusals(applied_items)
             touched = dict.fromkeys([*merges.into, *(uid for uid, a in results if a is Applied.APPLIED)])
             writes = list(merges.writes)
-            for uid in touched:
+            for uid in dict.fromkeys([*touched, *(u for u, s in steps.items() if s.writes)]):
                 if uid in broken:
                     continue
-                # Event time: each user is evaluated at their own latest event (never going back), so a
-                # replay evaluates users at the same moments live processing would, whatever the batching.
-                at = max(latest[uid], states[uid].evaluated_at or 0.0) if event_mode else now
+                user_steps = steps.get(uid) or Steps({})  # a single write carries its own audience diff
                 try:
-                    write = self._plan(uid, loaded[uid].version, states[uid], min(at, now), thresholds, wall)
-                    writes.append(_after(earlier[uid], write) if uid in earlier else write)
+                    if uid in touched and (uid in unevaluated or not user_steps.writes):
+                        # Event time: at the user's own latest event (never going back), so a replay
+                        # evaluates users at the same moments live processing would.
+                        at = max(latest[uid], states[uid].evaluated_at or 0.0) if event_mode else now
+                        user_steps.add(
+                            self._plan(uid, loaded[uid].version, states[uid], min(at, now), thresholds, wall, mark)
+                        )
+                    writes.append(user_steps.combined())
                 except Exception as exc:
                     broken[uid] = f"evaluate: {exc!r}"
                     log.exception("bug evaluating user %s", uid)
@@ -475,7 +490,7 @@ class Processor:
                 due = due_at[uid]
                 at = now if due <= 0 else min(now, max(due, user.state.evaluated_at or 0.0))
                 try:
-                    writes.append(self._plan(uid, user.version, user.state, at, thresholds, wall))
+                    writes.append(self._plan(uid, user.version, user.state, at, thresholds, wall, now))
                 except Exception:
                     # stays in flight until its lease expires, then is retried; logged and counted
                     self.metrics.processing_errors.labels("reevaluate").inc()
@@ -516,31 +531,32 @@ class Processor:
         return progress
 
     def _catch_up(
-        self, uid: str, version: int, state: UserState, until: float, thresholds: Any, wall: float
-    ) -> tuple[dict[str, str], list[UserWrite]] | None:
+        self, steps: Steps, uid: str, version: int, state: UserState, until: float, thresholds: Any, wall: float
+    ) -> None:
         """Event time: evaluate the user at the change points that fall before their next event.
 
         The time-driven path only reaches a user once the watermark passes their due time; when the
         user's next event gets there first, the change (a window emptying, a churn label resolving,
         a rule firing on it) is evaluated here, at its own time, before the event is applied, as
-        live processing would have. Returns (published audiences before, the steps' writes).
+        live processing would have.
         """
-        published = dict(state.published)
-        steps: list[UserWrite] = []
+        taken = 0
         while (
-            len(steps) < MAX_CATCH_UP_STEPS
+            taken < MAX_CATCH_UP_STEPS
             and state.due_at is not None
             and (state.evaluated_at or 0.0) < state.due_at <= until
         ):
-            step = self._plan(uid, version, state, state.due_at, thresholds, wall)
-            steps.append(step)
+            step = self._plan(uid, version, state, state.due_at, thresholds, wall, until)
+            steps.add(step)
+            taken += 1
             if step.state is None:
                 break
-        return (published, steps) if steps else None
 
-    def _plan(self, uid: str, version: int, state: UserState, at: float, thresholds: Any, wall: float) -> UserWrite:
+    def _plan(
+        self, uid: str, version: int, state: UserState, at: float, thresholds: Any, wall: float, settled: float
+    ) -> UserWrite:
         return plan_write(
-            uid, version, state, at, thresholds, self.catalogue, wall, self.rules, self.topics, self.models
+            uid, version, state, at, thresholds, self.catalogue, wall, self.rules, self.topics, self.models, settled
         )
 
     async def sync_models(self) -> None:
@@ -611,25 +627,48 @@ class Processor:
         self.metrics.outbox_pending.set(await self._retrying("outbox", self.store.outbox_pending))
 
 
-def _after(earlier: tuple[dict[str, str], list[UserWrite]], final: UserWrite) -> UserWrite:
-    """One write for a user's catch-up steps followed by their event-driven evaluation: the last
-    state and profile, every step's triggers, decisions, training items and counters, and the
-    audience changes from before the first step to after the last."""
-    published, steps = earlier
-    now = final.state.published if final.state is not None else {}
-    counters = dict(final.counters)
-    for step in steps:
-        for key, n in step.counters.items():
-            counters[key] = counters.get(key, 0) + n
-    return replace(
-        final,
-        audience_add=[(t, v) for t, v in now.items() if published.get(t) != v],
-        audience_remove=[(t, v) for t, v in published.items() if now.get(t) != v],
-        triggers=[t for w in [*steps, final] for t in w.triggers],
-        decisions=[d for w in [*steps, final] for d in w.decisions],
-        learn=[item for w in [*steps, final] for item in w.learn],
-        counters=counters,
-    )
+def in_event_time_order(valid: list[Valid]) -> list[Valid]:
+    """The batch's events merged across partitions by event time, each partition's own order kept
+    (applied offsets must rise per partition): a partition that runs ahead in a replay then does not
+    apply its later events before another's earlier ones within a batch."""
+    by_source: dict[str, list[Valid]] = {}
+    for v in valid:
+        by_source.setdefault(v.message.source, []).append(v)
+    if len(by_source) < 2:
+        return valid
+    return list(heapq.merge(*by_source.values(), key=lambda v: v.event.epoch))
+
+
+@dataclass
+class Steps:
+    """A user's evaluations within one batch, written as one: the last state and profile, every
+    step's triggers, decisions, training items and counters, and the audience changes from before
+    the first step to after the last."""
+
+    published: dict[str, str]  # audience tags before the batch
+    writes: list[UserWrite] = field(default_factory=list)
+
+    def add(self, write: UserWrite) -> None:
+        self.writes.append(write)
+
+    def combined(self) -> UserWrite:
+        final = self.writes[-1]
+        if len(self.writes) == 1:
+            return final
+        now = final.state.published if final.state is not None else {}
+        counters: dict[str, int] = {}
+        for step in self.writes:
+            for key, n in step.counters.items():
+                counters[key] = counters.get(key, 0) + n
+        return replace(
+            final,
+            audience_add=[(t, v) for t, v in now.items() if self.published.get(t) != v],
+            audience_remove=[(t, v) for t, v in self.published.items() if now.get(t) != v],
+            triggers=[t for w in self.writes for t in w.triggers],
+            decisions=[d for w in self.writes for d in w.decisions],
+            learn=[item for w in self.writes for item in w.learn],
+            counters=counters,
+        )
 
 
 @dataclass

@@ -142,3 +142,67 @@ def test_a_change_point_between_two_events_is_evaluated_before_the_second(make_s
         ("welcome_back", START.timestamp() + 40 * day),
     ]
     assert profile["events_30d"] == "1"
+
+
+def test_one_batch_gives_the_steps_of_one_event_at_a_time(make_settings, names, tmp_path: Path) -> None:
+    """u1 visits on days 0 and 40 (clickstream) and orders on days 2 and 45 (transactions). Read as
+    one batch, in partition order, the user is still evaluated after each event in event-time order:
+    the rule fires on first activity and again on the return after 30 quiet days, and each firing
+    is converted by the order that follows it, exactly as when the events arrive one per batch."""
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(RULES)
+    topics_of = Topics(make_settings().topic_prefix)
+    clicks = [
+        Message(topics_of.clickstream, 0, 0, b"u1", _event(0, 0)),
+        Message(topics_of.clickstream, 0, 1, b"u1", _event(1, 40)),
+    ]
+    orders = [
+        Message(topics_of.transactions, 0, 0, b"u1", _event(2, 2, "order_paid")),
+        Message(topics_of.transactions, 0, 1, b"u1", _event(3, 45, "order_paid")),
+    ]
+    in_time = [clicks[0], orders[0], clicks[1], orders[1]]
+
+    async def dead(letters: list[DeadLetter]) -> None:
+        raise AssertionError(f"unexpected dead letters: {letters}")
+
+    def run(batches: list[list[Message]], tag: str, marks: dict[str, int] | None):  # type: ignore[no-untyped-def]
+        settings = make_settings(clock="event", key_prefix=f"{names.key_prefix}-{tag}")
+
+        async def go() -> tuple[list[tuple[str, float]], dict[str, int], dict[str, str]]:
+            store = store_for(settings)
+            catalogue = load_catalogue()
+            rules = load_rules(rules_file, catalogue.names | set(MODEL_TAGS))
+            proc = Processor(settings, catalogue, store, dead, Metrics(), rules=rules)
+            fired: list[tuple[str, float]] = []
+            original = proc._count_decisions
+
+            def spy(writes):  # type: ignore[no-untyped-def]
+                fired.extend(
+                    (t["rule_id"], t["event_time"])
+                    for w in writes
+                    for t in map(orjson.loads, (x for _, x in w.triggers))
+                )
+                original(writes)
+
+            proc._count_decisions = spy  # type: ignore[method-assign]
+            try:
+                for batch in batches:
+                    await proc.process(batch, marks)
+                stats = {k: v for k, v in (await store.stats()).items() if k.startswith("effect:")}
+                return fired, stats, await store.profile("u1")
+            finally:
+                await store.close()
+
+        return asyncio.run(go())
+
+    read_to_end = {f"{topics_of.clickstream}/0": 2, f"{topics_of.transactions}/0": 2}
+    batched = run([[*clicks, *orders]], "batch", read_to_end)
+    single = run([[m] for m in in_time], "single", None)
+    day, start = 86400.0, START.timestamp()
+    assert batched[0] == single[0] == [("welcome_back", start), ("welcome_back", start + 40 * day)]
+    assert batched[1] == single[1]
+    assert batched[1]["effect:welcome_back:treated:converted"] == 2
+    drop = ("_updated_at",)
+    assert {k: v for k, v in batched[2].items() if k not in drop} == {
+        k: v for k, v in single[2].items() if k not in drop
+    }

@@ -10,7 +10,7 @@ import pytest
 
 from stream import replay, synth
 from tests.integration.helpers import processed_and_settled, store_for, worker
-from tests.integration.triggers import RULES, expected_triggers, held_out, read_triggers
+from tests.integration.triggers import RULES, expected_conversions, expected_triggers, held_out, read_triggers
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +45,14 @@ def test_replay_fires_expected_triggers_once_each(make_settings, tmp_path: Path)
     assert stats["rule:welcome_first_activity:holdout"] == control
     assert stats["effect:welcome_first_activity:treated:exposed"] == len(want["triggers.coupon"])
     assert stats["effect:welcome_first_activity:control:exposed"] == control
-    assert 0 < stats.get("effect:welcome_first_activity:treated:converted", 0) <= len(want["triggers.coupon"])
+    # Conversions: an order within 7 days after the firing. A replay reads the transactions topic
+    # ahead of the clickstream (far fewer messages per day), so a user's first order may be applied
+    # before their first page view and the welcome fires on the order: not every conversion the
+    # event times allow is seen (docs/rules.md, "Effect tracking in replays"), but none is invented.
+    converted = expected_conversions(events, "welcome_first_activity", 0.3, window_s=7 * 86400)
+    assert converted["treated"] > 20 and converted["control"] > 5, "the dataset must contain conversions"
+    assert 0 < stats.get("effect:welcome_first_activity:treated:converted", 0) <= converted["treated"]
+    assert stats.get("effect:welcome_first_activity:control:converted", 0) <= converted["control"]
 
 
 async def _stats(settings) -> dict[str, int]:

@@ -49,6 +49,26 @@ def expected_triggers(events: list[dict]) -> dict[str, set[str]]:
     return {"triggers.care_sms": sms, "triggers.coupon": coupons}
 
 
+def expected_conversions(events: list[dict], rule: str, holdout: float, window_s: float) -> dict[str, int]:
+    """Users of a first-activity rule with an order in (first activity, first activity + window], by
+    group (treated = sent, control = held out)."""
+    from datetime import datetime
+
+    first: dict[str, float] = {}
+    orders: dict[str, list[float]] = {}
+    for e in events:
+        t = datetime.fromisoformat(e["ts"]).timestamp()
+        if e["type"] != "identify":
+            first[e["user_id"]] = min(first.get(e["user_id"], t), t)
+        if e["type"] == "order_paid":
+            orders.setdefault(e["user_id"], []).append(t)
+    out = {"treated": 0, "control": 0}
+    for user, start in first.items():
+        if any(start < t <= start + window_s for t in orders.get(user, [])):
+            out["control" if held_out(user, rule, holdout) else "treated"] += 1
+    return out
+
+
 async def read_triggers(settings: Settings, idle_s: float = 3.0) -> dict[str, list[dict]]:
     """Every message on the trigger topics (duplicates included), by topic suffix."""
     topics = Topics(settings.topic_prefix)

@@ -50,6 +50,7 @@ import orjson
 
 from stream.settings import Settings
 from stream.tagging.engine import LONGEST_WINDOW_DAYS
+from stream.tagging.state import UserState as UserStateBase
 
 log = logging.getLogger(__name__)
 
@@ -384,6 +385,13 @@ def format_table(doc: dict[str, Any]) -> str:
             f"{mem['users']:,} users); sampled MEMORY USAGE state {fmt_bytes(mem.get('state_key_bytes'))} + profile "
             f"{fmt_bytes(mem.get('profile_key_bytes'))} per user; built with {mem['method']}"
         )
+        plain = mem.get("plain_json_state")
+        if plain:
+            lines.append(
+                f"    baseline, state as plain JSON: {fmt_bytes(plain['used_memory_per_user'])} per user "
+                f"(state key {fmt_bytes(plain.get('state_key_bytes'))}); compressed / plain = "
+                f"{mem['ratio_to_plain_json']:.2f}x"
+            )
     lines.append("")
     lines.append("| target | goal | measured | met |")
     lines.append("|---|---|---:|---|")
@@ -948,11 +956,15 @@ async def run_latency(bench: Bench, rate: float, seconds: float, batch_within: f
 
 
 async def run_memory(bench: Bench, users: int, seed: int, sample: int = 300) -> dict[str, Any]:
-    """Bytes per user with 90-day histories: states folded with the pure engine from synthetic users,
-    cloned under new user ids and written with ``Store.write`` (the worker's Lua script)."""
+    """Bytes per user with 90-day histories: states folded from synthetic users the way the worker
+    folds them (evaluated after every event, with the default rules and models, so rule memory and
+    model state are in the blob), cloned under new user ids and written with ``Store.write`` (the
+    worker's Lua script)."""
     from stream import synth
     from stream.events import parse_event
+    from stream.models import Models, load_models_config
     from stream.pipeline import plan_write
+    from stream.rules import MODEL_TAGS, load_rules
     from stream.store import UserWrite
     from stream.tagging.definitions import load_catalogue
     from stream.tagging.engine import RfmThresholds, apply_event
@@ -961,53 +973,97 @@ async def run_memory(bench: Bench, users: int, seed: int, sample: int = 300) -> 
 
     settings = bench.fresh_settings("mem", clock="event")
     catalogue = load_catalogue(settings.tags_file)
+    rules_file = settings.resolved_rules_file()
+    rules = load_rules(rules_file, catalogue.names | set(MODEL_TAGS)) if rules_file is not None else None
+    models = Models(load_models_config(settings.models_file)) if settings.models_enabled else None
     topics = Topics()
     templates_n = min(users, 2000)
     events = synth.generate(users=templates_n, events=templates_n * 25, seed=seed)
     now = synth.DEFAULT_END.timestamp()
     states: dict[str, UserState] = {}
     offsets: dict[str, int] = {}
-    for raw in events:
-        event = parse_event(orjson.dumps(raw))
+    thresholds = RfmThresholds()
+    parsed = sorted((parse_event(orjson.dumps(raw)) for raw in events), key=lambda e: e.epoch)
+    for event in parsed:
         source = f"{topics.for_event_type(event.type)}/{hash(event.subject_id) % bench.partitions}"
         offsets[source] = offsets.get(source, 0) + 1
-        apply_event(states.setdefault(event.subject_id, UserState()), event, source, offsets[source], catalogue.params)
+        state = states.setdefault(event.subject_id, UserState())
+        apply_event(state, event, source, offsets[source] * 1024, catalogue.params)
+        at = max(event.epoch, state.evaluated_at or 0.0)
+        plan_write(event.subject_id, 0, state, at, thresholds, catalogue, at, rules, topics, models)
     templates: list[UserWrite] = []
     for uid, state in states.items():
-        templates.append(plan_write(uid, 0, state, now, RfmThresholds(), catalogue, now))
+        write = plan_write(uid, 0, state, now, thresholds, catalogue, now, rules, topics, models)
+        # per-user state only: the trigger outbox and the training-example stream are queues that the
+        # sender and the trainer drain, so cloned users must not pile them up
+        templates.append(dataclasses.replace(write, triggers=[], learn=[]))
     store = _store(settings)
     try:
-        info = await store.client.info("memory")
-        before = int(info["used_memory"])
-        batch: list[UserWrite] = []
-        for i in range(users):
-            template = templates[i % len(templates)]
-            batch.append(dataclasses.replace(template, uid=f"m{i:07d}"))
-            if len(batch) >= 500:
-                await store.write(batch, now, {"memory_users": len(batch)})
-                batch = []
-        if batch:
-            await store.write(batch, now, {"memory_users": len(batch)})
-        info = await store.client.info("memory")
-        after = int(info["used_memory"])
-        step = max(1, users // sample)
-        state_sizes, profile_sizes = [], []
-        for i in range(0, users, step):
-            uid = f"m{i:07d}"
-            state_sizes.append(int(await store.client.memory_usage(store.keys.state(uid)) or 0))
-            profile_sizes.append(int(await store.client.memory_usage(store.keys.profile(uid)) or 0))
-        shared = 0
-        async for key in store.client.scan_iter(match=f"{store.keys.base}:*", count=1000):
-            name = key.decode()
-            if "{" not in name:
-                shared += int(await store.client.memory_usage(name) or 0)
-        await _delete_prefix(store.client, store.keys.base)
+        measured = await _measure_memory(store, templates, users, now, sample)
+        # baseline in the same run: the same users with the state stored as plain JSON, as before
+        # compression (docs/performance.md)
+        plain = [dataclasses.replace(t, state=_PlainJsonState.of(t.state)) if t.state else t for t in templates]
+        baseline = await _measure_memory(store, plain, users, now, sample)
     finally:
         await store.close()
     return {
         "users": users,
         "template_users": len(templates),
         "events_per_template_user": len(events) / max(1, len(templates)),
+        **measured,
+        "plain_json_state": baseline,
+        "ratio_to_plain_json": measured["used_memory_per_user"] / baseline["used_memory_per_user"],
+        "method": (
+            f"pure engine (apply_event + plan_write after every event, default rules and models) on "
+            f"{len(templates)} synthetic users x 90 days, cloned to {users:,} user ids and written with "
+            "Store.write (not through Kafka); baseline: the same with the state blob as plain JSON"
+        ),
+    }
+
+
+class _PlainJsonState(UserStateBase):
+    """A state stored the way states were before compression (the memory baseline)."""
+
+    @classmethod
+    def of(cls, state: UserStateBase) -> _PlainJsonState:
+        return cls(**{f.name: getattr(state, f.name) for f in dataclasses.fields(state)})
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.to_doc())
+
+
+async def _measure_memory(store: Any, templates: list[Any], users: int, now: float, sample: int) -> dict[str, Any]:
+    info = await store.client.info("memory")
+    before = int(info["used_memory"])
+    batch: list[Any] = []
+    for i in range(users):
+        template = templates[i % len(templates)]
+        batch.append(dataclasses.replace(template, uid=f"m{i:07d}"))
+        if len(batch) >= 500:
+            await store.write(batch, now, {"memory_users": len(batch)})
+            batch = []
+    if batch:
+        await store.write(batch, now, {"memory_users": len(batch)})
+    info = await store.client.info("memory")
+    after = int(info["used_memory"])
+    step = max(1, users // sample)
+    state_sizes, profile_sizes = [], []
+    for i in range(0, users, step):
+        uid = f"m{i:07d}"
+        state_sizes.append(int(await store.client.memory_usage(store.keys.state(uid)) or 0))
+        profile_sizes.append(int(await store.client.memory_usage(store.keys.profile(uid)) or 0))
+    shared = 0
+    families: dict[str, int] = {}  # shared bytes by key family (aud, rank, due, outbox, ...)
+    async for key in store.client.scan_iter(match=f"{store.keys.base}:*", count=1000):
+        name = key.decode()
+        if "{" not in name:
+            size = int(await store.client.memory_usage(name) or 0)
+            shared += size
+            family = name[len(store.keys.base) + 1 :].split(":")[0]
+            families[family] = families.get(family, 0) + size
+    await _delete_prefix(store.client, store.keys.base)
+    return {
+        "shared_bytes_per_user_by_family": {k: v / users for k, v in sorted(families.items())},
         "used_memory_before": before,
         "used_memory_after": after,
         "used_memory_per_user": (after - before) / users,
@@ -1015,10 +1071,6 @@ async def run_memory(bench: Bench, users: int, seed: int, sample: int = 300) -> 
         "profile_key_bytes": statistics.mean(profile_sizes),
         "shared_keys_bytes_per_user": shared / users,
         "sampled_users": len(state_sizes),
-        "method": (
-            f"pure engine (apply_event + plan_write) on {len(templates)} synthetic users x 90 days, "
-            f"cloned to {users:,} user ids and written with Store.write (not through Kafka)"
-        ),
     }
 
 
@@ -1192,7 +1244,11 @@ async def _run_all(
         )
     if "memory" in only and args.memory_users > 0:
         memory = await run_memory(bench, args.memory_users, args.seed)
-        print(f"  memory: {fmt_bytes(memory['used_memory_per_user'])} per user", flush=True)
+        print(
+            f"  memory: {fmt_bytes(memory['used_memory_per_user'])} per user "
+            f"({fmt_bytes(memory['plain_json_state']['used_memory_per_user'])} with the state as plain JSON)",
+            flush=True,
+        )
     return latency, memory
 
 

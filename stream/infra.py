@@ -396,6 +396,12 @@ def start_tansu(log_path: Path, *, port: int | None = None, die_with_parent: boo
     raise InfraError(f"Tansu did not start: {error}")
 
 
+# A user's state hash holds one compressed blob of a few hundred bytes: allowing listpack values up to
+# 1 KB keeps it in the compact encoding instead of a hash table (about 290 B less per user,
+# docs/performance.md). The same line is in deploy/valkey/valkey.conf.
+VALKEY_TUNING = ("--hash-max-listpack-value", "1024")
+
+
 def start_valkey(
     data_dir: Path,
     log_path: Path,
@@ -412,7 +418,7 @@ def start_valkey(
     for _ in range(attempts):
         p = port or free_port()
         argv = [binary, "--port", str(p), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        argv += ["--dir", str(data_dir), "--daemonize", "no", *extra_args]
+        argv += ["--dir", str(data_dir), "--daemonize", "no", *VALKEY_TUNING, *extra_args]
         proc = spawn("valkey", argv, log_path, die_with_parent=die_with_parent, expect="valkey")
         url = f"redis://127.0.0.1:{p}/0"
         try:

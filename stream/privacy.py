@@ -13,7 +13,6 @@ import time
 import uuid
 from typing import Any
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from stream.events import Id
@@ -80,7 +79,7 @@ async def export(store: Store, uid: str) -> dict[str, Any]:
         "user_id": uid,
         "erased": bool(await store.erased([uid])),
         "profile": {k.decode(): v.decode() for k, v in profile_raw.items()},
-        "state": orjson.loads(state.to_bytes()) if state is not None else None,
+        "state": state.to_doc() if state is not None else None,
         "audiences": memberships,
         "next_reevaluation": due,
         "rfm_rank_metrics": dict(zip(("recency", "frequency", "monetary"), ranks, strict=True)),

@@ -110,28 +110,23 @@ return {}
 """
 
 # Erase one user everywhere the worker keeps them, and remember the erasure (a hash of the id) so
-# late or replayed events cannot bring the profile back. Audience memberships are found through
-# the state's published values (written with the memberships in one script, so they agree).
+# late or replayed events cannot bring the profile back. The caller read the state (compressed,
+# so opaque here) at version ARGV[4] and passes its audience keys and merged anonymous ids; a write
+# since then makes the script answer false and the caller reads again.
 ERASE_SCRIPT = """
-local base, uid, token = ARGV[1], ARGV[2], ARGV[3]
+local base, uid, token, ver = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local skey = base .. ':{' .. uid .. '}:state'
+if (redis.call('HGET', skey, 'ver') or '') ~= ver then return false end
+local audiences, merged = cjson.decode(ARGV[5]), cjson.decode(ARGV[6])
 local removed = {}
 local doomed = {skey, base .. ':{' .. uid .. '}:profile', base .. ':{' .. uid .. '}:alias'}
-local blob = redis.call('HGET', skey, 'blob')
-local ok, doc = false, nil
-if blob then ok, doc = pcall(cjson.decode, blob) end
-if ok and type(doc.p) == 'table' then
-  for tag, value in pairs(doc.p) do
-    local akey = base .. ':aud:' .. tag .. ':' .. tostring(value)
-    if redis.call('SREM', akey, uid) == 1 then table.insert(removed, akey) end
-  end
+for _, akey in ipairs(audiences) do
+  if redis.call('SREM', akey, uid) == 1 then table.insert(removed, akey) end
 end
-if ok and type(doc.mg) == 'table' then
-  -- anonymous ids merged into the user: their aliases go, and they are suppressed too
-  for _, m in ipairs(doc.mg) do
-    table.insert(doomed, base .. ':{' .. m[1] .. '}:alias')
-    redis.call('SADD', base .. ':privacy:erased', redis.sha1hex(m[1]))
-  end
+-- anonymous ids merged into the user: their aliases go, and they are suppressed too
+for _, anon in ipairs(merged) do
+  table.insert(doomed, base .. ':{' .. anon .. '}:alias')
+  redis.call('SADD', base .. ':privacy:erased', redis.sha1hex(anon))
 end
 for _, key in ipairs(doomed) do
   if redis.call('DEL', key) == 1 then table.insert(removed, key) end
@@ -198,6 +193,9 @@ return 0
 
 AUDIENCE_TTL_S = 92 * 86400
 OUTBOX_GROUP = "senders"
+
+
+MAX_ERASE_ATTEMPTS = 20
 
 
 @dataclass(frozen=True)
@@ -497,8 +495,16 @@ class Store:
         """Remove every key and membership of ``uid`` and put it on the suppression list.
 
         Returns what was removed. Idempotent: erasing again removes nothing more."""
-        removed = await self._erase(args=[self.keys.base, uid, erased_token(uid)])
-        return [_text(r) for r in removed]
+        for _attempt in range(MAX_ERASE_ATTEMPTS):
+            ver, blob = await self.client.hmget(self.keys.state(uid), "ver", "blob")
+            state = UserState.from_bytes(blob) if blob else None
+            audiences = [self.keys.audience(t, v) for t, v in state.published.items()] if state else []
+            merged = [str(m[0]) for m in state.merged] if state else []
+            args = [self.keys.base, uid, erased_token(uid), ver or b"", orjson.dumps(audiences), orjson.dumps(merged)]
+            removed = await self._erase(args=args)
+            if removed is not None:
+                return [_text(r) for r in removed]
+        raise RuntimeError(f"erase of {uid}: the state kept changing during {MAX_ERASE_ATTEMPTS} attempts")
 
     async def aliases(self, subjects: list[str]) -> dict[str, str]:
         """Anonymous subjects already merged -> the user they were merged into."""

@@ -1,0 +1,49 @@
+"""The stored state: compressed against a fixed dictionary, read back exactly, old JSON still read."""
+
+from __future__ import annotations
+
+import hashlib
+
+import orjson
+
+from stream import synth
+from stream.events import parse_event
+from stream.pipeline import plan_write
+from stream.tagging.definitions import load_catalogue
+from stream.tagging.engine import RfmThresholds, apply_event
+from stream.tagging.state import BLOB_ZSTD_V1, ZDICT_V1_FILE, UserState
+
+# States in Redis were compressed against this exact file: changing it makes them unreadable.
+ZDICT_V1_SHA256 = "6296dd2edf6089023c3ff2d311acb9bce39c46eb1072445d89665acf2ee5a426"
+
+
+def _states() -> list[UserState]:
+    catalogue = load_catalogue()
+    states: dict[str, UserState] = {}
+    for offset, raw in enumerate(synth.generate(users=50, events=1200, seed=5)):
+        event = parse_event(orjson.dumps(raw))
+        state = states.setdefault(event.subject_id, UserState())
+        apply_event(state, event, "portrait.clickstream/0", offset, catalogue.params)
+        plan_write(event.subject_id, 0, state, event.epoch, RfmThresholds(), catalogue, event.epoch)
+    return list(states.values())
+
+
+def test_the_dictionary_never_changes() -> None:
+    assert hashlib.sha256(ZDICT_V1_FILE.read_bytes()).hexdigest() == ZDICT_V1_SHA256
+
+
+def test_round_trip_is_exact_and_small() -> None:
+    states = _states()
+    for state in states:
+        blob = state.to_bytes()
+        assert blob[:1] == BLOB_ZSTD_V1
+        assert UserState.from_bytes(blob) == state
+    plain = sorted(len(orjson.dumps(s.to_doc())) for s in states)
+    packed = sorted(len(s.to_bytes()) for s in states)
+    assert packed[len(packed) // 2] * 3 < plain[len(plain) // 2], (packed, plain)
+
+
+def test_plain_json_states_are_still_read() -> None:
+    for state in _states()[:10]:
+        legacy = orjson.dumps(state.to_doc())  # how states were stored before compression
+        assert UserState.from_bytes(legacy) == state

@@ -6,6 +6,7 @@ This is the only module that knows about all the parts.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -245,4 +246,7 @@ def run_worker(settings: Settings) -> None:
 
     service = create_app(settings)
     worker = Worker(service.app, loglevel=settings.log_level)
+    # The start-up heap (Faust, aiokafka, river, pydantic: ~1M objects) never becomes garbage: keep
+    # it out of the collector's full passes, whose stop-the-world scans showed up in the p99 latency.
+    gc.freeze()
     worker.execute_from_commandline()

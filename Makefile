@@ -35,7 +35,7 @@ test: lint typecheck
 	$(BIN)/pytest -q -ra
 
 bench: $(STAMP)
-	$(BIN)/pip install -q '.[bench]'
+	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/portrait bench
 
 clean:

@@ -29,7 +29,7 @@ from stream.tagging.engine import (
     rank_metrics,
     retention_end,
 )
-from stream.tagging.state import UserState
+from stream.tagging.state import POSITIONS_PER_OFFSET, UserState
 from stream.topics import Topics
 
 # Model outputs users are grouped by for the CRM (P:v1:aud:behaviour_segment:S3, ...:churn_band:high).
@@ -38,7 +38,7 @@ MODEL_AUDIENCE_TAGS = frozenset({"behaviour_segment", "churn_band"})
 
 # A batch envelope (one Kafka message carrying many events, as web collectors send) holds at most
 # this many events; an event's position in its partition is offset * ENVELOPE_MAX + index.
-ENVELOPE_MAX = 1024
+ENVELOPE_MAX = POSITIONS_PER_OFFSET
 
 
 @dataclass(frozen=True)

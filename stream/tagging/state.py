@@ -29,6 +29,12 @@ TILE_WIDTH = 13
 
 DAY = 86400
 
+# Applied "offsets" are event positions: message offset * POSITIONS_PER_OFFSET + index in a batch
+# envelope. States from before envelopes ("pv" absent) recorded plain offsets; reading one scales
+# them so an in-flight redelivery after the upgrade is still recognised as applied.
+POSITIONS_PER_OFFSET = 1024
+POSITION_VERSION = 1
+
 BLOB_ZSTD_V1 = b"\x01"
 ZDICT_V1_FILE = Path(__file__).with_name("state-zdict-v1.bin")
 _ZDICT_V1 = zstandard.ZstdCompressionDict(ZDICT_V1_FILE.read_bytes(), dict_type=zstandard.DICT_TYPE_RAWCONTENT)
@@ -99,6 +105,7 @@ class UserState:
             "os": self.order_seen,
             "m": self.models,
             "mg": self.merged,
+            "pv": POSITION_VERSION,
         }
 
     @classmethod
@@ -115,7 +122,7 @@ class UserState:
             interest=doc["i"],
             traits={k: (v[0], v[1], v[2]) for k, v in doc["tr"].items()},
             nps=(doc["n"][0], doc["n"][1], doc["n"][2]) if doc["n"] else None,
-            offsets=doc["o"],
+            offsets=doc["o"] if doc.get("pv") == POSITION_VERSION else _positions(doc["o"]),
             recent_ids=doc["r"],
             published=doc["p"],
             evaluated_at=doc.get("e"),
@@ -128,6 +135,12 @@ class UserState:
             models=doc.get("m") or {},
             merged=doc.get("mg") or [],
         )
+
+
+def _positions(offsets: dict[str, int]) -> dict[str, int]:
+    """Plain message offsets (states written before batch envelopes) as event positions: every
+    position of an applied message counts as applied."""
+    return {source: offset * POSITIONS_PER_OFFSET + POSITIONS_PER_OFFSET - 1 for source, offset in offsets.items()}
 
 
 def decode_blob(raw: bytes | str) -> bytes | str:

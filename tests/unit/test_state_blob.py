@@ -47,3 +47,24 @@ def test_plain_json_states_are_still_read() -> None:
     for state in _states()[:10]:
         legacy = orjson.dumps(state.to_doc())  # how states were stored before compression
         assert UserState.from_bytes(legacy) == state
+
+
+def test_states_from_before_envelopes_keep_recognising_applied_messages() -> None:
+    """Such states recorded message offsets, not event positions (offset * 1024 + index): after
+    the upgrade a redelivered message must still be seen as applied, and the next one applies."""
+    from stream.pipeline import ENVELOPE_MAX
+    from stream.tagging.engine import Applied
+
+    catalogue = load_catalogue()
+    raw = synth.generate(users=1, events=3, seed=2)
+    events = [parse_event(orjson.dumps(e)) for e in raw]
+    state = UserState()
+    source = "portrait.clickstream/0"
+    assert apply_event(state, events[0], source, 41, catalogue.params) is Applied.APPLIED  # old: offsets
+    old_doc = state.to_doc()
+    del old_doc["pv"]
+    upgraded = UserState.from_bytes(orjson.dumps(old_doc))
+    redelivered = apply_event(upgraded, events[0], source, 41 * ENVELOPE_MAX, catalogue.params)
+    assert redelivered is Applied.REDELIVERED
+    assert apply_event(upgraded, events[1], source, 42 * ENVELOPE_MAX, catalogue.params) is Applied.APPLIED
+    assert UserState.from_bytes(upgraded.to_bytes()).offsets == {source: 42 * ENVELOPE_MAX}

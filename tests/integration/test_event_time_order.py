@@ -49,6 +49,32 @@ def _event(n: int, day: float, kind: str = "page_view", user: str = "u1") -> byt
     return orjson.dumps(event)
 
 
+async def _dead(letters: list[DeadLetter]) -> None:
+    raise AssertionError(f"unexpected dead letters: {letters}")
+
+
+def _spied_processor(settings, rules_file: Path):  # type: ignore[no-untyped-def]
+    """A processor on the session's Valkey with ``rules_file``; every write it makes is also
+    appended to the returned list. Returns (store, processor, writes)."""
+    store = store_for(settings)
+    catalogue = load_catalogue()
+    rules = load_rules(rules_file, catalogue.names | set(MODEL_TAGS))
+    proc = Processor(settings, catalogue, store, _dead, Metrics(), rules=rules)
+    writes: list = []  # type: ignore[type-arg]
+    original = proc._count_decisions
+
+    def spy(batch):  # type: ignore[no-untyped-def]
+        writes.extend(batch)
+        original(batch)
+
+    proc._count_decisions = spy  # type: ignore[method-assign]
+    return store, proc, writes
+
+
+def _triggers(writes) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
+    return [orjson.loads(t) for w in writes for _, t in w.triggers]
+
+
 def _firings(make_settings, names, tmp_path: Path, report_highwaters: bool) -> list[str]:  # type: ignore[no-untyped-def]
     """u1 views pages on day 0 and 27 (clickstream); u2 orders on day 37 (transactions), and the
     consumer applies that order before u1's day-27 page view. Returns u1's rule decisions."""
@@ -58,22 +84,8 @@ def _firings(make_settings, names, tmp_path: Path, report_highwaters: bool) -> l
     topics = Topics(settings.topic_prefix)
     clicks, orders = f"{topics.clickstream}/0", f"{topics.transactions}/0"
 
-    async def dead(letters: list[DeadLetter]) -> None:
-        raise AssertionError(f"unexpected dead letters: {letters}")
-
     async def run() -> list[str]:
-        store = store_for(settings)
-        catalogue = load_catalogue()
-        rules = load_rules(rules_file, catalogue.names | set(MODEL_TAGS))
-        proc = Processor(settings, catalogue, store, dead, Metrics(), rules=rules)
-        decisions: list[str] = []
-        original = proc._count_decisions
-
-        def spy(writes):  # type: ignore[no-untyped-def]
-            decisions.extend(f"{rule}:{outcome}" for w in writes if w.uid == "u1" for rule, outcome, _ in w.decisions)
-            original(writes)
-
-        proc._count_decisions = spy  # type: ignore[method-assign]
+        store, proc, writes = _spied_processor(settings, rules_file)
         try:
             # the consumer has seen 2 page views and 1 order waiting; it reads the first page view
             marks = {clicks: 2, orders: 1} if report_highwaters else None
@@ -87,7 +99,7 @@ def _firings(make_settings, names, tmp_path: Path, report_highwaters: bool) -> l
             await proc.process([Message(topics.clickstream, 0, 1, b"u1", _event(2, 27))], marks)
             while await proc.reevaluate_due():
                 pass
-            return decisions
+            return [f"{rule}:{outcome}" for w in writes if w.uid == "u1" for rule, outcome, _ in w.decisions]
         finally:
             await store.close()
 
@@ -111,27 +123,13 @@ def test_a_change_point_between_two_events_is_evaluated_before_the_second(make_s
     settings = make_settings(clock="event")
     topics = Topics(settings.topic_prefix)
 
-    async def dead(letters: list[DeadLetter]) -> None:
-        raise AssertionError(f"unexpected dead letters: {letters}")
-
     async def run() -> tuple[list[dict[str, object]], dict[str, str]]:
-        store = store_for(settings)
-        catalogue = load_catalogue()
-        rules = load_rules(rules_file, catalogue.names | set(MODEL_TAGS))
-        proc = Processor(settings, catalogue, store, dead, Metrics(), rules=rules)
-        triggers: list[dict[str, object]] = []
-        original = proc._count_decisions
-
-        def spy(writes):  # type: ignore[no-untyped-def]
-            triggers.extend(orjson.loads(t) for w in writes for _, t in w.triggers)
-            original(writes)
-
-        proc._count_decisions = spy  # type: ignore[method-assign]
+        store, proc, writes = _spied_processor(settings, rules_file)
         marks = {f"{topics.clickstream}/0": 2}
         try:
             for offset, day in enumerate((0, 40)):
                 await proc.process([Message(topics.clickstream, 0, offset, b"u1", _event(offset, day))], marks)
-            return triggers, await store.profile("u1")
+            return _triggers(writes), await store.profile("u1")
         finally:
             await store.close()
 
@@ -162,33 +160,16 @@ def test_one_batch_gives_the_steps_of_one_event_at_a_time(make_settings, names, 
     ]
     in_time = [clicks[0], orders[0], clicks[1], orders[1]]
 
-    async def dead(letters: list[DeadLetter]) -> None:
-        raise AssertionError(f"unexpected dead letters: {letters}")
-
     def run(batches: list[list[Message]], tag: str, marks: dict[str, int] | None):  # type: ignore[no-untyped-def]
         settings = make_settings(clock="event", key_prefix=f"{names.key_prefix}-{tag}")
 
         async def go() -> tuple[list[tuple[str, float]], dict[str, int], dict[str, str]]:
-            store = store_for(settings)
-            catalogue = load_catalogue()
-            rules = load_rules(rules_file, catalogue.names | set(MODEL_TAGS))
-            proc = Processor(settings, catalogue, store, dead, Metrics(), rules=rules)
-            fired: list[tuple[str, float]] = []
-            original = proc._count_decisions
-
-            def spy(writes):  # type: ignore[no-untyped-def]
-                fired.extend(
-                    (t["rule_id"], t["event_time"])
-                    for w in writes
-                    for t in map(orjson.loads, (x for _, x in w.triggers))
-                )
-                original(writes)
-
-            proc._count_decisions = spy  # type: ignore[method-assign]
+            store, proc, writes = _spied_processor(settings, rules_file)
             try:
                 for batch in batches:
                     await proc.process(batch, marks)
                 stats = {k: v for k, v in (await store.stats()).items() if k.startswith("effect:")}
+                fired = [(str(t["rule_id"]), float(t["event_time"])) for t in _triggers(writes)]  # type: ignore[arg-type]
                 return fired, stats, await store.profile("u1")
             finally:
                 await store.close()

@@ -20,9 +20,10 @@ data?" without Kafka, Redis or any delivery. The replay mirrors the worker in ev
 * Effect: sends are treated and holdouts control exposures (``EffectTracker``) with the rule's
   conversion window; every applied ``order_paid`` converts the user's open exposures.
 
-Differences from a live run: no batching (live evaluates a user once per batch, at its latest
-event), thresholds refresh in event time (live: every few wall-clock seconds), and the models
-(``--models``) learn immediately instead of via the trainer's periodic checkpoints.
+Differences from a live run: one input in strict event-time order (live reads partitions at
+different speeds, see docs/rules.md "Effect tracking in replays"), thresholds refresh in event
+time (live: every few wall-clock seconds), and the models (``--models``) learn immediately instead
+of via the trainer's periodic checkpoints.
 """
 
 from __future__ import annotations

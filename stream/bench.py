@@ -50,6 +50,7 @@ import orjson
 
 from stream.settings import Settings
 from stream.tagging.engine import LONGEST_WINDOW_DAYS
+from stream.tagging.state import POSITIONS_PER_OFFSET
 from stream.tagging.state import UserState as UserStateBase
 
 log = logging.getLogger(__name__)
@@ -988,7 +989,7 @@ async def run_memory(bench: Bench, users: int, seed: int, sample: int = 300) -> 
         source = f"{topics.for_event_type(event.type)}/{hash(event.subject_id) % bench.partitions}"
         offsets[source] = offsets.get(source, 0) + 1
         state = states.setdefault(event.subject_id, UserState())
-        apply_event(state, event, source, offsets[source] * 1024, catalogue.params)
+        apply_event(state, event, source, offsets[source] * POSITIONS_PER_OFFSET, catalogue.params)
         at = max(event.epoch, state.evaluated_at or 0.0)
         plan_write(event.subject_id, 0, state, at, thresholds, catalogue, at, rules, topics, models)
     templates: list[UserWrite] = []

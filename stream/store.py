@@ -193,9 +193,7 @@ return 0
 
 AUDIENCE_TTL_S = 92 * 86400
 OUTBOX_GROUP = "senders"
-
-
-MAX_ERASE_ATTEMPTS = 20
+MAX_ERASE_ATTEMPTS = 20  # erase re-reads the state when a write moved its version in between
 
 
 @dataclass(frozen=True)

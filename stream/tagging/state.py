@@ -2,8 +2,8 @@
 
 Everything here is commutative (sums, max/min, latest-by-timestamp) so the state reached does
 not depend on the order in which a user's events arrive across topics. Exactly-once application
-comes from ``offsets`` (the last applied offset per source topic-partition) and a short ring of
-recent event ids for producer duplicates.
+comes from ``offsets`` (the last applied event position per source topic-partition, see
+``POSITIONS_PER_OFFSET``) and a short ring of recent event ids for producer duplicates.
 
 Stored form (``to_bytes``): ``0x01`` + a zstd frame of the JSON document, compressed against a
 fixed dictionary of typical states (``state-zdict-v1.bin``): a 2.8 KB state becomes about 440 B
@@ -110,7 +110,7 @@ class UserState:
 
     @classmethod
     def from_bytes(cls, raw: bytes | str) -> UserState:
-        doc = orjson.loads(decode_blob(raw))
+        doc = orjson.loads(_decode_blob(raw))
         return cls(
             tiles={int(d): t for d, t in doc["t"].items()},
             hours={int(d): {int(h): n for h, n in hs.items()} for d, hs in doc["h"].items()},
@@ -143,7 +143,7 @@ def _positions(offsets: dict[str, int]) -> dict[str, int]:
     return {source: offset * POSITIONS_PER_OFFSET + POSITIONS_PER_OFFSET - 1 for source, offset in offsets.items()}
 
 
-def decode_blob(raw: bytes | str) -> bytes | str:
+def _decode_blob(raw: bytes | str) -> bytes | str:
     """The JSON document of a stored state: decompressed, or as is when stored as plain JSON."""
     if isinstance(raw, bytes) and raw[:1] == BLOB_ZSTD_V1:
         return _DECOMPRESSOR.decompress(raw[1:])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import orjson
@@ -27,19 +28,24 @@ def held_out(user: str, rule: str, share: float) -> bool:
     return point < share
 
 
+def first_activity(events: list[dict]) -> dict[str, float]:
+    """user -> time of their first event other than identify (what events_30d counts)."""
+    first: dict[str, float] = {}
+    for e in events:
+        if e["type"] != "identify":
+            t = datetime.fromisoformat(e["ts"]).timestamp()
+            first[e["user_id"]] = min(first.get(e["user_id"], t), t)
+    return first
+
+
 def expected_triggers(events: list[dict]) -> dict[str, set[str]]:
     """topic suffix -> trigger ids the replay must produce (each user fires each rule once)."""
     complainers: dict[str, float] = {}
-    active: dict[str, float] = {}
     for e in events:
-        from datetime import datetime
-
-        t = datetime.fromisoformat(e["ts"]).timestamp()
-        user = e["user_id"]
         if e["type"] == "feedback" and e.get("complaint"):
-            complainers[user] = min(complainers.get(user, t), t)
-        if e["type"] != "identify":
-            active[user] = min(active.get(user, t), t)
+            t = datetime.fromisoformat(e["ts"]).timestamp()
+            complainers[e["user_id"]] = min(complainers.get(e["user_id"], t), t)
+    active = first_activity(events)
     sms = {expected_id("care_after_complaint", 3, u, t) for u, t in complainers.items()}
     coupons = {
         expected_id("welcome_first_activity", 1, u, t)
@@ -52,18 +58,12 @@ def expected_triggers(events: list[dict]) -> dict[str, set[str]]:
 def expected_conversions(events: list[dict], rule: str, holdout: float, window_s: float) -> dict[str, int]:
     """Users of a first-activity rule with an order in (first activity, first activity + window], by
     group (treated = sent, control = held out)."""
-    from datetime import datetime
-
-    first: dict[str, float] = {}
     orders: dict[str, list[float]] = {}
     for e in events:
-        t = datetime.fromisoformat(e["ts"]).timestamp()
-        if e["type"] != "identify":
-            first[e["user_id"]] = min(first.get(e["user_id"], t), t)
         if e["type"] == "order_paid":
-            orders.setdefault(e["user_id"], []).append(t)
+            orders.setdefault(e["user_id"], []).append(datetime.fromisoformat(e["ts"]).timestamp())
     out = {"treated": 0, "control": 0}
-    for user, start in first.items():
+    for user, start in first_activity(events).items():
         if any(start < t <= start + window_s for t in orders.get(user, [])):
             out["control" if held_out(user, rule, holdout) else "treated"] += 1
     return out

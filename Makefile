@@ -6,11 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv demo test lint typecheck unit integration bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml devtools/pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "need $(PY) on PATH"; exit 1; }
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev]' -e ./devtools
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -19,11 +19,12 @@ demo: $(STAMP)
 	$(BIN)/portrait demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check stream tests
-	$(BIN)/ruff format --check stream tests
+	$(BIN)/ruff check stream devtools tests
+	$(BIN)/ruff format --check stream devtools tests
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
-	$(BIN)/mypy stream
+	$(BIN)/mypy stream devtools/portrait_dev
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
@@ -35,7 +36,7 @@ test: lint typecheck
 	$(BIN)/pytest -q -ra
 
 bench: $(STAMP)
-	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/pip install -q -e './devtools[bench]'
 	$(BIN)/portrait bench
 
 clean:

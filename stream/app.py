@@ -18,21 +18,21 @@ import orjson
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from stream import transport
 from stream.agents.ingest import register_ingest
 from stream.agents.privacy import register_privacy
 from stream.agents.timers import register_timers
-from stream.deadletter import DeadLetter
-from stream.lag import LagReader, record_lag
+from stream.contracts.deadletter import DeadLetter
+from stream.contracts.topics import Topics
+from stream.kafka import transport
+from stream.kafka.lag import LagReader, record_lag
 from stream.metrics import Metrics
 from stream.models import Models, load_models_config
-from stream.processor import Processor
 from stream.rules import MODEL_TAGS, load_rules
+from stream.service.processor import Processor
+from stream.service.trainer import Trainer
 from stream.settings import ConfigError, Settings
-from stream.store import OutboxEntry, Store
+from stream.storage.store import OutboxEntry, Store
 from stream.tagging.definitions import TagCatalogue, load_catalogue
-from stream.topics import Topics
-from stream.trainer import Trainer
 
 log = logging.getLogger(__name__)
 LAG_INTERVAL_S = 15.0

@@ -55,7 +55,7 @@ class Metrics:
         )
         self.consumer_lag = Gauge(
             "portrait_consumer_lag",
-            "Messages not yet committed by the consumer group, per input partition (see stream.lag)",
+            "Messages not yet committed by the consumer group, per input partition (see stream.kafka.lag)",
             ["topic", "partition"],
             registry=r,
         )

@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     # a batch closes when full or after this long: 20 ms keeps latency low at moderate rates
     batch_within: float = Field(default=0.02, gt=0)
     max_future_skew_s: float = Field(default=300.0, ge=0)
-    # identity resolution safeguards (see stream/identity.py)
+    # identity resolution safeguards (see stream/identity/merge.py)
     identity_blocked_ids: list[str] = Field(
         default=["", "0", "-1", "null", "none", "nil", "undefined", "anonymous", "unknown", "guest"],
         description="identifier values that never identify anyone (compared case-insensitively)",

@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from stream.contracts.topics import Topics
 from stream.settings import Settings
-from stream.topics import Topics
 
 if TYPE_CHECKING:
-    from stream.infra import InfraHandle
+    from portrait_dev.infra import InfraHandle
 
 BROKER_ENV = "PORTRAIT_TEST_BROKER"
 _SUMMARY: list[str] = []
@@ -62,8 +62,8 @@ def _first_line(exc: BaseException) -> str:
 
 @pytest.fixture(scope="session")
 def infra(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfraHandle]:
-    from stream import infra as infra_mod
-    from stream.kafka_jvm import KafkaUnavailable
+    from portrait_dev import infra as infra_mod
+    from portrait_dev.kafka_jvm import KafkaUnavailable
 
     choice = os.environ.get(BROKER_ENV, "auto").strip().lower() or "auto"
     if choice not in ("auto", "kafka", "tansu"):
@@ -120,7 +120,7 @@ def names() -> Names:
 
 @pytest.fixture
 def make_settings(infra: InfraHandle, names: Names, tmp_path: Path) -> Callable[..., Settings]:
-    from stream.infra import free_port
+    from portrait_dev.infra import free_port
 
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {

@@ -1,1 +1,1 @@
-"""Faust agents and timers: thin adapters from the stream to ``stream.processor``."""
+"""Faust agents and timers: thin adapters from the stream to ``stream.service.processor``."""

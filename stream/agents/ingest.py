@@ -6,8 +6,8 @@ import asyncio
 import logging
 from typing import Any
 
-from stream.pipeline import Message
-from stream.processor import Processor
+from stream.core.pipeline import Message
+from stream.service.processor import Processor
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)

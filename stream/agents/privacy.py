@@ -7,10 +7,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from stream.deadletter import DeadLetter, Reason
-from stream.privacy import EraseRequest, erase
-from stream.processor import Processor
-from stream.topics import Topics
+from stream.contracts.deadletter import DeadLetter, Reason
+from stream.contracts.privacy import EraseRequest
+from stream.contracts.topics import Topics
+from stream.service.privacy import erase
+from stream.service.processor import Processor
 
 log = logging.getLogger(__name__)
 

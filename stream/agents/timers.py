@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from stream.processor import Processor
+from stream.service.processor import Processor
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -5,6 +5,7 @@ profile and the user's ``DeliveryMemory``; publish the ``send`` decisions' trigg
 See docs/rules.md.
 """
 
+from stream.contracts.triggers import Trigger, write_trigger_schema
 from stream.rules.actions import ACTION_TYPES, ActionParams, ActionSpec, ActionType, register_action
 from stream.rules.backtest import BacktestReport, Counts, Evaluation, backtest
 from stream.rules.conditions import Condition, fires, holds
@@ -22,7 +23,7 @@ from stream.rules.config import (
 from stream.rules.effect import ORDER_TAGS, EffectTracker, Exposure, detect_order, expose_decisions
 from stream.rules.evaluate import REASONS, Decision, Outcome, Reason, evaluate_rules
 from stream.rules.memory import DeliveryMemory, DeliveryRecord
-from stream.rules.trigger import Trigger, holdout, trigger_id, write_trigger_schema
+from stream.rules.trigger import holdout, trigger_id
 
 __all__ = [
     "ACTION_TYPES",

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-ParamValue = str | int | float | bool
+from stream.contracts.triggers import ParamValue
 
 _CHANNEL = r"^[a-z][a-z0-9_]*$"
 

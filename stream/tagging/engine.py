@@ -13,7 +13,7 @@ from enum import Enum
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-from stream.events import (
+from stream.contracts.events import (
     AddToCart,
     CheckoutStarted,
     Event,

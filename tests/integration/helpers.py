@@ -9,11 +9,12 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from stream.harness import settle, start_worker, stop_worker, wait_healthy, wait_processed
-from stream.keys import Keys
+from portrait_dev.harness import settle, start_worker, stop_worker, wait_healthy, wait_processed
+
 from stream.models import MODEL_TAGS
 from stream.settings import Settings
-from stream.store import Store
+from stream.storage.keys import Keys
+from stream.storage.store import Store
 from tests import oracle
 
 

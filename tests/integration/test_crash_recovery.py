@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+from portrait_dev import synth
+from portrait_dev.harness import start_worker, stop_worker, wait_healthy
+from portrait_dev.infra import free_port
 
-from stream import replay, synth
-from stream.harness import start_worker, stop_worker, wait_healthy
-from stream.infra import free_port
+from stream.kafka import replay
 from tests.integration.helpers import assert_profiles_match, processed_and_settled, read_profiles, store_for
 from tests.integration.triggers import RULES, expected_triggers, read_triggers
 

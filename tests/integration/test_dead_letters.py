@@ -10,11 +10,12 @@ from pathlib import Path
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
+from portrait_dev import synth
+from portrait_dev.infra import free_port
 
-from stream import dlq, synth
-from stream.events import EVENT_TYPES
-from stream.infra import free_port
-from stream.topics import Topics
+from stream.contracts.events import EVENT_TYPES
+from stream.contracts.topics import Topics
+from stream.kafka import dlq
 from tests.integration.helpers import store_for, worker
 
 pytestmark = pytest.mark.integration

@@ -10,16 +10,16 @@ from pathlib import Path
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
+from portrait_dev import synth
+from portrait_dev.infra import free_port
 
-from stream import synth
-from stream.deadletter import DeadLetter
-from stream.infra import free_port
+from stream.contracts.deadletter import DeadLetter
+from stream.contracts.topics import Topics
+from stream.core.pipeline import Message
 from stream.metrics import Metrics
-from stream.pipeline import Message
-from stream.processor import Processor
+from stream.service.processor import Processor
 from stream.settings import Settings
 from stream.tagging.definitions import load_catalogue
-from stream.topics import Topics
 from tests.integration.helpers import assert_profiles_match, processed_and_settled, read_profiles, store_for, worker
 
 pytestmark = pytest.mark.integration

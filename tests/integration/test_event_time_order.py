@@ -15,13 +15,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream.deadletter import DeadLetter
+from stream.contracts.deadletter import DeadLetter
+from stream.contracts.topics import Topics
+from stream.core.pipeline import Message
 from stream.metrics import Metrics
-from stream.pipeline import Message
-from stream.processor import Processor
 from stream.rules import MODEL_TAGS, load_rules
+from stream.service.processor import Processor
 from stream.tagging.definitions import load_catalogue
-from stream.topics import Topics
 from tests.integration.helpers import store_for
 
 pytestmark = pytest.mark.integration

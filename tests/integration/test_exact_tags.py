@@ -8,10 +8,11 @@ import random
 from pathlib import Path
 
 import pytest
+from portrait_dev import synth
+from portrait_dev.infra import free_port
 
-from stream import replay, synth
-from stream.infra import free_port
-from stream.pipeline import MODEL_AUDIENCE_TAGS
+from stream.core.pipeline import MODEL_AUDIENCE_TAGS
+from stream.kafka import replay
 from tests.integration.helpers import assert_profiles_match, processed_and_settled, read_profiles, store_for, worker
 
 pytestmark = pytest.mark.integration

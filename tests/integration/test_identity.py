@@ -18,10 +18,12 @@ from pathlib import Path
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
+from portrait_dev import synth
+from portrait_dev.harness import start_worker, stop_worker, wait_healthy
+from portrait_dev.infra import free_port
 
-from stream import dlq, privacy, replay, synth
-from stream.harness import start_worker, stop_worker, wait_healthy
-from stream.infra import free_port
+from stream.kafka import dlq, replay
+from stream.service import privacy
 from tests.integration.helpers import assert_profiles_match, processed_and_settled, read_profiles, store_for
 
 pytestmark = pytest.mark.integration

@@ -8,8 +8,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from portrait_dev import synth
 
-from stream import replay, synth
+from stream.kafka import replay
 from tests.integration.helpers import processed_and_settled, store_for, worker
 
 pytestmark = pytest.mark.integration

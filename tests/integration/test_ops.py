@@ -18,16 +18,17 @@ from pathlib import Path
 import pytest
 import redis
 import yaml
+from portrait_dev import synth
+from portrait_dev.infra import free_port, start_valkey
 
-from stream import synth
-from stream.infra import free_port, start_valkey
-from stream.keys import Keys
-from stream.lag import consumer_lag, record_lag
+from stream.contracts.topics import Topics
+from stream.core.writes import UserWrite
+from stream.kafka.lag import consumer_lag, record_lag
+from stream.kafka.replay import replay
 from stream.metrics import Metrics
-from stream.replay import replay
 from stream.settings import Settings
-from stream.store import Store, UserWrite
-from stream.topics import Topics
+from stream.storage.keys import Keys
+from stream.storage.store import Store
 from tests.integration.helpers import processed_and_settled, worker
 from tests.ops_tools import (
     ALERTS,

@@ -10,11 +10,13 @@ from pathlib import Path
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from portrait_dev import synth
 
-from stream import dlq, privacy, replay, synth
-from stream.keys import erased_token
+from stream.contracts.topics import Topics
+from stream.kafka import dlq, replay
+from stream.service import privacy
 from stream.settings import Settings
-from stream.topics import Topics
+from stream.storage.keys import erased_token
 from tests.integration.helpers import processed_and_settled, store_for, worker
 from tests.integration.triggers import read_triggers
 

@@ -7,11 +7,11 @@ import asyncio
 import orjson
 import pytest
 
-from stream import processor as processor_module
-from stream.deadletter import DeadLetter
+from stream.contracts.deadletter import DeadLetter
+from stream.core.pipeline import Message
 from stream.metrics import Metrics
-from stream.pipeline import Message
-from stream.processor import Processor
+from stream.service import processor as processor_module
+from stream.service.processor import Processor
 from stream.tagging.definitions import load_catalogue
 from tests.integration.helpers import store_for
 

@@ -9,8 +9,9 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from portrait_dev import synth
 
-from stream import replay, synth
+from stream.kafka import replay
 from tests.integration.helpers import processed_and_settled, worker
 from tests.integration.triggers import read_triggers
 

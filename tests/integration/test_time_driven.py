@@ -6,8 +6,9 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from portrait_dev import synth
 
-from stream import replay, synth
+from stream.kafka import replay
 from tests import oracle
 from tests.integration.helpers import processed_and_settled, read_profiles, store_for, worker
 

@@ -7,8 +7,9 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from portrait_dev import synth
 
-from stream import replay, synth
+from stream.kafka import replay
 from tests.integration.helpers import processed_and_settled, store_for, worker
 from tests.integration.triggers import RULES, expected_conversions, expected_triggers, held_out, read_triggers
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from stream.contracts.topics import Topics
 from stream.settings import Settings
-from stream.topics import Topics
 
 RULES = Path(__file__).resolve().parents[1] / "data" / "test_rules.yaml"
 # The id contract (docs/rules.md): uuid5 in this namespace over rule, version, user, window index.

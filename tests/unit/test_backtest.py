@@ -1,4 +1,4 @@
-"""Offline rule backtest (stream/backtest.py): hand-derived firings on small event lists, the
+"""Offline rule backtest (stream/offline/backtest.py): hand-derived firings on small event lists, the
 time-driven path, suppression counting, holdout share, and the shipped rule file on synthetic data."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from typing import Any
 
 import orjson
 import pytest
+from portrait_dev.synth import generate, write_jsonl
 
-from stream import backtest as bt
+from stream.offline import backtest as bt
 from stream.rules import RuleSet, holdout, load_rules, parse_rules
-from stream.synth import generate, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC).timestamp()  # a Monday, 10:00 UTC
@@ -177,7 +177,7 @@ def test_holdout_share_on_synthetic_data(synthetic: Path) -> None:
         "holdout": 0.3,
         "quiet_hours": "off",
     }
-    from stream.replay import read_events
+    from stream.kafka.replay import read_events
 
     result = bt.run_backtest(rules(rule), read_events(synthetic), wall_now=WALL)
     stats = result.rules["welcome"]

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import yaml
 
+from stream.contracts.topics import Topics
 from stream.metrics import Metrics
 from stream.settings import Settings
 from stream.tagging.definitions import load_catalogue
-from stream.topics import Topics
 from tests.ops_tools import (
     ALERTS,
     DASHBOARD,

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
-from stream.events import Event, parse_event
-from stream.pipeline import plan_write
+from stream.contracts.events import Event, parse_event
+from stream.core.pipeline import plan_write
 from stream.tagging.definitions import load_catalogue
 from stream.tagging.engine import Applied, RfmThresholds, apply_event, evaluate, next_due, rfm_segment, score
 from stream.tagging.state import UserState

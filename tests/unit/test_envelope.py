@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import orjson
 
-from stream.deadletter import DeadLetter
-from stream.pipeline import ENVELOPE_MAX, Message, unpack
+from stream.contracts.deadletter import DeadLetter
+from stream.core.pipeline import ENVELOPE_MAX, Message, unpack
 
 EVENT = {"event_id": "e1", "type": "page_view", "user_id": "u1", "ts": "2026-11-01T10:00:00+00:00"}
 
@@ -43,7 +43,7 @@ def test_an_oversized_or_malformed_envelope_is_dead_lettered_whole() -> None:
 
 
 def test_the_benchmark_packs_the_same_events_it_sends_singly() -> None:
-    from stream.bench import pack
+    from portrait_dev.bench import pack
 
     payloads = [("page_view", b"u1", orjson.dumps({**EVENT, "event_id": f"e{i}"})) for i in range(7)]
     packed = pack(payloads, 3)

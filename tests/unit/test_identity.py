@@ -6,10 +6,10 @@ import random
 
 import orjson
 import pytest
+from portrait_dev import synth
 
-from stream import synth
-from stream.events import parse_event
-from stream.identity import IdentityPolicy, merge_delivery, merge_into, refusal
+from stream.contracts.events import parse_event
+from stream.identity.merge import IdentityPolicy, merge_delivery, merge_into, refusal
 from stream.tagging.definitions import load_catalogue
 from stream.tagging.engine import RfmThresholds, apply_event, evaluate
 from stream.tagging.state import UserState

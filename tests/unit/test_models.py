@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 import pytest
+from portrait_dev.synth import generate, personas
 
 from stream.models import (
     CheckpointError,
@@ -36,9 +37,8 @@ from stream.models import (
 )
 from stream.models.checkpoint import MAGIC
 from stream.models.config import ChurnBands, FeatureSpec, ReassignPolicy
-from stream.models.evaluation import evaluate_events, purity
+from stream.offline.evaluation import evaluate_events, purity
 from stream.settings import ConfigError
-from stream.synth import generate, personas
 
 DAY = 86400.0
 T0 = 1_790_000_000.0

@@ -1,4 +1,4 @@
-"""stream.replay without a broker: file reading, CSV mapping, routing, batching with a fake producer."""
+"""stream.kafka.replay without a broker: file reading, CSV mapping, routing, batching with a fake producer."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ from typing import Any, ClassVar
 
 import orjson
 import pytest
+from portrait_dev import synth
 from pydantic import ValidationError
 
-from stream import replay, synth
-from stream.events import OrderPaid, parse_event
+from stream.contracts.events import OrderPaid, parse_event
+from stream.contracts.topics import Topics
+from stream.kafka import replay
 from stream.settings import Settings
-from stream.topics import Topics
 
 TOPICS = Topics("portrait")
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from stream.contracts.triggers import trigger_json_schema
 from stream.rules import (
     DeliveryMemory,
     EffectTracker,
@@ -27,7 +28,6 @@ from stream.rules import (
 )
 from stream.rules.config import QuietHours
 from stream.rules.evaluate import Decision
-from stream.rules.trigger import trigger_json_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 DAY = 86400

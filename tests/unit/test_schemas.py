@@ -1,7 +1,7 @@
 import json
 from pathlib import Path
 
-from stream.schemas import write_schemas
+from stream.contracts.schemas import write_schemas
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
 

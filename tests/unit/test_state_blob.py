@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 
 import orjson
+from portrait_dev import synth
 
-from stream import synth
-from stream.events import parse_event
-from stream.pipeline import plan_write
+from stream.contracts.events import parse_event
+from stream.core.pipeline import plan_write
 from stream.tagging.definitions import load_catalogue
 from stream.tagging.engine import RfmThresholds, apply_event
 from stream.tagging.state import BLOB_ZSTD_V1, ZDICT_V1_FILE, UserState
@@ -52,7 +52,7 @@ def test_plain_json_states_are_still_read() -> None:
 def test_states_from_before_envelopes_keep_recognising_applied_messages() -> None:
     """Such states recorded message offsets, not event positions (offset * 1024 + index): after
     the upgrade a redelivered message must still be seen as applied, and the next one applies."""
-    from stream.pipeline import ENVELOPE_MAX
+    from stream.core.pipeline import ENVELOPE_MAX
     from stream.tagging.engine import Applied
 
     catalogue = load_catalogue()

@@ -1,0 +1,143 @@
+"""Running workers as child processes and waiting for them: shared by the demo, bench and tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from stream.settings import Settings
+from stream.storage.store import Store
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that reproduces ``settings`` in a child process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTRAIT_")}
+    for name, value in settings.model_dump(exclude_none=True).items():
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        env[f"PORTRAIT_{name.upper()}"] = json.dumps(value) if isinstance(value, list | dict) else str(value)
+    return env
+
+
+def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = log_path.open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "stream", "worker"],
+        env=settings_env(settings),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def stop_worker(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def wait_healthy(settings: Settings, proc: subprocess.Popen[bytes] | None = None, timeout: float = 90.0) -> None:
+    url = f"http://{settings.web_host}:{settings.web_port}/healthz"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {proc.returncode} before becoming healthy")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"worker not healthy at {url} after {timeout}s")
+
+
+@dataclass
+class Throughput:
+    """Progress of a wait: ``rate`` is measured from the first processed message to the last."""
+
+    seconds: float = 0.0
+    first_at: float | None = None
+    first_count: int = 0
+    done_at: float = 0.0
+    total: int = 0
+
+    @property
+    def rate(self) -> float:
+        if self.first_at is None or self.done_at <= self.first_at:
+            return 0.0
+        return (self.total - self.first_count) / (self.done_at - self.first_at)
+
+
+async def wait_processed(
+    store: Store, messages: int, timeout: float = 300.0, progress: object = None, counter: str = "messages"
+) -> Throughput:
+    """Wait until the stats ``counter`` reaches ``messages``.
+
+    ``messages`` counts every message handled, redeliveries included; after crashes wait on
+    ``events_applied`` instead, which counts each event once.
+    """
+    started = time.monotonic()
+    deadline = started + timeout
+    last = -1
+    result = Throughput()
+    while time.monotonic() < deadline:
+        done = (await store.stats()).get(counter, 0)
+        now = time.monotonic()
+        if done and result.first_at is None:
+            result.first_at, result.first_count = now, done
+        if progress is not None and done != last:
+            progress.update(done - max(last, 0))  # type: ignore[attr-defined]
+            last = done
+        if done >= messages:
+            result.seconds, result.done_at, result.total = now - started, now, done
+            return result
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"only {(await store.stats()).get(counter, 0)} of {messages} {counter} after {timeout}s")
+
+
+async def settle(store: Store, event_clock: bool, timeout: float = 120.0, reevaluate_all: bool = True) -> None:
+    """Bring every profile to the tags at the current clock, with final RFM thresholds.
+
+    Re-evaluating users moves their RFM metrics, which can move the population thresholds, so
+    this repeats "refresh thresholds, re-evaluate everyone" until a refresh changes nothing.
+    """
+    deadline = time.monotonic() + timeout
+
+    async def drain() -> float:
+        while time.monotonic() < deadline:
+            now = (await store.clock() or 0.0) if event_clock else time.time()
+            count, _ = await store.due_stats(now)
+            if count == 0:
+                return now
+            await asyncio.sleep(0.1)
+        raise TimeoutError("due re-evaluations did not drain")
+
+    now = await drain()
+    version = await store.refresh_rfm(now)
+    if not reevaluate_all:
+        return
+    for _ in range(10):
+        await store.mark_all_due()
+        now = await drain()
+        refreshed = await store.refresh_rfm(now)
+        if refreshed == version:
+            return
+        version = refreshed
+    raise TimeoutError("RFM thresholds did not converge")

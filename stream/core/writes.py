@@ -1,0 +1,27 @@
+"""What one batch writes per user: the plan handed from the pure core to the store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from stream.tagging.state import UserState
+
+
+@dataclass
+class UserWrite:
+    """Everything one user's update writes, applied atomically with the rest of its batch."""
+
+    uid: str
+    expected_version: int
+    state: UserState | None  # None deletes the user
+    profile: dict[str, str] = field(default_factory=dict)
+    audience_add: list[tuple[str, str]] = field(default_factory=list)
+    audience_remove: list[tuple[str, str]] = field(default_factory=list)
+    due: float = 0.0
+    ttl_s: int = 86400
+    ranks: tuple[float, int, int] | None = None
+    triggers: list[tuple[str, str]] = field(default_factory=list)  # outbox: (topic, trigger JSON)
+    decisions: list[tuple[str, str, str]] = field(default_factory=list)  # (rule, outcome, reason) for metrics
+    learn: list[str] = field(default_factory=list)  # model training items (JSON) for the trainer's stream
+    counters: dict[str, int] = field(default_factory=dict)  # added to P:v1:stats with the batch
+    alias_to: str | None = None  # with state None: merged into this user, leave an alias behind

@@ -1,0 +1,60 @@
+"""Reading and re-submitting dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from stream.contracts.deadletter import DeadLetter
+from stream.contracts.topics import Topics
+from stream.settings import Settings
+
+
+async def read(settings: Settings, idle_s: float = 2.0) -> list[DeadLetter]:
+    """Every dead letter on the topic, oldest first. Stops after ``idle_s`` without a message
+    (end offsets are not trusted: Tansu under-reports them)."""
+    topic = Topics(settings.topic_prefix).dead_letters
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers(), enable_auto_commit=False, **settings.kafka_client_kwargs()
+    )
+    await consumer.start()
+    letters: list[DeadLetter] = []
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return letters
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        while True:
+            batch = await consumer.getmany(timeout_ms=int(idle_s * 1000))
+            if not batch:
+                break
+            for records in batch.values():
+                letters.extend(DeadLetter.model_validate_json(r.value) for r in records)
+    finally:
+        await consumer.stop()
+    letters.sort(key=lambda d: d.dead_lettered_at)
+    return letters
+
+
+async def resubmit(settings: Settings, reason: str | None = None, idle_s: float = 2.0) -> int:
+    """Send dead letters' original bytes back to their source topics (after a fix)."""
+    # an erased user's dead letters carry no payload, and re-submitting them would be refused anyway
+    letters = [
+        d for d in await read(settings, idle_s) if (reason is None or d.reason == reason) and d.reason != "erased_user"
+    ]
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers(), acks="all", **settings.kafka_client_kwargs()
+    )
+    await producer.start()
+    try:
+        futures = [await producer.send(d.source_topic, d.original, key=d.key) for d in letters]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return len(letters)

@@ -1,0 +1,96 @@
+"""Right to erasure and right of access.
+
+Erasure removes every Redis key and membership of a user in one script, puts a hash of the id on
+a suppression list (late or replayed events are dead-lettered as ``erased_user`` with their payload
+withheld; triggers decided before the erasure are not sent), and emits a confirmation on the
+``privacy.erased`` topic. Requests arrive on the ``privacy.erase`` topic or from
+``portrait privacy erase``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from stream.contracts.privacy import EraseRequest, ErasureConfirmation
+from stream.contracts.topics import Topics
+from stream.settings import Settings
+from stream.storage.keys import erased_token
+from stream.storage.store import Store
+from stream.tagging.state import UserState
+
+
+async def erase(store: Store, request: EraseRequest) -> ErasureConfirmation:
+    """Erase ``request.user_id`` everywhere in Redis; idempotent."""
+    removed = await store.erase(request.user_id)
+    return ErasureConfirmation(
+        request_id=request.request_id,
+        user_id=request.user_id,
+        suppression_token=erased_token(request.user_id),
+        removed=removed,
+        erased_at=time.time(),
+    )
+
+
+async def export(store: Store, uid: str) -> dict[str, Any]:
+    """Everything stored about ``uid`` (right of access), as plain JSON-able data."""
+    keys = store.keys
+    pipe = store.client.pipeline(transaction=False)
+    pipe.hgetall(keys.state(uid))
+    pipe.hgetall(keys.profile(uid))
+    pipe.zscore(keys.due, uid)
+    for metric in ("r", "f", "m"):
+        pipe.zscore(keys.rank(metric), uid)
+    state_raw, profile_raw, due, *ranks = await pipe.execute()
+    state = UserState.from_bytes(state_raw[b"blob"]) if state_raw.get(b"blob") else None
+    published = state.published if state is not None else {}
+    memberships = []
+    if published:
+        pipe = store.client.pipeline(transaction=False)
+        for tag, value in published.items():
+            pipe.sismember(keys.audience(tag, value), uid)
+        flags = await pipe.execute()
+        memberships = [keys.audience(t, v) for (t, v), member in zip(published.items(), flags, strict=True) if member]
+    return {
+        "user_id": uid,
+        "erased": bool(await store.erased([uid])),
+        "profile": {k.decode(): v.decode() for k, v in profile_raw.items()},
+        "state": state.to_doc() if state is not None else None,
+        "audiences": memberships,
+        "next_reevaluation": due,
+        "rfm_rank_metrics": dict(zip(("recency", "frequency", "monetary"), ranks, strict=True)),
+        "keys": {
+            "state": keys.state(uid),
+            "profile": keys.profile(uid),
+        },
+    }
+
+
+async def erase_and_confirm(settings: Settings, uid: str, request_id: str | None = None) -> ErasureConfirmation:
+    """``portrait privacy erase``: erase directly in Redis, then publish the confirmation."""
+    from aiokafka import AIOKafkaProducer
+
+    request = EraseRequest(user_id=uid, **({"request_id": request_id} if request_id else {}))
+    store = Store.from_settings(settings)
+    try:
+        confirmation = await erase(store, request)
+    finally:
+        await store.close()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers(), acks="all", **settings.kafka_client_kwargs()
+    )
+    await producer.start()
+    try:
+        topic = Topics(settings.topic_prefix).erase_confirmations
+        await producer.send_and_wait(topic, confirmation.model_dump_json().encode(), key=uid.encode())
+    finally:
+        await producer.stop()
+    return confirmation
+
+
+async def export_json(settings: Settings, uid: str) -> dict[str, Any]:
+    store = Store.from_settings(settings)
+    try:
+        return await export(store, uid)
+    finally:
+        await store.close()

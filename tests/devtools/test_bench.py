@@ -1,0 +1,155 @@
+"""Pure helpers of ``portrait_dev.bench``: statistics, histogram maths, formatting, result JSON shape."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import orjson
+import pytest
+from portrait_dev import bench
+
+HIST_TEXT = """\
+# HELP portrait_event_to_profile_seconds Event time to profile written (wall clock mode)
+# TYPE portrait_event_to_profile_seconds histogram
+portrait_event_to_profile_seconds_bucket{le="0.005"} 0.0
+portrait_event_to_profile_seconds_bucket{le="0.01"} 10.0
+portrait_event_to_profile_seconds_bucket{le="0.025"} 50.0
+portrait_event_to_profile_seconds_bucket{le="0.1"} 99.0
+portrait_event_to_profile_seconds_bucket{le="+Inf"} 100.0
+portrait_event_to_profile_seconds_count 100.0
+portrait_event_to_profile_seconds_sum 3.2
+portrait_consume_to_profile_seconds_bucket{le="0.005"} 7.0
+"""
+
+
+def test_summarize_median_min_max() -> None:
+    s = bench.summarize([3.0, 1.0, 2.0])
+    assert (s.median, s.min, s.max) == (2.0, 1.0, 3.0)
+    assert bench.summarize([1.0, 2.0, 3.0, 10.0]).median == 2.5
+    assert s.as_dict() == {"values": [3.0, 1.0, 2.0], "median": 2.0, "min": 1.0, "max": 3.0}
+    with pytest.raises(ValueError):
+        bench.summarize([])
+
+
+def test_ratio_and_formatting() -> None:
+    assert bench.ratio(8.0, 10.0) == pytest.approx(0.8)
+    assert bench.ratio(None, 1.0) is None
+    assert bench.ratio(1.0, 0.0) is None
+    assert bench.fmt_ratio(0.7512) == "0.75×"
+    assert bench.fmt_ratio(None) == "—"
+    assert bench.fmt_rate(12345.6) == "12,346"
+    assert bench.fmt_bytes(512) == "512 B"
+    assert bench.fmt_bytes(3 * 1024) == "3.00 KiB"
+    assert bench.fmt_bytes(None) == "—"
+
+
+def test_parse_histogram_only_takes_the_named_metric() -> None:
+    buckets = bench.parse_histogram(HIST_TEXT, bench.PROFILE_HISTOGRAM)
+    assert buckets == [(0.005, 0.0), (0.01, 10.0), (0.025, 50.0), (0.1, 99.0), (math.inf, 100.0)]
+
+
+def test_histogram_quantile_interpolates_like_prometheus() -> None:
+    buckets = bench.parse_histogram(HIST_TEXT, bench.PROFILE_HISTOGRAM)
+    # rank 50 is the top of the 0.01..0.025 bucket
+    assert bench.histogram_quantile(0.5, buckets) == pytest.approx(0.025)
+    # rank 30: halfway through 10..50 within 0.01..0.025
+    assert bench.histogram_quantile(0.3, buckets) == pytest.approx(0.0175)
+    # rank 99.5 falls into +Inf: the last finite bound
+    assert bench.histogram_quantile(0.995, buckets) == pytest.approx(0.1)
+    assert bench.histogram_quantile(0.5, []) is None
+    assert bench.histogram_quantile(0.5, [(0.1, 0.0), (math.inf, 0.0)]) is None
+
+
+def test_histogram_share_max_and_diff() -> None:
+    buckets = bench.parse_histogram(HIST_TEXT, bench.PROFILE_HISTOGRAM)
+    assert bench.histogram_share_within(0.1, buckets) == pytest.approx(0.99)
+    assert bench.histogram_max_bucket(buckets) == math.inf
+    before = [(0.005, 0.0), (0.01, 10.0), (0.025, 10.0), (0.1, 10.0), (math.inf, 10.0)]
+    delta = bench.diff_histogram(buckets, before)
+    assert delta == [(0.005, 0.0), (0.01, 0.0), (0.025, 40.0), (0.1, 89.0), (math.inf, 90.0)]
+    assert bench.histogram_max_bucket(delta) == math.inf
+    assert bench.histogram_max_bucket(delta[:4]) == 0.1
+
+
+def test_percentile_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert bench.percentile(values, 0.5) == 50.0
+    assert bench.percentile(values, 0.99) == 99.0
+    assert bench.percentile(values, 1.0) == 100.0
+    assert bench.percentile([], 0.5) is None
+
+
+def test_match_latencies_uses_first_write_at_or_after_send() -> None:
+    sends = [("a", 10.0), ("a", 12.0), ("b", 5.0), ("c", 1.0)]
+    writes = {"a": [9.0, 10.05, 12.2], "b": [4.0]}
+    assert bench.match_latencies(sends, writes) == pytest.approx([0.05, 0.2])
+
+
+def test_with_send_time_rewrites_ts_only() -> None:
+    event = {"event_id": "e1", "type": "page_view", "user_id": "u1", "ts": "2026-01-01T00:00:00+00:00"}
+    raw = orjson.loads(bench.with_send_time(event, 1_800_000_000.25))
+    assert raw["ts"] == "2027-01-15T08:00:00.250000+00:00"
+    assert {k: v for k, v in raw.items() if k != "ts"} == {k: v for k, v in event.items() if k != "ts"}
+    assert event["ts"] == "2026-01-01T00:00:00+00:00"  # the input is not modified
+
+
+def _runs(rates: list[float], foreign: float | None = None) -> list[dict[str, object]]:
+    return [{"rep": i + 1, "rate": r, "foreign_cpu": foreign} for i, r in enumerate(rates)]
+
+
+def test_result_document_shape_ratios_and_targets() -> None:
+    runs = {
+        "noop": _runs([9000.0, 8000.0, 10000.0], foreign=0.02),
+        "raw": _runs([400000.0, 410000.0, 390000.0]),
+        "pipeline1": _runs([4000.0, 4500.0, 3500.0]),
+        "pipeline2": _runs([6000.0, 7000.0, 6500.0]),
+    }
+    latency = {"rate": 2000.0, "events": 100, "p99_ms": 80.0, "p50_ms": 20.0, "max_ms": 120.0}
+    memory = {"users": 1000, "used_memory_per_user": 3000.0, "method": "pure engine"}
+    doc = bench.result_document(
+        config={"events": 50000}, environment={"cpus": 2}, runs=runs, latency=latency, memory=memory
+    )
+    json.dumps(doc)  # serialisable
+    assert doc["schema"] == "portrait-bench/1"
+    assert set(doc) >= {"config", "environment", "scenarios", "ratios", "latency", "memory", "targets"}
+    assert list(doc["scenarios"]) == ["noop", "raw", "pipeline1", "pipeline2", "envelope"]
+    assert doc["scenarios"]["pipeline1"]["summary"] == {
+        "values": [4000.0, 4500.0, 3500.0],
+        "median": 4000.0,
+        "min": 3500.0,
+        "max": 4500.0,
+    }
+    assert doc["ratios"]["pipeline_vs_noop"] == pytest.approx(4000 / 9000)
+    assert doc["ratios"]["two_vs_one"] == pytest.approx(6500 / 4000)
+    met = {t["name"]: t["met"] for t in doc["targets"]}
+    assert met == {
+        "full pipeline vs Faust no-op": False,
+        "two workers vs one": False,
+        "p99 event -> profile at half rate": True,
+        "Redis memory per user": False,
+        "stretch: full pipeline throughput": False,
+    }
+    table = bench.format_table(doc)
+    assert "| (3) full pipeline, 1 worker | 4,000 | 3,500 | 4,500 | 3 | — |" in table
+    assert "0.44×" in table and "1.62×" in table
+    assert "| 9,000 | 8,000 | 10,000 | 3 | 2.0 % |" in table
+
+
+def test_result_document_with_missing_scenarios() -> None:
+    doc = bench.result_document(
+        config={}, environment={}, runs={"pipeline1": _runs([100.0])}, latency=None, memory=None
+    )
+    assert doc["scenarios"]["noop"]["summary"] is None
+    assert doc["ratios"]["pipeline_vs_noop"] is None
+    assert all(t["met"] is None for t in doc["targets"] if t["name"] != "stretch: full pipeline throughput")
+    assert "| (1) Faust no-op agent (framework floor) | — | — | — | 0 | — |" in bench.format_table(doc)
+
+
+def test_trigger_latency_uses_the_users_latest_event_before_the_firing() -> None:
+    from portrait_dev.bench import trigger_latency
+
+    sends = [("a", 100.0), ("a", 105.0), ("a", 110.0), ("b", 100.0)]
+    triggers = [("a", 106.0, 106.25), ("b", 100.5, 100.75), ("c", 1.0, 2.0)]
+    # a: latest send at or before 106.0 is 105.0 -> 1.25 s; b: 0.75 s; c: no send -> ignored
+    assert trigger_latency(sends, triggers) == [1.25, 0.75]

@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -25,10 +26,32 @@ from pydantic import (
     model_validator,
 )
 
+# Profiles of anonymous visitors live under the subject ``anon:<anonymous_id>`` (docs/redis-keys.md,
+# "Identifiers"). A user id may therefore not start with that prefix in any letter case: it would
+# address a device's profile, or the profile a merged device now aliases.
+RESERVED_USER_ID_PREFIX = "anon:"
+# Bounds keep every stored number exact and inside the state's 64-bit integers (money is summed
+# in cents): an order of at most 1e9 currency units, at most 10,000 of one item.
+MAX_MONEY = 1e9
+MAX_QUANTITY = 10_000
+
+
+def _not_reserved(value: str) -> str:
+    if value[: len(RESERVED_USER_ID_PREFIX)].lower() == RESERVED_USER_ID_PREFIX:
+        raise ValueError(f"user ids may not start with the reserved prefix {RESERVED_USER_ID_PREFIX!r}")
+    return value
+
+
 Id = Annotated[str, Field(min_length=1, max_length=128)]
+UserId = Annotated[
+    str,
+    Field(min_length=1, max_length=128, json_schema_extra={"not": {"pattern": "^[aA][nN][oO][nN]:"}}),
+    AfterValidator(_not_reserved),
+]
 Category = Annotated[str, Field(min_length=1, max_length=64)]
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
-Money = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Money = Annotated[float, Field(ge=0, le=MAX_MONEY, allow_inf_nan=False)]
+Quantity = Annotated[int, Field(ge=1, le=MAX_QUANTITY)]
 
 
 class EventBase(BaseModel):
@@ -36,7 +59,7 @@ class EventBase(BaseModel):
 
     schema_version: Literal[1] = 1
     event_id: Id
-    user_id: Id | None = None
+    user_id: UserId | None = None
     anonymous_id: Id | None = None
     ts: AwareDatetime
 
@@ -74,14 +97,14 @@ class AddToCart(EventBase):
     product_id: Id
     category: Category | None = None
     price: Money = 0.0
-    quantity: int = Field(default=1, ge=1)
+    quantity: Quantity = 1
 
 
 class RemoveFromCart(EventBase):
     type: Literal["remove_from_cart"]
     product_id: Id
     category: Category | None = None
-    quantity: int = Field(default=1, ge=1)
+    quantity: Quantity = 1
 
 
 class CheckoutStarted(EventBase):
@@ -95,7 +118,7 @@ class OrderItem(BaseModel):
     product_id: Id
     category: Category
     price: Money
-    quantity: int = Field(default=1, ge=1)
+    quantity: Quantity = 1
 
 
 class OrderPaid(EventBase):

@@ -351,6 +351,9 @@ def start_tansu(log_path: Path, *, port: int | None = None, die_with_parent: boo
 # 1 KB keeps it in the compact encoding instead of a hash table (about 290 B less per user,
 # docs/performance.md). The same line is in deploy/valkey/valkey.conf.
 VALKEY_TUNING = ("--hash-max-listpack-value", "1024")
+# Persistence as in deploy/valkey/valkey.conf: an append-only file synced every second, so a
+# restart (or kill -9) of the embedded Valkey keeps the profiles; RDB snapshots are off.
+VALKEY_PERSISTENCE = ("--save", "", "--appendonly", "yes", "--appendfsync", "everysec")
 
 
 def start_valkey(
@@ -361,14 +364,17 @@ def start_valkey(
     extra_args: Sequence[str] = (),
     die_with_parent: bool = True,
 ) -> tuple[ManagedProcess, str]:
-    """Start a throw-away Valkey (no RDB/AOF persistence). Returns the process and its URL."""
+    """Start a Valkey keeping its append-only file in ``data_dir``. Returns the process and its URL.
+
+    Starting again on the same ``data_dir`` (and port) restores what the previous process wrote.
+    """
     binary = valkey_binary()
     data_dir.mkdir(parents=True, exist_ok=True)
     attempts = 1 if port else 3
     error: Exception | None = None
     for _ in range(attempts):
         p = port or free_port()
-        argv = [binary, "--port", str(p), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        argv = [binary, "--port", str(p), "--bind", "127.0.0.1", *VALKEY_PERSISTENCE]
         argv += ["--dir", str(data_dir), "--daemonize", "no", *VALKEY_TUNING, *extra_args]
         proc = spawn("valkey", argv, log_path, die_with_parent=die_with_parent, expect="valkey")
         url = f"redis://127.0.0.1:{p}/0"

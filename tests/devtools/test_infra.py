@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -191,3 +193,26 @@ def test_embedded_context_stops_its_children(names: Names) -> None:
         workdir = handle.workdir
     assert not any(infra_mod.pid_alive(pid) for pid in pids)
     assert not workdir.exists()  # temporary directory removed
+
+
+def test_embedded_valkey_keeps_its_data_across_a_kill(tmp_path: Path) -> None:
+    """AOF everysec, like deploy/valkey/valkey.conf: a kill -9 and a restart on the same directory
+    lose nothing that was acknowledged (issue 12, item 4)."""
+    proc, url = infra_mod.start_valkey(tmp_path / "data", tmp_path / "valkey.log")
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    try:
+        client = redis.Redis.from_url(url)
+        client.hset("P:v1:{alice}:profile", mapping={"frequency_30d": "3"})
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        client.close()
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # no shutdown: nothing gets a chance to flush
+        while proc.alive():
+            time.sleep(0.01)
+    again, url = infra_mod.start_valkey(tmp_path / "data", tmp_path / "valkey-2.log", port=port)
+    try:
+        client = redis.Redis.from_url(url)
+        assert client.hgetall("P:v1:{alice}:profile") == {b"frequency_30d": b"3"}
+        client.close()
+    finally:
+        again.stop()

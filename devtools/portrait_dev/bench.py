@@ -268,8 +268,8 @@ PROFILE_CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Redis client + Lua write (redis-py, store)", ("redis/", "stream/storage/store.py")),
     ("Faust / mode / aiokafka", ("faust/", "mode/", "aiokafka/", "kafka/")),
     (
-        "processor glue (stream/processor, agents, metrics)",
-        ("stream/service/processor.py", "stream/agents/", "stream/metrics.py", "stream/contracts/deadletter.py", "prometheus_client/"),
+        "processor glue (stream/service, agents, metrics)",
+        ("stream/service/", "stream/agents/", "stream/metrics.py", "stream/contracts/", "prometheus_client/"),
     ),
 )
 STARTUP_MARKERS = ("_find_and_load", "create_app (")

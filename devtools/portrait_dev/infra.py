@@ -210,6 +210,10 @@ class ManagedProcess:
             log.info("stopped %s (pid %d)", self.name, self.pid)
         return stopped
 
+    def respawn(self) -> ManagedProcess:
+        """Start the same command line again (same ports and data directory), e.g. after a kill."""
+        return spawn(self.name, self.argv, self.log_path, stop_timeout=self.stop_timeout, expect=self.expect)
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             text = self.log_path.read_text(errors="replace")

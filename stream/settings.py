@@ -17,12 +17,11 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stream import __version__
+from stream.errors import ConfigError
+
+__all__ = ["DEFAULT_STATE_FILE", "ConfigError", "Settings"]
 
 DEFAULT_STATE_FILE = Path(".portrait/infra.json")
-
-
-class ConfigError(RuntimeError):
-    """A configuration problem that must stop the service before it consumes anything."""
 
 
 class Settings(BaseSettings):

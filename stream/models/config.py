@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import orjson
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from stream.settings import ConfigError
+from stream import config_files
 from stream.tagging.definitions import BUILTIN_TAGS, Duration
 
 DAY = 86400.0
@@ -188,45 +187,26 @@ def default_models_path() -> Path:
     return Path(str(resources.files("stream") / "models.yaml"))
 
 
-def _describe(path: Path, raw: Any, error: Any) -> str:
-    loc = list(error["loc"])
-    if len(loc) >= 2 and loc[0] == "features" and isinstance(loc[1], int):
-        index = loc[1]
-        name = "?"
-        if isinstance(raw, dict) and isinstance(raw.get("features"), list) and index < len(raw["features"]):
-            item = raw["features"][index]
-            name = item.get("name", "?") if isinstance(item, dict) else "?"
-        field = ".".join(str(p) for p in loc[2:]) or "(item)"
-        return f"{path}: feature {name!r} (item {index}): field {field!r}: {error['msg']}"
-    where = ".".join(str(p) for p in loc) or "(file)"
-    return f"{path}: field {where!r}: {error['msg']}"
-
-
 def parse_models_config(raw: Any, path: Path | str = "<models config>") -> ModelsConfig:
     """Validate an already-parsed YAML document. Raises ``ConfigError`` naming file, item and field."""
-    path = Path(path)
-    try:
-        config = ModelsConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError("\n".join(_describe(path, raw, e) for e in exc.errors())) from exc
-    names: set[str] = set()
+    config = config_files.validate(raw, path, ModelsConfig)
+    config_files.check_unique(path, raw, "features", "name", (f.name for f in config.features), "feature")
     columns: set[str] = set()
     for index, spec in enumerate(config.features):
-        if spec.name in names:
-            raise ConfigError(f"{path}: feature {spec.name!r} (item {index}): field 'name': duplicate feature")
-        names.add(spec.name)
         for col in spec.columns:
             if col in columns:
-                raise ConfigError(f"{path}: feature {spec.name!r} (item {index}): column {col!r} is produced twice")
+                raise config_files.error(path, raw, ("features", index), f"column {col!r} is produced twice")
             columns.add(col)
+    names = {f.name for f in config.features}
     for section, listed in (("segments", config.segments.features), ("churn", config.churn.features)):
         for index, name in enumerate(listed):
             if name not in names:
-                raise ConfigError(f"{path}: field '{section}.features.{index}': unknown feature {name!r}")
+                raise config_files.error(path, raw, (section, "features", index), f"unknown feature {name!r}")
     churn_columns = {c for s in config.churn_specs for c in s.columns}
     if config.churn.baseline_feature not in churn_columns:
-        raise ConfigError(
-            f"{path}: field 'churn.baseline_feature': {config.churn.baseline_feature!r} is not a churn feature column"
+        baseline = config.churn.baseline_feature
+        raise config_files.error(
+            path, raw, ("churn", "baseline_feature"), f"{baseline!r} is not a churn feature column"
         )
     return config
 
@@ -234,10 +214,4 @@ def parse_models_config(raw: Any, path: Path | str = "<models config>") -> Model
 def load_models_config(path: Path | None = None) -> ModelsConfig:
     """Load and validate ``stream/models.yaml`` (or ``path``). Raises ``ConfigError``."""
     path = path or default_models_path()
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read model definitions: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
-    return parse_models_config(raw, path)
+    return parse_models_config(config_files.read_yaml(path, "model definitions"), path)

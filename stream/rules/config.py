@@ -10,12 +10,11 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from stream import config_files
 from stream.rules.actions import ActionSpec
 from stream.rules.conditions import OPERATORS, Condition, tags_of
-from stream.settings import ConfigError
 from stream.tagging.definitions import BUILTIN_TAGS, Duration
 
 DAY = 86400.0
@@ -145,62 +144,18 @@ def tags_referenced(rules: RuleSet) -> set[str]:
     return set().union(*(tags_of(r.when) for r in rules.active))
 
 
-def _rule_name(raw: Any, index: int) -> str:
-    if isinstance(raw, dict) and isinstance(raw.get("rules"), list) and index < len(raw["rules"]):
-        item = raw["rules"][index]
-        if isinstance(item, dict):
-            return str(item.get("id", "?"))
-    return "?"
-
-
-def _is_member_tag(part: str) -> bool:
-    """Union member wrappers pydantic adds to locations, e.g. ``literal['off']``, ``QuietHours``."""
-    return "[" in part or "(" in part or part in {"QuietHours", "Condition", "ActionSpec"}
-
-
-def _clean(errors: list[Any]) -> list[Any]:
-    """Drop union-member wrappers from locations, and a union's literal alternative (``'off'``)
-    when another alternative explains the problem at the same place."""
-    out = []
-    for error in errors:
-        loc = [str(p) for p in error["loc"] if not _is_member_tag(str(p))]
-        out.append({**error, "loc": loc})
-    return [
-        e
-        for e in out
-        if e["type"] != "literal_error"
-        or not any(len(o["loc"]) > len(e["loc"]) and o["loc"][: len(e["loc"])] == e["loc"] for o in out)
-    ]
-
-
-def _describe(path: Path, raw: Any, error: Any) -> str:
-    loc = [str(p) for p in error["loc"]]
-    msg = error["msg"]
-    if error["type"] == "extra_forbidden" and "when" in loc:
-        msg += f" (operators: {', '.join(OPERATORS)}; groups: all, any, not)"
-    if len(loc) >= 2 and loc[0] == "rules" and loc[1].isdigit():
-        index = int(loc[1])
-        field = ".".join(loc[2:]) or "(rule)"
-        return f"{path}: rule {_rule_name(raw, index)!r} (item {index}): field {field!r}: {msg}"
-    return f"{path}: field {'.'.join(loc)!r}: {msg}"
-
-
-def _check_unique(path: Path, rules: RuleSet) -> None:
-    seen: set[str] = set()
-    for index, rule in enumerate(rules.rules):
-        if rule.id in seen:
-            raise ConfigError(f"{path}: rule {rule.id!r} (item {index}): field 'id': duplicate rule id")
-        seen.add(rule.id)
+def _operators_hint(loc: config_files.Loc, kind: str) -> str | None:
+    """An unknown key in a condition is most often a mistyped operator: list the ones there are."""
+    if kind == "extra_forbidden" and "when" in loc:
+        return f"(operators: {', '.join(OPERATORS)}; groups: all, any, not)"
+    return None
 
 
 def parse_rules(raw: Any, path: Path, known_tags: set[str] | frozenset[str]) -> RuleSet:
     """Validate already-parsed YAML; errors name ``path``, rule and field (``ConfigError``)."""
-    try:
-        rules = RuleSet.model_validate(raw, context={"known_tags": known_tags})
-    except ValidationError as exc:
-        errors = _clean(list(exc.errors(include_url=False)))
-        raise ConfigError("\n".join(_describe(path, raw, e) for e in errors)) from exc
-    _check_unique(path, rules)
+    context = {"known_tags": known_tags}
+    rules = config_files.validate(raw, path, RuleSet, context=context, hint=_operators_hint)
+    config_files.check_unique(path, raw, "rules", "id", (r.id for r in rules.rules), "rule id")
     return rules
 
 
@@ -209,10 +164,5 @@ def load_rules(path: Path, known_tags: set[str] | frozenset[str] | None = None) 
 
     Raises ``ConfigError`` naming file, rule (id and item index) and field.
     """
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read rules: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    raw = config_files.read_yaml(path, "rules")
     return parse_rules(raw, path, default_known_tags() if known_tags is None else known_tags)

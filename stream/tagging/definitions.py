@@ -11,10 +11,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from stream.settings import ConfigError
+from stream import config_files
 
 BUILTIN_TAGS: tuple[str, ...] = (
     "region",
@@ -133,36 +132,10 @@ def default_tags_path() -> Path:
     return Path(str(resources.files("stream") / "tags.yaml"))
 
 
-def _describe(path: Path, raw: Any, error: Any) -> str:
-    loc = list(error["loc"])
-    where = ".".join(str(p) for p in loc)
-    if len(loc) >= 2 and loc[0] == "tags" and isinstance(loc[1], int):
-        index = loc[1]
-        name = "?"
-        if isinstance(raw, dict) and isinstance(raw.get("tags"), list) and index < len(raw["tags"]):
-            item = raw["tags"][index]
-            name = item.get("name", "?") if isinstance(item, dict) else "?"
-        field = ".".join(str(p) for p in loc[2:]) or "(item)"
-        return f"{path}: tag {name!r} (item {index}): field {field!r}: {error['msg']}"
-    return f"{path}: field {where!r}: {error['msg']}"
-
-
 def load_catalogue(path: Path | None = None) -> TagCatalogue:
     """Load and validate a tag catalogue. Raises ``ConfigError`` naming file, tag and field."""
     path = path or default_tags_path()
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read tag definitions: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
-    try:
-        catalogue = TagCatalogue.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError("\n".join(_describe(path, raw, e) for e in exc.errors())) from exc
-    seen: set[str] = set()
-    for index, tag in enumerate(catalogue.tags):
-        if tag.name in seen:
-            raise ConfigError(f"{path}: tag {tag.name!r} (item {index}): field 'name': duplicate tag")
-        seen.add(tag.name)
+    raw = config_files.read_yaml(path, "tag definitions")
+    catalogue = config_files.validate(raw, path, TagCatalogue)
+    config_files.check_unique(path, raw, "tags", "name", (t.name for t in catalogue.tags), "tag")
     return catalogue

@@ -1,6 +1,8 @@
-"""The Redis key contract (see docs/redis-keys.md). One place builds every key name.
+"""The Redis key contract (see docs/redis-keys.md). The one place that builds key names.
 
-Per-user keys share the hash tag ``{user_id}`` so they land in one Redis Cluster slot.
+Nothing else formats a key: the Lua scripts (``stream/storage/scripts/*.lua``) receive every key
+they touch, built here, in ``KEYS``. Per-user keys share the hash tag ``{user_id}`` so they land in
+one Redis Cluster slot.
 """
 
 from __future__ import annotations
@@ -32,8 +34,13 @@ class Keys:
     def user_pattern(self, uid: str) -> str:
         return f"{self.base}:{{{uid}}}:*"
 
+    @property
+    def audience_prefix(self) -> str:
+        """What every audience set's key starts with (``audience`` appends ``TAG:VALUE``)."""
+        return f"{self.base}:aud:"
+
     def audience(self, tag: str, value: str) -> str:
-        return f"{self.base}:aud:{tag}:{value}"
+        return f"{self.audience_prefix}{tag}:{value}"
 
     @property
     def due(self) -> str:
@@ -92,6 +99,6 @@ class Keys:
 
 
 def erased_token(uid: str) -> str:
-    """How an erased id is remembered on the suppression list: a hash, not the id itself (SHA-1,
-    which the erase script can compute too, with ``redis.sha1hex``)."""
+    """How an erased id is remembered on the suppression list: a hash (SHA-1 hex), not the id itself.
+    The scripts receive the tokens they need; none computes one."""
     return hashlib.sha1(uid.encode()).hexdigest()

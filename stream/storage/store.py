@@ -1,5 +1,8 @@
 """Redis I/O: one round trip to load a batch's users, one atomic script to write them.
 
+The scripts are ``stream/storage/scripts/*.lua``; every key they touch is built by ``Keys`` and
+passed in ``KEYS`` (each file's header states its KEYS/ARGV contract).
+
 The write script checks every user's state version first (compare-and-set) and writes nothing if
 any changed since it was read, so two workers briefly owning the same partition during a
 rebalance cannot interleave updates: the loser re-reads and recomputes.
@@ -7,8 +10,11 @@ rebalance cannot interleave updates: the loser re-reads and recomputes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 import orjson
@@ -21,178 +27,17 @@ from stream.storage.keys import Keys, erased_token
 from stream.tagging.engine import RfmThresholds
 from stream.tagging.state import UserState
 
-WRITE_SCRIPT = """
-local base = ARGV[1]
-local meta = cjson.decode(ARGV[2])
-local conflicts = {}
-for i, u in ipairs(meta.users) do
-  local cur = redis.call('HGET', base .. ':{' .. u.u .. '}:state', 'ver')
-  local curv = 0
-  if cur then curv = tonumber(cur) end
-  -- an erasure since the read counts as a change: the retry sees the user erased, writes nothing
-  if curv ~= u.v or redis.call('SISMEMBER', base .. ':privacy:erased', u.h) == 1 then
-    table.insert(conflicts, u.u)
-  elseif u.a and not u.del and redis.call('EXISTS', base .. ':{' .. u.u .. '}:alias') == 1 then
-    -- merged into a known user since the read: its events now belong there
-    table.insert(conflicts, u.u)
-  end
-end
-if #conflicts > 0 then return conflicts end
-local due = base .. ':due'
-local inflight = base .. ':due:inflight'
-for i, u in ipairs(meta.users) do
-  local skey = base .. ':{' .. u.u .. '}:state'
-  local pkey = base .. ':{' .. u.u .. '}:profile'
-  redis.call('ZREM', inflight, u.u)
-  if u.del then
-    redis.call('DEL', skey, pkey)
-    redis.call('ZREM', due, u.u)
-    if u.al then
-      redis.call('SET', base .. ':{' .. u.u .. '}:alias', u.al, 'EX', meta.aud_ttl)
-    end
-  else
-    redis.call('HSET', skey, 'ver', u.v + 1, 'blob', ARGV[2 + i])
-    redis.call('EXPIRE', skey, u.ttl)
-    redis.call('DEL', pkey)
-    if #u.p > 0 then
-      redis.call('HSET', pkey, unpack(u.p))
-      redis.call('EXPIRE', pkey, u.ttl)
-    end
-    redis.call('ZADD', due, u.due, u.u)
-  end
-  for _, tv in ipairs(u.ar) do
-    redis.call('SREM', base .. ':aud:' .. tv[1] .. ':' .. tv[2], u.u)
-  end
-  for _, tv in ipairs(u.aa) do
-    local akey = base .. ':aud:' .. tv[1] .. ':' .. tv[2]
-    redis.call('SADD', akey, u.u)
-    redis.call('EXPIRE', akey, meta.aud_ttl)
-  end
-  for _, tr in ipairs(u.tr) do
-    redis.call('XADD', base .. ':outbox', '*', 't', tr[1], 'k', u.u, 'v', tr[2])
-  end
-  for _, item in ipairs(u.ln) do
-    redis.call('XADD', base .. ':models:examples', '*', 'i', item)
-  end
-  local metrics = {'r', 'f', 'm'}
-  for j, m in ipairs(metrics) do
-    local rkey = base .. ':rank:' .. m
-    if type(u.rk) == 'table' then
-      redis.call('ZADD', rkey, u.rk[j], u.u)
-      redis.call('EXPIRE', rkey, meta.aud_ttl)
-    else
-      redis.call('ZREM', rkey, u.u)
-    end
-  end
-end
--- Per input partition progress for the event-time watermark: the highest event time applied from a
--- partition that still has unconsumed messages, or 'caught' when its last batch reached the end.
-local pkey = base .. ':clock:parts'
-for _, p in ipairs(meta.parts or {}) do
-  local cur = redis.call('HGET', pkey, p.k)
-  local curt = tonumber(cur)
-  if p.c then
-    redis.call('HSET', pkey, p.k, 'caught')
-  elseif type(p.ts) == 'number' and (curt == nil or p.ts > curt) then
-    redis.call('HSET', pkey, p.k, string.format('%.6f', p.ts))
-  elseif curt == nil then
-    redis.call('HSET', pkey, p.k, '0')
-  end
-end
-if type(meta.clock) == 'number' then
-  local ckey = base .. ':clock'
-  local cur = tonumber(redis.call('GET', ckey) or '0')
-  if meta.clock > cur then redis.call('SET', ckey, string.format('%.6f', meta.clock)) end
-end
-for k, n in pairs(meta.stats) do
-  redis.call('HINCRBY', base .. ':stats', k, n)
-end
-return {}
-"""
+SCRIPT_NAMES = ("write", "erase", "claim", "refresh_rfm", "lease", "advance_clock")
 
-# Erase one user everywhere the worker keeps them, and remember the erasure (a hash of the id) so
-# late or replayed events cannot bring the profile back. The caller read the state (compressed,
-# so opaque here) at version ARGV[4] and passes its audience keys and merged anonymous ids; a write
-# since then makes the script answer false and the caller reads again.
-ERASE_SCRIPT = """
-local base, uid, token, ver = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local skey = base .. ':{' .. uid .. '}:state'
-if (redis.call('HGET', skey, 'ver') or '') ~= ver then return false end
-local audiences, merged = cjson.decode(ARGV[5]), cjson.decode(ARGV[6])
-local removed = {}
-local doomed = {skey, base .. ':{' .. uid .. '}:profile', base .. ':{' .. uid .. '}:alias'}
-for _, akey in ipairs(audiences) do
-  if redis.call('SREM', akey, uid) == 1 then table.insert(removed, akey) end
-end
--- anonymous ids merged into the user: their aliases go, and they are suppressed too
-for _, anon in ipairs(merged) do
-  table.insert(doomed, base .. ':{' .. anon .. '}:alias')
-  redis.call('SADD', base .. ':privacy:erased', redis.sha1hex(anon))
-end
-for _, key in ipairs(doomed) do
-  if redis.call('DEL', key) == 1 then table.insert(removed, key) end
-end
-local zkeys = {base .. ':due', base .. ':due:inflight', base .. ':rank:r', base .. ':rank:f', base .. ':rank:m'}
-for _, zkey in ipairs(zkeys) do
-  if redis.call('ZREM', zkey, uid) == 1 then table.insert(removed, zkey .. ' member') end
-end
-redis.call('SADD', base .. ':privacy:erased', token)
-return removed
-"""
 
-# Claimed users move from the due set to an in-flight set with a wall-clock lease; every write of
-# the user removes it from there. A worker that dies mid-evaluation leaves its lease to expire,
-# and the next claim puts those users back at the head of the due set.
-CLAIM_SCRIPT = """
-local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
-for _, u in ipairs(expired) do
-  redis.call('ZREM', KEYS[2], u)
-  redis.call('ZADD', KEYS[1], 0, u)
-end
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
-for i = 1, #due, 2 do
-  redis.call('ZREM', KEYS[1], due[i])
-  redis.call('ZADD', KEYS[2], ARGV[4], due[i])
-end
-return due
-"""
+@functools.cache
+def script_source(name: str) -> str:
+    """The Lua source of ``stream/storage/scripts/<name>.lua`` (package data), read once."""
+    return (resources.files("stream.storage") / "scripts" / f"{name}.lua").read_text()
 
-REFRESH_RFM_SCRIPT = """
-local base = ARGV[1]
-local out = {}
-for _, m in ipairs({'r', 'f', 'm'}) do
-  local key = base .. ':rank:' .. m
-  local n = redis.call('ZCARD', key)
-  local ts = {}
-  if n > 0 then
-    for k = 1, 4 do
-      local idx = math.ceil(k * n / 5) - 1
-      local r = redis.call('ZRANGE', key, idx, idx, 'WITHSCORES')
-      table.insert(ts, r[2])
-    end
-  end
-  out[m] = table.concat(ts, ',')
-end
-local tkey = base .. ':rfm:thresholds'
-local old = redis.call('HMGET', tkey, 'r', 'f', 'm')
-if old[1] ~= out.r or old[2] ~= out.f or old[3] ~= out.m then
-  redis.call('HSET', tkey, 'r', out.r, 'f', out.f, 'm', out.m, 'computed_at', ARGV[2])
-  redis.call('HINCRBY', tkey, 'version', 1)
-end
-return redis.call('HGET', tkey, 'version')
-"""
-
-# Take or renew a lease: succeeds when free or already ours.
-LEASE_SCRIPT = """
-local cur = redis.call('GET', KEYS[1])
-if cur == false or cur == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
 
 AUDIENCE_TTL_S = 92 * 86400
+RANK_METRICS = ("r", "f", "m")  # the population rank sets behind the RFM thresholds, in script order
 OUTBOX_GROUP = "senders"
 MAX_ERASE_ATTEMPTS = 20  # erase re-reads the state when a write moved its version in between
 
@@ -209,6 +54,10 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _decoded(raw: Mapping[bytes, bytes]) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in raw.items()}
+
+
 def _thresholds(raw: Any) -> RfmThresholds:
     if not raw:
         return RfmThresholds()
@@ -220,23 +69,43 @@ def _thresholds(raw: Any) -> RfmThresholds:
 
 
 Progress = dict[str, tuple[float | None, bool]]  # partition -> (highest event time applied, read to end)
+CAUGHT = "caught"  # progress of a partition whose last batch read it to its end: holds nothing back
+UNSTARTED = "0"  # progress of a partition with messages waiting and none applied yet
+
+
+def progress_updates(stored: Mapping[str, str], progress: Progress | None) -> dict[str, float | str]:
+    """The watermark rule (its one implementation): what a batch's ``progress`` changes in the
+    stored progress hash ``stored`` (partition -> value).
+
+    Per partition: read to its end -> ``CAUGHT``; else the highest event time applied from it,
+    when higher than the stored one or nothing numeric is stored; else ``UNSTARTED`` when nothing
+    numeric is stored; else unchanged (absent from the result). Event times are floats here; the
+    store keeps them as ``%.6f``.
+    """
+    updates: dict[str, float | str] = {}
+    for key, (ts, caught) in (progress or {}).items():
+        current = stored.get(key)
+        numeric = current not in (None, CAUGHT)
+        value: float | str | None = None
+        if caught:
+            value = CAUGHT
+        elif ts is not None and (not numeric or ts > float(current or 0)):
+            value = ts
+        elif not numeric:
+            value = UNSTARTED
+        if value is not None and value != current:
+            updates[key] = value
+    return updates
 
 
 def watermark(clock: float, parts: Mapping[bytes, bytes], progress: Progress | None = None) -> float:
     """The clock held back to the slowest input partition with messages still waiting.
 
-    ``parts`` is the stored progress hash; ``progress`` a batch's update not written yet (the
-    same rules as the write script)."""
-    values = {k.decode(): v.decode() for k, v in parts.items()}
-    for key, (ts, caught) in (progress or {}).items():
-        current = values.get(key)
-        if caught:
-            values[key] = "caught"
-        elif ts is not None and (current in (None, "caught") or ts > float(current or 0)):
-            values[key] = repr(ts)
-        elif current in (None, "caught"):
-            values[key] = "0"
-    return min([clock, *(float(v) for v in values.values() if v != "caught")])
+    ``parts`` is the stored progress hash; ``progress`` a batch's update not written yet (applied
+    with ``progress_updates``, as ``Store.write`` stores it)."""
+    stored = _decoded(parts)
+    values: dict[str, float | str] = {**stored, **progress_updates(stored, progress)}
+    return min([clock, *(float(v) for v in values.values() if v != CAUGHT)])
 
 
 @dataclass
@@ -252,11 +121,12 @@ class Store:
     def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
         self.client = client
         self.keys = keys
-        self._write = client.register_script(WRITE_SCRIPT)
-        self._claim = client.register_script(CLAIM_SCRIPT)
-        self._refresh = client.register_script(REFRESH_RFM_SCRIPT)
-        self._lease = client.register_script(LEASE_SCRIPT)
-        self._erase = client.register_script(ERASE_SCRIPT)
+        self._write = client.register_script(script_source("write"))
+        self._claim = client.register_script(script_source("claim"))
+        self._refresh = client.register_script(script_source("refresh_rfm"))
+        self._lease = client.register_script(script_source("lease"))
+        self._erase = client.register_script(script_source("erase"))
+        self._advance_clock = client.register_script(script_source("advance_clock"))
         self.models_version_seen = 0  # model checkpoint version seen by the last ``load``
         self.parts_seen: dict[bytes, bytes] = {}  # partition progress seen by the last ``load`` (watermark)
 
@@ -267,6 +137,16 @@ class Store:
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
         return cls.from_url(settings.resolved_redis_url(), Keys(settings.key_prefix), **settings.redis_client_kwargs())
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, settings: Settings) -> AsyncIterator[Store]:
+        """``async with Store.open(settings) as store:`` a store that is closed on exit."""
+        store = cls.from_settings(settings)
+        try:
+            yield store
+        finally:
+            await store.close()
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -306,6 +186,27 @@ class Store:
         """
         if not writes and clock is None and not stats and not progress:
             return []
+        keys = [
+            self.keys.due,
+            self.keys.inflight,
+            self.keys.outbox,
+            self.keys.model_examples,
+            *(self.keys.rank(m) for m in RANK_METRICS),
+            self.keys.clock,
+            self.keys.clock_parts,
+            self.keys.stats,
+            self.keys.erased,
+        ]  # the global keys, in the order write.lua reads them
+        for w in writes:
+            keys.extend((self.keys.state(w.uid), self.keys.profile(w.uid), self.keys.alias(w.uid)))
+        audiences: dict[tuple[str, str], int] = {}  # (tag, value) -> its index in KEYS (1-based)
+
+        def audience(pair: tuple[str, str]) -> int:
+            if pair not in audiences:
+                keys.append(self.keys.audience(*pair))
+                audiences[pair] = len(keys)
+            return audiences[pair]
+
         users: list[dict[str, Any]] = []
         blobs: list[bytes] = []
         for w in writes:
@@ -321,8 +222,8 @@ class Store:
                     "v": w.expected_version,
                     "del": w.state is None,
                     "p": flat,
-                    "aa": [list(p) for p in w.audience_add],
-                    "ar": [list(p) for p in w.audience_remove],
+                    "aa": [audience(p) for p in w.audience_add],
+                    "ar": [audience(p) for p in w.audience_remove],
                     "due": w.due,
                     "ttl": max(1, w.ttl_s),
                     "rk": list(w.ranks) if w.ranks else False,
@@ -331,13 +232,22 @@ class Store:
                 }
             )
             blobs.append(w.state.to_bytes() if w.state is not None else b"")
-        meta = {"users": users, "clock": clock if clock is not None else False, "stats": stats or {}}
-        meta["aud_ttl"] = AUDIENCE_TTL_S
-        if progress:
-            meta["parts"] = [{"k": k, "ts": ts if ts is not None else False, "c": c} for k, (ts, c) in progress.items()]
-        if not stats:
-            meta["stats"] = {"_": 0}
-        result = await self._write(args=[self.keys.base, orjson.dumps(meta), *blobs])
+        # Partition progress is decided here (``progress_updates``, the one watermark rule) against
+        # the hash the last ``load`` read, and the script only stores it. A worker's batches are
+        # sequential (load, then write), so that read is current; only two owners of one partition
+        # during a rebalance can interleave, and then the later write wins for that partition
+        # until the owner's next batch, as it did when the script merged the values itself.
+        parts: list[str] = []
+        for key, value in progress_updates(_decoded(self.parts_seen), progress).items():
+            parts.extend((key, value if isinstance(value, str) else f"{value:.6f}"))
+        meta = {
+            "users": users,
+            "clock": clock if clock is not None else False,
+            "stats": stats or {"_": 0},
+            "aud_ttl": AUDIENCE_TTL_S,
+            "parts": parts,
+        }
+        result = await self._write(keys=keys, args=[orjson.dumps(meta), *blobs])
         return [_text(c) for c in result]
 
     # -- trigger outbox: a Redis stream consumed by the workers' "senders" group ----------------
@@ -401,7 +311,7 @@ class Store:
 
     async def audience_sizes(self) -> dict[tuple[str, str], int]:
         """(tag, value) -> members, for every audience set."""
-        prefix = f"{self.keys.base}:aud:"
+        prefix = self.keys.audience_prefix
         keys = [k async for k in self.client.scan_iter(match=prefix + "*", count=1000)]
         pipe = self.client.pipeline(transaction=False)
         for key in keys:
@@ -431,7 +341,8 @@ class Store:
         return int(count) + int(inflight), (float(oldest[0][1]) if oldest else None)
 
     async def refresh_rfm(self, now: float) -> int:
-        version = await self._refresh(args=[self.keys.base, repr(now)])
+        keys = [*(self.keys.rank(m) for m in RANK_METRICS), self.keys.rfm_thresholds]
+        version = await self._refresh(keys=keys, args=[repr(now)])
         return int(version or 0)
 
     async def rfm_thresholds(self) -> RfmThresholds:
@@ -463,11 +374,7 @@ class Store:
 
     async def advance_clock(self, value: float) -> float:
         """Move the event-time clock forward to ``value`` (never backwards); returns the clock."""
-        script = (
-            "local c = tonumber(redis.call('GET', KEYS[1]) or '0') if tonumber(ARGV[1]) > c then "
-            "redis.call('SET', KEYS[1], ARGV[1]) return ARGV[1] end return tostring(c)"
-        )
-        return float(await self.client.eval(script, 1, self.keys.clock, f"{value:.6f}"))
+        return float(await self._advance_clock(keys=[self.keys.clock], args=[f"{value:.6f}"]))
 
     # -- privacy ----------------------------------------------------------------------------
     async def erase(self, uid: str) -> list[str]:
@@ -479,8 +386,19 @@ class Store:
             state = UserState.from_bytes(blob) if blob else None
             audiences = [self.keys.audience(t, v) for t, v in state.published.items()] if state else []
             merged = [str(m[0]) for m in state.merged] if state else []
-            args = [self.keys.base, uid, erased_token(uid), ver or b"", orjson.dumps(audiences), orjson.dumps(merged)]
-            removed = await self._erase(args=args)
+            keys = [
+                self.keys.state(uid),
+                self.keys.profile(uid),
+                self.keys.alias(uid),
+                self.keys.erased,
+                self.keys.due,
+                self.keys.inflight,
+                *(self.keys.rank(m) for m in RANK_METRICS),
+                *audiences,
+                *(self.keys.alias(anon) for anon in merged),
+            ]  # in the order erase.lua reads them
+            args = [uid, erased_token(uid), ver or b"", len(audiences), *(erased_token(anon) for anon in merged)]
+            removed = await self._erase(keys=keys, args=args)
             if removed is not None:
                 return [_text(r) for r in removed]
         raise RuntimeError(f"erase of {uid}: the state kept changing during {MAX_ERASE_ATTEMPTS} attempts")

@@ -3,6 +3,7 @@ and the watermark rule."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import tomllib
 from fnmatch import fnmatch
@@ -10,8 +11,17 @@ from pathlib import Path
 
 import pytest
 
+from stream.settings import Settings
 from stream.storage.keys import Keys
-from stream.storage.store import CAUGHT, SCRIPT_NAMES, UNSTARTED, progress_updates, script_source, watermark
+from stream.storage.store import (
+    CAUGHT,
+    SCRIPT_NAMES,
+    UNSTARTED,
+    Store,
+    progress_updates,
+    script_source,
+    watermark,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "stream" / "storage" / "scripts"
@@ -105,3 +115,24 @@ def test_watermark_is_the_clock_held_back_by_partitions_still_waiting() -> None:
     assert watermark(100.0, parts, {"t/0": (None, True), "t/2": (None, True)}) == 100.0
     assert watermark(100.0, parts, {"t/1": (None, False)}) == 0.0
     assert watermark(100.0, {}) == 100.0
+
+
+def test_store_open_closes_on_exit_and_on_error() -> None:
+    closed: list[Store] = []
+
+    class Recording(Store):
+        async def close(self) -> None:
+            closed.append(self)
+            await super().close()
+
+    settings = Settings(redis_url="redis://127.0.0.1:1/0", key_prefix="P")  # never connected
+
+    async def use() -> None:
+        async with Recording.open(settings) as store:
+            assert isinstance(store, Recording) and store.keys == Keys("P")
+        with pytest.raises(RuntimeError, match="boom"):
+            async with Recording.open(settings) as store:
+                raise RuntimeError("boom")
+
+    asyncio.run(use())
+    assert len(closed) == 2

@@ -94,6 +94,11 @@ class Keys:
         return f"{self.base}:stats"
 
     @property
+    def epoch(self) -> str:
+        """Written once when a store is first used; if it disappears, Redis lost its data."""
+        return f"{self.base}:meta:epoch"
+
+    @property
     def catalogue(self) -> str:
         return f"{self.base}:meta:tags"
 

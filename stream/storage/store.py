@@ -11,6 +11,9 @@ rebalance cannot interleave updates: the loser re-reads and recomputes.
 from __future__ import annotations
 
 import functools
+import logging
+import time
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,6 +29,8 @@ from stream.settings import Settings
 from stream.storage.keys import Keys, erased_token
 from stream.tagging.engine import RfmThresholds
 from stream.tagging.state import UserState
+
+log = logging.getLogger(__name__)
 
 SCRIPT_NAMES = ("write", "erase", "claim", "refresh_rfm", "lease", "advance_clock")
 
@@ -129,6 +134,8 @@ class Store:
         self._advance_clock = client.register_script(script_source("advance_clock"))
         self.models_version_seen = 0  # model checkpoint version seen by the last ``load``
         self.parts_seen: dict[bytes, bytes] = {}  # partition progress seen by the last ``load`` (watermark)
+        self.epoch: bytes | None = None  # this store's epoch as first seen (``ensure_epoch``)
+        self.data_lost = False  # the epoch vanished or changed under us: Redis lost its data
 
     @classmethod
     def from_url(cls, url: str, keys: Keys, **kwargs: Any) -> Store:
@@ -161,7 +168,9 @@ class Store:
         pipe.hgetall(self.keys.rfm_thresholds)
         pipe.hget(self.keys.model_meta, "version")
         pipe.hgetall(self.keys.clock_parts)
+        pipe.get(self.keys.epoch)
         replies = await pipe.execute()
+        self._check_epoch(replies.pop())
         self.parts_seen = replies.pop()
         self.models_version_seen = int(replies.pop() or 0)
         thresholds, clock = replies.pop(), replies.pop()
@@ -171,6 +180,24 @@ class Store:
             state = UserState.from_bytes(blob) if blob else None
             loaded[uid] = LoadedUser(int(ver) if ver else 0, state, bool(gone))
         return loaded, float(clock) if clock else None, _thresholds(thresholds)
+
+    async def ensure_epoch(self) -> bool:
+        """Write the store epoch if there is none; True when this call created it (a new or
+        emptied store). Every ``load`` then checks that it is still there (``data_lost``)."""
+        created = bool(await self.client.set(self.keys.epoch, f"{uuid.uuid4()}@{time.time():.0f}", nx=True))
+        epoch = await self.client.get(self.keys.epoch)
+        self.epoch = epoch.encode() if isinstance(epoch, str) else epoch
+        return created
+
+    def _check_epoch(self, current: bytes | None) -> None:
+        if self.epoch is not None and current != self.epoch and not self.data_lost:
+            self.data_lost = True
+            log.error(
+                "the store epoch %s is %s: Redis lost its data (restarted without persistence, flushed "
+                "or failed over to an empty replica); see docs/runbook.md 'Redis lost its data'",
+                self.keys.epoch,
+                "gone" if current is None else "replaced",
+            )
 
     async def write(
         self,
@@ -259,7 +286,21 @@ class Store:
                 raise
 
     async def read_outbox(self, consumer: str, count: int, stale_ms: int) -> list[OutboxEntry]:
-        """New entries plus entries another sender claimed ``stale_ms`` ago without acking (it died)."""
+        """New entries plus entries another sender claimed ``stale_ms`` ago without acking (it died).
+
+        A Redis that lost its structures (restarted empty, flushed) has no consumer group any
+        more: the group is created again in place instead of failing every batch that fires.
+        """
+        try:
+            return await self._read_outbox(consumer, count, stale_ms)
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            log.warning("the trigger outbox had no consumer group (Redis lost it): creating it again")
+            await self.ensure_outbox()
+            return await self._read_outbox(consumer, count, stale_ms)
+
+    async def _read_outbox(self, consumer: str, count: int, stale_ms: int) -> list[OutboxEntry]:
         reply: Any = await self.client.xautoclaim(
             self.keys.outbox, OUTBOX_GROUP, consumer, min_idle_time=stale_ms, start_id="0-0", count=count
         )

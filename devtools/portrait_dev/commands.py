@@ -1,58 +1,138 @@
-"""Development subcommands of ``portrait`` (demo, infra, bench), registered by entry point.
+"""Development subcommands of ``portrait`` (``infra``, ``bench``, ``demo``), registered by entry point.
 
-The product's CLI loads every ``portrait.commands`` entry point and calls it with its subparsers,
-so these commands exist only where the portrait-dev distribution is installed (never in the
-worker image).
+The product's CLI loads every ``portrait.commands`` entry point and calls it with its root
+``typer.Typer`` app, so these commands exist only where the portrait-dev distribution is
+installed (never in the worker image).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Literal
 
-from stream.settings import Settings
+import typer
+
+from stream.cli.common import echo, print_json, settings_of
 
 
-def cmd_infra(settings: Settings, args: argparse.Namespace) -> int:
+def register(app: typer.Typer) -> None:
+    """Add the development commands to the ``portrait`` root app."""
+    app.add_typer(infra_app, name="infra")
+    app.command(context_settings={"max_content_width": 100})(bench)
+    app.command()(demo)
+
+
+infra_app = typer.Typer(
+    help="Embedded Tansu (or Apache Kafka) broker and Valkey in the background, for development.",
+    no_args_is_help=True,
+)
+
+
+@infra_app.command("up")
+def infra_up(
+    ctx: typer.Context,
+    broker: Annotated[Literal["tansu", "kafka"], typer.Option(help="Embedded broker to start.")] = "tansu",
+    json: Annotated[bool, typer.Option("--json", help="Print the state as JSON.")] = False,
+) -> None:
+    """Start the broker and Valkey (idempotent), create the topics and write the state file."""
     from portrait_dev import infra
 
-    if args.action == "up":
-        state = infra.up(settings)
-        print(json.dumps(state, indent=2))
-    elif args.action == "down":
-        print("stopped" if infra.down(settings) else "nothing was running")
-    else:
-        print(json.dumps(infra.status(settings), indent=2, default=str))
-    return 0
+    settings = settings_of(ctx)
+    state = infra.up(settings, broker=broker)
+    if json:
+        print_json(state)
+        return
+    echo(f"broker {state['broker_url']} ({state.get('broker_version', '?')}), Valkey {state['redis_url']}")
+    echo(f"state file {settings.state_file}: every portrait command started as this user finds it")
 
 
-def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+@infra_app.command("down")
+def infra_down(ctx: typer.Context) -> None:
+    """Stop what `infra up` started and remove the state file."""
+    from portrait_dev import infra
+
+    echo("stopped" if infra.down(settings_of(ctx)) else "nothing was running")
+
+
+@infra_app.command("status")
+def infra_status(
+    ctx: typer.Context, json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False
+) -> None:
+    """Whether the embedded services run and answer, and where."""
+    from portrait_dev import infra
+
+    report = infra.status(settings_of(ctx))
+    if json:
+        print_json(report)
+        return
+    for key, value in report.items():
+        echo(f"{key:<16} {value}")
+
+
+def demo(
+    users: Annotated[int, typer.Option(min=1, help="Synthetic users.")] = 2000,
+    events: Annotated[int, typer.Option(min=1, help="Synthetic events.")] = 50000,
+    seed: Annotated[int, typer.Option(help="Random seed of the synthetic data.")] = 7,
+) -> None:
+    """End-to-end demo on embedded infrastructure: replay, process, summary, sample profiles."""
     from portrait_dev.demo import run_demo
 
-    return run_demo(users=args.users, events=args.events, seed=args.seed)
+    code = run_demo(users=users, events=events, seed=seed)
+    if code:
+        raise typer.Exit(code)
 
 
-def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
+def bench(
+    broker: Annotated[Literal["tansu", "kafka"], typer.Option(help="Embedded broker to use.")] = "tansu",
+    users: Annotated[int, typer.Option(help="Synthetic users (throughput runs).")] = 2000,
+    events: Annotated[int, typer.Option(help="Events per throughput run.")] = 50000,
+    seed: Annotated[int, typer.Option(help="Random seed of the synthetic data.")] = 7,
+    clock: Annotated[
+        Literal["wall", "event"],
+        typer.Option(
+            help="Worker clock for (3)/(4): wall (production; data ends now) or event (replay of a fixed 90 days).",
+        ),
+    ] = "wall",
+    reps: Annotated[int, typer.Option(help="Repetitions of scenarios 1-4.")] = 3,
+    partitions: Annotated[int, typer.Option(help="Partitions per topic.")] = 4,
+    latency_seconds: Annotated[float, typer.Option(help="Length of the paced run (5).")] = 15.0,
+    latency_rate: Annotated[float | None, typer.Option(help="Events/s of (5) (default: half of (3)'s median).")] = None,
+    batch_within: Annotated[
+        float | None, typer.Option(help="PORTRAIT_BATCH_WITHIN of the latency worker (5) (default: the setting's).")
+    ] = None,
+    memory_users: Annotated[int, typer.Option(help="Users loaded for (6).")] = 100_000,
+    only: Annotated[
+        str,
+        typer.Option(help="Comma-separated scenarios to run (noop,raw,pipeline1,pipeline2,envelope,latency,memory)."),
+    ] = "noop,raw,pipeline1,pipeline2,envelope,latency,memory",
+    profile: Annotated[
+        bool, typer.Option("--profile", help="py-spy record the worker during pipeline1 rep 1.")
+    ] = False,
+    out: Annotated[Path, typer.Option(file_okay=False, help="Directory for the JSON and PNG.")] = Path("results"),
+    timeout: Annotated[float, typer.Option(help="Max seconds to wait for one run.")] = 300.0,
+) -> None:
+    """Throughput, latency and memory benchmark on embedded infrastructure (results in --out)."""
     from portrait_dev.bench import run
 
-    return run(args)
-
-
-def register(sub: Any) -> None:
-    """Add the development subcommands to the ``portrait`` parser's subparsers."""
-    from portrait_dev.bench import add_arguments as add_bench_arguments
-
-    p = sub.add_parser("infra", help="embedded broker + Valkey in the background")
-    p.add_argument("action", choices=["up", "down", "status"])
-    p.set_defaults(func=cmd_infra)
-
-    p = sub.add_parser("bench", help="throughput, latency and memory benchmark (results/)")
-    add_bench_arguments(p)
-    p.set_defaults(func=cmd_bench)
-
-    p = sub.add_parser("demo", help="end-to-end demo on embedded infrastructure")
-    p.add_argument("--users", type=int, default=2000)
-    p.add_argument("--events", type=int, default=50000)
-    p.add_argument("--seed", type=int, default=7)
-    p.set_defaults(func=cmd_demo)
+    # bench.run reads an argparse namespace (its own `add_arguments` describes the same options)
+    args = argparse.Namespace(
+        broker=broker,
+        users=users,
+        events=events,
+        seed=seed,
+        clock=clock,
+        reps=reps,
+        partitions=partitions,
+        latency_seconds=latency_seconds,
+        latency_rate=latency_rate,
+        batch_within=batch_within,
+        memory_users=memory_users,
+        only=only,
+        profile=profile,
+        out=str(out),
+        timeout=timeout,
+    )
+    code = run(args)
+    if code:
+        raise typer.Exit(code)

@@ -18,7 +18,11 @@ async def read(settings: Settings, idle_s: float = 2.0) -> list[DeadLetter]:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers(), enable_auto_commit=False, **settings.kafka_client_kwargs()
     )
-    await consumer.start()
+    try:
+        await consumer.start()
+    except BaseException:  # a broker that does not answer: close the client, then fail
+        await consumer.stop()
+        raise
     letters: list[DeadLetter] = []
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
@@ -51,7 +55,11 @@ async def resubmit(settings: Settings, reason: str | None = None, idle_s: float 
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap_servers(), acks="all", **settings.kafka_client_kwargs()
     )
-    await producer.start()
+    try:
+        await producer.start()
+    except BaseException:  # a broker that does not answer: close the client, then fail
+        await producer.stop()
+        raise
     try:
         futures = [await producer.send(d.source_topic, d.original, key=d.key) for d in letters]
         await asyncio.gather(*futures)

@@ -324,7 +324,11 @@ async def replay(
     counts: Counter[str] = Counter()
     undetermined = 0
     pending: list[asyncio.Future[Any]] = []
-    await producer.start()
+    try:
+        await producer.start()
+    except BaseException:  # a broker that does not answer: close the client, then fail
+        await producer.stop()
+        raise
     started = time.monotonic()
     bar = Progress(console=Console(stderr=True), disable=not progress, transient=False)
     task = bar.add_task("replay", total=total_hint)

@@ -1,9 +1,14 @@
-"""``portrait triggers tail``: read trigger topics the way a marketing-automation consumer would,
-deduplicating by ``trigger_id`` (delivery is at least once)."""
+"""``portrait triggers tail``: read trigger topics the way a marketing-automation consumer would.
+
+Delivery is at least once, so a consumer deduplicates by ``trigger_id``; ``read_triggers`` yields
+every record with a flag saying whether its id was seen before, and leaves presentation to the CLI.
+"""
 
 from __future__ import annotations
 
-import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -12,39 +17,58 @@ from stream.contracts.topics import Topics
 from stream.settings import Settings
 
 
-async def tail(settings: Settings, topic: str | None = None, follow: bool = False, idle_s: float = 2.0) -> int:
+@dataclass(frozen=True)
+class TriggerRecord:
+    topic: str
+    partition: int
+    offset: int
+    trigger: dict[str, Any]
+    duplicate: bool  # the same trigger_id was read before (a redelivery or a replay)
+
+
+async def read_triggers(
+    settings: Settings, topic: str | None = None, follow: bool = False, idle_s: float = 2.0
+) -> AsyncIterator[list[TriggerRecord]]:
+    """Batches of trigger records from the start of the trigger topics (all, or ``topic`` suffix).
+
+    The first batch is the whole backlog (read until ``idle_s`` pass without a message); with
+    ``follow`` every later poll that returns records is one more batch, until cancelled.
+    """
     topics = Topics(settings.topic_prefix)
     names = [topics.trigger(topic)] if topic else list(topics.triggers)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers(), enable_auto_commit=False, **settings.kafka_client_kwargs()
     )
-    await consumer.start()
+    try:
+        await consumer.start()
+    except BaseException:
+        await consumer.stop()
+        raise
     seen: set[str] = set()
+
+    def records_of(batch: dict[Any, list[Any]]) -> list[TriggerRecord]:
+        out = []
+        for records in batch.values():
+            for record in records:
+                trigger = orjson.loads(record.value)
+                tid = str(trigger.get("trigger_id"))
+                out.append(TriggerRecord(record.topic, record.partition, record.offset, trigger, tid in seen))
+                seen.add(tid)
+        return out
+
     try:
         await consumer._client.force_metadata_update()
         tps = [TopicPartition(n, p) for n in names for p in sorted(consumer.partitions_for_topic(n) or [])]
         if not tps:
-            print("no trigger topics yet")
-            return 0
+            return
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        while True:
-            batch = await consumer.getmany(timeout_ms=int(idle_s * 1000))
-            if not batch and not follow:
-                break
-            for records in batch.values():
-                for record in records:
-                    trigger = orjson.loads(record.value)
-                    duplicate = trigger["trigger_id"] in seen
-                    seen.add(trigger["trigger_id"])
-                    when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(trigger["event_time"]))
-                    fired = trigger["explanation"].get("fired_by") or trigger["explanation"].get("condition")
-                    print(
-                        f"{when}Z {record.topic:<28} {trigger['user_id']:<12} {trigger['rule_id']}"
-                        f" v{trigger['rule_version']} {trigger['trigger_id'][:8]}{' (dup)' if duplicate else ''}"
-                        f"  {fired}"
-                    )
+        backlog: list[TriggerRecord] = []
+        while batch := await consumer.getmany(timeout_ms=int(idle_s * 1000)):
+            backlog.extend(records_of(batch))
+        yield backlog
+        while follow:
+            if batch := await consumer.getmany(timeout_ms=int(idle_s * 1000)):
+                yield records_of(batch)
     finally:
         await consumer.stop()
-    print(f"{len(seen)} distinct triggers")
-    return 0

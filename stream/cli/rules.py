@@ -1,0 +1,166 @@
+"""``portrait rules check|report|backtest``: validate, observe and try automation rules."""
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from stream.cli.common import (
+    DurationHelp,
+    FormatOption,
+    MapOption,
+    TypeOption,
+    TzOption,
+    check_duration,
+    console,
+    echo,
+    mapping_of,
+    print_json,
+    run,
+    settings_of,
+    table,
+    with_store,
+)
+
+rules_app = typer.Typer(help="Automation rules: check a file, report live firings, backtest on an export.")
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document with typed values.")]
+RulesFile = Annotated[
+    Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="Rules YAML, e.g. deploy/rules.yaml.")
+]
+
+
+@rules_app.command("check")
+def check(ctx: typer.Context, file: RulesFile, json: JsonOption = False) -> None:
+    """Validate a rules file against the tag catalogue (as a worker would at start)."""
+    from stream.rules import MODEL_TAGS, load_rules
+    from stream.tagging.definitions import load_catalogue
+
+    known = load_catalogue(settings_of(ctx).tags_file).names | set(MODEL_TAGS)
+    rules = load_rules(file, known)
+    active = [{"id": r.id, "version": r.version, "action": r.action.type, "channel": r.channel} for r in rules.active]
+    if json:
+        print_json({"file": str(file), "ok": True, "active": active})
+        return
+    echo(f"{file}: {len(active)} active rule{'' if len(active) == 1 else 's'} OK")
+    for rule in active:
+        echo(f"  {rule['id']} v{rule['version']} -> {rule['action']} on {rule['channel']}")
+
+
+def report_rows(stats: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """Per rule: sends, suppressions by reason, and treated/control conversion from the counters."""
+    counters: dict[str, dict[str, int]] = {}
+    for key, n in stats.items():
+        kind, _, rest = key.partition(":")
+        if kind in ("rule", "effect"):
+            rule, _, what = rest.partition(":")
+            counters.setdefault(rule, {})[f"{kind}:{what}"] = n
+    rows: dict[str, dict[str, Any]] = {}
+    for rule, c in sorted(counters.items()):
+        groups: dict[str, dict[str, Any]] = {}
+        for group in ("treated", "control"):
+            exposed, converted = c.get(f"effect:{group}:exposed", 0), c.get(f"effect:{group}:converted", 0)
+            groups[group] = {
+                "exposed": exposed,
+                "converted": converted,
+                "rate": converted / exposed if exposed else None,
+            }
+        t, k = groups["treated"]["rate"], groups["control"]["rate"]
+        rows[rule] = {
+            "sent": c.get("rule:send", 0),
+            "suppressed": {
+                k_.split(":", 1)[1]: n for k_, n in sorted(c.items()) if k_.startswith("rule:") and k_ != "rule:send"
+            },
+            **groups,
+            "uplift": t - k if t is not None and k is not None else None,
+        }
+    return rows
+
+
+@rules_app.command("report")
+def report(ctx: typer.Context, json: JsonOption = False) -> None:
+    """Firings, suppressions by reason and uplift per rule, from the counters the workers keep."""
+    stats: dict[str, int] = run(with_store(settings_of(ctx), lambda store: store.stats()))
+    rows = report_rows(stats)
+    if json:
+        print_json({"rules": rows})
+        return
+    if not rows:
+        echo("no rule has fired yet")
+        return
+    grid = table()
+    grid.add_column("rule", no_wrap=True)
+    grid.add_column("sent", justify="right")
+    grid.add_column("suppressed (reason=n)", overflow="fold")
+    grid.add_column("treated conv", justify="right", no_wrap=True)
+    grid.add_column("control conv", justify="right", no_wrap=True)
+    grid.add_column("uplift", justify="right", no_wrap=True)
+
+    def rate(group: dict[str, Any]) -> str:
+        return f"{group['converted']}/{group['exposed']}" if group["exposed"] else "n/a"
+
+    for rule, row in rows.items():
+        reasons = ", ".join(f"{k}={n}" for k, n in row["suppressed"].items()) or "none"
+        uplift = f"{100 * row['uplift']:+.1f}pp" if row["uplift"] is not None else "n/a"
+        grid.add_row(rule, f"{row['sent']:,}", reasons, rate(row["treated"]), rate(row["control"]), uplift)
+    out = console()
+    out.print(grid)
+    out.print("conversion = an order within the rule's conversion window after the firing (open windows count)")
+
+
+@rules_app.command("backtest")
+def backtest(
+    ctx: typer.Context,
+    file: RulesFile,
+    data: Annotated[
+        Path,
+        typer.Option(exists=True, dir_okay=False, readable=True, help="JSONL or CSV export (optionally gzipped)."),
+    ],
+    horizon: Annotated[
+        str,
+        typer.Option(
+            callback=check_duration,
+            help=f"Keep the time-driven evaluations going this long after the last event ({DurationHelp}).",
+        ),
+    ] = "0",
+    fmt: FormatOption = "auto",
+    map_: MapOption = None,
+    type_: TypeOption = None,
+    tz: TzOption = "UTC",
+    tags: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="Tag catalogue YAML (default: PORTRAIT_TAGS_FILE or shipped)."),
+    ] = None,
+    rfm_interval: Annotated[
+        str, typer.Option(callback=check_duration, help=f"RFM threshold refresh period in event time ({DurationHelp}).")
+    ] = "1d",
+    models: Annotated[bool, typer.Option("--models", help="Score the churn/segment model tags (slower).")] = False,
+    json: JsonOption = False,
+) -> None:
+    """Replay an export in event time, in memory, and report what the rules would have sent (nothing is sent)."""
+    from stream.offline.backtest import backtest_file
+    from stream.tagging.definitions import parse_duration
+
+    settings = settings_of(ctx)
+    result = backtest_file(
+        file,
+        data,
+        horizon=parse_duration(horizon),
+        fmt=fmt,
+        mapping=mapping_of(map_),
+        default_type=type_,
+        tz=tz,
+        tags_file=tags or settings.tags_file,
+        rfm_interval=parse_duration(rfm_interval),
+        with_models=models,
+        topic_prefix=settings.topic_prefix,
+    )
+    if json:
+        print_json(result.to_dict())
+    else:
+        echo(f"backtest of {file} on {data} ({result.seconds:.1f}s, nothing sent)")
+        echo(result.to_text())
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(rules_app, name="rules")

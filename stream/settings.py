@@ -388,6 +388,8 @@ def _expected_form(name: str, info: FieldInfo) -> str:
     if name == "redis_url":
         return REDIS_FORM
     annotation = info.annotation
+    if get_origin(annotation) is list:
+        return "comma-separated values, e.g. a,b,c"
     args = [a for a in get_args(annotation) if a is not type(None)] if get_origin(annotation) is not None else []
     if get_origin(annotation) is Literal:
         return "one of " + ", ".join(str(a) for a in get_args(annotation))
@@ -475,7 +477,7 @@ def load_settings(**overrides: Any) -> Settings:
     ``ConfigError`` with one line per problem (see ``describe_errors``)."""
     try:
         return Settings(**overrides)
-    except ValidationError as exc:
-        raise ConfigError("\n".join(describe_errors(exc))) from exc
+    except ValidationError as exc:  # not chained: pydantic's message would repeat secret values
+        raise ConfigError("\n".join(describe_errors(exc))) from None
     except SettingsError as exc:
-        raise ConfigError(str(exc).splitlines()[0]) from exc
+        raise ConfigError(str(exc).splitlines()[0]) from None

@@ -44,7 +44,8 @@ def infra_up(
         print_json(state)
         return
     echo(f"broker {state['broker_url']} ({state.get('broker_version', '?')}), Valkey {state['redis_url']}")
-    echo(f"state file {settings.state_file}: every portrait command started as this user finds it")
+    found = "" if "state_file" in settings.model_fields_set else " (found by portrait commands from any folder)"
+    echo(f"state file {settings.state_file}{found}")
 
 
 @infra_app.command("down")

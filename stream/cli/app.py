@@ -2,16 +2,16 @@
 
 Every user error (a bad argument or setting, a missing file, an unreachable broker or Redis) is
 one line on stderr and exit code 2; ``--debug`` adds the traceback. A closed pipe (``portrait
-profile u1 | head -3``) ends the command quietly. Development commands (``infra``, ``bench``,
+profile u1 | head -3``) ends the command quietly (exit code 1). Development commands (``infra``, ``bench``,
 ``demo``) come from the ``portrait.commands`` entry points of the portrait-dev distribution: each
 names a callable that takes the root ``typer.Typer`` and adds its commands to it.
 """
 
-import logging
 import os
 import sys
 import traceback
 from collections.abc import Sequence
+from contextlib import suppress
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated
@@ -20,7 +20,7 @@ import typer
 
 from stream import __version__
 from stream.cli import kafka, models, operations, privacy, profiles, rules, schemas
-from stream.cli.common import CLIENT_LOGGERS, CliState, UserError
+from stream.cli.common import CliState, UserError, quiet_clients
 from stream.settings import ConfigError
 
 PLUGIN_GROUP = "portrait.commands"
@@ -57,8 +57,7 @@ def _root(
     ctx.obj = CliState(debug=debug, state_file=state_file)
     if not debug and ctx.invoked_subcommand != "worker":
         # the Kafka/Redis clients log every failed connection attempt; the user gets one line instead
-        for name in CLIENT_LOGGERS:
-            logging.getLogger(name).setLevel(logging.CRITICAL)
+        ctx.with_resource(quiet_clients())
 
 
 def build_app() -> typer.Typer:
@@ -90,13 +89,13 @@ def _fail(message: str, debug: bool, code: int = USAGE_EXIT) -> int:
 
 
 def _closed_pipe() -> int:
-    """The reader went away (``| head``): stop writing without a traceback or a second error at exit."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except OSError:
-        pass
-    return 0
+    """The reader went away (``| head``): stop writing, with no traceback and no second error at exit.
+
+    Exit code 1, as Typer's parser (Click) gives when the pipe closes while it writes.
+    """
+    with suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

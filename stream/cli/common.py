@@ -7,9 +7,10 @@ root app prints as one line with exit code 2.
 
 import asyncio
 import json
+import logging
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from stream.settings import ConfigError, Settings, load_settings, mask_url, unknown_variables
+from stream.settings import Settings, load_settings, mask_url, unknown_variables
 from stream.storage.store import Store
 
 WIDTH = 100  # human output fits this many columns
@@ -65,6 +66,20 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 @contextmanager
+def quiet_clients() -> Iterator[None]:
+    """Within the block, the Kafka/Redis clients' own connection logs stay off the terminal."""
+    loggers = [logging.getLogger(name) for name in CLIENT_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+@contextmanager
 def redis_errors(settings: Settings) -> Iterator[None]:
     """An unreachable Redis (or refused credentials) becomes one ``UserError`` naming the address."""
     from redis.exceptions import AuthenticationError, ConnectionError, TimeoutError
@@ -92,7 +107,7 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
             await store.close()
 
 
-async def with_store(settings: Settings, action: Callable[[Store], Coroutine[Any, Any, T]]) -> T:
+async def with_store(settings: Settings, action: Callable[[Store], Awaitable[T]]) -> T:
     async with open_store(settings) as store:
         return await action(store)
 
@@ -193,6 +208,13 @@ def quantity(value: float | int | str, unit: str) -> str:
     return f"{text} {unit[:-1] if singular else unit}"
 
 
+def check_time(value: str | None) -> str | None:
+    """Option callback: ``value`` must be epoch seconds or an ISO 8601 time."""
+    if value is not None:
+        parse_time(value)
+    return value
+
+
 def parse_time(value: str) -> float:
     """Epoch seconds or an ISO 8601 time (naive = UTC) -> epoch seconds."""
     try:
@@ -206,29 +228,6 @@ def parse_time(value: str) -> float:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
-
-
-__all__ = [
-    "WIDTH",
-    "CliState",
-    "ConfigError",
-    "UserError",
-    "console",
-    "echo",
-    "iso",
-    "kafka_errors",
-    "open_store",
-    "parse_time",
-    "print_json",
-    "print_json_line",
-    "quantity",
-    "run",
-    "settings_of",
-    "table",
-    "when",
-    "with_store",
-    "wrap",
-]
 
 
 # -- options shared by the commands that read an export (replay, rules backtest, evaluate) -------

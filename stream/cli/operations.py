@@ -7,18 +7,21 @@ from typing import Annotated, Any
 import typer
 
 from stream.cli.common import (
+    check_time,
     console,
     echo,
     iso,
     kafka_errors,
     parse_time,
     print_json,
+    quiet_clients,
     run,
     settings_of,
     table,
     when,
     with_store,
 )
+from stream.settings import Settings
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document with typed values.")]
 
@@ -27,11 +30,29 @@ config_app = typer.Typer(help="The effective configuration.", no_args_is_help=Tr
 topics_app = typer.Typer(help="Kafka topics of this deployment.", no_args_is_help=True)
 
 
+async def _reachable(settings: Settings) -> None:
+    """Raise a one-line ``UserError`` unless Redis and the broker answer (before Faust starts)."""
+    from aiokafka import AIOKafkaConsumer
+
+    await with_store(settings, lambda store: store.client.ping())
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers(), **settings.kafka_client_kwargs())
+    try:
+        await consumer.start()
+    finally:
+        await consumer.stop()
+
+
 def worker(ctx: typer.Context) -> None:
-    """Run the Faust worker in the foreground until SIGTERM or Ctrl-C."""
+    """Run the Faust worker in the foreground until SIGTERM or Ctrl-C.
+
+    Redis and the broker are checked first, so an unreachable one is a one-line error.
+    """
     from stream.app import run_worker
 
-    run_worker(settings_of(ctx))
+    settings = settings_of(ctx)
+    with quiet_clients(), kafka_errors(settings):
+        run(_reachable(settings))
+    run_worker(settings)
 
 
 def stats(ctx: typer.Context, json: JsonOption = False) -> None:
@@ -56,6 +77,7 @@ def clock(
         str | None,
         typer.Option(
             "--set",
+            callback=check_time,
             help="Advance the event-time clock to this time: epoch seconds or ISO 8601 (it only moves forward).",
         ),
     ] = None,

@@ -228,7 +228,10 @@ class Settings(BaseSettings):
     broker_heartbeat_interval_s: float = 1.0
     consumer_fetch_max_wait_ms: int = Field(default=100, ge=0)
     commit_interval_s: float = 1.0
-    log_level: str = "info"
+    log_level: Annotated[
+        Literal["debug", "info", "warning", "error", "critical"],
+        BeforeValidator(lambda v: v.strip().lower() if isinstance(v, str) else v),
+    ] = "info"
 
     @property
     def processor_version(self) -> str:

@@ -39,13 +39,23 @@ def erase(
 
 @privacy_app.command("export")
 def export(ctx: typer.Context, user_id: UserId) -> None:
-    """Print everything stored about a user as one JSON document (profile, state, memberships...)."""
+    """Print everything stored about a user as one JSON document (profile, state, memberships...).
+
+    The profile's values are typed as in `portrait profile --json`.
+    """
     from stream.service import privacy
+    from stream.tagging.definitions import load_catalogue
+    from stream.tagging.profile import type_profile
+
+    settings = settings_of(ctx)
 
     async def go(store: Any) -> dict[str, Any]:
         return await privacy.export(store, user_id)
 
-    print_json(run(with_store(settings_of(ctx), go)))
+    doc = run(with_store(settings, go))
+    if isinstance(doc.get("profile"), dict):
+        doc["profile"] = type_profile(doc["profile"], load_catalogue(settings.tags_file))
+    print_json(doc)
 
 
 def register(app: typer.Typer) -> None:

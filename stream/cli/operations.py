@@ -32,14 +32,15 @@ topics_app = typer.Typer(help="Kafka topics of this deployment.", no_args_is_hel
 
 async def _reachable(settings: Settings) -> None:
     """Raise a one-line ``UserError`` unless Redis and the broker answer (before Faust starts)."""
-    from aiokafka import AIOKafkaConsumer
+    from aiokafka import AIOKafkaProducer
 
     await with_store(settings, lambda store: store.client.ping())
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers(), **settings.kafka_client_kwargs())
+    # a producer's start is one bootstrap + metadata round trip (a consumer's stop may raise CancelledError)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers(), **settings.kafka_client_kwargs())
     try:
-        await consumer.start()
+        await producer.start()
     finally:
-        await consumer.stop()
+        await producer.stop()
 
 
 def worker(ctx: typer.Context) -> None:

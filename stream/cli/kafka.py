@@ -54,31 +54,48 @@ def replay(
     echo(wrap(str(report), 2))
 
 
+def _letter_lines(letter: Any) -> str:
+    source = f"{letter.source_topic}[{letter.source_partition}]@{letter.source_offset}"
+    return f"{when(letter.dead_lettered_at)}  {letter.reason:<18} {source}\n    " + wrap(
+        " ".join(letter.error.split()), 4
+    )
+
+
 @dlq_app.command("tail")
 def dlq_tail(
     ctx: typer.Context,
     reason: Annotated[str | None, typer.Option(help="Only dead letters with this reason, e.g. invalid_json.")] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep waiting for new dead letters (Ctrl-C stops).")
+    ] = False,
     idle: IdleOption = 2.0,
     json: JsonLinesOption = False,
 ) -> None:
     """Print every dead letter from the start of the topic, oldest first, with its full error."""
-    from stream.kafka.dlq import read
+    from stream.kafka.dlq import batches
 
     settings = settings_of(ctx)
+    shown = 0
+
+    async def go() -> None:
+        nonlocal shown
+        async for batch in batches(settings, idle_s=idle, follow=follow):
+            for letter in batch:
+                if reason is not None and letter.reason != reason:
+                    continue
+                shown += 1
+                if json:
+                    print_json_line({**letter.model_dump(mode="json"), "at": iso(letter.dead_lettered_at)})
+                else:
+                    echo(_letter_lines(letter))
+
     with kafka_errors(settings):
-        letters = [d for d in run(read(settings, idle_s=idle)) if reason is None or d.reason == reason]
-    if json:
-        for letter in letters:
-            print_json_line({**letter.model_dump(mode="json"), "at": iso(letter.dead_lettered_at)})
-        return
-    if not letters:
-        echo("no dead letters" + (f" with reason {reason}" if reason else ""))
-        return
-    for letter in letters:
-        source = f"{letter.source_topic}[{letter.source_partition}]@{letter.source_offset}"
-        echo(f"{when(letter.dead_lettered_at)}  {letter.reason:<18} {source}")
-        echo("    " + wrap(" ".join(letter.error.split()), 4))
-    echo(f"{len(letters)} dead letter{'' if len(letters) == 1 else 's'}")
+        run(go())
+    if not json:
+        if shown:
+            echo(f"{shown} dead letter{'' if shown == 1 else 's'}")
+        else:
+            echo("no dead letters" + (f" with reason {reason}" if reason else ""))
 
 
 @dlq_app.command("replay")

@@ -378,10 +378,10 @@ def test_dlq_tail_says_when_empty_and_wraps_long_errors(
     monkeypatch.setenv("PORTRAIT_BROKER_URL", "kafka://127.0.0.1:9")
     letters: list[DeadLetter] = []
 
-    async def read(settings: Settings, idle_s: float = 2.0) -> list[DeadLetter]:
-        return letters
+    async def batches(settings: Settings, idle_s: float = 2.0, follow: bool = False):
+        yield letters
 
-    monkeypatch.setattr("stream.kafka.dlq.read", read)
+    monkeypatch.setattr("stream.kafka.dlq.batches", batches)
     code, out, _ = run_cli(capsys, "dlq", "tail")
     assert code == 0 and out.strip() == "no dead letters"
     long_error = "field 'amount': " + " ".join(f"word{i}" for i in range(60)) + " THE-END"

@@ -81,10 +81,13 @@ def _one_line(text: str) -> str:
     return " ".join(part.strip() for part in text.strip().splitlines() if part.strip())
 
 
-def _fail(message: str, debug: bool, code: int = USAGE_EXIT) -> int:
+def _fail(message: str, debug: bool, code: int = USAGE_EXIT, *, per_line: bool = False) -> int:
+    """``error: ...`` on stderr: one line, or one line per problem (``per_line``, e.g. a rules file
+    with several mistakes, each line naming file, item and field)."""
     if debug:
         traceback.print_exc()
-    sys.stderr.write(f"error: {_one_line(message)}\n")
+    lines = [line.strip() for line in message.splitlines() if line.strip()] if per_line else [_one_line(message)]
+    sys.stderr.write("".join(f"error: {line}\n" for line in lines or ["?"]))
     return code
 
 
@@ -121,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except (UserError, ConfigError) as exc:
-        return _fail(str(exc), debug)
+        return _fail(str(exc), debug, per_line=True)
     except OSError as exc:
         if exc.filename is not None:
             return _fail(f"{exc.filename}: {exc.strerror or exc}", debug)

@@ -11,7 +11,7 @@ import logging
 import sys
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
-from contextlib import asynccontextmanager, contextmanager, suppress
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -97,14 +97,10 @@ def redis_errors(settings: Settings) -> Iterator[None]:
 
 @asynccontextmanager
 async def open_store(settings: Settings) -> AsyncIterator[Store]:
-    """A store for the duration of the block; an unreachable Redis becomes one ``UserError``."""
-    store = Store.from_settings(settings)
-    try:
-        with redis_errors(settings):
+    """``Store.open`` whose unreachable Redis becomes one ``UserError``."""
+    with redis_errors(settings):
+        async with Store.open(settings) as store:
             yield store
-    finally:
-        with suppress(Exception):  # closing a never-connected client must not hide the real error
-            await store.close()
 
 
 async def with_store(settings: Settings, action: Callable[[Store], Awaitable[T]]) -> T:

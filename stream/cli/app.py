@@ -54,7 +54,7 @@ def _root(
     ] = None,
 ) -> None:
     """Real-time user portraits: behaviour tags from Kafka events, kept in Redis."""
-    ctx.obj = CliState(debug=debug, state_file=state_file)
+    ctx.obj = CliState(state_file=state_file)
     if not debug and ctx.invoked_subcommand != "worker":
         # the Kafka/Redis clients log every failed connection attempt; the user gets one line instead
         ctx.with_resource(quiet_clients())

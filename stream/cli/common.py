@@ -40,7 +40,6 @@ class UserError(Exception):
 class CliState:
     """The root options, shared by every command through ``typer.Context.obj``."""
 
-    debug: bool = False
     state_file: Path | None = None
     _settings: Settings | None = field(default=None, repr=False)
 
@@ -273,6 +272,7 @@ def _event_type(value: str | None) -> str | None:
     return value
 
 
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document with typed values.")]
 ExportFile = Annotated[
     Path,
     typer.Argument(

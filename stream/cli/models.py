@@ -10,6 +10,7 @@ from stream.cli.common import (
     DurationHelp,
     ExportFile,
     FormatOption,
+    JsonOption,
     MapOption,
     TypeOption,
     TzOption,
@@ -28,8 +29,6 @@ from stream.kafka.replay import Format
 from stream.settings import Settings
 
 models_app = typer.Typer(help="The live models: churn quality and behaviour segments.", no_args_is_help=True)
-
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document with typed values.")]
 
 
 def _finite(value: Any) -> Any:

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from stream.cli.common import (
+    JsonOption,
     check_time,
     console,
     echo,
@@ -22,8 +23,6 @@ from stream.cli.common import (
     with_store,
 )
 from stream.settings import Settings
-
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document with typed values.")]
 
 rfm_app = typer.Typer(help="RFM population thresholds (the r/f/m score cut points).", no_args_is_help=True)
 config_app = typer.Typer(help="The effective configuration.", no_args_is_help=True)

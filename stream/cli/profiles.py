@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from stream.cli.common import (
+    JsonOption,
     UserError,
     console,
     echo,
@@ -25,8 +26,6 @@ from stream.tagging.profile import MODEL_FIELDS, field_types, type_profile, type
 
 LEVELS = {"L1": "L1 attributes and lifecycle", "L2": "L2 behaviour", "L3": "L3 value and intent"}
 NAME_WIDTH = 22
-
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document with typed values.")]
 
 
 def human_value(kind: str, raw: str, unit: str | None = None) -> str:

@@ -8,6 +8,7 @@ import typer
 from stream.cli.common import (
     DurationHelp,
     FormatOption,
+    JsonOption,
     MapOption,
     TypeOption,
     TzOption,
@@ -23,8 +24,6 @@ from stream.cli.common import (
 )
 
 rules_app = typer.Typer(help="Automation rules: check a file, report live firings, backtest on an export.")
-
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document with typed values.")]
 RulesFile = Annotated[
     Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="Rules YAML, e.g. deploy/rules.yaml.")
 ]

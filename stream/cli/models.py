@@ -20,6 +20,7 @@ from stream.cli.common import (
     echo,
     mapping_of,
     print_json,
+    redis_errors,
     run,
     settings_of,
     table,
@@ -115,6 +116,8 @@ def _evaluate(
     """``stream.offline.evaluation.evaluate_file`` when present, else the same on ``evaluate_events``."""
     from stream.offline import evaluation
 
+    # TRANSITION: the offline driver's `evaluate_file` replaces the fallback below; drop the fallback
+    # once the driver is on main.
     evaluate_file = getattr(evaluation, "evaluate_file", None)
     if evaluate_file is not None:
         return evaluate_file(
@@ -151,15 +154,17 @@ def evaluate(
     """Replay an export offline with fresh models: churn AUC vs the recency baseline, and the segments."""
     from stream.tagging.definitions import parse_duration
 
-    report = _evaluate(
-        settings_of(ctx),
-        file,
-        fmt,
-        mapping_of(map_),
-        type_,
-        tz,
-        parse_duration(horizon) if horizon else None,
-    )
+    settings = settings_of(ctx)
+    with redis_errors(settings):  # the offline driver runs on a scratch namespace of the Redis
+        report = _evaluate(
+            settings,
+            file,
+            fmt,
+            mapping_of(map_),
+            type_,
+            tz,
+            parse_duration(horizon) if horizon else None,
+        )
     if json:
         print_json(_finite(_report_dict(report)))
     else:

@@ -17,6 +17,7 @@ from stream.cli.common import (
     echo,
     mapping_of,
     print_json,
+    redis_errors,
     run,
     settings_of,
     table,
@@ -136,24 +137,33 @@ def backtest(
     models: Annotated[bool, typer.Option("--models", help="Score the churn/segment model tags (slower).")] = False,
     json: JsonOption = False,
 ) -> None:
-    """Replay an export in event time, in memory, and report what the rules would have sent (nothing is sent)."""
+    """Replay an export in event time with the worker's own code and report what the rules would have
+    sent (nothing is sent)."""
+    import inspect
+
     from stream.offline.backtest import backtest_file
     from stream.tagging.definitions import parse_duration
 
     settings = settings_of(ctx)
-    result = backtest_file(
-        file,
-        data,
-        horizon=parse_duration(horizon),
-        fmt=fmt,
-        mapping=mapping_of(map_),
-        default_type=type_,
-        tz=tz,
-        tags_file=tags or settings.tags_file,
-        rfm_interval=parse_duration(rfm_interval),
-        with_models=models,
-        topic_prefix=settings.topic_prefix,
-    )
+    options: dict[str, Any] = {
+        "horizon": parse_duration(horizon),
+        "fmt": fmt,
+        "mapping": mapping_of(map_),
+        "default_type": type_,
+        "tz": tz,
+        "tags_file": tags or settings.tags_file,
+        "rfm_interval": parse_duration(rfm_interval),
+        "with_models": models,
+    }
+    # TRANSITION: the offline driver's `backtest_file(settings, rules_file, data, ...)` replaces the
+    # in-memory simulator's `backtest_file(rules_path, data, ..., topic_prefix)`; drop the else branch
+    # once the driver is on main.
+    call: Any = backtest_file  # typed against either signature until then
+    with redis_errors(settings):
+        if "settings" in inspect.signature(call).parameters:
+            result = call(settings, file, data, **options)
+        else:
+            result = call(file, data, **options, topic_prefix=settings.topic_prefix)
     if json:
         print_json(result.to_dict())
     else:

@@ -24,7 +24,9 @@ from stream.cli.common import (
     with_store,
 )
 
-rules_app = typer.Typer(help="Automation rules: check a file, report live firings, backtest on an export.")
+rules_app = typer.Typer(
+    help="Automation rules: check a file, report live firings, backtest on an export.", no_args_is_help=True
+)
 RulesFile = Annotated[
     Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="Rules YAML, e.g. deploy/rules.yaml.")
 ]

@@ -507,3 +507,9 @@ def test_bench_options_mirror_its_argparse_arguments() -> None:
     for name, default in dests.items():
         option = params[name].default
         assert str(option) == str(default), name
+
+
+def test_shell_completion_completes_commands(tmp_path: Path) -> None:
+    env = {**_env(tmp_path), "_PORTRAIT_COMPLETE": "complete_bash", "COMP_WORDS": "portrait rules ", "COMP_CWORD": "2"}
+    result = subprocess.run([sys.executable, "-m", "stream"], capture_output=True, text=True, env=env, timeout=60)
+    assert result.stdout.split() == ["check", "report", "backtest"]

@@ -513,3 +513,12 @@ def test_shell_completion_completes_commands(tmp_path: Path) -> None:
     env = {**_env(tmp_path), "_PORTRAIT_COMPLETE": "complete_bash", "COMP_WORDS": "portrait rules ", "COMP_CWORD": "2"}
     result = subprocess.run([sys.executable, "-m", "stream"], capture_output=True, text=True, env=env, timeout=60)
     assert result.stdout.split() == ["check", "report", "backtest"]
+
+
+def test_a_missing_file_is_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    missing = tmp_path / "tags.yaml"
+    monkeypatch.setenv("PORTRAIT_TAGS_FILE", str(missing))
+    code, _, err = run_cli(capsys, "tags")
+    assert_one_line_error(code, err, str(missing), "cannot read tag definitions")

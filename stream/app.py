@@ -14,9 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import faust
-import orjson
-from faust.web import Request, Response, View
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stream.agents.ingest import register_ingest
 from stream.agents.privacy import register_privacy
@@ -28,8 +25,11 @@ from stream.kafka.lag import LagReader, record_lag
 from stream.metrics import Metrics
 from stream.models import Models, load_models_config
 from stream.rules import MODEL_TAGS, load_rules
+from stream.service.deadletters import DeadLetters
+from stream.service.privacy import PrivacyService
 from stream.service.processor import Processor
 from stream.service.trainer import Trainer
+from stream.service.web import register_views
 from stream.settings import ConfigError, Settings
 from stream.storage.store import OutboxEntry, Store
 from stream.tagging.definitions import TagCatalogue, load_catalogue
@@ -122,10 +122,10 @@ def create_app(settings: Settings, catalogue: TagCatalogue | None = None) -> Ser
                 log.exception("model trainer failed")
 
     register_ingest(app, input_topic, processor, settings)
-    register_privacy(app, processor, topics)
+    privacy = PrivacyService(store, DeadLetters(send_dead_letters, metrics, settings.processor_version), metrics)
+    register_privacy(app, privacy, topics)
     register_timers(app, processor, settings)
-    service = Service(app, settings, catalogue, store, processor, metrics)
-    _register_views(service)
+    register_views(app, store, metrics, processor)
 
     @app.task  # type: ignore[untyped-decorator]
     async def publish_catalogue() -> None:
@@ -160,7 +160,7 @@ def create_app(settings: Settings, catalogue: TagCatalogue | None = None) -> Ser
         except Exception as exc:
             log.warning("audience sizes unavailable: %r", exc)
 
-    return service
+    return Service(app, settings, catalogue, store, processor, metrics)
 
 
 class RulesWatcher:
@@ -213,31 +213,6 @@ def _broker_credentials(settings: Settings) -> Any:
             mechanism=settings.kafka_sasl_mechanism,
         )
     return faust.SSLCredentials(ssl_context)
-
-
-def _register_views(service: Service) -> None:
-    app = service.app
-
-    @app.page("/profiles/{user_id}")
-    class ProfileView(View):
-        async def get(self, request: Request, user_id: str) -> Response:
-            profile = await service.store.profile(user_id)
-            if not profile:
-                return self.json({"error": "unknown user", "user_id": user_id}, status=404)
-            return self.bytes(orjson.dumps(profile), content_type="application/json")
-
-    @app.page("/metrics")
-    class MetricsView(View):
-        async def get(self, request: Request) -> Response:
-            # aiohttp refuses a charset inside content_type; prometheus-client's type carries one
-            return self.bytes(generate_latest(service.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    @app.page("/healthz")
-    class HealthView(View):
-        async def get(self, request: Request) -> Response:
-            ok = service.processor.healthy
-            body = {"ok": ok, "error": service.processor.last_error}
-            return self.json(body, status=200 if ok else 503)
 
 
 def run_worker(settings: Settings) -> None:

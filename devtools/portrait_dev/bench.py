@@ -264,12 +264,22 @@ PROFILE_CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("models (stream/models, river)", ("stream/models/", "river/", "scipy/", "numpy/")),
     ("state (de)serialisation", ("stream/tagging/state.py",)),
     ("engine apply_event", ("apply_event",)),
-    ("evaluate + plan_write", ("stream/tagging/engine.py", "stream/core/pipeline.py")),
+    ("evaluate + plan_write", ("stream/tagging/engine.py", "stream/core/pipeline.py", "stream/core/intake.py")),
     ("Redis client + Lua write (redis-py, store)", ("redis/", "stream/storage/store.py")),
     ("Faust / mode / aiokafka", ("faust/", "mode/", "aiokafka/", "kafka/")),
     (
         "processor glue (stream/service, agents, metrics)",
-        ("stream/service/", "stream/agents/", "stream/metrics.py", "stream/contracts/", "prometheus_client/"),
+        (
+            "stream/service/",
+            "stream/core/batch.py",
+            "stream/core/identity.py",
+            "stream/core/progress.py",
+            "tenacity/",
+            "stream/agents/",
+            "stream/metrics.py",
+            "stream/contracts/",
+            "prometheus_client/",
+        ),
     ),
 )
 STARTUP_MARKERS = ("_find_and_load", "create_app (")
@@ -964,7 +974,7 @@ async def run_memory(bench: Bench, users: int, seed: int, sample: int = 300) -> 
     from portrait_dev import synth
     from stream.contracts.events import parse_event
     from stream.contracts.topics import Topics
-    from stream.core.pipeline import plan_write
+    from stream.core.pipeline import PlanContext, plan_write
     from stream.core.writes import UserWrite
     from stream.models import Models, load_models_config
     from stream.rules import MODEL_TAGS, load_rules
@@ -984,6 +994,12 @@ async def run_memory(bench: Bench, users: int, seed: int, sample: int = 300) -> 
     states: dict[str, UserState] = {}
     offsets: dict[str, int] = {}
     thresholds = RfmThresholds()
+
+    def context(at: float) -> PlanContext:
+        return PlanContext(
+            catalogue=catalogue, thresholds=thresholds, wall_now=at, rules=rules, topics=topics, models=models
+        )
+
     parsed = sorted((parse_event(orjson.dumps(raw)) for raw in events), key=lambda e: e.epoch)
     for event in parsed:
         source = f"{topics.for_event_type(event.type)}/{hash(event.subject_id) % bench.partitions}"
@@ -991,10 +1007,10 @@ async def run_memory(bench: Bench, users: int, seed: int, sample: int = 300) -> 
         state = states.setdefault(event.subject_id, UserState())
         apply_event(state, event, source, offsets[source] * POSITIONS_PER_OFFSET, catalogue.params)
         at = max(event.epoch, state.evaluated_at or 0.0)
-        plan_write(event.subject_id, 0, state, at, thresholds, catalogue, at, rules, topics, models)
+        plan_write(event.subject_id, 0, state, at, context(at))
     templates: list[UserWrite] = []
     for uid, state in states.items():
-        write = plan_write(uid, 0, state, now, thresholds, catalogue, now, rules, topics, models)
+        write = plan_write(uid, 0, state, now, context(now))
         # per-user state only: the trigger outbox and the training-example stream are queues that the
         # sender and the trainer drain, so cloned users must not pile them up
         templates.append(dataclasses.replace(write, triggers=[], learn=[]))

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from typing import Any
 
-from stream.core.pipeline import Message
+from stream.core.intake import Message
 from stream.service.processor import Processor
 from stream.settings import Settings
 

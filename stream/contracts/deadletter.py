@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
-from typing import Literal
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -20,6 +20,21 @@ Reason = Literal[
     "blocked_identifier",
 ]
 REASONS: tuple[str, ...] = Reason.__args__  # type: ignore[attr-defined]
+
+
+class Rejected(Protocol):
+    """What a dead letter keeps of a message: a consumed Kafka message or one event of an envelope."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes: ...
 
 
 class DeadLetter(BaseModel):
@@ -38,25 +53,20 @@ class DeadLetter(BaseModel):
     dead_lettered_at: float
 
     @classmethod
-    def build(
-        cls,
-        reason: Reason,
-        error: str,
-        value: bytes,
-        key: bytes | None,
-        topic: str,
-        partition: int,
-        offset: int,
-        processor_version: str,
+    def for_message(
+        cls, message: Rejected, reason: Reason, error: str, processor_version: str, *, withhold_payload: bool = False
     ) -> DeadLetter:
+        """The dead letter of ``message``. ``withhold_payload``: keep neither its value nor its key
+        (an erased user's event: the personal data the erasure removed), only where it came from."""
+        value, key = (b"", None) if withhold_payload else (message.value, message.key)
         return cls(
             reason=reason,
             error=error[:2000],
             original_b64=base64.b64encode(value).decode(),
             key_b64=base64.b64encode(key).decode() if key is not None else None,
-            source_topic=topic,
-            source_partition=partition,
-            source_offset=offset,
+            source_topic=message.topic,
+            source_partition=message.partition,
+            source_offset=message.offset,
             processor_version=processor_version,
             dead_lettered_at=time.time(),
         )

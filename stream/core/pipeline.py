@@ -1,28 +1,29 @@
-"""Pure batch logic: classify raw messages, fold events into states, plan the Redis writes."""
+"""One evaluation step of one user: their tags at a time, and the Redis writes that follow.
+
+Pure: ``plan_write`` evaluates the tags (and model outputs), diffs the audiences, tracks rule
+exposures and conversions and decides the rules' triggers; ``stream.core.batch`` calls it for every
+step of a batch, the offline backtest and the bench call it directly.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from pydantic import ValidationError
 
-from stream.contracts.deadletter import DeadLetter, Reason
-from stream.contracts.events import Event, parse_event
 from stream.contracts.topics import Topics
+
+# Moved to stream.core.intake; importable from here as before.
+from stream.core.intake import Message as Message
 from stream.core.writes import UserWrite
 from stream.models import Models
 from stream.models.runtime import UserModelState, qualifying_ts
 from stream.rules import ORDER_TAGS, DeliveryMemory, RuleSet, evaluate_rules, tags_referenced
 from stream.tagging.definitions import TagCatalogue
 from stream.tagging.engine import (
-    LONGEST_WINDOW_DAYS,
     RfmThresholds,
-    UnknownCurrency,
-    check_event,
-    day_of,
     evaluate,
     is_expired,
     next_due,
@@ -30,157 +31,40 @@ from stream.tagging.engine import (
     rank_metrics,
     retention_end,
 )
-from stream.tagging.state import POSITIONS_PER_OFFSET, UserState
+from stream.tagging.state import UserState
 
 # Model outputs users are grouped by for the CRM (P:v1:aud:behaviour_segment:S3, ...:churn_band:high).
 MODEL_AUDIENCE_TAGS = frozenset({"behaviour_segment", "churn_band"})
 
 
-# A batch envelope (one Kafka message carrying many events, as web collectors send) holds at most
-# this many events; an event's position in its partition is offset * ENVELOPE_MAX + index.
-ENVELOPE_MAX = POSITIONS_PER_OFFSET
+@dataclass(frozen=True, kw_only=True)
+class PlanContext:
+    """What a user's evaluation reads besides the user: definitions, population thresholds, clocks.
+
+    ``settled`` (default: the evaluation time): the time up to which every input is known to have
+    been read (the event-time watermark). Conversion windows stay open until it passes their end,
+    so an order read late from a slower partition still converts the exposure it falls in.
+    """
+
+    catalogue: TagCatalogue
+    thresholds: RfmThresholds
+    wall_now: float  # stamped on the profile as ``_updated_at``
+    rules: RuleSet | None = None
+    topics: Topics = field(default_factory=Topics)
+    models: Models | None = None
+    settled: float | None = None
 
 
-@dataclass(frozen=True)
-class Message:
-    """A consumed Kafka message (or one event of a batch envelope), reduced to what the pipeline needs."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes
-    index: int | None = None  # the event's place in its batch envelope (None: a single-event message)
-
-    @property
-    def source(self) -> str:
-        return f"{self.topic}/{self.partition}"
-
-    @property
-    def position(self) -> int:
-        """Where the event stands in its partition: what per-user applied offsets record, so the
-        events of one envelope are applied (and recognised when redelivered) one by one."""
-        return self.offset * ENVELOPE_MAX + (self.index or 0)
-
-
-def unpack(message: Message, processor_version: str) -> list[Message] | DeadLetter:
-    """The events of a message: itself, or one message per event of a batch envelope
-    (``{"batch": [event, ...]}`` or a JSON array of events)."""
-    value = message.value
-    head = value[:64].lstrip()[:1]
-    if head != b"[" and not (head == b"{" and b'"batch"' in value[:64]):
-        return [message]
-    try:
-        doc = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return [message]  # classify reports the invalid JSON
-    if isinstance(doc, dict) and ("type" in doc or "batch" not in doc):
-        return [message]  # an event (one may well carry a field called "batch")
-    items = doc["batch"] if isinstance(doc, dict) else doc
-    if not isinstance(items, list) or len(items) > ENVELOPE_MAX:
-        return DeadLetter.build(
-            "schema_violation",
-            f"batch envelope must be a list of at most {ENVELOPE_MAX} events",
-            value,
-            message.key,
-            message.topic,
-            message.partition,
-            message.offset,
-            processor_version,
-        )
-    return [
-        Message(message.topic, message.partition, message.offset, message.key, orjson.dumps(item), index)
-        for index, item in enumerate(items)
-    ]
-
-
-@dataclass(frozen=True)
-class Valid:
-    message: Message
-    event: Event
-
-
-def _schema_reason(exc: ValidationError) -> Reason:
-    kinds = {e["type"] for e in exc.errors()}
-    if "json_invalid" in kinds or "json_type" in kinds:
-        return "invalid_json"
-    if "union_tag_invalid" in kinds:
-        return "unknown_type"
-    return "schema_violation"
-
-
-def _summary(exc: ValidationError) -> str:
-    """Readable one-liner per error, e.g. ``ts: Input should have timezone info``."""
-    parts = []
-    for error in exc.errors(include_url=False):
-        # drop the union member wrappers pydantic puts in the location
-        loc = ".".join(str(p) for p in error["loc"] if "[" not in str(p) and "(" not in str(p))
-        parts.append(f"{loc or '(event)'}: {error['msg']}")
-    return "; ".join(parts)
-
-
-def classify(
-    message: Message,
-    catalogue: TagCatalogue,
-    wall_now: float,
-    clock_now: float,
-    max_future_skew_s: float,
-    processor_version: str,
-) -> Valid | DeadLetter:
-    """Validate one message; anything unusable becomes a ``DeadLetter`` with its reason."""
-
-    def dead(reason: Reason, error: str) -> DeadLetter:
-        return DeadLetter.build(
-            reason,
-            f"[batch item {message.index}] {error}" if message.index is not None else error,
-            message.value,
-            message.key,
-            message.topic,
-            message.partition,
-            message.offset,
-            processor_version,
-        )
-
-    try:
-        event = parse_event(message.value)
-    except ValidationError as exc:
-        return dead(_schema_reason(exc), _summary(exc))
-    ts = event.epoch
-    if ts > wall_now + max_future_skew_s:
-        return dead("future_timestamp", f"ts {event.ts.isoformat()} is more than {max_future_skew_s:.0f}s ahead")
-    if day_of(ts) < day_of(clock_now) - LONGEST_WINDOW_DAYS + 1:
-        return dead("too_old", f"ts {event.ts.isoformat()} is older than the {LONGEST_WINDOW_DAYS}-day window")
-    try:
-        check_event(event, catalogue.params)
-    except UnknownCurrency as exc:
-        return dead("unknown_currency", str(exc))
-    return Valid(message, event)
-
-
-def plan_write(
-    uid: str,
-    version: int,
-    state: UserState,
-    now: float,
-    thresholds: RfmThresholds,
-    catalogue: TagCatalogue,
-    wall_now: float,
-    rules: RuleSet | None = None,
-    topics: Topics | None = None,
-    models: Models | None = None,
-    settled: float | None = None,
-) -> UserWrite:
+def plan_write(uid: str, version: int, state: UserState, now: float, context: PlanContext) -> UserWrite:
     """Evaluate a user's tags at ``now`` and describe the resulting Redis writes.
-
-    ``settled`` (default ``now``): the time up to which every input is known to have been read
-    (the event-time watermark). Conversion windows stay open until it passes their end, so an
-    order read late from a slower partition still converts the exposure it falls in.
 
     Mutates ``state`` (prunes old tiles, records the published profile for audience diffs and the
     values rules compare against, updates the delivery memory). Rule firings become triggers that
     the write puts in the outbox atomically with the state, so none is lost between deciding and
     sending.
     """
+    catalogue, thresholds, wall_now = context.catalogue, context.thresholds, context.wall_now
+    rules, topics, models, settled = context.rules, context.topics, context.models, context.settled
     previous = state.published
     audience_tags = catalogue.audience_tags
     if is_expired(state, now):

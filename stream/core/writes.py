@@ -1,4 +1,4 @@
-"""What one batch writes per user: the plan handed from the pure core to the store."""
+"""What one batch reads and writes per user: the records handed between the store and the pure core."""
 
 from __future__ import annotations
 
@@ -25,3 +25,12 @@ class UserWrite:
     learn: list[str] = field(default_factory=list)  # model training items (JSON) for the trainer's stream
     counters: dict[str, int] = field(default_factory=dict)  # added to P:v1:stats with the batch
     alias_to: str | None = None  # with state None: merged into this user, leave an alias behind
+
+
+@dataclass
+class LoadedUser:
+    """One user as the store read them: the version a write must expect, and the state."""
+
+    version: int
+    state: UserState | None
+    erased: bool = False  # on the suppression list: nothing of this user may be written again

@@ -46,7 +46,8 @@ import orjson
 from stream.contracts.deadletter import DeadLetter
 from stream.contracts.events import Event, OrderPaid
 from stream.contracts.topics import Topics
-from stream.core.pipeline import Message, classify, plan_write
+from stream.core.intake import Message, classify
+from stream.core.pipeline import PlanContext, plan_write
 from stream.kafka.replay import Format, parse_mapping, read_events, route
 from stream.models import Models, load_models_config
 from stream.rules import MODEL_TAGS, REASONS, EffectTracker, Rule, RuleSet, load_rules
@@ -313,18 +314,15 @@ class _Sim:
         else:
             result.event_evaluations += 1
         version = 1 if uid in self.known else 0
-        write = plan_write(
-            uid,
-            version,
-            self.states[uid],
-            at,
-            self.thresholds,
-            self.catalogue,
-            at,
-            self.rules,
-            self.topics,
-            self.models,
+        context = PlanContext(
+            catalogue=self.catalogue,
+            thresholds=self.thresholds,
+            wall_now=at,
+            rules=self.rules,
+            topics=self.topics,
+            models=self.models,
         )
+        write = plan_write(uid, version, self.states[uid], at, context)
         if write.state is None:  # expired: Redis deletes the user; a later event starts afresh (version 0)
             result.expired_users += 1
             self.states.pop(uid, None)

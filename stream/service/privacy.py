@@ -3,21 +3,52 @@
 Erasure removes every Redis key and membership of a user in one script, puts a hash of the id on
 a suppression list (late or replayed events are dead-lettered as ``erased_user`` with their payload
 withheld; triggers decided before the erasure are not sent), and emits a confirmation on the
-``privacy.erased`` topic. Requests arrive on the ``privacy.erase`` topic or from
-``portrait privacy erase``.
+``privacy.erased`` topic. Requests arrive on the ``privacy.erase`` topic (``PrivacyService``: a
+malformed request is dead-lettered like a malformed event) or from ``portrait privacy erase``.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
+from pydantic import ValidationError
+
+from stream.contracts.deadletter import Rejected
 from stream.contracts.privacy import EraseRequest, ErasureConfirmation
 from stream.contracts.topics import Topics
+from stream.core.intake import rejection
+from stream.metrics import Metrics
+from stream.service.deadletters import DeadLetters
 from stream.settings import Settings
 from stream.storage.keys import erased_token
 from stream.storage.store import Store
 from stream.tagging.state import UserState
+
+log = logging.getLogger(__name__)
+
+
+class PrivacyService:
+    """Erase requests consumed from Kafka."""
+
+    def __init__(self, store: Store, dead_letters: DeadLetters, metrics: Metrics) -> None:
+        self.store, self.dead_letters, self.metrics = store, dead_letters, metrics
+
+    async def erase_request(self, message: Rejected) -> ErasureConfirmation | None:
+        """Decode an erase request and erase its user; returns the confirmation to publish, or None
+        when the request was malformed (dead-lettered with the intake's reason and error)."""
+        try:
+            request = EraseRequest.model_validate_json(message.value)
+        except ValidationError as exc:
+            reason, error = rejection(exc)
+            await self.dead_letters.reject(reason, [(message, error)])
+            return None
+        confirmation = await erase(self.store, request)
+        self.metrics.erasures.inc()
+        removed = len(confirmation.removed)
+        log.info("erased a user (request %s): %d keys/memberships removed", request.request_id, removed)
+        return confirmation
 
 
 async def erase(store: Store, request: EraseRequest) -> ErasureConfirmation:

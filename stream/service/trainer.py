@@ -6,7 +6,8 @@ The lease holder reads that stream in order, learns (progressive validation happ
 ``ChurnModel.learn``), and periodically publishes a checkpoint together with the stream position
 it covers. A new lease holder (after a crash or rebalance) restores that checkpoint and continues
 from its position, so learning is neither reset nor repeated. A corrupt or incompatible
-checkpoint is reported and replaced by a fresh model.
+checkpoint is reported and replaced by a fresh model. Every worker scores with the last checkpoint
+(``Scoring``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import orjson
 
 from stream.metrics import Metrics
 from stream.models import CheckpointError, Models, ModelsConfig, dump, restore
+from stream.service.retry import RedisRetry
 from stream.storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -129,3 +131,27 @@ class Trainer:
         self.metrics.model_checkpoint_time.labels("models").set(time.time())
         log.info("published model checkpoint v%d (churn examples %d)", version, churn["examples"])
         return version
+
+
+class Scoring:
+    """The models a worker scores with (None: models disabled), kept at the trainer's last
+    published checkpoint; an unusable checkpoint is reported and the current models kept."""
+
+    def __init__(self, models: Models | None, store: Store, retry: RedisRetry, metrics: Metrics) -> None:
+        self.models, self.store, self.retry, self.metrics = models, store, retry, metrics
+        self.version = 0
+
+    async def sync(self) -> None:
+        """Load the trainer's newer checkpoint (its version arrived with the store's last ``load``)."""
+        if self.models is None or self.store.models_version_seen <= self.version:
+            return
+        raw, _, version = await self.retry("models", self.store.model_checkpoint)
+        if raw is None:
+            return
+        try:
+            self.models = restore(raw, self.models.config)
+        except CheckpointError as exc:
+            self.metrics.processing_errors.labels("model_checkpoint").inc()
+            log.error("model checkpoint v%d unusable (%s); keeping model v%d", version, exc, self.version)
+        self.version = version
+        self.metrics.model_version.set(version)

@@ -24,7 +24,8 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from stream.core.writes import UserWrite
+from stream.core.progress import Progress
+from stream.core.writes import LoadedUser, UserWrite
 from stream.settings import Settings
 from stream.storage.keys import Keys, erased_token
 from stream.tagging.engine import RfmThresholds
@@ -73,7 +74,6 @@ def _thresholds(raw: Any) -> RfmThresholds:
     return RfmThresholds(int(raw.get(b"version", b"0")), parse(b"r"), parse(b"f"), parse(b"m"))
 
 
-Progress = dict[str, tuple[float | None, bool]]  # partition -> (highest event time applied, read to end)
 CAUGHT = "caught"  # progress of a partition whose last batch read it to its end: holds nothing back
 UNSTARTED = "0"  # progress of a partition with messages waiting and none applied yet
 
@@ -111,13 +111,6 @@ def watermark(clock: float, parts: Mapping[bytes, bytes], progress: Progress | N
     stored = _decoded(parts)
     values: dict[str, float | str] = {**stored, **progress_updates(stored, progress)}
     return min([clock, *(float(v) for v in values.values() if v != CAUGHT)])
-
-
-@dataclass
-class LoadedUser:
-    version: int
-    state: UserState | None
-    erased: bool = False  # on the suppression list: nothing of this user may be written again
 
 
 class Store:

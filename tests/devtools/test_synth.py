@@ -296,7 +296,7 @@ def test_malformed_messages_fail_as_stated() -> None:
 
 def test_malformed_messages_classified_by_pipeline() -> None:
     """The worker's own classifier gives each message its expected dead-letter reason."""
-    from stream.core.pipeline import Message, Valid, classify, unpack
+    from stream.core.intake import Message, Valid, classify, unpack
     from stream.tagging.definitions import load_catalogue
 
     catalogue = load_catalogue()

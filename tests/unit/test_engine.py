@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from stream.contracts.events import Event, parse_event
-from stream.core.pipeline import plan_write
+from stream.core.pipeline import PlanContext, plan_write
 from stream.tagging.definitions import load_catalogue
 from stream.tagging.engine import Applied, RfmThresholds, apply_event, evaluate, next_due, rfm_segment, score
 from stream.tagging.state import UserState
@@ -16,6 +16,7 @@ CATALOGUE = load_catalogue()
 PARAMS = CATALOGUE.params
 T0 = datetime(2026, 10, 1, tzinfo=UTC)
 THRESHOLDS = RfmThresholds(1, (1.0, 2.0, 3.0, 4.0), (1, 2, 3, 4), (1000, 2000, 3000, 4000))
+CONTEXT = PlanContext(catalogue=CATALOGUE, thresholds=THRESHOLDS, wall_now=0.0)
 
 
 def ev(n: int, kind: str, at: datetime, **extra: object) -> Event:
@@ -129,10 +130,10 @@ def test_rfm_scoring_and_segments() -> None:
 
 def test_plan_write_diffs_audiences_and_expires() -> None:
     state = fold([ev(1, "page_view", T0)])
-    first = plan_write("u1", 0, state, T0.timestamp(), THRESHOLDS, CATALOGUE, 0.0)
+    first = plan_write("u1", 0, state, T0.timestamp(), CONTEXT)
     assert ("activity_level", "low") in first.audience_add and not first.audience_remove
     assert first.state is not None and first.profile["events_7d"] == "1"
-    later = plan_write("u1", 1, state, (T0 + timedelta(days=8)).timestamp(), THRESHOLDS, CATALOGUE, 0.0)
+    later = plan_write("u1", 1, state, (T0 + timedelta(days=8)).timestamp(), CONTEXT)
     assert ("funnel_stage_7d", "browsed") in later.audience_remove and ("funnel_stage_7d", "none") in later.audience_add
-    gone = plan_write("u1", 2, state, (T0 + timedelta(days=91)).timestamp(), THRESHOLDS, CATALOGUE, 0.0)
+    gone = plan_write("u1", 2, state, (T0 + timedelta(days=91)).timestamp(), CONTEXT)
     assert gone.state is None and ("activity_level", "low") in gone.audience_remove

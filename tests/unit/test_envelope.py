@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 
 from stream.contracts.deadletter import DeadLetter
-from stream.core.pipeline import ENVELOPE_MAX, Message, unpack
+from stream.core.intake import ENVELOPE_MAX, Message, unpack
 
 EVENT = {"event_id": "e1", "type": "page_view", "user_id": "u1", "ts": "2026-11-01T10:00:00+00:00"}
 

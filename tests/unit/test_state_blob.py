@@ -8,7 +8,7 @@ import orjson
 from portrait_dev import synth
 
 from stream.contracts.events import parse_event
-from stream.core.pipeline import plan_write
+from stream.core.pipeline import PlanContext, plan_write
 from stream.tagging.definitions import load_catalogue
 from stream.tagging.engine import RfmThresholds, apply_event
 from stream.tagging.state import BLOB_ZSTD_V1, ZDICT_V1_FILE, UserState
@@ -24,7 +24,8 @@ def _states() -> list[UserState]:
         event = parse_event(orjson.dumps(raw))
         state = states.setdefault(event.subject_id, UserState())
         apply_event(state, event, "portrait.clickstream/0", offset, catalogue.params)
-        plan_write(event.subject_id, 0, state, event.epoch, RfmThresholds(), catalogue, event.epoch)
+        context = PlanContext(catalogue=catalogue, thresholds=RfmThresholds(), wall_now=event.epoch)
+        plan_write(event.subject_id, 0, state, event.epoch, context)
     return list(states.values())
 
 
@@ -52,7 +53,7 @@ def test_plain_json_states_are_still_read() -> None:
 def test_states_from_before_envelopes_keep_recognising_applied_messages() -> None:
     """Such states recorded message offsets, not event positions (offset * 1024 + index): after
     the upgrade a redelivered message must still be seen as applied, and the next one applies."""
-    from stream.core.pipeline import ENVELOPE_MAX
+    from stream.core.intake import ENVELOPE_MAX
     from stream.tagging.engine import Applied
 
     catalogue = load_catalogue()

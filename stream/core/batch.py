@@ -1,0 +1,271 @@
+"""The pure plan of one batch: given the loaded states and the batch's valid events, the writes.
+
+The service reads (states, thresholds, clock), calls ``plan_batch`` and writes what it returns;
+nothing here does I/O. In event time a user is evaluated after each of their events and at each
+change point between them (``catch_up``), as live processing one event at a time would, so rules,
+conversions and models see the same steps however the events were batched; a user's steps are
+written as one (``Steps``). A bug (an exception evaluating or applying) isolates its user: nothing
+of that user is written and the plan names them in ``broken``, so their events can be
+dead-lettered and replayed after a fix; the rest of the batch goes on. ``plan_due`` is the same
+for the time-driven path (users whose tags change without an event).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+
+from stream.contracts.events import Event
+from stream.core.identity import Merges
+from stream.core.intake import Valid
+from stream.core.pipeline import PlanContext, plan_write
+from stream.core.writes import LoadedUser, UserWrite
+from stream.tagging.definitions import TagParams
+from stream.tagging.engine import Applied, apply_event
+from stream.tagging.state import UserState
+
+log = logging.getLogger(__name__)
+# Change points evaluated before one user's next event, per batch: day-granular tags (recency)
+# change daily, so this covers a gap of more than a year; the time-driven path would do the same.
+MAX_CATCH_UP_STEPS = 400
+
+Apply = Callable[[UserState, Event, str, int, TagParams], Applied]
+
+
+@dataclass
+class Steps:
+    """A user's evaluations within one batch, written as one: the last state and profile, every
+    step's triggers, decisions, training items and counters, and the audience changes from before
+    the first step to after the last."""
+
+    published: dict[str, str]  # audience tags before the batch
+    writes: list[UserWrite] = field(default_factory=list)
+
+    def add(self, write: UserWrite) -> None:
+        self.writes.append(write)
+
+    def combined(self) -> UserWrite:
+        final = self.writes[-1]
+        if len(self.writes) == 1:
+            return final
+        now = final.state.published if final.state is not None else {}
+        return replace(
+            final,
+            audience_add=[(t, v) for t, v in now.items() if self.published.get(t) != v],
+            audience_remove=[(t, v) for t, v in self.published.items() if now.get(t) != v],
+            triggers=[t for w in self.writes for t in w.triggers],
+            decisions=[d for w in self.writes for d in w.decisions],
+            learn=[item for w in self.writes for item in w.learn],
+            counters=sum_counters({}, self.writes),
+        )
+
+
+def catch_up(steps: Steps, uid: str, version: int, state: UserState, until: float, context: PlanContext) -> None:
+    """Event time: evaluate the user at the change points that fall before their next event.
+
+    The time-driven path only reaches a user once the watermark passes their due time; when the
+    user's next event gets there first, the change (a window emptying, a churn label resolving,
+    a rule firing on it) is evaluated here, at its own time, before the event is applied, as
+    live processing would have. Each step counts as settled up to ``until``.
+    """
+    settled: PlanContext | None = None
+    taken = 0
+    while (
+        taken < MAX_CATCH_UP_STEPS and state.due_at is not None and (state.evaluated_at or 0.0) < state.due_at <= until
+    ):
+        settled = settled or replace(context, settled=until)
+        step = plan_write(uid, version, state, state.due_at, settled)
+        steps.add(step)
+        taken += 1
+        if step.state is None:
+            break
+
+
+def sum_counters(stats: dict[str, int], writes: Iterable[UserWrite]) -> dict[str, int]:
+    """``stats`` with every write's counters added (for P:v1:stats)."""
+    for w in writes:
+        for key, n in w.counters.items():
+            stats[key] = stats.get(key, 0) + n
+    return stats
+
+
+@dataclass
+class BatchPlan:
+    """What a batch writes, and who could not be planned."""
+
+    writes: list[UserWrite]  # none of a broken user, nor a merge into one (it waits for the fix)
+    broken: dict[str, str]  # user -> error: a bug isolated the user, not the batch
+    touched: dict[str, None]  # users whose state the batch changes (ordered set, broken ones included)
+    outcomes: Counter[str]  # events applied / redelivered / duplicate, of users not broken
+    identity: dict[str, int]  # identity counters (merges, refusals)
+
+    def stats(self, messages: int, dead_letters: Mapping[str, int]) -> dict[str, int]:
+        """The counters the batch adds to P:v1:stats, with its message and dead-letter counts."""
+        stats = sum_counters({f"events_{k}": n for k, n in self.outcomes.items()}, self.writes)
+        stats.update({f"dlq_{k}": n for k, n in dead_letters.items()})
+        stats["messages"] = messages
+        for key, n in self.identity.items():
+            stats[key] = stats.get(key, 0) + n
+        return stats
+
+
+@dataclass
+class BatchReport:
+    """What ``Processor.process`` did with a batch."""
+
+    messages: int = 0
+    applied: int = 0
+    redelivered: int = 0
+    duplicates: int = 0
+    dead_letters: Counter[str] = field(default_factory=Counter)  # by reason
+    users: int = 0
+
+    def record(self, plan: BatchPlan) -> None:
+        """Take the event outcomes and the users touched from the batch's written plan."""
+        self.applied = plan.outcomes[Applied.APPLIED.value]
+        self.redelivered = plan.outcomes[Applied.REDELIVERED.value]
+        self.duplicates = plan.outcomes[Applied.DUPLICATE.value]
+        self.users = len(plan.touched)
+
+
+def plan_batch(
+    valid: list[Valid],
+    owner: Callable[[Valid], str],
+    loaded: Mapping[str, LoadedUser],
+    merges: Merges,
+    context: PlanContext,
+    *,
+    now: float,
+    event_time: bool,
+    apply: Apply = apply_event,
+) -> BatchPlan:
+    """Apply ``valid`` (in order) to the owners' states and plan every write of the batch.
+
+    ``loaded`` holds every owner (merged states in ``merges`` take precedence); ``context.settled``
+    is the watermark (``now`` in wall time). ``apply`` folds one event (``apply_event``; a
+    parameter so the service's fold is the one used). Mutates the loaded states.
+    """
+    planner = _Planner(valid, owner, loaded, merges, context, now, event_time, apply)
+    for item in valid:
+        planner.step(item)
+    merges.count_refusals(planner.applied)
+    touched = dict.fromkeys([*merges.into, *(uid for uid, a in planner.results if a is Applied.APPLIED)])
+    writes = list(merges.writes)
+    for uid in dict.fromkeys([*touched, *(u for u, s in planner.steps.items() if s.writes)]):
+        write = planner.finish(uid, uid in touched) if uid not in planner.broken else None
+        if write is not None:
+            writes.append(write)
+    broken = planner.broken
+    outcomes = Counter(a.value for uid, a in planner.results if uid not in broken)
+    writes = [w for w in writes if w.alias_to not in broken]
+    return BatchPlan(writes, broken, touched, outcomes, merges.counters)
+
+
+class _Planner:
+    """The per-user step loop of ``plan_batch``."""
+
+    def __init__(
+        self,
+        valid: list[Valid],
+        owner: Callable[[Valid], str],
+        loaded: Mapping[str, LoadedUser],
+        merges: Merges,
+        context: PlanContext,
+        now: float,
+        event_time: bool,
+        apply: Apply,
+    ) -> None:
+        self.owner, self.loaded, self.context, self.now, self.event_time = owner, loaded, context, now, event_time
+        self.apply = apply
+        self.mark = now if context.settled is None else context.settled
+        uids = list(dict.fromkeys(owner(v) for v in valid))
+        self.states = {uid: merges.states.get(uid) or loaded[uid].state or UserState() for uid in uids}
+        self.latest: dict[str, float] = {}  # user -> their latest event in the batch
+        for v in valid:
+            uid, epoch = owner(v), v.event.epoch
+            self.latest[uid] = max(self.latest.get(uid, epoch), epoch)
+        self.steps: dict[str, Steps] = {}
+        self.unevaluated: dict[str, float] = {}  # user -> their latest applied, not yet evaluated event
+        self.results: list[tuple[str, Applied]] = []
+        self.applied: set[int] = set()  # id() of the events applied now
+        self.broken: dict[str, str] = {}
+
+    def step(self, item: Valid) -> None:
+        """Event time: evaluate what is due before the event; then apply it."""
+        uid = self.owner(item)
+        if uid in self.broken:
+            return
+        epoch = item.event.epoch
+        try:
+            if self.event_time:
+                self._before(uid, epoch)
+        except Exception as exc:
+            self.broken[uid] = f"evaluate: {exc!r}"
+            log.exception("bug evaluating user %s", uid)
+            return
+        try:
+            m = item.message
+            applied = self.apply(self.states[uid], item.event, m.source, m.position, self.context.catalogue.params)
+        except Exception as exc:
+            self.broken[uid] = f"apply: {exc!r}"
+            log.exception("bug applying %s[%d]@%d", item.message.topic, item.message.partition, item.message.offset)
+            return
+        self.results.append((uid, applied))
+        if applied is Applied.APPLIED:
+            self.applied.add(id(item))
+            self.unevaluated[uid] = max(self.unevaluated.get(uid, epoch), epoch)
+
+    def _before(self, uid: str, epoch: float) -> None:
+        state, version = self.states[uid], self.loaded[uid].version
+        user_steps = self.steps.get(uid) or self.steps.setdefault(uid, Steps(dict(state.published)))
+        if uid in self.unevaluated:
+            at = max(self.unevaluated.pop(uid), state.evaluated_at or 0.0)
+            user_steps.add(plan_write(uid, version, state, at, self.context))
+        # change points are safe to evaluate only where no partition may still hold events
+        catch_up(user_steps, uid, version, state, min(epoch, self.mark), self.context)
+
+    def finish(self, uid: str, touched: bool) -> UserWrite | None:
+        """The user's one write for the batch (None: a bug broke the user)."""
+        user_steps = self.steps.get(uid) or Steps({})  # a single write carries its own audience diff
+        try:
+            if touched and (uid in self.unevaluated or not user_steps.writes):
+                # Event time: at the user's own latest event (never going back), so a replay
+                # evaluates users at the same moments live processing would.
+                state = self.states[uid]
+                at = max(self.latest[uid], state.evaluated_at or 0.0) if self.event_time else self.now
+                user_steps.add(plan_write(uid, self.loaded[uid].version, state, min(at, self.now), self.context))
+            return user_steps.combined()
+        except Exception as exc:
+            self.broken[uid] = f"evaluate: {exc!r}"
+            log.exception("bug evaluating user %s", uid)
+            return None
+
+
+def plan_due(
+    pending: list[str], loaded: Mapping[str, LoadedUser], due_at: Mapping[str, float], context: PlanContext, now: float
+) -> tuple[list[UserWrite], list[str]]:
+    """Time-driven path: (writes, users a bug kept from being evaluated) for the claimed users.
+
+    Each user is evaluated at their due time (not the possibly much later ``now``), so a replay in
+    event time passes through the same states, and fires the same rules, as live processing. A
+    user erased since the claim is skipped; a user without state is deleted.
+    """
+    writes: list[UserWrite] = []
+    failed: list[str] = []
+    for uid in pending:
+        user = loaded[uid]
+        if user.erased:
+            continue  # erased after it was claimed: nothing to evaluate or write
+        if user.state is None:
+            writes.append(UserWrite(uid, user.version, None))
+            continue
+        due = due_at[uid]
+        at = now if due <= 0 else min(now, max(due, user.state.evaluated_at or 0.0))
+        try:
+            writes.append(plan_write(uid, user.version, user.state, at, context))
+        except Exception:
+            failed.append(uid)
+            log.exception("bug re-evaluating user %s", uid)
+    return writes, failed

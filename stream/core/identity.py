@@ -1,0 +1,143 @@
+"""Identity resolution of one batch: who each event belongs to, and which merges it makes.
+
+``stream.identity`` owns what merging two profiles means (``merge_into``) and when a merge is
+refused (``refusal``), for any two states. This module applies that to a batch of events, in the
+batch's order: events with a blocked identifier are refused outright (``refuse_blocked``), the
+batch's links (an event carrying both ids) are collected and checked against the stored aliases
+(``resolve``, first link of an anonymous id wins), and, once the states are loaded, the accepted
+links are folded (``merge``). Pure: the caller reads the aliases and the states.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from stream.core.intake import Valid
+from stream.core.writes import LoadedUser, UserWrite
+from stream.identity.merge import IdentityPolicy, Refusal, anon_subject, merge_into, refusal
+from stream.tagging.state import UserState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Resolution:
+    """Who each event of a batch belongs to, and the links (anonymous -> user) it carries."""
+
+    aliases: dict[str, str]  # anonymous subject -> user, merged before this batch
+    links: dict[str, tuple[str, float, int]]  # anonymous subject -> (user, link time, id(link event)), unmerged
+    refused: list[tuple[int, Refusal]]  # (id(link event), why)
+    owners: list[str] = field(default_factory=list)  # events' owners before this batch's merges
+    redirect: dict[str, str] = field(default_factory=dict)  # anonymous subject -> user, merged in this batch
+
+    @property
+    def subjects(self) -> list[str]:
+        """Everyone to load: the events' owners and both sides of every candidate link."""
+        linked = [u for u, _, _ in self.links.values()]
+        return list(dict.fromkeys([*self.owners, *self.links, *linked]))
+
+    def owner(self, v: Valid) -> str:
+        subject = self.initial(v)
+        return self.redirect.get(subject, subject)
+
+    def initial(self, v: Valid) -> str:
+        e = v.event
+        if e.user_id is not None:
+            return e.user_id
+        subject = anon_subject(e.anonymous_id or "")
+        return self.aliases.get(subject, subject)
+
+
+@dataclass
+class Merges:
+    """This batch's accepted merges: the merged users' states, the anonymous profiles' deletions
+    (with aliases), and identity counters for P:v1:stats."""
+
+    states: dict[str, UserState] = field(default_factory=dict)
+    into: dict[str, None] = field(default_factory=dict)  # users that absorbed a profile (ordered set)
+    writes: list[UserWrite] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)
+    refused: list[tuple[int, Refusal]] = field(default_factory=list)  # (id(link event), why)
+
+    def count_refusals(self, applied: set[int]) -> None:
+        """Count the refusals of link events applied now (a redelivered link was counted before)."""
+        for link, reason in self.refused:
+            if link in applied:
+                key = f"identity_refused_{reason}"
+                self.counters[key] = self.counters.get(key, 0) + 1
+
+
+def refuse_blocked(valid: list[Valid], policy: IdentityPolicy) -> tuple[list[Valid], list[tuple[Valid, str]]]:
+    """(events kept, (event, error) of those whose own identity is a blocked value ("0", "null",
+    ...)): attributing them would build one profile out of many people."""
+    kept: list[Valid] = []
+    blocked: list[tuple[Valid, str]] = []
+    for v in valid:
+        e = v.event
+        if policy.is_blocked(e.user_id) or (e.user_id is None and policy.is_blocked(e.anonymous_id)):
+            blocked.append((v, f"identifier {e.user_id if e.user_id is not None else e.anonymous_id!r} is blocked"))
+        else:
+            kept.append(v)
+    return kept, blocked
+
+
+def anonymous_subjects(valid: list[Valid]) -> list[str]:
+    """The anonymous subjects whose stored aliases ``resolve`` needs."""
+    return sorted({anon_subject(v.event.anonymous_id) for v in valid if v.event.anonymous_id is not None})
+
+
+def resolve(valid: list[Valid], aliases: dict[str, str], policy: IdentityPolicy) -> Resolution:
+    """Follow existing ``aliases`` and collect this batch's candidate links (first link of an
+    anonymous id wins)."""
+    links: dict[str, tuple[str, float, int]] = {}
+    refused: list[tuple[int, Refusal]] = []
+    for v in valid:
+        e = v.event
+        if e.user_id is None or e.anonymous_id is None:
+            continue
+        if policy.is_blocked(e.anonymous_id):
+            refused.append((id(v), "blocked_id"))
+            continue
+        subject = anon_subject(e.anonymous_id)
+        linked = aliases.get(subject) or links.get(subject, (None, 0.0, 0))[0]
+        if linked == e.user_id:
+            continue  # merged already (or earlier in this batch)
+        if linked is not None:
+            refused.append((id(v), "already_linked"))
+            continue
+        links[subject] = (e.user_id, e.epoch, id(v))
+    resolution = Resolution(aliases, links, refused)
+    resolution.owners = list(dict.fromkeys(resolution.initial(v) for v in valid))
+    return resolution
+
+
+def merge(identity: Resolution, loaded: Mapping[str, LoadedUser], policy: IdentityPolicy, keep_ids: int) -> Merges:
+    """Decide this batch's merges in order and fold each anonymous state into its user's; records
+    the accepted ones in ``identity.redirect``. ``keep_ids``: the catalogue's dedupe window."""
+    merges = Merges()
+    merges.refused.extend(identity.refused)
+    for subject, (uid, at, link) in identity.links.items():
+        if loaded[uid].erased or loaded[subject].erased:
+            continue  # the erased side's events are dead-lettered; nothing to merge
+        target = merges.states.get(uid) or loaded[uid].state or UserState()
+        why = refusal(policy, target, at)
+        if why is not None:
+            merges.refused.append((link, why))
+            log.info("identity merge refused (%s) at event time %.0f", why, at)
+            continue
+        source = loaded[subject].state
+        if source is not None:
+            merge_into(target, source, subject, at, keep_ids)
+        else:
+            target.merged = [*target.merged, [subject, at]]
+        merges.states[uid] = target
+        merges.into[uid] = None
+        identity.redirect[subject] = uid
+        published = source.published if source is not None else {}
+        merges.writes.append(
+            UserWrite(subject, loaded[subject].version, None, audience_remove=list(published.items()), alias_to=uid)
+        )
+        merges.counters["identity_merged"] = merges.counters.get("identity_merged", 0) + 1
+    return merges

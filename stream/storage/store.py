@@ -24,8 +24,10 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from stream.core.progress import Progress
-from stream.core.writes import LoadedUser, UserWrite
+# re-exported: the types of Store.load and Store.write (defined in the pure core)
+from stream.core.progress import Progress as Progress
+from stream.core.writes import LoadedUser as LoadedUser
+from stream.core.writes import UserWrite
 from stream.settings import Settings
 from stream.storage.keys import Keys, erased_token
 from stream.tagging.engine import RfmThresholds

@@ -100,7 +100,7 @@ class Metrics:
         )
         self.rule_effect = Counter(
             "portrait_rule_exposures",
-            "Rule firings measured for uplift: exposed / converted (order within the window), by group",
+            "Rule firings measured for uplift: exposed / converted (order within the window) / expired, by group",
             ["rule", "group", "outcome"],
             registry=r,
         )

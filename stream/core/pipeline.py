@@ -17,10 +17,11 @@ from stream.contracts.topics import Topics
 
 # Moved to stream.core.intake; importable from here as before.
 from stream.core.intake import Message as Message
-from stream.core.writes import UserWrite
+from stream.core.writes import Decided, UserWrite
 from stream.models import Models
 from stream.models.runtime import UserModelState, qualifying_ts
-from stream.rules import ORDER_TAGS, DeliveryMemory, RuleSet, evaluate_rules, tags_referenced
+from stream.rules import DeliveryMemory, RuleSet, evaluate_rules, tags_referenced
+from stream.rules.effect import count_decisions, exposure_due, open_exposures, track_conversions
 from stream.tagging.definitions import TagCatalogue
 from stream.tagging.engine import (
     RfmThresholds,
@@ -87,7 +88,8 @@ def plan_write(uid: str, version: int, state: UserState, now: float, context: Pl
     remove = [(t, v) for t, v in previous.items() if t in audience_tags and profile.get(t) != v]
     state.published = {t: v for t, v in profile.items() if t in audience_tags}
     state.evaluated_at = now
-    counters = _track_conversions(state, now if settled is None else min(settled, now))
+    counters: dict[str, int] = {}
+    track_conversions(state, now if settled is None else min(settled, now), counters)
     triggers, decisions = _apply_rules(uid, version, state, profile, now, rules, topics or Topics(), counters)
     ends = exposure_due(state, now)
     if ends is not None and ends < due:
@@ -122,43 +124,10 @@ def _tracked_tags(rules: RuleSet) -> tuple[list[str], str]:
     rule set: it is immutable)."""
     cached = _TRACKED.get(id(rules))
     if cached is None or cached[0] is not rules:
-        tracked = sorted(tags_referenced(rules) | set(ORDER_TAGS))
+        tracked = sorted(tags_referenced(rules))
         digest = hashlib.sha256("\x1f".join(tracked).encode()).hexdigest()[:8]
         cached = _TRACKED[id(rules)] = (rules, tracked, digest)
     return cached[1], cached[2]
-
-
-def effect_key(rule: str, group: str, what: str) -> str:
-    """Stats field of the uplift counters, e.g. ``effect:winback:treated:converted``."""
-    return f"effect:{rule}:{group}:{what}"
-
-
-def _track_conversions(state: UserState, settled: float) -> dict[str, int]:
-    """Convert open exposures on an order inside their window; drop those that ended before
-    ``settled`` (no order can still arrive for them).
-
-    Evaluations happen at every exposure's end (see ``exposure_due``), so an order is always
-    checked before the window it falls in is closed.
-    """
-    counters: dict[str, int] = {}
-    order = state.last_order
-    if order is not None and (state.order_seen is None or order > state.order_seen):
-        kept = []
-        for rule, group, at, until in state.exposures:
-            if at <= order <= until:
-                key = effect_key(rule, group, "converted")
-                counters[key] = counters.get(key, 0) + 1
-            else:
-                kept.append([rule, group, at, until])
-        state.exposures = kept
-        state.order_seen = order
-    state.exposures = [e for e in state.exposures if e[3] >= settled]
-    return counters
-
-
-def exposure_due(state: UserState, now: float) -> float | None:
-    ends = [e[3] for e in state.exposures if e[3] > now]
-    return min(ends) if ends else None
 
 
 def _apply_rules(
@@ -170,8 +139,8 @@ def _apply_rules(
     rules: RuleSet | None,
     topics: Topics,
     counters: dict[str, int],
-) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
-    """(outbox entries (topic, trigger JSON), decisions (rule, outcome, reason)) for this step."""
+) -> tuple[list[tuple[str, str]], list[Decided]]:
+    """(outbox entries (topic, trigger JSON), decisions) for this step."""
     if rules is None:
         return [], []
     tracked, tracked_hash = _tracked_tags(rules)
@@ -187,12 +156,7 @@ def _apply_rules(
     found = evaluate_rules(rules, uid, previous, profile, now, memory)
     state.rules_prev = {t: profile[t] for t in tracked if t in profile}
     state.delivery = memory.to_dict()
-    for d in found:
-        fired = f"rule:{d.rule.id}:{d.outcome if d.reason is None else d.reason}"
-        counters[fired] = counters.get(fired, 0) + 1
-        if d.group is not None:  # sent (treated) or held out (control): an exposure to measure
-            state.exposures.append([d.rule.id, d.group, now, now + rules.conversion_window_for(d.rule)])
-            key = effect_key(d.rule.id, d.group, "exposed")
-            counters[key] = counters.get(key, 0) + 1
+    count_decisions(found, counters)
+    open_exposures(state, found, now, rules, counters)
     outbox = [(topics.trigger(d.topic_suffix), d.trigger.model_dump_json()) for d in found if d.outcome == "send"]
-    return outbox, [(d.rule.id, d.outcome, d.reason or "") for d in found]
+    return outbox, [Decided(d.rule.id, d.outcome, d.reason or "", now) for d in found]

@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from stream.tagging.state import UserState
+
+
+class Decided(NamedTuple):
+    """One rule firing of an evaluation: sent (``reason`` empty) or suppressed, and when."""
+
+    rule: str
+    outcome: str  # send | suppressed
+    reason: str  # the suppression reason, "" when sent
+    at: float  # the evaluation time
 
 
 @dataclass
@@ -21,7 +31,7 @@ class UserWrite:
     ttl_s: int = 86400
     ranks: tuple[float, int, int] | None = None
     triggers: list[tuple[str, str]] = field(default_factory=list)  # outbox: (topic, trigger JSON)
-    decisions: list[tuple[str, str, str]] = field(default_factory=list)  # (rule, outcome, reason) for metrics
+    decisions: list[Decided] = field(default_factory=list)  # for metrics and offline reports
     learn: list[str] = field(default_factory=list)  # model training items (JSON) for the trainer's stream
     counters: dict[str, int] = field(default_factory=dict)  # added to P:v1:stats with the batch
     alias_to: str | None = None  # with state None: merged into this user, leave an alias behind

@@ -136,7 +136,8 @@ class ChurnModel:
         self.positives = 0
         self.drifts = 0
         self.drift_detected = False
-        self.record: list[tuple[int, float, float]] | None = None  # (label, score, baseline) when set
+        # (label, score, baseline, snapshot time) of every learned example, when set (offline evaluation)
+        self.record: list[tuple[int, float, float, float]] | None = None
 
     @property
     def version(self) -> str:
@@ -165,7 +166,7 @@ class ChurnModel:
             self.drifts += 1
         self.positives += int(y)
         if self.record is not None:
-            self.record.append((int(y), p, self.baseline(example.features)))
+            self.record.append((int(y), p, self.baseline(example.features), example.ts))
         self.pipeline.learn_one(dict(example.features), y)
         self.n_learned += 1
         return p

@@ -1,39 +1,20 @@
-"""Offline rule backtest: replay an export in event time, in memory, with the worker's own code.
+"""Offline rule backtest: what would these rules have sent on this export? (``portrait rules backtest``)
 
-``portrait rules backtest RULES --data EXPORT`` answers "what would these rules have sent on this
-data?" without Kafka, Redis or any delivery. The replay mirrors the worker in event-time mode:
+A thin report over ``stream.offline.driver``: the export is replayed in event time through the
+worker's own code (processor, store, Lua scripts, rules, delivery memory, trigger outbox) on the
+Redis/Valkey of the settings, in a scratch key namespace deleted afterwards; nothing is sent. See
+the driver for the replay's semantics (event-time order, time-driven path, RFM thresholds on an
+event-time cadence, ``horizon``), and ``stream.rules.effect`` for exposures and conversions: the
+effect table is the run's ``effect:`` counters, the ones ``portrait rules report`` reads live.
 
-* Messages are validated in file order exactly like the worker (``stream.core.pipeline.classify``, with
-  the running event-time clock for ``too_old``); unusable ones are counted by dead-letter reason.
-* Valid events are applied in event-time order (ties: file order) with ``apply_event``; producer
-  duplicates (same event id) are skipped as live.
-* Evaluation points are the worker's: right after each event at its time (a batch of one), and the
-  time-driven points of the due set: before the clock passes a user's due time, the user is
-  re-evaluated *at* that due time (every user, globally in time order, as the timer does), and at
-  the end every due time up to the final clock (last event time + ``horizon``).
-* Each evaluation is ``stream.core.pipeline.plan_write`` (tags, rules, delivery memory, trigger
-  payloads), so firings and suppressions (cooldown, quiet hours, caps, holdout) are the live ones.
-  Version 0 marks a brand-new user (rules may fire on the first evaluation); an expired user is
-  deleted and starts afresh, as in Redis.
-* RFM thresholds are recomputed every ``rfm_interval`` of event time from each buyer's last written
-  R/F/M metrics (the rank sets), with the Redis script's quintile rule ``t_k = v[ceil(k*n/5)-1]``.
-* Effect: sends are treated and holdouts control exposures (``EffectTracker``) with the rule's
-  conversion window; every applied ``order_paid`` converts the user's open exposures.
-
-Differences from a live run: one input in strict event-time order (live reads partitions at
-different speeds, see docs/rules.md "Effect tracking in replays"), thresholds refresh in event
-time (live: every few wall-clock seconds), and the models (``--models``) learn immediately instead
-of via the trainer's periodic checkpoints.
+With ``with_models`` the processor scores churn and segment tags and the trainer learns in-process
+(publishing checkpoints on an event-time cadence); without it, rules reading model tags never fire
+and the report says so.
 """
 
 from __future__ import annotations
 
-import argparse
-import heapq
-import json
-import math
-import sys
-import time
+import asyncio
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -41,43 +22,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from stream.contracts.deadletter import DeadLetter
-from stream.contracts.events import Event, OrderPaid
 from stream.contracts.topics import Topics
-from stream.core.intake import Message, classify
-from stream.core.pipeline import PlanContext, plan_write
-from stream.kafka.replay import Format, parse_mapping, read_events, route
-from stream.models import Models, load_models_config
-from stream.rules import MODEL_TAGS, REASONS, EffectTracker, Rule, RuleSet, load_rules
+from stream.kafka.replay import Format, read_events
+from stream.models import ModelsConfig, load_models_config
+from stream.offline.driver import DAY, Firing, OfflineRun, drive
+from stream.rules import MODEL_TAGS, REASONS, RuleSet, load_rules
 from stream.rules.conditions import tags_of
-from stream.settings import ConfigError
-from stream.tagging.definitions import TagCatalogue, load_catalogue, parse_duration
-from stream.tagging.engine import Applied, RfmThresholds, apply_event
-from stream.tagging.state import UserState
+from stream.rules.effect import effects
+from stream.settings import Settings
+from stream.tagging.definitions import TagCatalogue, load_catalogue
 
-DAY = 86400.0
-SOURCE = "backtest/0"  # one pseudo partition: offsets follow the replay order, so nothing looks redelivered
-MAX_FUTURE_SKEW_S = 300.0
-PROCESSOR_VERSION = "backtest"
-
-
-# --------------------------------------------------------------------------------------------
-# Results
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Firing:
-    """One rule firing: ``outcome`` ``send`` or ``suppressed`` (``reason`` says why)."""
-
-    rule_id: str
-    user_id: str
-    at: float
-    outcome: str
-    reason: str | None
-    time_driven: bool
+__all__ = ["BacktestResult", "Firing", "RuleResult", "backtest", "backtest_file", "report"]
 
 
 @dataclass
@@ -119,8 +74,8 @@ class BacktestResult:
     start: float | None = None  # first event time
     end: float | None = None  # last event time
     clock_end: float | None = None  # end + horizon: the last time-driven evaluation point
-    event_evaluations: int = 0
-    time_evaluations: int = 0
+    batches: int = 0
+    time_evaluations: int = 0  # re-evaluations of the time-driven path (the timer's)
     expired_users: int = 0
     rfm_refreshes: int = 0
     rfm_version: int = 0
@@ -128,7 +83,7 @@ class BacktestResult:
     topics: Counter[str] = field(default_factory=Counter)
     triggers: list[tuple[str, str]] = field(default_factory=list)
     firings: list[Firing] = field(default_factory=list)
-    effect: dict[str, dict[str, Any]] = field(default_factory=dict)  # EffectTracker.report()
+    effect: dict[str, dict[str, Any]] = field(default_factory=dict)  # per rule: RuleEffect.to_dict()
     model_rules: list[str] = field(default_factory=list)  # rules reading model tags
     models: bool = False
     seconds: float = 0.0
@@ -159,7 +114,8 @@ class BacktestResult:
             "dead_letters": dict(sorted(self.dead_letters.items())),
             "users": self.users,
             "expired_users": self.expired_users,
-            "evaluations": {"event_driven": self.event_evaluations, "time_driven": self.time_evaluations},
+            "batches": self.batches,
+            "reevaluations": self.time_evaluations,
             "rfm": {"refreshes": self.rfm_refreshes, "version": self.rfm_version},
             "models": self.models,
             "rules": {rid: r.to_dict() for rid, r in self.rules.items()},
@@ -178,8 +134,8 @@ class BacktestResult:
             + (
                 f" ({', '.join(f'{k}={n}' for k, n in sorted(self.dead_letters.items()))})" if self.dead_letters else ""
             ),
-            f"users: {self.users:,} ({self.expired_users:,} expired); evaluations: {self.event_evaluations:,} "
-            f"event-driven + {self.time_evaluations:,} time-driven; RFM refreshes: {self.rfm_refreshes} "
+            f"users: {self.users:,} ({self.expired_users:,} expired); {self.batches:,} batches, "
+            f"{self.time_evaluations:,} time-driven re-evaluations; RFM refreshes: {self.rfm_refreshes} "
             f"(thresholds v{self.rfm_version}); models: {'on' if self.models else 'off'}",
             "",
         ]
@@ -202,7 +158,7 @@ class BacktestResult:
             lines.append(f"note: {', '.join(self.model_rules)} read model tags; run with --models to score them")
         lines += ["", "triggers per topic:"]
         lines += [f"  {t}: {n:,}" for t, n in sorted(self.topics.items())] or ["  (none)"]
-        lines += ["", "effect (order_paid within the conversion window; rates over closed exposures):"]
+        lines += ["", "effect (an order in [firing, firing + conversion window); rates over closed exposures):"]
         if not self.effect:
             lines.append("  (no exposures)")
         for rid, e in self.effect.items():
@@ -232,206 +188,88 @@ def _group(g: dict[str, Any]) -> str:
     return f"{g['conversions']:>4}/{closed:<5} {_pct(g['rate']):>6} ({g['open']} open)"
 
 
-# --------------------------------------------------------------------------------------------
-# Replay
-# --------------------------------------------------------------------------------------------
-
-
-def quintile_thresholds(values: Iterable[float]) -> tuple[float, ...]:
-    """The Redis refresh script's rule: sorted ascending ``v``, ``t_k = v[ceil(k*n/5) - 1]``, k=1..4."""
-    v = sorted(values)
-    n = len(v)
-    return tuple(float(v[math.ceil(k * n / 5) - 1]) for k in range(1, 5)) if n else ()
-
-
-@dataclass
-class _Sim:
-    rules: RuleSet
-    catalogue: TagCatalogue
-    topics: Topics
-    models: Models | None
-    rfm_interval: float
-    keep_triggers: bool
-    result: BacktestResult
-    by_id: dict[str, Rule]
-    tracker: EffectTracker = field(default_factory=EffectTracker)
-    states: dict[str, UserState] = field(default_factory=dict)
-    known: set[str] = field(default_factory=set)  # users evaluated at least once (version 1)
-    due: dict[str, float] = field(default_factory=dict)
-    heap: list[tuple[float, str]] = field(default_factory=list)
-    ranks: dict[str, tuple[float, int, int]] = field(default_factory=dict)
-    thresholds: RfmThresholds = field(default_factory=RfmThresholds)
-    rfm_period: int | None = None
-    seen: set[str] = field(default_factory=set)
-
-    def refresh_rfm(self, at: float) -> None:
-        """Recompute thresholds when ``at`` enters a new refresh period (before evaluating at ``at``)."""
-        period = math.floor(at / self.rfm_interval)
-        if self.rfm_period is not None and period <= self.rfm_period:
-            return
-        self.rfm_period = period
-        self.result.rfm_refreshes += 1
-        rs = self.ranks.values()
-        r = quintile_thresholds(x[0] for x in rs)
-        f = quintile_thresholds(float(x[1]) for x in rs)
-        m = quintile_thresholds(float(x[2]) for x in rs)
-        old = self.thresholds
-        if (r, f, m) != (old.r, old.f, old.m):
-            self.thresholds = RfmThresholds(old.version + 1, r, f, m)
-            self.result.rfm_version = self.thresholds.version
-
-    def run_due(self, until: float, inclusive: bool) -> None:
-        """Time-driven evaluations of every due time before ``until`` (or at it), in time order."""
-        heap = self.heap
-        while heap and (heap[0][0] < until or (inclusive and heap[0][0] == until)):
-            at, uid = heapq.heappop(heap)
-            if self.due.get(uid) != at:
-                continue  # superseded by a later evaluation
-            del self.due[uid]
-            state = self.states[uid]
-            self.evaluate(uid, max(at, state.evaluated_at or 0.0), time_driven=True)
-
-    def apply(self, event: Event, offset: int) -> None:
-        at = event.epoch
-        self.run_due(at, inclusive=False)
-        uid = event.subject_id
-        state = self.states.setdefault(uid, UserState())
-        applied = apply_event(state, event, SOURCE, offset, self.catalogue.params)
-        if applied is not Applied.APPLIED:
-            self.result.duplicates += 1
-            return
-        self.result.events += 1
-        self.seen.add(uid)
-        if isinstance(event, OrderPaid):
-            self.tracker.order(uid, at)  # before this step's exposures: an order cannot convert its own firing
-        self.evaluate(uid, max(at, state.evaluated_at or 0.0), time_driven=False)
-
-    def evaluate(self, uid: str, at: float, time_driven: bool) -> None:
-        self.refresh_rfm(at)
-        result = self.result
-        if time_driven:
-            result.time_evaluations += 1
-        else:
-            result.event_evaluations += 1
-        version = 1 if uid in self.known else 0
-        context = PlanContext(
-            catalogue=self.catalogue,
-            thresholds=self.thresholds,
-            wall_now=at,
-            rules=self.rules,
-            topics=self.topics,
-            models=self.models,
-        )
-        write = plan_write(uid, version, self.states[uid], at, context)
-        if write.state is None:  # expired: Redis deletes the user; a later event starts afresh (version 0)
-            result.expired_users += 1
-            self.states.pop(uid, None)
-            self.known.discard(uid)
-            self.due.pop(uid, None)
-            self.ranks.pop(uid, None)
-            return
-        self.known.add(uid)
-        self.due[uid] = write.due
-        heapq.heappush(self.heap, (write.due, uid))
-        if write.ranks is None:
-            self.ranks.pop(uid, None)
-        else:
-            self.ranks[uid] = write.ranks
-        if self.models is not None:
-            for item in write.learn:
-                self.models.learn_item(orjson.loads(item))
-        for rule_id, outcome, reason in write.decisions:
-            rule = self.by_id[rule_id]
-            stats = result.rules[rule_id]
-            stats.fired += 1
-            stats.users.add(uid)
-            stats.time_driven += time_driven
-            if outcome == "send":
-                stats.sent += 1
-                stats.users_sent.add(uid)
-            else:
-                stats.suppressed[reason] += 1
-            result.firings.append(Firing(rule_id, uid, at, outcome, reason or None, time_driven))
-            window = self.rules.conversion_window_for(rule)
-            if outcome == "send":
-                self.tracker.expose(rule_id, uid, "treated", at, window)
-            elif reason == "holdout":
-                self.tracker.expose(rule_id, uid, "control", at, window)
-        for topic, payload in write.triggers:
-            result.topics[topic] += 1
-            if self.keep_triggers:
-                result.triggers.append((topic, payload))
-
-
-def run_backtest(
-    rules: RuleSet,
-    messages: Iterable[dict[str, Any] | bytes],
-    catalogue: TagCatalogue | None = None,
-    horizon: float = 0.0,
-    rfm_interval: float = DAY,
-    models: Models | None = None,
-    topics: Topics | None = None,
-    wall_now: float | None = None,
-    keep_triggers: bool = True,
+def report(
+    run: OfflineRun, rules_by_id: dict[str, tuple[str, str, float]], model_rules: list[str], models: bool
 ) -> BacktestResult:
-    """Replay ``messages`` (``read_events`` items: raw JSONL bytes or event dicts) through ``rules``.
-
-    ``horizon`` extends the time-driven evaluations past the last event (e.g. ``6h`` lets the last
-    carts turn abandoned, ``14d`` lets conversion windows close). ``wall_now`` (default: now) is
-    only used for the worker's ``future_timestamp`` check. See the module doc for the semantics.
-    """
-    started = time.perf_counter()
-    if horizon < 0:
-        raise ValueError("horizon must be >= 0")
-    if rfm_interval <= 0:
-        raise ValueError("rfm_interval must be > 0")
-    catalogue = catalogue or load_catalogue()
-    topics = topics or Topics()
-    wall = time.time() if wall_now is None else wall_now
-    result = BacktestResult(models=models is not None)
-    for rule in rules.active:
-        result.rules[rule.id] = RuleResult(
-            rule.id, rule.channel, topics.trigger(rule.action.topic_suffix), rule.holdout
-        )
-    model_tags = set(MODEL_TAGS)
-    result.model_rules = [r.id for r in rules.active if tags_of(r.when) & model_tags]
-
-    # 1. validate in file order, exactly as the worker would (running event-time clock for too_old)
-    valid: list[tuple[float, int, Event]] = []
-    clock = 0.0
-    for index, item in enumerate(messages):
-        result.messages += 1
-        topic, key, value, _known = route(item, topics)
-        outcome = classify(
-            Message(topic, 0, index, key, value), catalogue, wall, clock, MAX_FUTURE_SKEW_S, PROCESSOR_VERSION
-        )
-        if isinstance(outcome, DeadLetter):
-            result.dead_letters[outcome.reason] += 1
+    """The backtest's view of a driver run: firings per rule (``rules_by_id``: id -> (channel,
+    topic, holdout), in file order), triggers per topic, and the effect counters."""
+    result = BacktestResult(
+        messages=run.messages,
+        events=run.applied,
+        duplicates=run.duplicates + run.redelivered,
+        dead_letters=Counter(run.dead_letters),
+        users=run.users,
+        start=run.start,
+        end=run.end,
+        clock_end=run.clock_end,
+        batches=run.batches,
+        time_evaluations=run.reevaluations,
+        expired_users=run.expired_users,
+        rfm_refreshes=run.rfm_refreshes,
+        rfm_version=run.rfm_version,
+        model_rules=model_rules,
+        models=models,
+        seconds=run.seconds,
+    )
+    for rule_id, (channel, topic, share) in rules_by_id.items():
+        result.rules[rule_id] = RuleResult(rule_id, channel, topic, share)
+    for f in sorted(run.firings, key=lambda f: (f.at, f.user_id, f.rule_id)):
+        stats = result.rules.get(f.rule_id)
+        if stats is None:
             continue
-        ts = outcome.event.epoch
-        clock = max(clock, ts)
-        valid.append((ts, index, outcome.event))
-    valid.sort(key=lambda v: (v[0], v[1]))
-
-    # 2. replay in event time with the due set
-    sim = _Sim(rules, catalogue, topics, models, rfm_interval, keep_triggers, result, {r.id: r for r in rules.active})
-    for offset, (_ts, _index, event) in enumerate(valid):
-        sim.apply(event, offset)
-    if valid:
-        result.start, result.end = valid[0][0], valid[-1][0]
-        result.clock_end = result.end + horizon
-        sim.run_due(result.clock_end, inclusive=True)
-        sim.tracker.expire(result.clock_end)
-    result.users = len(sim.seen)
-    result.effect = sim.tracker.report()
-    result.seconds = time.perf_counter() - started
+        result.firings.append(f)
+        stats.fired += 1
+        stats.users.add(f.user_id)
+        stats.time_driven += f.time_driven
+        if f.outcome == "send":
+            stats.sent += 1
+            stats.users_sent.add(f.user_id)
+        else:
+            stats.suppressed[f.reason or ""] += 1
+    for entry in run.triggers:
+        result.topics[entry.topic] += 1
+        result.triggers.append((entry.topic, entry.value.decode()))
+    result.effect = {rule: e.to_dict() for rule, e in effects(run.stats).items()}
     return result
 
 
+def backtest(
+    settings: Settings,
+    rules: RuleSet,
+    items: Iterable[dict[str, Any] | bytes],
+    *,
+    catalogue: TagCatalogue | None = None,
+    horizon: float = 0,
+    rfm_interval: float = DAY,
+    models: ModelsConfig | None = None,
+) -> BacktestResult:
+    """Backtest ``rules`` on ``items`` (``read_events`` items: raw JSONL bytes or event dicts)."""
+    catalogue = catalogue or load_catalogue(settings.tags_file)
+    run = asyncio.run(
+        drive(
+            settings,
+            items,
+            catalogue=catalogue,
+            rules=rules,
+            models=models,
+            learn=models is not None,
+            horizon=horizon,
+            rfm_interval=rfm_interval,
+        )
+    )
+    topics = Topics(settings.topic_prefix)
+    by_id = {r.id: (r.channel, topics.trigger(r.action.topic_suffix), r.holdout) for r in rules.active}
+    model_tags = set(MODEL_TAGS)
+    model_rules = [r.id for r in rules.active if tags_of(r.when) & model_tags]
+    return report(run, by_id, model_rules, models is not None)
+
+
 def backtest_file(
-    rules_path: Path,
+    settings: Settings,
+    rules_file: Path,
     data: Path,
-    horizon: float = 0.0,
+    *,
+    horizon: float = 0,
     fmt: Format = "auto",
     mapping: dict[str, str] | None = None,
     default_type: str | None = None,
@@ -439,93 +277,18 @@ def backtest_file(
     tags_file: Path | None = None,
     rfm_interval: float = DAY,
     with_models: bool = False,
-    topic_prefix: str = "portrait",
 ) -> BacktestResult:
-    """Load the tag catalogue and rule file (validated like the worker) and backtest an export."""
-    catalogue = load_catalogue(tags_file)
-    rules = load_rules(rules_path, catalogue.names | set(MODEL_TAGS))
-    models = Models(load_models_config()) if with_models else None
+    """Load the tag catalogue and rule file (validated like the worker, ``ConfigError`` if not) and
+    backtest the export ``data`` (``read_events`` options) on the Redis of ``settings``.
+
+    ``horizon`` (seconds) keeps the time-driven path going after the last event (``6h`` lets the
+    last carts turn abandoned, ``14d`` lets conversion windows close); ``rfm_interval`` is the
+    threshold refresh period in event time. Trigger topics use ``settings.topic_prefix``.
+    """
+    catalogue = load_catalogue(tags_file if tags_file is not None else settings.tags_file)
+    rules = load_rules(rules_file, catalogue.names | set(MODEL_TAGS))
+    models = load_models_config(settings.models_file) if with_models else None
     source = read_events(data, fmt=fmt, mapping=mapping, default_type=default_type, tz=tz)
-    return run_backtest(
-        rules,
-        source,
-        catalogue,
-        horizon=horizon,
-        rfm_interval=rfm_interval,
-        models=models,
-        topics=Topics(topic_prefix),
-        keep_triggers=False,
+    return backtest(
+        settings, rules, source, catalogue=catalogue, horizon=horizon, rfm_interval=rfm_interval, models=models
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Command line: portrait rules backtest RULES --data EXPORT
-# --------------------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", help="rules YAML (e.g. deploy/rules.yaml)")
-    parser.add_argument("--data", required=True, help="JSONL or CSV export (optionally gzipped)")
-    parser.add_argument(
-        "--horizon",
-        default="0",
-        help="keep the time-driven evaluations going this long after the last event, e.g. 6h or 14d (default 0)",
-    )
-    parser.add_argument("--format", choices=["auto", "jsonl", "csv"], default="auto")
-    parser.add_argument("--map", help="CSV column mapping, e.g. user=user_id,date=ts")
-    parser.add_argument("--type", help="event type for CSV rows without a type column")
-    parser.add_argument("--tz", default="UTC", help="time zone of naive CSV timestamps")
-    parser.add_argument("--tags", help="tag catalogue YAML (default: the shipped one)")
-    parser.add_argument("--rfm-interval", default="1d", help="RFM threshold refresh period in event time")
-    parser.add_argument("--models", action="store_true", help="score churn/segment model tags (slower)")
-    parser.add_argument("--topic-prefix", default="portrait", help="prefix of the trigger topics in the report")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the backtest described by ``args`` (see ``add_arguments``) and print the report."""
-    try:
-        horizon = parse_duration(args.horizon)
-        rfm_interval = parse_duration(args.rfm_interval)
-        mapping = parse_mapping(args.map) if args.map else None
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    data = Path(args.data)
-    if not data.is_file():
-        print(f"error: no such file: {data}", file=sys.stderr)
-        return 2
-    try:
-        result = backtest_file(
-            Path(args.file),
-            data,
-            horizon=horizon,
-            fmt=args.format,
-            mapping=mapping,
-            default_type=args.type,
-            tz=args.tz,
-            tags_file=Path(args.tags) if args.tags else None,
-            rfm_interval=rfm_interval,
-            with_models=args.models,
-            topic_prefix=args.topic_prefix,
-        )
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
-    else:
-        print(f"backtest of {args.file} on {data} ({result.seconds:.1f}s, nothing sent)")
-        print(result.to_text())
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point until the CLI wiring lands: ``python -m stream.offline.backtest RULES --data X``."""
-    parser = argparse.ArgumentParser(prog="portrait rules backtest", description="offline rule backtest")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -7,7 +7,6 @@ See docs/rules.md.
 
 from stream.contracts.triggers import Trigger, write_trigger_schema
 from stream.rules.actions import ACTION_TYPES, ActionParams, ActionSpec, ActionType, register_action
-from stream.rules.backtest import BacktestReport, Counts, Evaluation, backtest
 from stream.rules.conditions import Condition, fires, holds
 from stream.rules.config import (
     MODEL_TAGS,
@@ -20,7 +19,7 @@ from stream.rules.config import (
     parse_rules,
     tags_referenced,
 )
-from stream.rules.effect import ORDER_TAGS, EffectTracker, Exposure, detect_order, expose_decisions
+from stream.rules.effect import Exposure, GroupStats, RuleEffect, effects
 from stream.rules.evaluate import REASONS, Decision, Outcome, Reason, evaluate_rules
 from stream.rules.memory import DeliveryMemory, DeliveryRecord
 from stream.rules.trigger import holdout, trigger_id
@@ -28,32 +27,27 @@ from stream.rules.trigger import holdout, trigger_id
 __all__ = [
     "ACTION_TYPES",
     "MODEL_TAGS",
-    "ORDER_TAGS",
     "REASONS",
     "ActionParams",
     "ActionSpec",
     "ActionType",
-    "BacktestReport",
     "Condition",
-    "Counts",
     "Decision",
     "DeliveryMemory",
     "DeliveryRecord",
     "DeliverySettings",
-    "EffectTracker",
-    "Evaluation",
     "Exposure",
+    "GroupStats",
     "Outcome",
     "QuietHours",
     "Reason",
     "Rule",
+    "RuleEffect",
     "RuleSet",
     "Trigger",
-    "backtest",
     "default_known_tags",
-    "detect_order",
+    "effects",
     "evaluate_rules",
-    "expose_decisions",
     "fires",
     "holdout",
     "holds",

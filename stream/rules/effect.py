@@ -1,50 +1,100 @@
-"""Effect tracking: exposures (sent = treated, held out = control) and conversions per rule.
+"""Effect tracking: exposures (sent = treated, held out = control) and their conversions, per rule.
 
-A conversion is an order at a time ``t`` with ``exposure.at <= t < exposure.at + window`` (the rule's
-conversion window). Every open exposure of the user converts at most once; one order converts the
-open exposures of every rule (no exclusive attribution). Rates are over *closed* exposures
-(converted, or expired without an order) so open windows do not bias them.
+The one definition, used by the worker (``stream.core.pipeline.plan_write`` calls these
+functions on every evaluation), and therefore by the offline backtest, which runs the worker's
+code, and read back by ``portrait rules report`` from the counters:
+
+* A firing whose decision has a group (``send`` → treated, ``holdout`` → control) opens an
+  ``Exposure`` at the evaluation time ``at``, with window ``[at, until)``, ``until = at +`` the
+  rule's conversion window.
+* An order at time ``t`` converts every open exposure of the user with ``at <= t < until``, each
+  at most once; one order converts the open exposures of every rule (no exclusive attribution).
+  Only orders applied after the firing count: the order a rule fired on does not convert it.
+* An exposure whose window ended without such an order (``until <= settled``, the time up to
+  which every input has been read) closes as expired.
+
+Counters (``stream.rules.counters``): ``exposed``, ``converted`` and ``expired`` per rule and group;
+rates are over *closed* exposures (converted or expired), so open windows do not bias them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
 
-from stream.rules.conditions import as_number
 from stream.rules.config import RuleSet
+from stream.rules.counters import EffectCounter, Group, RuleCounter, count, parsed
 from stream.rules.evaluate import Decision
+from stream.tagging.state import Exposure, UserState
 
-Group = Literal["treated", "control"]
-ORDER_TAGS: tuple[str, ...] = ("frequency_30d", "frequency_90d", "days_since_last_order")
-"""Tags ``detect_order`` compares: the worker must keep their previous values for effect tracking."""
+__all__ = [
+    "Exposure",
+    "GroupStats",
+    "RuleEffect",
+    "converts",
+    "count_decisions",
+    "effects",
+    "exposure_due",
+    "open_exposures",
+    "track_conversions",
+]
 
 
-def detect_order(previous: Mapping[str, str], current: Mapping[str, str], now: float) -> float | None:
-    """``now`` when the profile step shows a new order, else None.
+def converts(exposure: Exposure, order_time: float) -> bool:
+    """Whether an order at ``order_time`` (applied after the firing) converts ``exposure``."""
+    return exposure.at <= order_time < exposure.until
 
-    A new order shows as ``frequency_30d``/``frequency_90d`` increasing or ``days_since_last_order``
-    dropping (or appearing). The order happened between the two evaluations; ``now`` is the upper
-    bound. Prefer ``EffectTracker.order`` with the ``order_paid`` event time when it is known.
+
+def track_conversions(state: UserState, settled: float, counters: dict[str, int]) -> None:
+    """Convert the open exposures a new order falls in; close those whose window ended before
+    ``settled`` (no order inside it can still arrive). Counts into ``counters``.
+
+    Evaluations happen at every exposure's end (see ``exposure_due``), so an order is always
+    checked before the window it falls in is closed.
     """
-    for tag in ("frequency_30d", "frequency_90d"):
-        count_before, count_after = as_number(previous.get(tag)) or 0.0, as_number(current.get(tag))
-        if count_after is not None and count_after > count_before:
-            return now
-    before, after = as_number(previous.get("days_since_last_order")), as_number(current.get("days_since_last_order"))
-    if after is not None and (before is None or after < before):
-        return now
-    return None
+    order = state.last_order
+    if order is not None and (state.order_seen is None or order > state.order_seen):
+        kept = []
+        for exposure in state.exposures:
+            if converts(exposure, order):
+                count(counters, EffectCounter(exposure.rule, _group(exposure), "converted"))
+            else:
+                kept.append(exposure)
+        state.exposures = kept
+        state.order_seen = order
+    kept = []
+    for exposure in state.exposures:
+        if exposure.until <= settled:
+            count(counters, EffectCounter(exposure.rule, _group(exposure), "expired"))
+        else:
+            kept.append(exposure)
+    state.exposures = kept
 
 
-@dataclass(frozen=True)
-class Exposure:
-    rule_id: str
-    user_id: str
-    group: Group
-    at: float
-    until: float
+def open_exposures(
+    state: UserState, decisions: list[Decision], now: float, rules: RuleSet, counters: dict[str, int]
+) -> None:
+    """Record this step's sent (treated) and held-out (control) firings as exposures at ``now``."""
+    for d in decisions:
+        if d.group is not None:
+            state.exposures.append(Exposure(d.rule.id, d.group, now, now + rules.conversion_window_for(d.rule)))
+            count(counters, EffectCounter(d.rule.id, d.group, "exposed"))
+
+
+def count_decisions(decisions: list[Decision], counters: dict[str, int]) -> None:
+    """One ``rule:<id>:<send|reason>`` count per firing."""
+    for d in decisions:
+        count(counters, RuleCounter(d.rule.id, d.reason or "send"))
+
+
+def exposure_due(state: UserState, now: float) -> float | None:
+    """The next end of an open exposure after ``now``: the user must be evaluated then."""
+    ends = [e.until for e in state.exposures if e.until > now]
+    return min(ends) if ends else None
+
+
+def _group(exposure: Exposure) -> Group:
+    return "control" if exposure.group == "control" else "treated"
 
 
 @dataclass
@@ -62,6 +112,9 @@ class GroupStats:
         """Conversions over closed exposures (None when none closed yet)."""
         closed = self.conversions + self.expired
         return self.conversions / closed if closed else None
+
+    def to_dict(self) -> dict[str, object]:
+        return {"exposures": self.exposures, "conversions": self.conversions, "open": self.open, "rate": self.rate}
 
 
 @dataclass
@@ -84,69 +137,25 @@ class RuleEffect:
         c, u = self.control.rate, self.uplift
         return None if u is None or not c else u / c
 
-
-@dataclass
-class EffectTracker:
-    """Open exposures per user and closed counts per rule and group."""
-
-    pending: dict[str, list[Exposure]] = field(default_factory=dict)
-    effects: dict[str, RuleEffect] = field(default_factory=dict)
-
-    def expose(self, rule_id: str, user_id: str, group: Group, at: float, window_s: float) -> Exposure:
-        """Record an exposure whose conversion window is ``[at, at + window_s)``."""
-        exposure = Exposure(rule_id, user_id, group, at, at + window_s)
-        self.pending.setdefault(user_id, []).append(exposure)
-        self.effects.setdefault(rule_id, RuleEffect()).group(group).exposures += 1
-        return exposure
-
-    def order(self, user_id: str, order_time: float) -> list[Exposure]:
-        """Convert the user's open exposures whose window contains ``order_time``; returns them."""
-        keep: list[Exposure] = []
-        converted: list[Exposure] = []
-        for exposure in self.pending.get(user_id, []):
-            (converted if exposure.at <= order_time < exposure.until else keep).append(exposure)
-        for exposure in converted:
-            self.effects[exposure.rule_id].group(exposure.group).conversions += 1
-        self._set_pending(user_id, keep)
-        return converted
-
-    def expire(self, now: float) -> int:
-        """Close exposures whose window ended (``until <= now``) without an order; returns how many."""
-        closed = 0
-        for user_id in list(self.pending):
-            keep = []
-            for exposure in self.pending[user_id]:
-                if exposure.until <= now:
-                    self.effects[exposure.rule_id].group(exposure.group).expired += 1
-                    closed += 1
-                else:
-                    keep.append(exposure)
-            self._set_pending(user_id, keep)
-        return closed
-
-    def _set_pending(self, user_id: str, exposures: list[Exposure]) -> None:
-        if exposures:
-            self.pending[user_id] = exposures
-        else:
-            self.pending.pop(user_id, None)
-
-    def report(self) -> dict[str, dict[str, object]]:
-        """Per rule: exposures/conversions/open/rate per group, uplift and relative uplift."""
-        out: dict[str, dict[str, object]] = {}
-        for rule_id, effect in sorted(self.effects.items()):
-            groups = {
-                name: {"exposures": g.exposures, "conversions": g.conversions, "open": g.open, "rate": g.rate}
-                for name, g in (("treated", effect.treated), ("control", effect.control))
-            }
-            out[rule_id] = {**groups, "uplift": effect.uplift, "relative_uplift": effect.relative_uplift}
-        return out
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "treated": self.treated.to_dict(),
+            "control": self.control.to_dict(),
+            "uplift": self.uplift,
+            "relative_uplift": self.relative_uplift,
+        }
 
 
-def expose_decisions(tracker: EffectTracker, rules: RuleSet, decisions: list[Decision]) -> list[Exposure]:
-    """Record sent (treated) and held-out (control) decisions with each rule's conversion window."""
-    exposures = []
-    for d in decisions:
-        if d.group is not None:
-            window = rules.conversion_window_for(d.rule)
-            exposures.append(tracker.expose(d.rule.id, d.trigger.user_id, d.group, d.trigger.event_time, window))
-    return exposures
+def effects(stats: Mapping[str, int]) -> dict[str, RuleEffect]:
+    """Per rule (sorted by id), its effect from the ``effect:`` counters of ``P:v1:stats``."""
+    out: dict[str, RuleEffect] = {}
+    for counter, n in parsed(stats):
+        if isinstance(counter, EffectCounter):
+            g = out.setdefault(counter.rule, RuleEffect()).group(counter.group)
+            if counter.what == "exposed":
+                g.exposures += n
+            elif counter.what == "converted":
+                g.conversions += n
+            else:
+                g.expired += n
+    return dict(sorted(out.items()))

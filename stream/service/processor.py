@@ -28,6 +28,7 @@ from stream.identity.merge import IdentityPolicy
 from stream.metrics import Metrics
 from stream.models import Models
 from stream.rules import RuleSet
+from stream.rules.counters import EffectCounter, parsed
 from stream.service.deadletters import DeadLetters, SendDeadLetters
 from stream.service.outbox import Outbox, SendTriggers
 from stream.service.retry import RedisRetry
@@ -243,15 +244,14 @@ class Processor:
 
     def _count_decisions(self, writes: list[UserWrite]) -> None:
         for w in writes:
-            for key, n in w.counters.items():
-                if key.startswith("effect:"):
-                    _, rule, group, what = key.split(":")
-                    self.metrics.rule_effect.labels(rule, group, what).inc(n)
-            for rule, outcome, reason in w.decisions:
-                if outcome == "send":
-                    self.metrics.triggers_sent.labels(rule).inc()
+            for counter, n in parsed(w.counters):
+                if isinstance(counter, EffectCounter):
+                    self.metrics.rule_effect.labels(counter.rule, counter.group, counter.what).inc(n)
+            for d in w.decisions:
+                if d.outcome == "send":
+                    self.metrics.triggers_sent.labels(d.rule).inc()
                 else:
-                    self.metrics.triggers_suppressed.labels(rule, reason).inc()
+                    self.metrics.triggers_suppressed.labels(d.rule, d.reason).inc()
 
     # -- trigger delivery ----------------------------------------------------------------
     async def deliver_triggers(self) -> int:

@@ -43,6 +43,26 @@ _COMPRESSOR = zstandard.ZstdCompressor(level=3, dict_data=_ZDICT_V1, write_check
 _DECOMPRESSOR = zstandard.ZstdDecompressor(dict_data=_ZDICT_V1)
 
 
+@dataclass(frozen=True)
+class Exposure:
+    """An open exposure of the user to a rule firing, for uplift (see ``stream.rules.effect``):
+    ``group`` is ``treated`` (sent) or ``control`` (held out); an order at ``t`` with
+    ``at <= t < until`` converts it. Stored as the list ``[rule, group, at, until]``."""
+
+    rule: str
+    group: str
+    at: float
+    until: float
+
+    def to_json(self) -> list[Any]:
+        return [self.rule, self.group, self.at, self.until]
+
+    @classmethod
+    def from_json(cls, item: list[Any]) -> Exposure:
+        rule, group, at, until = item
+        return cls(str(rule), str(group), float(at), float(until))
+
+
 @dataclass
 class UserState:
     """Exact aggregate state of one user. ``tiles[day]`` holds counters for one UTC day."""
@@ -65,7 +85,7 @@ class UserState:
     rules_prev: dict[str, str] | None = None  # values of rule-referenced tags at the last evaluation
     rules_hash: str | None = None  # which tracked-tag set ``rules_prev`` was recorded for
     delivery: dict[str, Any] = field(default_factory=dict)  # rules.DeliveryMemory.to_dict()
-    exposures: list[list[Any]] = field(default_factory=list)  # open [rule, group, at, until] for uplift
+    exposures: list[Exposure] = field(default_factory=list)  # open exposures, for uplift
     order_seen: float | None = None  # last order already checked against exposures
     models: dict[str, Any] = field(default_factory=dict)  # models.UserModelState.to_json()
     merged: list[list[Any]] = field(default_factory=list)  # [anonymous subject, link event time] merged in
@@ -101,7 +121,7 @@ class UserState:
             "rp": self.rules_prev,
             "rh": self.rules_hash,
             "dm": self.delivery,
-            "x": self.exposures,
+            "x": [e.to_json() for e in self.exposures],
             "os": self.order_seen,
             "m": self.models,
             "mg": self.merged,
@@ -130,7 +150,7 @@ class UserState:
             rules_prev=doc.get("rp"),
             rules_hash=doc.get("rh"),
             delivery=doc.get("dm") or {},
-            exposures=doc.get("x") or [],
+            exposures=[Exposure.from_json(e) for e in doc.get("x") or []],
             order_seen=doc.get("os"),
             models=doc.get("m") or {},
             merged=doc.get("mg") or [],

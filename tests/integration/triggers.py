@@ -55,18 +55,40 @@ def expected_triggers(events: list[dict]) -> dict[str, set[str]]:
     return {"triggers.care_sms": sms, "triggers.coupon": coupons}
 
 
-def expected_conversions(events: list[dict], rule: str, holdout: float, window_s: float) -> dict[str, int]:
-    """Users of a first-activity rule with an order in (first activity, first activity + window], by
-    group (treated = sent, control = held out)."""
+def expected_conversions(
+    events: list[dict], rule: str, holdout: float, window_s: float, fired_at: dict[str, float] | None = None
+) -> dict[str, int]:
+    """Users of a first-activity rule whose exposure converts, by group (treated = sent, control =
+    held out): an order at ``t`` with ``start <= t < start + window`` (docs/rules.md), other than the
+    event the rule fired on. ``start`` is the user's first activity, or ``fired_at[user]`` when the
+    firing times are given (a replay through Kafka may apply a user's order before an earlier page
+    view, and fire there). The datasets used have no order sharing its second with another activity
+    of its user (``assert_unambiguous_orders``), so an order at ``start`` is the one fired on."""
     orders: dict[str, list[float]] = {}
     for e in events:
         if e["type"] == "order_paid":
             orders.setdefault(e["user_id"], []).append(datetime.fromisoformat(e["ts"]).timestamp())
+    starts = first_activity(events) if fired_at is None else fired_at
     out = {"treated": 0, "control": 0}
-    for user, start in first_activity(events).items():
-        if any(start < t <= start + window_s for t in orders.get(user, [])):
+    for user, start in starts.items():
+        if any(start < t < start + window_s for t in orders.get(user, [])):
             out["control" if held_out(user, rule, holdout) else "treated"] += 1
     return out
+
+
+def assert_unambiguous_orders(events: list[dict]) -> None:
+    """No order shares its second with another activity of its user (see ``expected_conversions``)."""
+    seen: dict[tuple[str, float], int] = {}
+    for e in events:
+        if e["type"] != "identify":
+            key = (e["user_id"], datetime.fromisoformat(e["ts"]).timestamp())
+            seen[key] = seen.get(key, 0) + 1
+    shared = [
+        e
+        for e in events
+        if e["type"] == "order_paid" and seen[(e["user_id"], datetime.fromisoformat(e["ts"]).timestamp())] > 1
+    ]
+    assert not shared, f"orders sharing a second with another activity: {shared[:3]}"
 
 
 async def read_triggers(settings: Settings, idle_s: float = 3.0) -> dict[str, list[dict]]:

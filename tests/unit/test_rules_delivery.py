@@ -1,5 +1,5 @@
 """Rule evaluation and delivery: edge triggering, suppression in time zones, ids, holdout, memory,
-backtest, effect tracking. Times are written as UTC datetimes; local times in comments are derived
+effect tracking. Times are written as UTC datetimes; local times in comments are derived
 by hand from the zone's offset on that date."""
 
 from __future__ import annotations
@@ -15,19 +15,20 @@ import pytest
 from stream.contracts.triggers import trigger_json_schema
 from stream.rules import (
     DeliveryMemory,
-    EffectTracker,
+    Exposure,
     RuleSet,
-    backtest,
-    detect_order,
+    effects,
     evaluate_rules,
-    expose_decisions,
     holdout,
     load_rules,
     parse_rules,
     trigger_id,
 )
 from stream.rules.config import QuietHours
+from stream.rules.counters import EffectCounter, RuleCounter, parse
+from stream.rules.effect import exposure_due, open_exposures, track_conversions
 from stream.rules.evaluate import Decision
+from stream.tagging.state import UserState
 
 ROOT = Path(__file__).resolve().parents[2]
 DAY = 86400
@@ -299,83 +300,78 @@ def test_memory_prunes_old_days_and_expired_cooldowns() -> None:
     assert memory.last_fired == {}  # r0 is no longer in the rule set
 
 
-# --- backtest ------------------------------------------------------------------------------------
+# --- effect tracking (stream.rules.effect: the one definition of exposure and conversion) ---------
 
 
-def test_backtest_counts() -> None:
-    rules = ruleset({"cooldown": "7d"}, {"when": {"tag": "value_tier", "eq": "vip"}, "holdout": 0.5})
-    control = next(u for u in USERS if holdout(u, "r1", 0.5))
-    treated = next(u for u in USERS if not holdout(u, "r1", 0.5))
-    t0 = utc(2026, 3, 1, 12)
-    low = {"value_tier": "low", "recency_days": "13"}
-    evaluations = [
-        (treated, low, ON, t0),  # r0 send, r1 send
-        (treated, OFF, ON, t0 + DAY),  # r0 cooldown
-        (control, low, OFF, t0),  # r1 holdout
-        (control, None, ON, t0 + DAY),  # baseline only
-        (control, OFF, OFF, t0 + 2 * DAY),  # nothing
-    ]
-    summary = backtest(rules, evaluations).summary()
-    assert summary == {
-        "evaluations": 5,
-        "total": {
-            "fired": 4,
-            "sent": 2,
-            "suppressed": {"cooldown": 1, "holdout": 1},
-            "users_fired": 2,
-            "users_sent": 1,
-        },
-        "rules": {
-            "r0": {"fired": 2, "sent": 1, "suppressed": {"cooldown": 1}, "users_fired": 1, "users_sent": 1},
-            "r1": {"fired": 2, "sent": 1, "suppressed": {"holdout": 1}, "users_fired": 2, "users_sent": 1},
-        },
-    }
+def _exposed(*users_groups: tuple[str, str], at: float, window: float) -> dict[str, UserState]:
+    return {u: UserState(exposures=[Exposure("winback", g, at, at + window)]) for u, g in users_groups}
 
 
-# --- effect tracking -----------------------------------------------------------------------------
+def _order(state: UserState, t: float, settled: float, counters: dict[str, int]) -> None:
+    state.last_order = max(t, state.last_order or t)
+    track_conversions(state, settled, counters)
 
 
-def test_detect_order() -> None:
-    now = utc(2026, 3, 1)
-    assert detect_order({"frequency_90d": "2"}, {"frequency_90d": "3"}, now) == now
-    assert detect_order({}, {"frequency_90d": "1"}, now) == now
-    assert detect_order({"days_since_last_order": "9"}, {"days_since_last_order": "0"}, now) == now
-    assert detect_order({"days_since_last_order": "9"}, {"days_since_last_order": "10"}, now) is None
-    assert detect_order({"frequency_90d": "3"}, {"frequency_90d": "2"}, now) is None  # an order left the window
-
-
-def test_effect_rates_and_uplift() -> None:
-    tracker = EffectTracker()
+def test_conversion_window_is_half_open_and_rates_are_over_closed_exposures() -> None:
     t0 = utc(2026, 3, 1)
     week = 7 * DAY
-    for user, group in (("a", "treated"), ("b", "treated"), ("c", "treated"), ("d", "control"), ("e", "control")):
-        tracker.expose("winback", user, group, t0, week)  # type: ignore[arg-type]
-    assert [e.user_id for e in tracker.order("a", t0 + DAY)] == ["a"]
-    assert tracker.order("a", t0 + 2 * DAY) == []  # converts once
-    assert tracker.order("b", t0 + week) == []  # window is [t0, t0 + 7d): too late
-    assert [e.user_id for e in tracker.order("d", t0 + week - 1)] == ["d"]
-    assert tracker.order("e", t0 - 1) == []  # before the exposure
-    assert tracker.expire(t0 + week) == 3  # b, c, e
-    report = tracker.report()["winback"]
+    groups = (("a", "treated"), ("b", "treated"), ("c", "treated"), ("d", "control"), ("e", "control"))
+    states = _exposed(*groups, at=t0, window=week)
+    counters: dict[str, int] = {"effect:winback:treated:exposed": 3, "effect:winback:control:exposed": 2}
+    _order(states["a"], t0, t0, counters)  # at the firing time: inside [t0, t0 + 7d)
+    _order(states["a"], t0 + 2 * DAY, t0 + 2 * DAY, counters)  # converts once
+    _order(states["b"], t0 + week, t0 + week, counters)  # at the end: outside, and the window closes
+    _order(states["d"], t0 + week - 1, t0 + week - 1, counters)
+    _order(states["e"], t0 - 1, t0, counters)  # before the exposure
+    assert counters["effect:winback:treated:converted"] == 1 and counters["effect:winback:control:converted"] == 1
+    assert counters["effect:winback:treated:expired"] == 1  # b
+    assert states["e"].exposures and states["c"].exposures  # still open
+    track_conversions(states["e"], t0 + week - 1, counters)
+    assert states["e"].exposures, "open until the settled time reaches the end"
+    for user in "ce":
+        track_conversions(states[user], t0 + week, counters)
+    assert not any(s.exposures for s in states.values())
+    report = effects(counters)["winback"].to_dict()
     assert report["treated"] == {"exposures": 3, "conversions": 1, "open": 0, "rate": 1 / 3}
     assert report["control"] == {"exposures": 2, "conversions": 1, "open": 0, "rate": 1 / 2}
     assert report["uplift"] == pytest.approx(1 / 3 - 1 / 2)
     assert report["relative_uplift"] == pytest.approx((1 / 3 - 1 / 2) / (1 / 2))
 
 
-def test_expose_decisions_uses_groups_and_conversion_window() -> None:
+def test_an_order_already_seen_converts_nothing_new() -> None:
+    t0 = utc(2026, 3, 1)
+    state = UserState(last_order=t0, order_seen=t0, exposures=[Exposure("winback", "treated", t0, t0 + DAY)])
+    counters: dict[str, int] = {}
+    track_conversions(state, t0, counters)  # the order the rule fired on does not convert its own firing
+    assert counters == {} and len(state.exposures) == 1
+    assert exposure_due(state, t0) == t0 + DAY and exposure_due(state, t0 + DAY) is None
+
+
+def test_exposures_use_groups_and_conversion_window() -> None:
     rules = ruleset({"holdout": 0.5, "conversion_window": "3d"}, {}, daily_cap=1)
     control = next(u for u in USERS if holdout(u, "r0", 0.5))
     t0 = utc(2026, 3, 1, 12)
-    tracker = EffectTracker()
-    exposures = expose_decisions(tracker, rules, step(rules, t0, user=control))  # r0 held out, r1 sent
-    assert [(e.rule_id, e.group, e.until) for e in exposures] == [
+    state, counters = UserState(), {}  # type: ignore[var-annotated]
+    open_exposures(state, step(rules, t0, user=control), t0, rules, counters)  # r0 held out, r1 sent
+    assert [(e.rule, e.group, e.until) for e in state.exposures] == [
         ("r0", "control", t0 + 3 * DAY),
         ("r1", "treated", t0 + 7 * DAY),
     ]
+    assert counters == {"effect:r0:control:exposed": 1, "effect:r1:treated:exposed": 1}
     rules_capped = ruleset({}, {}, daily_cap=1)
-    assert len(expose_decisions(tracker, rules_capped, step(rules_capped, t0))) == 1  # r1 capped: not exposed
-    assert len(tracker.pending["u1"]) == 1
+    capped = UserState()
+    open_exposures(capped, step(rules_capped, t0), t0, rules_capped, counters)
+    assert len(capped.exposures) == 1  # r1 capped: not exposed
+
+
+def test_counter_keys_round_trip() -> None:
+    for counter in (
+        RuleCounter("r0", "send"),
+        RuleCounter("r0", "quiet_hours"),
+        EffectCounter("r0", "control", "expired"),
+    ):
+        assert parse(counter.encode()) == counter
+    assert parse("events_applied") is None and parse("rule:r0:bogus") is None and parse("effect:r0:x:exposed") is None
 
 
 # --- shipped rules and schema --------------------------------------------------------------------

@@ -1,0 +1,326 @@
+"""The one offline driver: the worker's own code replaying an export in event time on a real Redis.
+
+``drive(settings, items, ...)`` runs ``stream.service.processor.Processor`` on a
+``stream.storage.store.Store`` (the Redis/Valkey of ``PORTRAIT_REDIS_URL``) the way a worker in
+event-time mode (``clock="event"``) would process the export, and reports what it did. It backs
+``portrait rules backtest`` (``stream.offline.backtest``) and ``portrait evaluate``
+(``stream.offline.evaluation``); there is no second simulator of tags, rules or models.
+
+* **Scratch namespace.** Everything is written under a key prefix unique to the run
+  (``<PORTRAIT_KEY_PREFIX>-offline-<random>``, see ``stream.storage.keys``), never under the
+  worker's; every key of it is deleted at the end, also on error. ``inspect`` may read the store
+  before that.
+* **Input.** Items as ``stream.kafka.replay.read_events`` yields them, routed like ``replay``
+  (``route``), sorted by event time (ties: file order) and fed as ``Message``s of one pseudo
+  partition, offsets in that order, in batches of ``settings.batch_size``. Every batch reports its
+  partition read to the end (``highwaters``), so the event-time watermark is the clock, as for a
+  worker reading a time-ordered input.
+* **Time-driven path.** Between batches and after the last one, exactly the worker's timer:
+  ``reevaluate_due`` until nothing is due at ``now()`` (the watermark). After the last event the
+  clock advances to the end (+ ``horizon``) and the due users are drained there.
+* **RFM thresholds** are refreshed with the store's own refresh script on an event-time cadence:
+  when the clock enters a new period of ``rfm_interval`` (batches are cut at period starts; the
+  clock is advanced to the start and due users are drained before the refresh). The worker
+  refreshes on wall time instead, which during a replay sweeps months between refreshes.
+* **Triggers** are written to the outbox by the worker's code and handed to ``send_triggers``:
+  here captured, never produced. **Dead letters** go to ``send_dead_letters``: counted by reason.
+* **Models** (``models``): the processor scores with them; with ``learn=True`` the trainer
+  (``stream.service.trainer.Trainer``) steps in-process: after every batch it learns the examples
+  the writes appended to the stream, and publishes a checkpoint each ``model_checkpoint_interval_s``
+  of event time, which the processor loads with its next batch (as workers do).
+
+Differences from a live run, by construction: one input read in strict event-time order (a live
+consumer reads partitions at different speeds, see docs/rules.md "Effect tracking in replays"),
+thresholds and checkpoints on event-time cadences, and nothing is sent.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from stream.contracts.deadletter import DeadLetter
+from stream.contracts.events import parse_event
+from stream.contracts.topics import Topics
+from stream.core.pipeline import Message
+from stream.core.writes import UserWrite
+from stream.kafka.replay import route
+from stream.metrics import Metrics
+from stream.models import Models, ModelsConfig
+from stream.rules import RuleSet
+from stream.service.processor import Processor
+from stream.service.trainer import Trainer
+from stream.settings import Settings
+from stream.storage.keys import Keys
+from stream.storage.store import OutboxEntry, Progress, Store
+from stream.tagging.definitions import TagCatalogue
+
+DAY = 86400.0
+PARTITION = 0
+UNTIMED = -math.inf  # sort key of messages without a readable event time: fed first, dead-lettered
+
+
+@dataclass(frozen=True)
+class Firing:
+    """One rule firing: ``outcome`` ``send`` or ``suppressed`` (``reason`` says why).
+
+    ``time_driven``: evaluated at a moment without an event of the user (a change point)."""
+
+    rule_id: str
+    user_id: str
+    at: float
+    outcome: str
+    reason: str | None
+    time_driven: bool
+
+
+@dataclass
+class OfflineRun:
+    """What one drive did. ``stats`` is the run's ``P:v1:stats`` hash (the counters behind
+    ``portrait rules report``); ``triggers`` every outbox entry the worker code delivered."""
+
+    messages: int = 0
+    applied: int = 0
+    redelivered: int = 0
+    duplicates: int = 0
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    users: int = 0
+    expired_users: int = 0
+    start: float | None = None  # first event time
+    end: float | None = None  # last event time
+    clock_end: float | None = None  # end + horizon: the clock at the last time-driven drain
+    batches: int = 0
+    reevaluations: int = 0  # time-driven evaluations of the timer path
+    rfm_refreshes: int = 0
+    rfm_version: int = 0
+    firings: list[Firing] = field(default_factory=list)
+    triggers: list[OutboxEntry] = field(default_factory=list)
+    stats: dict[str, int] = field(default_factory=dict)
+    learned: int = 0  # model items the trainer learned
+    checkpoints: int = 0  # model checkpoints published
+    # (label, score, recency baseline, snapshot time) of every churn example learned (learn=True)
+    churn_record: list[tuple[int, float, float, float]] = field(default_factory=list)
+    key_prefix: str = ""
+    seconds: float = 0.0
+
+
+class _RecordingStore(Store):
+    """The worker's store, also keeping every write that was applied (the driver's only tap)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.applied: list[UserWrite] = []
+
+    async def write(
+        self, writes: list[UserWrite], clock: float | None, stats: dict[str, int], progress: Progress | None = None
+    ) -> list[str]:
+        conflicts = await super().write(writes, clock, stats, progress)
+        if not conflicts:
+            self.applied.extend(writes)
+        return conflicts
+
+
+def scratch_settings(settings: Settings) -> Settings:
+    """``settings`` in event-time mode with a key prefix of its own (unique per call)."""
+    prefix = f"{settings.key_prefix}-offline-{uuid.uuid4().hex[:12]}"
+    return settings.model_copy(update={"clock": "event", "key_prefix": prefix})
+
+
+def _sorted_messages(items: Iterable[dict[str, Any] | bytes], topics: Topics) -> list[tuple[float, Message, str]]:
+    """(event time, message, subject) in event-time order, offsets of one pseudo partition in that order."""
+    keyed: list[tuple[float, int, bytes | None, bytes, str]] = []
+    for index, item in enumerate(items):
+        _topic, key, value, _known = route(item, topics)
+        try:
+            event = parse_event(value)
+            keyed.append((event.epoch, index, key, value, event.subject_id))
+        except ValidationError:
+            keyed.append((UNTIMED, index, key, value, ""))
+    keyed.sort(key=lambda k: (k[0], k[1]))
+    topic = f"{topics.prefix}.offline"
+    return [
+        (ts, Message(topic, PARTITION, offset, key, value), subject)
+        for offset, (ts, _, key, value, subject) in enumerate(keyed)
+    ]
+
+
+async def drive(
+    settings: Settings,
+    items: Iterable[dict[str, Any] | bytes],
+    *,
+    catalogue: TagCatalogue,
+    rules: RuleSet | None = None,
+    models: ModelsConfig | None = None,
+    learn: bool = False,
+    horizon: float = 0.0,
+    rfm_interval: float = DAY,
+    inspect: Callable[[Store], Awaitable[None]] | None = None,
+) -> OfflineRun:
+    """Replay ``items`` through the worker's code in a scratch namespace; see the module docstring."""
+    if horizon < 0:
+        raise ValueError("horizon must be >= 0")
+    if rfm_interval <= 0:
+        raise ValueError("rfm_interval must be > 0")
+    started = time.perf_counter()
+    scratch = scratch_settings(settings)
+    topics = Topics(scratch.topic_prefix)
+    run = OfflineRun(key_prefix=scratch.key_prefix)
+    feed = _sorted_messages(items, topics)
+    run.messages = len(feed)
+    dead_offsets: set[int] = set()
+
+    async def send_dead_letters(letters: list[DeadLetter]) -> None:
+        for letter in letters:
+            run.dead_letters[letter.reason] += 1
+            dead_offsets.add(letter.source_offset)
+
+    async def send_triggers(entries: list[OutboxEntry]) -> None:
+        run.triggers.extend(entries)
+
+    store = _RecordingStore.from_url(
+        scratch.resolved_redis_url(), Keys(scratch.key_prefix), **scratch.redis_client_kwargs()
+    )
+    assert isinstance(store, _RecordingStore)
+    metrics = Metrics()
+    processor = Processor(
+        scratch,
+        catalogue,
+        store,
+        send_dead_letters,
+        metrics,
+        rules=rules,
+        send_triggers=send_triggers,
+        models=Models(models) if models is not None else None,
+    )
+    trainer: Trainer | None = None
+    if models is not None and learn:
+        trainer = Trainer(store, models, metrics, checkpoint_interval_s=math.inf)
+        trainer.models = Models(models)  # fresh: nothing to resume in a scratch namespace
+        trainer.models.churn.record = run.churn_record
+    try:
+        await store.ensure_outbox()
+        await _replay(run, feed, processor, store, trainer, scratch, horizon, rfm_interval)
+        run.stats = await store.stats()
+        run.rfm_version = (await store.rfm_thresholds()).version
+        if inspect is not None:
+            await inspect(store)
+    finally:
+        try:
+            await _delete_namespace(store)
+        finally:
+            await store.close()
+    events_of = {(subject, ts) for ts, _, subject in feed}
+    for w in store.applied:
+        if w.state is None and w.alias_to is None:
+            run.expired_users += 1
+        for d in w.decisions:
+            time_driven = (w.uid, d.at) not in events_of
+            run.firings.append(Firing(d.rule, w.uid, d.at, d.outcome, d.reason or None, time_driven))
+    run.users = len({subject for ts, m, subject in feed if ts != UNTIMED and m.offset not in dead_offsets})
+    run.seconds = time.perf_counter() - started
+    return run
+
+
+async def _replay(
+    run: OfflineRun,
+    feed: list[tuple[float, Message, str]],
+    processor: Processor,
+    store: Store,
+    trainer: Trainer | None,
+    settings: Settings,
+    horizon: float,
+    rfm_interval: float,
+) -> None:
+    source = f"{feed[0][1].topic}/{PARTITION}" if feed else ""
+    period: int | None = None
+    published_at: float | None = None
+
+    async def drain() -> None:
+        while n := await processor.reevaluate_due():
+            run.reevaluations += n
+
+    async def enter(at: float) -> None:
+        """Refresh RFM thresholds when ``at`` is in a new period (drained up to its start first)."""
+        nonlocal period
+        current = math.floor(at / rfm_interval)
+        if period is not None and current <= period:
+            return
+        if period is not None:
+            await store.advance_clock(current * rfm_interval)
+            await drain()
+        period = current
+        await store.refresh_rfm(current * rfm_interval)
+        run.rfm_refreshes += 1
+
+    async def train(clock: float, final: bool = False) -> None:
+        nonlocal published_at
+        if trainer is None:
+            return
+        run.learned += await trainer.tick()
+        due = published_at is None or clock - published_at >= settings.model_checkpoint_interval_s
+        if trainer.unpublished and (due or final):
+            assert trainer.models is not None
+            record, trainer.models.churn.record = trainer.models.churn.record, None  # not into the checkpoint
+            try:
+                await trainer.publish()
+            finally:
+                trainer.models.churn.record = record
+            published_at = clock
+            run.checkpoints += 1
+
+    timed = [ts for ts, _, _ in feed if ts != UNTIMED]
+    if timed:
+        run.start, run.end = timed[0], timed[-1]
+    i = 0
+    while i < len(feed):
+        first = feed[i][0]
+        if first != UNTIMED:
+            await enter(first)
+        limit = (math.floor(first / rfm_interval) + 1) * rfm_interval if first != UNTIMED else -math.inf
+        j = i
+        while j < len(feed) and j - i < settings.batch_size and (feed[j][0] < limit or feed[j][0] == first):
+            j += 1
+        batch = [m for _, m, _ in feed[i:j]]
+        report = await processor.process(batch, {source: batch[-1].offset + 1})
+        run.batches += 1
+        run.applied += report.applied
+        run.redelivered += report.redelivered
+        run.duplicates += report.duplicates
+        await drain()
+        await train(processor.event_clock)
+        i = j
+    if run.end is not None:
+        run.clock_end = run.end + horizon
+        t = run.end
+        while t < run.clock_end:  # the horizon: the clock moves on, period by period
+            t = min(run.clock_end, (math.floor(t / rfm_interval) + 1) * rfm_interval)
+            await store.advance_clock(t)
+            await drain()
+            await enter(t)  # a refresh when t starts a new period
+        await drain()
+        await train(run.clock_end, final=True)
+        await drain()
+
+
+async def _delete_namespace(store: Store) -> None:
+    batch: list[Any] = []
+    async for key in store.client.scan_iter(match=f"{store.keys.base}:*", count=2000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            await store.client.unlink(*batch)
+            batch = []
+    if batch:
+        await store.client.unlink(*batch)
+
+
+def triggers_json(run: OfflineRun) -> list[dict[str, Any]]:
+    """The captured triggers as documents, in delivery order."""
+    return [orjson.loads(e.value) for e in run.triggers]

@@ -1,0 +1,310 @@
+"""The offline driver (stream/offline/driver.py) and what runs on it, on the session's Valkey:
+hand-derived firings on small event lists, the time-driven path, suppression counting, holdout,
+the shipped rule file, firings and conversions equal to the independent oracle, the RFM refresh
+script against an independent quintile computation, the model evaluation, and the scratch
+namespace left empty."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+from portrait_dev.synth import generate, personas, write_jsonl
+
+from stream.offline.backtest import backtest, backtest_file
+from stream.offline.driver import drive
+from stream.offline.evaluation import evaluate_events
+from stream.rules import RuleSet, holdout, load_rules, parse_rules
+from stream.settings import ConfigError, Settings
+from stream.storage.keys import Keys
+from stream.storage.store import Store
+from stream.tagging.definitions import load_catalogue
+from tests import oracle
+from tests.integration.triggers import (
+    RULES,
+    assert_unambiguous_orders,
+    expected_conversions,
+    expected_triggers,
+    held_out,
+)
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC).timestamp()  # a Monday, 10:00 UTC
+H = 3600.0
+DAY = 86400.0
+SMS = {"type": "care_sms", "params": {"template": "t"}}
+COUPON = {"type": "coupon", "params": {"campaign": "c", "value": 5.0}}
+_TAGS = {"complaints_90d", "cart_abandoned", "events_30d", "timezone"}
+
+
+@pytest.fixture
+def settings(make_settings: Any) -> Settings:
+    s: Settings = make_settings()
+    return s
+
+
+def rules(*items: dict[str, Any], **settings: Any) -> RuleSet:
+    return parse_rules({"version": 1, "settings": settings, "rules": list(items)}, Path("test.yaml"), {"x"} | _TAGS)
+
+
+def ev(n: int, user: str, etype: str, at: float, **fields: Any) -> dict[str, Any]:
+    ts = datetime.fromtimestamp(at, UTC).isoformat()
+    return {"event_id": f"e{n}", "type": etype, "user_id": user, "ts": ts, **fields}
+
+
+def cart(n: int, user: str, at: float) -> dict[str, Any]:
+    return ev(n, user, "add_to_cart", at, product_id="p1", category="shoes", price=20.0)
+
+
+def _keys_left(settings: Settings, prefix: str) -> list[bytes]:
+    client = redis.Redis.from_url(settings.resolved_redis_url())
+    try:
+        return list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    finally:
+        client.close()
+
+
+def test_complaint_rule_fires_once_and_dead_letters_are_counted(settings: Settings) -> None:
+    ruleset = rules(
+        {
+            "id": "care",
+            "version": 1,
+            "when": {"tag": "complaints_90d", "crosses_above": 0},
+            "action": SMS,
+            "cooldown": "7d",
+            "quiet_hours": "off",
+        }
+    )
+    messages: list[dict[str, Any] | bytes] = [
+        ev(1, "a", "page_view", T0),
+        ev(2, "b", "page_view", T0 + H),
+        ev(3, "a", "feedback", T0 + 2 * H, complaint=True, text="broken"),
+        ev(4, "b", "feedback", T0 + 3 * H, rating=5),
+        ev(5, "a", "feedback", T0 + 2 * DAY, complaint=True),  # 1 -> 2 does not cross 0 again
+        ev(5, "a", "feedback", T0 + 2 * DAY, complaint=True),  # producer duplicate: skipped
+        b"{not json",
+        b'{"type": "page_view", "user_id": "c"}',  # no event_id, no ts
+        ev(6, "b", "page_view", T0 + 3 * DAY),
+    ]
+    result = backtest(settings, ruleset, messages)
+    assert result.messages == 9
+    assert result.events == 6
+    assert result.duplicates == 1
+    assert result.dead_letters == {"invalid_json": 1, "schema_violation": 1}
+    assert result.users == 2
+    assert [(f.rule_id, f.user_id, f.at, f.outcome) for f in result.firings] == [("care", "a", T0 + 2 * H, "send")]
+    care = result.rules["care"]
+    assert (care.fired, care.sent, len(care.users), sum(care.suppressed.values())) == (1, 1, 1, 0)
+    assert result.topics == {f"{settings.topic_prefix}.triggers.care_sms": 1}
+    trigger = orjson.loads(result.triggers[0][1])
+    assert (trigger["user_id"], trigger["event_time"]) == ("a", T0 + 2 * H)
+    assert result.start == T0 and result.end == T0 + 3 * DAY
+
+
+CART_RULE = {
+    "id": "cart",
+    "version": 1,
+    "when": {"tag": "cart_abandoned", "eq": True},
+    "action": COUPON,
+    "cooldown": "3d",
+    "quiet_hours": "off",
+}
+
+
+def test_cart_abandonment_fires_on_the_time_driven_point_six_hours_after_the_cart(settings: Settings) -> None:
+    messages: list[dict[str, Any] | bytes] = [
+        cart(1, "c", T0),
+        ev(2, "d", "page_view", T0 + DAY),  # moves the clock past T0 + 6h; c has no later event
+    ]
+    result = backtest(settings, rules(CART_RULE), messages)
+    assert [(f.user_id, f.at, f.time_driven) for f in result.firings] == [("c", T0 + 6 * H, True)]
+    (topic, payload), *_ = result.triggers
+    assert topic == f"{settings.topic_prefix}.triggers.coupon"
+    trigger = orjson.loads(payload)
+    assert (trigger["user_id"], trigger["event_time"]) == ("c", T0 + 6 * H)
+    assert trigger["explanation"]["values"]["cart_abandoned"] == {"previous": "false", "current": "true"}
+    assert result.rules["cart"].time_driven == 1
+    assert result.time_evaluations >= 1
+
+
+def test_cart_abandonment_needs_the_clock_to_reach_it(settings: Settings) -> None:
+    only_cart: list[dict[str, Any] | bytes] = [cart(1, "c", T0)]
+    assert backtest(settings, rules(CART_RULE), only_cart).fired == 0
+    late = backtest(settings, rules(CART_RULE), only_cart, horizon=6 * H)  # the horizon keeps time going
+    assert [(f.user_id, f.at) for f in late.firings] == [("c", T0 + 6 * H)]
+    assert late.clock_end == T0 + 6 * H
+
+
+def test_cooldown_suppression_is_counted(settings: Settings) -> None:
+    # carts at T0, T0+1d, T0+5d, each abandoned 6 h later (the next cart resets it to false):
+    #   T0+6h send; T0+1d+6h cooldown (1 d < 3 d after the send); T0+5d+6h send (5 d >= 3 d)
+    messages: list[dict[str, Any] | bytes] = [cart(1, "c", T0), cart(2, "c", T0 + DAY), cart(3, "c", T0 + 5 * DAY)]
+    result = backtest(settings, rules(CART_RULE), messages, horizon=DAY)
+    assert [(f.at, f.outcome, f.reason) for f in result.firings] == [
+        (T0 + 6 * H, "send", None),
+        (T0 + DAY + 6 * H, "suppressed", "cooldown"),
+        (T0 + 5 * DAY + 6 * H, "send", None),
+    ]
+    stats = result.rules["cart"]
+    assert (stats.fired, stats.sent, len(stats.users)) == (3, 2, 1)
+    assert stats.suppressed == {"cooldown": 1}
+    summary = result.to_dict()["rules"]["cart"]
+    assert summary["suppressed"] == {"cooldown": 1, "quiet_hours": 0, "cap": 0, "holdout": 0}
+    text = result.to_text()
+    assert "cart " in text and f"{settings.topic_prefix}.triggers.coupon: 2" in text and "uplift" in text
+
+
+def test_quiet_hours_and_effect_exposures(settings: Settings) -> None:
+    # complaint at 23:00 UTC inside 22:00-08:00: dropped (no exposure); at 12:00 for another user: sent
+    ruleset = rules(
+        {"id": "care", "version": 1, "when": {"tag": "complaints_90d", "crosses_above": 0}, "action": SMS},
+        quiet_hours={"start": "22:00", "end": "08:00"},
+    )
+    messages: list[dict[str, Any] | bytes] = [
+        ev(1, "a", "feedback", T0 + 13 * H, complaint=True),  # 23:00 UTC
+        ev(2, "b", "feedback", T0 + 2 * H, complaint=True),
+        ev(3, "b", "order_paid", T0 + DAY, order_id="o1", amount=10.0),  # converts b's exposure (7d window)
+        ev(4, "c", "feedback", T0 + 3 * H, complaint=True),
+        ev(5, "c", "order_paid", T0 + 3 * H + 7 * DAY, order_id="o2", amount=10.0),  # at the window's end: no
+    ]
+    result = backtest(settings, ruleset, messages, horizon=8 * DAY)
+    assert result.rules["care"].suppressed == {"quiet_hours": 1}
+    assert result.rules["care"].sent == 2
+    treated = result.effect["care"]["treated"]
+    assert treated == {"exposures": 2, "conversions": 1, "open": 0, "rate": 0.5}
+    assert result.effect["care"]["control"]["exposures"] == 0
+
+
+def test_shipped_rules_backtest_file(settings: Settings, tmp_path: Path) -> None:
+    data = tmp_path / "events.jsonl"
+    write_jsonl(generate(users=100, events=2500), data)
+    report = backtest_file(settings, ROOT / "deploy/rules.yaml", data, horizon=DAY).to_dict()
+    assert report["events"] == 2500
+    assert report["dead_letters"] == {}
+    assert report["total"]["fired"] >= 1
+    assert sum(report["topics"].values()) == report["total"]["sent"]
+    assert list(report["rules"]) == [r.id for r in load_rules(ROOT / "deploy/rules.yaml").active]
+    for stats in report["rules"].values():
+        assert stats["fired"] == stats["sent"] + sum(stats["suppressed"].values())
+    bad = tmp_path / "rules.yaml"
+    bad.write_text("version: 1\nrules:\n  - {id: x, version: 1, when: {tag: nope, eq: 1}, action: {type: coupon}}\n")
+    with pytest.raises(ConfigError):
+        backtest_file(settings, bad, data)
+
+
+def test_firings_and_conversions_equal_the_oracle(settings: Settings) -> None:
+    """The worker's code in event-time order fires exactly the independently expected triggers,
+    holds out exactly the expected users, and counts exactly the expected conversions."""
+    events = generate(users=200, events=5000, seed=17, days=85)
+    assert_unambiguous_orders(events)
+    result = backtest(settings, load_rules(RULES), events)
+    want = expected_triggers(events)
+    for suffix, ids in want.items():
+        got = [orjson.loads(p)["trigger_id"] for t, p in result.triggers if t == f"{settings.topic_prefix}.{suffix}"]
+        assert sorted(got) == sorted(ids), suffix
+    users = {e["user_id"] for e in events if e["type"] != "identify"}
+    control = {u for u in users if held_out(u, "welcome_first_activity", 0.3)}
+    assert {f.user_id for f in result.firings if f.reason == "holdout"} == control
+    converted = expected_conversions(events, "welcome_first_activity", 0.3, window_s=7 * DAY)
+    assert converted["treated"] > 20 and converted["control"] > 5, "the dataset must contain conversions"
+    effect = result.effect["welcome_first_activity"]
+    assert (effect["treated"]["conversions"], effect["control"]["conversions"]) == (
+        converted["treated"],
+        converted["control"],
+    )
+    assert effect["treated"]["exposures"] == len(want["triggers.coupon"])
+    assert effect["control"]["exposures"] == len(control)
+
+
+def test_holdout_share_on_synthetic_data(settings: Settings) -> None:
+    rule = {
+        "id": "welcome",
+        "version": 1,
+        "when": {"tag": "events_30d", "crosses_above": 0},
+        "action": COUPON,
+        "cooldown": "365d",
+        "holdout": 0.3,
+        "quiet_hours": "off",
+    }
+    result = backtest(settings, rules(rule), generate(users=300, events=6000))
+    held = {f.user_id for f in result.firings if f.reason == "holdout"}
+    sent = {f.user_id for f in result.firings if f.outcome == "send"}
+    assert len(sent | held) == 300  # every synthetic user is active: each fires on its first activity
+    assert held == {u for u in sent | held if holdout(u, "welcome", 0.3)}
+    assert 0.22 <= len(held) / 300 <= 0.38
+    assert result.rules["welcome"].suppressed["holdout"] == len(held)
+    assert result.effect["welcome"]["control"]["exposures"] == len(held)
+    assert result.effect["welcome"]["treated"]["exposures"] == result.rules["welcome"].sent
+
+
+def test_the_scratch_namespace_is_deleted_also_on_error(settings: Settings) -> None:
+    catalogue = load_catalogue()
+    seen: list[str] = []
+
+    async def fail(store: Store) -> None:
+        seen.append(store.keys.prefix)
+        assert await store.client.exists(store.keys.stats)
+        raise RuntimeError("inspect failed")
+
+    with pytest.raises(RuntimeError, match="inspect failed"):
+        asyncio.run(drive(settings, [cart(1, "c", T0)], catalogue=catalogue, inspect=fail))
+    (prefix,) = seen
+    assert prefix.startswith(f"{settings.key_prefix}-offline-")
+    assert _keys_left(settings, prefix) == []
+    run = asyncio.run(drive(settings, [cart(1, "c", T0)], catalogue=catalogue))
+    assert run.key_prefix != prefix and _keys_left(settings, run.key_prefix) == []
+    assert _keys_left(settings, settings.key_prefix) == []  # the worker's own namespace untouched
+
+
+def test_quintile_thresholds_follow_the_redis_script(settings: Settings) -> None:
+    """The store's refresh script on Valkey against an independent quintile computation."""
+    keys = Keys(f"{settings.key_prefix}-rfm-{uuid.uuid4().hex[:6]}")
+
+    async def run(values: list[float]) -> tuple[float, ...]:
+        store = Store.from_url(settings.resolved_redis_url(), keys)
+        try:
+            await store.client.delete(keys.rank("r"), keys.rank("f"), keys.rank("m"), keys.rfm_thresholds)
+            if values:
+                for metric in "rfm":
+                    await store.client.zadd(keys.rank(metric), {f"u{i}": v for i, v in enumerate(values)})
+            await store.refresh_rfm(T0)
+            thresholds = await store.rfm_thresholds()
+            assert thresholds.r == thresholds.f == thresholds.m
+            return thresholds.r
+        finally:
+            await store.client.delete(keys.rank("r"), keys.rank("f"), keys.rank("m"), keys.rfm_thresholds)
+            await store.close()
+
+    for values in ([10, 9, 8, 7, 6, 5, 4, 3, 2, 1], [30, 10, 20], [5.5], [1, 1, 2, 2, 2, 9, 9], list(range(37))):
+        assert list(asyncio.run(run([float(v) for v in values]))) == oracle.rfm_thresholds(values), values
+    assert asyncio.run(run([])) == ()
+
+
+# Measured on the driver (users=400, events=12000, seed 7, 30-day horizon): AUC 0.769 vs the recency
+# baseline 0.554 (+0.215) over 817 examples whose label window lies within the data; purity 0.398 of
+# the segments the worker published (0.18 for "everyone in one segment"). The in-memory loop this
+# replaced (daily evaluations at midnight) measured 0.787 vs 0.608 and purity 0.477.
+E2E_SEED = 7
+MIN_AUC_MARGIN = 0.10
+MIN_PURITY = 0.30
+
+
+def test_end_to_end_evaluation_on_synthetic_personas(settings: Settings) -> None:
+    events = generate(users=400, events=12000, seed=E2E_SEED)
+    report = evaluate_events(settings, events, personas=personas(400, E2E_SEED))
+    assert report.censored == 0 and report.examples > 500, report.to_text()
+    assert 0.3 < report.positive_rate < 0.8
+    assert report.auc_model >= report.auc_baseline + MIN_AUC_MARGIN, report.to_text()
+    assert report.purity >= MIN_PURITY, report.to_text()
+    assert len(report.segments) == 8, report.to_text()
+    texts = {s.segment_id: s.text for s in report.segments}
+    home = max(report.composition, key=lambda seg: report.composition[seg].get("loyal_big_spender", 0))
+    assert any(w in texts[home] for w in ("high frequency", "big spenders")), report.to_text()
+    assert report.to_dict()["churn"]["examples"] == report.examples

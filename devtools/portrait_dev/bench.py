@@ -15,8 +15,9 @@ the consumer starts and the rate is measured from the first processed message to
                  timestamped at send time; event time → profile written percentiles from the
                  worker's ``portrait_event_to_profile_seconds`` histogram (bucket-interpolated) and,
                  exactly, from Valkey keyspace notifications of profile writes;
-6. ``memory``    Redis bytes per user with 90-day histories, states built with the pure engine and
-                 written with ``Store.write`` (not through Kafka).
+6. ``memory``    Redis bytes per user with 90-day histories: template states from the offline
+                 driver (the worker's code in event time), cloned and written with ``Store.write``
+                 (not through Kafka).
 
 Results: a table on stdout, ``results/bench-<stamp>.json`` and ``results/bench-<stamp>.png``.
 Everything started is stopped at the end, also on Ctrl-C or an error.
@@ -50,7 +51,6 @@ import orjson
 
 from stream.settings import Settings
 from stream.tagging.engine import LONGEST_WINDOW_DAYS
-from stream.tagging.state import POSITIONS_PER_OFFSET
 from stream.tagging.state import UserState as UserStateBase
 
 log = logging.getLogger(__name__)
@@ -967,53 +967,57 @@ async def run_latency(bench: Bench, rate: float, seconds: float, batch_within: f
 
 
 async def run_memory(bench: Bench, users: int, seed: int, sample: int = 300) -> dict[str, Any]:
-    """Bytes per user with 90-day histories: states folded from synthetic users the way the worker
-    folds them (evaluated after every event, with the default rules and models, so rule memory and
-    model state are in the blob), cloned under new user ids and written with ``Store.write`` (the
-    worker's Lua script)."""
+    """Bytes per user with 90-day histories. The template states are the worker's: synthetic users
+    replayed in event time by the offline driver (``stream.offline.driver``: the processor with the
+    default rules and models scoring, the time-driven path, RFM refreshes) into a scratch namespace
+    of the bench's Valkey; their stored blobs, profiles and memberships are read back from there,
+    cloned under new user ids and written with ``Store.write`` (the worker's Lua script)."""
     from portrait_dev import synth
-    from stream.contracts.events import parse_event
-    from stream.contracts.topics import Topics
-    from stream.core.pipeline import PlanContext, plan_write
     from stream.core.writes import UserWrite
-    from stream.models import Models, load_models_config
+    from stream.models import load_models_config
+    from stream.offline.driver import drive
     from stream.rules import MODEL_TAGS, load_rules
     from stream.tagging.definitions import load_catalogue
-    from stream.tagging.engine import RfmThresholds, apply_event
+    from stream.tagging.engine import rank_metrics
     from stream.tagging.state import UserState
 
     settings = bench.fresh_settings("mem", clock="event")
     catalogue = load_catalogue(settings.tags_file)
     rules_file = settings.resolved_rules_file()
     rules = load_rules(rules_file, catalogue.names | set(MODEL_TAGS)) if rules_file is not None else None
-    models = Models(load_models_config(settings.models_file)) if settings.models_enabled else None
-    topics = Topics()
+    models = load_models_config(settings.models_file) if settings.models_enabled else None
     templates_n = min(users, 2000)
     events = synth.generate(users=templates_n, events=templates_n * 25, seed=seed)
     now = synth.DEFAULT_END.timestamp()
-    states: dict[str, UserState] = {}
-    offsets: dict[str, int] = {}
-    thresholds = RfmThresholds()
-
-    def context(at: float) -> PlanContext:
-        return PlanContext(
-            catalogue=catalogue, thresholds=thresholds, wall_now=at, rules=rules, topics=topics, models=models
-        )
-
-    parsed = sorted((parse_event(orjson.dumps(raw)) for raw in events), key=lambda e: e.epoch)
-    for event in parsed:
-        source = f"{topics.for_event_type(event.type)}/{hash(event.subject_id) % bench.partitions}"
-        offsets[source] = offsets.get(source, 0) + 1
-        state = states.setdefault(event.subject_id, UserState())
-        apply_event(state, event, source, offsets[source] * POSITIONS_PER_OFFSET, catalogue.params)
-        at = max(event.epoch, state.evaluated_at or 0.0)
-        plan_write(event.subject_id, 0, state, at, context(at))
     templates: list[UserWrite] = []
-    for uid, state in states.items():
-        write = plan_write(uid, 0, state, now, context(now))
-        # per-user state only: the trigger outbox and the training-example stream are queues that the
-        # sender and the trainer drain, so cloned users must not pile them up
-        templates.append(dataclasses.replace(write, triggers=[], learn=[]))
+    driver_state_bytes: list[int] = []
+
+    async def collect(store: Any) -> None:
+        base = store.keys.base
+        async for key in store.client.scan_iter(match=f"{base}:*:state", count=1000):
+            uid = key.decode()[len(base) + 2 : -len("}:state")]
+            blob = await store.client.hget(key, "blob")
+            if not blob:
+                continue
+            driver_state_bytes.append(int(await store.client.memory_usage(key) or 0))
+            state = UserState.from_bytes(blob)
+            profile = await store.profile(uid)
+            # per-user state only: the trigger outbox and the training-example stream are queues
+            # that the sender and the trainer drain, so cloned users carry neither
+            templates.append(
+                UserWrite(
+                    uid,
+                    0,
+                    state,
+                    profile=profile,
+                    audience_add=list(state.published.items()),
+                    due=state.due_at or now,
+                    ttl_s=int(await store.client.ttl(key)),
+                    ranks=rank_metrics(state, state.evaluated_at or now),
+                )
+            )
+
+    run = await drive(settings, events, catalogue=catalogue, rules=rules, models=models, inspect=collect)
     store = _store(settings)
     try:
         measured = await _measure_memory(store, templates, users, now, sample)
@@ -1027,13 +1031,16 @@ async def run_memory(bench: Bench, users: int, seed: int, sample: int = 300) -> 
         "users": users,
         "template_users": len(templates),
         "events_per_template_user": len(events) / max(1, len(templates)),
+        "driver_state_key_bytes": statistics.mean(driver_state_bytes) if driver_state_bytes else None,
+        "driver_seconds": run.seconds,
         **measured,
         "plain_json_state": baseline,
         "ratio_to_plain_json": measured["used_memory_per_user"] / baseline["used_memory_per_user"],
         "method": (
-            f"pure engine (apply_event + plan_write after every event, default rules and models) on "
-            f"{len(templates)} synthetic users x 90 days, cloned to {users:,} user ids and written with "
-            "Store.write (not through Kafka); baseline: the same with the state blob as plain JSON"
+            f"offline driver (the worker's processor in event time, default rules and models) on "
+            f"{len(templates)} synthetic users x 90 days, states read back from Valkey, cloned to "
+            f"{users:,} user ids and written with Store.write (not through Kafka); baseline: the same "
+            "with the state blob as plain JSON"
         ),
     }
 

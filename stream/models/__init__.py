@@ -1,7 +1,8 @@
 """Online behaviour segments and churn risk (pure: no Faust, Redis or Kafka; river only).
 
 See docs/models.md. Entry points: ``load_models_config``, ``Models`` (with ``UserModelState``
-per user), ``checkpoint.dump`` / ``checkpoint.restore``, ``evaluation.evaluate_events``.
+per user), ``checkpoint.dump`` / ``checkpoint.restore``; offline evaluation on the worker's code path is
+``stream.offline.evaluation``.
 """
 
 from stream.models.checkpoint import CheckpointError, CorruptCheckpoint, IncompatibleCheckpoint, dump, restore

@@ -11,10 +11,10 @@ event-time mode (``clock="event"``) would process the export, and reports what i
   worker's; every key of it is deleted at the end, also on error. ``inspect`` may read the store
   before that.
 * **Input.** Items as ``stream.kafka.replay.read_events`` yields them, routed like ``replay``
-  (``route``), sorted by event time (ties: file order) and fed as ``Message``s of one pseudo
-  partition, offsets in that order, in batches of ``settings.batch_size``. Every batch reports its
-  partition read to the end (``highwaters``), so the event-time watermark is the clock, as for a
-  worker reading a time-ordered input.
+  (``route``: each on its input topic, partition 0), sorted by event time (ties: file order) and
+  fed as ``Message``s, offsets rising in that order, in batches of ``settings.batch_size``. Every
+  batch reports the partitions read to their end (``highwaters``), so the event-time watermark
+  is the clock, as for a worker reading a time-ordered input.
 * **Time-driven path.** Between batches and after the last one, exactly the worker's timer:
   ``reevaluate_due`` until nothing is due at ``now()`` (the watermark). After the last event the
   clock advances to the end (+ ``horizon``) and the due users are drained there.
@@ -135,21 +135,25 @@ def scratch_settings(settings: Settings) -> Settings:
 
 
 def _sorted_messages(items: Iterable[dict[str, Any] | bytes], topics: Topics) -> list[tuple[float, Message, str]]:
-    """(event time, message, subject) in event-time order, offsets of one pseudo partition in that order."""
-    keyed: list[tuple[float, int, bytes | None, bytes, str]] = []
+    """(event time, message, subject) in event-time order (ties: input order). Each message is on
+    its input topic (``route``, as ``portrait replay`` produces it), partition 0, offsets rising
+    in that order: a time-ordered export as the worker would read it, so stored states (applied
+    positions per topic-partition) have their live shape."""
+    keyed: list[tuple[float, int, str, bytes | None, bytes, str]] = []
     for index, item in enumerate(items):
-        _topic, key, value, _known = route(item, topics)
+        topic, key, value, _known = route(item, topics)
         try:
             event = parse_event(value)
-            keyed.append((event.epoch, index, key, value, event.subject_id))
+            keyed.append((event.epoch, index, topic, key, value, event.subject_id))
         except ValidationError:
-            keyed.append((UNTIMED, index, key, value, ""))
+            keyed.append((UNTIMED, index, topic, key, value, ""))
     keyed.sort(key=lambda k: (k[0], k[1]))
-    topic = f"{topics.prefix}.offline"
-    return [
-        (ts, Message(topic, PARTITION, offset, key, value), subject)
-        for offset, (ts, _, key, value, subject) in enumerate(keyed)
-    ]
+    offsets: Counter[str] = Counter()
+    out = []
+    for ts, _, topic, key, value, subject in keyed:
+        out.append((ts, Message(topic, PARTITION, offsets[topic], key, value), subject))
+        offsets[topic] += 1
+    return out
 
 
 async def drive(
@@ -175,12 +179,12 @@ async def drive(
     run = OfflineRun(key_prefix=scratch.key_prefix)
     feed = _sorted_messages(items, topics)
     run.messages = len(feed)
-    dead_offsets: set[int] = set()
+    dead: set[tuple[str, int]] = set()  # (topic, offset) of dead-lettered messages
 
     async def send_dead_letters(letters: list[DeadLetter]) -> None:
         for letter in letters:
             run.dead_letters[letter.reason] += 1
-            dead_offsets.add(letter.source_offset)
+            dead.add((letter.source_topic, letter.source_offset))
 
     async def send_triggers(entries: list[OutboxEntry]) -> None:
         run.triggers.extend(entries)
@@ -224,7 +228,7 @@ async def drive(
         for d in w.decisions:
             time_driven = (w.uid, d.at) not in events_of
             run.firings.append(Firing(d.rule, w.uid, d.at, d.outcome, d.reason or None, time_driven))
-    run.users = len({subject for ts, m, subject in feed if ts != UNTIMED and m.offset not in dead_offsets})
+    run.users = len({subject for ts, m, subject in feed if ts != UNTIMED and (m.topic, m.offset) not in dead})
     run.seconds = time.perf_counter() - started
     return run
 
@@ -239,7 +243,7 @@ async def _replay(
     horizon: float,
     rfm_interval: float,
 ) -> None:
-    source = f"{feed[0][1].topic}/{PARTITION}" if feed else ""
+    read: dict[str, int] = {}  # source -> next offset: every partition read to its end after a batch
     period: int | None = None
     published_at: float | None = None
 
@@ -289,7 +293,9 @@ async def _replay(
         while j < len(feed) and j - i < settings.batch_size and (feed[j][0] < limit or feed[j][0] == first):
             j += 1
         batch = [m for _, m, _ in feed[i:j]]
-        report = await processor.process(batch, {source: batch[-1].offset + 1})
+        for m in batch:
+            read[m.source] = m.offset + 1
+        report = await processor.process(batch, dict(read))
         run.batches += 1
         run.applied += report.applied
         run.redelivered += report.redelivered

@@ -99,7 +99,7 @@ def _firings(make_settings, names, tmp_path: Path, report_highwaters: bool) -> l
             await proc.process([Message(topics.clickstream, 0, 1, b"u1", _event(2, 27))], marks)
             while await proc.reevaluate_due():
                 pass
-            return [f"{rule}:{outcome}" for w in writes if w.uid == "u1" for rule, outcome, _ in w.decisions]
+            return [f"{d.rule}:{d.outcome}" for w in writes if w.uid == "u1" for d in w.decisions]
         finally:
             await store.close()
 

@@ -62,8 +62,10 @@ def test_replay_fires_expected_triggers_once_each(make_settings, tmp_path: Path)
     assert_unambiguous_orders(events)
     fired_at = asyncio.run(_fired_at(settings, "welcome_first_activity"))
     assert set(fired_at) == users
+    possible = expected_conversions(events, "welcome_first_activity", 0.3, 7 * 86400)  # read in event-time order
+    assert possible["treated"] > 20 and possible["control"] > 5, "the dataset must contain conversions"
     converted = expected_conversions(events, "welcome_first_activity", 0.3, 7 * 86400, fired_at)
-    assert converted["treated"] > 20 and converted["control"] > 5, "the dataset must contain conversions"
+    assert converted["treated"] > 0, "the replay must see conversions"
     assert stats.get("effect:welcome_first_activity:treated:converted", 0) == converted["treated"]
     assert stats.get("effect:welcome_first_activity:control:converted", 0) == converted["control"]
 

@@ -69,3 +69,19 @@ def test_states_from_before_envelopes_keep_recognising_applied_messages() -> Non
     assert redelivered is Applied.REDELIVERED
     assert apply_event(upgraded, events[1], source, 42 * ENVELOPE_MAX, catalogue.params) is Applied.APPLIED
     assert UserState.from_bytes(upgraded.to_bytes()).offsets == {source: 42 * ENVELOPE_MAX}
+
+
+def test_exposures_are_typed_and_stored_as_before() -> None:
+    """Exposures were stored as ``[rule, group, at, until]`` lists: still read, still written so."""
+    from stream.tagging.state import Exposure
+
+    state = _states()[0]
+    doc = state.to_doc()
+    doc["x"] = [["winback", "control", 100.0, 200.0], ["welcome", "treated", 150, 750]]  # as stored before
+    loaded = UserState.from_bytes(orjson.dumps(doc))
+    assert loaded.exposures == [
+        Exposure("winback", "control", 100.0, 200.0),
+        Exposure("welcome", "treated", 150.0, 750.0),
+    ]
+    assert loaded.to_doc()["x"] == [["winback", "control", 100.0, 200.0], ["welcome", "treated", 150.0, 750.0]]
+    assert UserState.from_bytes(loaded.to_bytes()) == loaded

@@ -7,6 +7,7 @@ namespace left empty."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -308,3 +309,19 @@ def test_end_to_end_evaluation_on_synthetic_personas(settings: Settings) -> None
     home = max(report.composition, key=lambda seg: report.composition[seg].get("loyal_big_spender", 0))
     assert any(w in texts[home] for w in ("high frequency", "big spenders")), report.to_text()
     assert report.to_dict()["churn"]["examples"] == report.examples
+
+
+def test_the_backtest_command(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stream.cli.main import main
+
+    data = tmp_path / "events.jsonl"
+    write_jsonl(generate(users=50, events=800), data)
+    monkeypatch.setenv("PORTRAIT_REDIS_URL", settings.resolved_redis_url())
+    monkeypatch.setenv("PORTRAIT_KEY_PREFIX", settings.key_prefix)
+    assert main(["rules", "backtest", str(ROOT / "deploy/rules.yaml"), "--data", str(data), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["events"] == 800 and report["dead_letters"] == {}
+    assert main(["rules", "backtest", str(ROOT / "deploy/rules.yaml"), "--data", str(tmp_path / "nope")]) == 2
+    assert _keys_left(settings, settings.key_prefix) == [] == _keys_left(settings, f"{settings.key_prefix}-offline-*")

@@ -113,29 +113,10 @@ def _evaluate(
     tz: str,
     horizon: float | None,
 ) -> Any:
-    """``stream.offline.evaluation.evaluate_file`` when present, else the same on ``evaluate_events``."""
-    from stream.offline import evaluation
+    """``stream.offline.evaluation.evaluate_file``: the worker's code on a scratch Redis namespace."""
+    from stream.offline.evaluation import evaluate_file
 
-    # TRANSITION: the offline driver's `evaluate_file` replaces the fallback below; drop the fallback
-    # once the driver is on main.
-    evaluate_file = getattr(evaluation, "evaluate_file", None)
-    if evaluate_file is not None:
-        return evaluate_file(
-            settings, data, fmt=fmt, mapping=mapping, default_type=default_type, tz=tz, horizon=horizon
-        )
-
-    from stream.contracts.events import EVENT_ADAPTER
-    from stream.kafka.replay import read_events
-
-    events = []
-    for item in read_events(data, fmt=fmt, mapping=mapping, default_type=default_type, tz=tz):
-        try:
-            events.append(
-                EVENT_ADAPTER.validate_json(item) if isinstance(item, bytes) else EVENT_ADAPTER.validate_python(item)
-            )
-        except ValueError:  # ValidationError included
-            continue  # the worker would dead-letter it
-    return evaluation.evaluate_events(events, horizon=horizon)
+    return evaluate_file(settings, data, fmt=fmt, mapping=mapping, default_type=default_type, tz=tz, horizon=horizon)
 
 
 def evaluate(

@@ -50,31 +50,33 @@ def check(ctx: typer.Context, file: RulesFile, json: JsonOption = False) -> None
 
 
 def report_rows(stats: dict[str, int]) -> dict[str, dict[str, Any]]:
-    """Per rule: sends, suppressions by reason, and treated/control conversion from the counters."""
-    counters: dict[str, dict[str, int]] = {}
-    for key, n in stats.items():
-        kind, _, rest = key.partition(":")
-        if kind in ("rule", "effect"):
-            rule, _, what = rest.partition(":")
-            counters.setdefault(rule, {})[f"{kind}:{what}"] = n
+    """Per rule: sends, suppressions by reason, and treated/control conversion from the counters
+    (``stream.rules.counters``; rates over closed exposures, see ``stream.rules.effect``)."""
+    from stream.rules.counters import RuleCounter, parsed
+    from stream.rules.effect import RuleEffect, effects
+
+    fired: dict[str, dict[str, int]] = {}
+    for counter, n in parsed(stats):
+        if isinstance(counter, RuleCounter):
+            fired.setdefault(counter.rule, {})[counter.outcome] = n
+    uplift = effects(stats)
     rows: dict[str, dict[str, Any]] = {}
-    for rule, c in sorted(counters.items()):
+    for rule in sorted(set(fired) | set(uplift)):
+        c, effect = fired.get(rule, {}), uplift.get(rule, RuleEffect())
         groups: dict[str, dict[str, Any]] = {}
-        for group in ("treated", "control"):
-            exposed, converted = c.get(f"effect:{group}:exposed", 0), c.get(f"effect:{group}:converted", 0)
-            groups[group] = {
-                "exposed": exposed,
-                "converted": converted,
-                "rate": converted / exposed if exposed else None,
+        for name, g in (("treated", effect.treated), ("control", effect.control)):
+            groups[name] = {
+                "exposed": g.exposures,
+                "converted": g.conversions,
+                "expired": g.expired,
+                "open": g.open,
+                "rate": g.rate,
             }
-        t, k = groups["treated"]["rate"], groups["control"]["rate"]
         rows[rule] = {
-            "sent": c.get("rule:send", 0),
-            "suppressed": {
-                k_.split(":", 1)[1]: n for k_, n in sorted(c.items()) if k_.startswith("rule:") and k_ != "rule:send"
-            },
+            "sent": c.get("send", 0),
+            "suppressed": {k: n for k, n in sorted(c.items()) if k != "send"},
             **groups,
-            "uplift": t - k if t is not None and k is not None else None,
+            "uplift": effect.uplift,
         }
     return rows
 
@@ -99,7 +101,8 @@ def report(ctx: typer.Context, json: JsonOption = False) -> None:
     grid.add_column("uplift", justify="right", no_wrap=True)
 
     def rate(group: dict[str, Any]) -> str:
-        return f"{group['converted']}/{group['exposed']}" if group["exposed"] else "n/a"
+        closed = group["converted"] + group["expired"]
+        return f"{group['converted']}/{closed}" if group["exposed"] else "n/a"
 
     for rule, row in rows.items():
         reasons = ", ".join(f"{k}={n}" for k, n in row["suppressed"].items()) or "none"
@@ -107,7 +110,10 @@ def report(ctx: typer.Context, json: JsonOption = False) -> None:
         grid.add_row(rule, f"{row['sent']:,}", reasons, rate(row["treated"]), rate(row["control"]), uplift)
     out = console()
     out.print(grid)
-    out.print("conversion = an order within the rule's conversion window after the firing (open windows count)")
+    out.print(
+        "conversion = an order in [firing, firing + the rule's conversion window); "
+        "rates over closed windows (converted or expired)"
+    )
 
 
 @rules_app.command("backtest")
@@ -139,33 +145,26 @@ def backtest(
     models: Annotated[bool, typer.Option("--models", help="Score the churn/segment model tags (slower).")] = False,
     json: JsonOption = False,
 ) -> None:
-    """Replay an export in event time with the worker's own code and report what the rules would have
-    sent (nothing is sent)."""
-    import inspect
-
+    """Replay an export in event time through the worker's code (on PORTRAIT_REDIS_URL, in a scratch namespace
+    deleted afterwards) and report what the rules would have sent (nothing is sent)."""
     from stream.offline.backtest import backtest_file
     from stream.tagging.definitions import parse_duration
 
     settings = settings_of(ctx)
-    options: dict[str, Any] = {
-        "horizon": parse_duration(horizon),
-        "fmt": fmt,
-        "mapping": mapping_of(map_),
-        "default_type": type_,
-        "tz": tz,
-        "tags_file": tags or settings.tags_file,
-        "rfm_interval": parse_duration(rfm_interval),
-        "with_models": models,
-    }
-    # TRANSITION: the offline driver's `backtest_file(settings, rules_file, data, ...)` replaces the
-    # in-memory simulator's `backtest_file(rules_path, data, ..., topic_prefix)`; drop the else branch
-    # once the driver is on main.
-    call: Any = backtest_file  # typed against either signature until then
     with redis_errors(settings):
-        if "settings" in inspect.signature(call).parameters:
-            result = call(settings, file, data, **options)
-        else:
-            result = call(file, data, **options, topic_prefix=settings.topic_prefix)
+        result = backtest_file(
+            settings,
+            file,
+            data,
+            horizon=parse_duration(horizon),
+            fmt=fmt,
+            mapping=mapping_of(map_),
+            default_type=type_,
+            tz=tz,
+            tags_file=tags or settings.tags_file,
+            rfm_interval=parse_duration(rfm_interval),
+            with_models=models,
+        )
     if json:
         print_json(result.to_dict())
     else:

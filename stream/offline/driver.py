@@ -51,7 +51,7 @@ from stream.contracts.deadletter import DeadLetter
 from stream.contracts.events import parse_event
 from stream.contracts.topics import Topics
 from stream.core.pipeline import Message
-from stream.core.writes import UserWrite
+from stream.core.writes import Decided, UserWrite
 from stream.kafka.replay import route
 from stream.metrics import Metrics
 from stream.models import Models, ModelsConfig
@@ -113,18 +113,22 @@ class OfflineRun:
 
 
 class _RecordingStore(Store):
-    """The worker's store, also keeping every write that was applied (the driver's only tap)."""
+    """The worker's store, also noting the rule decisions and deletions of every applied write
+    (the driver's only tap; states are not kept, they stay in Redis)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.applied: list[UserWrite] = []
+        self.decided: list[tuple[str, Decided]] = []  # (user, decision)
+        self.expired = 0  # users deleted (expired, not merged)
 
     async def write(
         self, writes: list[UserWrite], clock: float | None, stats: dict[str, int], progress: Progress | None = None
     ) -> list[str]:
         conflicts = await super().write(writes, clock, stats, progress)
         if not conflicts:
-            self.applied.extend(writes)
+            for w in writes:
+                self.decided.extend((w.uid, d) for d in w.decisions)
+                self.expired += w.state is None and w.alias_to is None
         return conflicts
 
 
@@ -222,12 +226,9 @@ async def drive(
         finally:
             await store.close()
     events_of = {(subject, ts) for ts, _, subject in feed}
-    for w in store.applied:
-        if w.state is None and w.alias_to is None:
-            run.expired_users += 1
-        for d in w.decisions:
-            time_driven = (w.uid, d.at) not in events_of
-            run.firings.append(Firing(d.rule, w.uid, d.at, d.outcome, d.reason or None, time_driven))
+    run.expired_users = store.expired
+    for uid, d in store.decided:
+        run.firings.append(Firing(d.rule, uid, d.at, d.outcome, d.reason or None, (uid, d.at) not in events_of))
     run.users = len({subject for ts, m, subject in feed if ts != UNTIMED and (m.topic, m.offset) not in dead})
     run.seconds = time.perf_counter() - started
     return run

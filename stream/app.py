@@ -26,6 +26,7 @@ from stream.metrics import Metrics
 from stream.models import Models, load_models_config
 from stream.rules import MODEL_TAGS, load_rules
 from stream.service.deadletters import DeadLetters
+from stream.service.log_limits import limit_repeats
 from stream.service.privacy import PrivacyService
 from stream.service.processor import Processor
 from stream.service.trainer import Trainer
@@ -131,6 +132,12 @@ def create_app(settings: Settings, catalogue: TagCatalogue | None = None) -> Ser
     async def publish_catalogue() -> None:
         await store.client.set(store.keys.catalogue, catalogue.model_dump_json())
         await store.ensure_outbox()
+        if await store.ensure_epoch():
+            log.warning(
+                "new store epoch %s: a first start, or a Redis that lost its data before this worker started "
+                "(if the consumer group already has committed offsets, see docs/runbook.md 'Redis lost its data')",
+                store.epoch,
+            )
 
     lag_reader = LagReader(
         settings.bootstrap_servers(), settings.app_id, topics.inputs, client_kwargs=settings.kafka_client_kwargs()
@@ -219,8 +226,13 @@ def run_worker(settings: Settings) -> None:
     """Run a Faust worker in the foreground until SIGTERM/SIGINT."""
     from faust.worker import Worker
 
+    class _Worker(Worker):
+        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+            super().on_setup_root_logger(logger, level)
+            limit_repeats(logger)  # an outage must not write a log line per retry
+
     service = create_app(settings)
-    worker = Worker(service.app, loglevel=settings.log_level)
+    worker = _Worker(service.app, loglevel=settings.log_level)
     # The start-up heap (Faust, aiokafka, river, pydantic: ~1M objects) never becomes garbage: keep
     # it out of the collector's full passes, whose stop-the-world scans showed up in the p99 latency.
     gc.freeze()

@@ -74,6 +74,11 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.store_data_lost = Gauge(
+            "portrait_store_data_lost",
+            "1 once the store epoch vanished or changed: Redis lost its data (docs/runbook.md)",
+            registry=r,
+        )
         self.outbox_pending = Gauge("portrait_outbox_pending", "Triggers in the outbox not yet delivered", registry=r)
         self.model_auc = Gauge("portrait_model_auc", "Rolling progressive ROC AUC", ["model"], registry=r)
         self.model_log_loss = Gauge("portrait_model_log_loss", "Rolling progressive log loss", ["model"], registry=r)

@@ -211,6 +211,9 @@ class Settings(BaseSettings):
     # a batch closes when full or after this long: 20 ms keeps latency low at moderate rates
     batch_within: float = Field(default=0.02, gt=0)
     max_future_skew_s: float = Field(default=300.0, ge=0)
+    # Larger messages are dead-lettered as too_large (a prefix, the size and a hash). The bound
+    # keeps every dead letter's base64 copy (4/3 of the bytes) under the broker's default 1 MB.
+    max_message_bytes: int = Field(default=512 * 1024, ge=1024, le=700_000)
     # identity resolution safeguards (see stream/identity/merge.py)
     identity_blocked_ids: CommaList = Field(
         default=["", "0", "-1", "null", "none", "nil", "undefined", "anonymous", "unknown", "guest"],

@@ -34,9 +34,28 @@ def register_ingest(app: Any, topic: Any, processor: Processor, settings: Settin
                 log.exception(
                     "bug processing batch %s[%d]@%d..%d", first.topic, first.partition, first.offset, last.offset
                 )
-                await processor.dead_letter_batch(messages, exc)
+                await park(processor, messages, exc)
 
     return app.agent(topic, name="portrait-ingest")(ingest)
+
+
+async def park(processor: Processor, messages: list[Message], error: BaseException) -> None:
+    """Dead-letter a batch the processor could not handle, retrying until the DLQ has it.
+
+    The agent returns (and Faust acks the batch) only after this: a batch is acked applied or
+    dead-lettered, never neither, also while the broker refuses the dead letters for a while.
+    """
+    delay = 0.2
+    while True:
+        try:
+            await processor.dead_letter_batch(messages, error)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("could not dead-letter the batch; retrying in %.1fs (it is not acked meanwhile)", delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 def _highwaters(app: Any) -> dict[str, int | None] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
 from typing import Literal, Protocol
 
@@ -18,7 +19,12 @@ Reason = Literal[
     "processing_error",
     "erased_user",
     "blocked_identifier",
+    "too_large",
 ]
+# A message over the accepted size (PORTRAIT_MAX_MESSAGE_BYTES) is dead-lettered with only this
+# much of its bytes, its full size and its SHA-256, so the dead letter itself always fits the
+# broker's message limit (a base64 copy of a 1 MB message would not).
+TOO_LARGE_PREFIX_BYTES = 4096
 REASONS: tuple[str, ...] = Reason.__args__  # type: ignore[attr-defined]
 
 
@@ -38,7 +44,9 @@ class Rejected(Protocol):
 
 
 class DeadLetter(BaseModel):
-    """One rejected message. ``original_b64`` holds the exact bytes received."""
+    """One rejected message. ``original_b64`` holds the exact bytes received, or their first
+    ``TOO_LARGE_PREFIX_BYTES`` when ``truncated`` (reason ``too_large``): ``original_size`` and
+    ``original_sha256`` describe the whole message either way."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -51,6 +59,9 @@ class DeadLetter(BaseModel):
     source_offset: int
     processor_version: str
     dead_lettered_at: float
+    original_size: int | None = None
+    original_sha256: str | None = None
+    truncated: bool = False
 
     @classmethod
     def for_message(
@@ -59,10 +70,14 @@ class DeadLetter(BaseModel):
         """The dead letter of ``message``. ``withhold_payload``: keep neither its value nor its key
         (an erased user's event: the personal data the erasure removed), only where it came from."""
         value, key = (b"", None) if withhold_payload else (message.value, message.key)
+        truncated = reason == "too_large" and len(value) > TOO_LARGE_PREFIX_BYTES
         return cls(
             reason=reason,
             error=error[:2000],
-            original_b64=base64.b64encode(value).decode(),
+            original_b64=base64.b64encode(value[:TOO_LARGE_PREFIX_BYTES] if truncated else value).decode(),
+            original_size=len(value),
+            original_sha256=hashlib.sha256(value).hexdigest(),
+            truncated=truncated,
             key_b64=base64.b64encode(key).decode() if key is not None else None,
             source_topic=message.topic,
             source_partition=message.partition,

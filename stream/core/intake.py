@@ -62,13 +62,19 @@ def intake(
     max_future_skew_s: float,
     processor_version: str,
     event_time: bool,
+    max_message_bytes: int,
 ) -> tuple[list[Valid], list[DeadLetter]]:
     """A batch's valid events (in event-time order when ``event_time``) and its dead letters (those
     of envelopes first, then those of events, each in the batch's order). ``clock_now``: the
-    clock events are checked against for ``too_old`` (the event-time clock before the batch)."""
+    clock events are checked against for ``too_old`` (the event-time clock before the batch).
+    A message over ``max_message_bytes`` is dead-lettered as ``too_large`` before it is parsed."""
     dead: list[DeadLetter] = []
     events: list[Message] = []
     for message in messages:
+        if len(message.value) > max_message_bytes:
+            error = f"message of {len(message.value):,} bytes is over the accepted {max_message_bytes:,}"
+            dead.append(DeadLetter.for_message(message, "too_large", error, processor_version))
+            continue
         unpacked = unpack(message, processor_version)
         if isinstance(unpacked, DeadLetter):
             dead.append(unpacked)
@@ -98,8 +104,8 @@ def unpack(message: Message, processor_version: str) -> list[Message] | DeadLett
     if isinstance(doc, dict) and ("type" in doc or "batch" not in doc):
         return [message]  # an event (one may well carry a field called "batch")
     items = doc["batch"] if isinstance(doc, dict) else doc
-    if not isinstance(items, list) or len(items) > ENVELOPE_MAX:
-        error = f"batch envelope must be a list of at most {ENVELOPE_MAX} events"
+    if not isinstance(items, list) or not items or len(items) > ENVELOPE_MAX:
+        error = f"batch envelope must be a list of 1 to {ENVELOPE_MAX} events"
         return DeadLetter.for_message(message, "schema_violation", error, processor_version)
     return [
         Message(message.topic, message.partition, message.offset, message.key, orjson.dumps(item), index)

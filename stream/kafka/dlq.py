@@ -66,9 +66,12 @@ async def read(settings: Settings, idle_s: float = 2.0) -> list[DeadLetter]:
 
 async def resubmit(settings: Settings, reason: str | None = None, idle_s: float = 2.0) -> int:
     """Send dead letters' original bytes back to their source topics (after a fix)."""
-    # an erased user's dead letters carry no payload, and re-submitting them would be refused anyway
+    # an erased user's dead letters carry no payload (re-submitting them would be refused anyway),
+    # and a too-large message's dead letter only its first bytes: neither can be sent again
     letters = [
-        d for d in await read(settings, idle_s) if (reason is None or d.reason == reason) and d.reason != "erased_user"
+        d
+        for d in await read(settings, idle_s)
+        if (reason is None or d.reason == reason) and d.reason != "erased_user" and not d.truncated
     ]
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap_servers(), acks="all", **settings.kafka_client_kwargs()

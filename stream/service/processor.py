@@ -103,6 +103,7 @@ class Processor:
             max_future_skew_s=s.max_future_skew_s,
             processor_version=s.processor_version,
             event_time=event_time,
+            max_message_bytes=s.max_message_bytes,
         )
         await self.dead_letters.send(dead, report.dead_letters)
         valid, blocked = refuse_blocked(valid, self.identity_policy)
@@ -140,6 +141,7 @@ class Processor:
         aliases = await self.retry("aliases", self.store.aliases, anonymous) if anonymous else {}
         identity = resolve(valid, aliases, policy)
         loaded, stored_clock, thresholds = await self.retry("load", self.store.load, identity.subjects)
+        self.metrics.store_data_lost.set(1 if self.store.data_lost else 0)
         merges = merge(identity, loaded, policy, self.catalogue.params.dedupe_window_events)
         owner = identity.owner
         erased = {uid for uid in identity.subjects if loaded[uid].erased}

@@ -7,6 +7,7 @@ points at T0 + 1 d, T0 + 2 d, ...; the other windows end at midnights 7 or more 
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from datetime import UTC, datetime
 
@@ -97,6 +98,7 @@ def test_intake_dead_letters_envelopes_first_and_orders_only_in_event_time() -> 
         Message("t.clickstream", 1, 0, None, _raw(3, T0 + 1, "v")),
     ]
     common = {"wall_now": T0 + 60, "clock_now": T0, "max_future_skew_s": 300.0, "processor_version": "t"}
+    common["max_message_bytes"] = 1 << 20
     for event_time, ids in ((False, ["e2", "e3"]), (True, ["e3", "e2"])):
         valid, dead = intake(messages, CATALOGUE, event_time=event_time, **common)  # type: ignore[arg-type]
         assert [v.event.event_id for v in valid] == ids
@@ -233,3 +235,35 @@ def test_a_bug_evaluating_one_user_breaks_only_that_user(monkeypatch: pytest.Mon
     assert plan.broken == {"bad": "evaluate: KeyError('simulated bug')"}
     assert [w.uid for w in plan.writes] == ["good"]
     assert plan.outcomes == Counter({"applied": 1})
+
+
+def test_oversized_messages_and_empty_envelopes_are_dead_lettered_and_cost_no_neighbour() -> None:
+    huge = b'{"event_id": "big", "pad": "' + b"x" * 600_000 + b'"}'
+    messages = [
+        Message("t.clickstream", 0, 0, b"u", _raw(0, T0 + 1, "u")),
+        Message("t.clickstream", 0, 1, b"u", huge),
+        Message("t.clickstream", 0, 2, None, b"[]"),
+        Message("t.clickstream", 0, 3, None, b'{"batch": []}'),
+        Message("t.clickstream", 0, 4, b"u", _raw(4, T0 + 2, "u")),
+    ]
+    valid, dead = intake(
+        messages,
+        CATALOGUE,
+        wall_now=T0 + 60,
+        clock_now=T0,
+        max_future_skew_s=300.0,
+        processor_version="t",
+        event_time=True,
+        max_message_bytes=512 * 1024,
+    )
+    assert [v.event.event_id for v in valid] == ["e0", "e4"]
+    assert [(d.reason, d.source_offset) for d in dead] == [
+        ("too_large", 1),
+        ("schema_violation", 2),
+        ("schema_violation", 3),
+    ]
+    big = dead[0]
+    assert big.truncated and big.original == huge[:4096] and big.original_size == len(huge)
+    assert big.original_sha256 == hashlib.sha256(huge).hexdigest()
+    assert len(big.model_dump_json()) < 10_000  # the dead letter itself is small, whatever the message
+    assert not dead[1].truncated and dead[1].original == b"[]"

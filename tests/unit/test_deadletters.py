@@ -45,3 +45,20 @@ def test_rejections_are_sent_once_per_call_and_counted_by_reason() -> None:
     sample = metrics.registry.get_sample_value
     assert sample("portrait_dead_letters_total", {"reason": "processing_error"}) == 2
     assert sample("portrait_dead_letters_total", {"reason": "erased_user"}) == 1
+
+
+def test_a_batch_is_parked_in_the_dlq_even_when_sending_fails_for_a_while() -> None:
+    """The ingest agent returns (and Faust acks) only once the batch is dead-lettered."""
+    from stream.agents.ingest import park
+
+    attempts: list[int] = []
+
+    class Flaky:
+        async def dead_letter_batch(self, messages: list[Message], error: BaseException) -> None:
+            attempts.append(len(messages))
+            if len(attempts) < 3:
+                raise ConnectionError("broker away")
+
+    batch = [Message("t.clickstream", 0, 7, None, b"{}")]
+    asyncio.run(park(Flaky(), batch, RuntimeError("bug")))  # type: ignore[arg-type]
+    assert attempts == [1, 1, 1]

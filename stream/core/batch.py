@@ -22,6 +22,7 @@ from stream.core.identity import Merges
 from stream.core.intake import Valid
 from stream.core.pipeline import PlanContext, plan_write
 from stream.core.writes import LoadedUser, UserWrite
+from stream.identity.merge import anon_subject
 from stream.tagging.definitions import TagParams
 from stream.tagging.engine import Applied, apply_event
 from stream.tagging.state import UserState
@@ -236,7 +237,9 @@ class _Planner:
                 state = self.states[uid]
                 at = max(self.latest[uid], state.evaluated_at or 0.0) if self.event_time else self.now
                 user_steps.add(plan_write(uid, self.loaded[uid].version, state, min(at, self.now), self.context))
-            return user_steps.combined()
+            write = user_steps.combined()
+            write.encode()  # inside the isolation: a state that cannot be stored breaks only this user
+            return write
         except Exception as exc:
             self.broken[uid] = f"evaluate: {exc!r}"
             log.exception("bug evaluating user %s", uid)
@@ -269,3 +272,14 @@ def plan_due(
             failed.append(uid)
             log.exception("bug re-evaluating user %s", uid)
     return writes, failed
+
+
+def split_touching(valid: list[Valid], users: set[str]) -> tuple[list[Valid], list[Valid]]:
+    """(events that touch none of ``users``, events that do): as subject, user or anonymous id."""
+    kept: list[Valid] = []
+    touching: list[Valid] = []
+    for v in valid:
+        e = v.event
+        ids = {e.subject_id, e.user_id, anon_subject(e.anonymous_id) if e.anonymous_id is not None else None}
+        (touching if users & ids else kept).append(v)
+    return kept, touching

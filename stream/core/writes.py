@@ -35,6 +35,14 @@ class UserWrite:
     learn: list[str] = field(default_factory=list)  # model training items (JSON) for the trainer's stream
     counters: dict[str, int] = field(default_factory=dict)  # added to P:v1:stats with the batch
     alias_to: str | None = None  # with state None: merged into this user, leave an alias behind
+    blob: bytes | None = None  # the encoded state, once ``encode`` ran
+
+    def encode(self) -> bytes:
+        """The stored state blob (b"" deletes), encoded once. The batch plan calls this inside its
+        per-user isolation, so a state that cannot be stored breaks only its own user."""
+        if self.blob is None:
+            self.blob = self.state.to_bytes() if self.state is not None else b""
+        return self.blob
 
 
 @dataclass

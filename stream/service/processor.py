@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 
 from stream.contracts.topics import Topics
-from stream.core.batch import BatchPlan, BatchReport, plan_batch, plan_due, sum_counters
+from stream.core.batch import BatchPlan, BatchReport, plan_batch, plan_due, split_touching, sum_counters
 from stream.core.identity import anonymous_subjects, merge, refuse_blocked, resolve
 from stream.core.intake import Message, Valid, intake
 from stream.core.pipeline import PlanContext
@@ -41,6 +42,9 @@ from stream.tagging.engine import RfmThresholds, apply_event
 
 log = logging.getLogger(__name__)
 MAX_CONFLICT_RETRIES = 20
+# A user whose write loses the compare-and-set this many times in one batch is not racing a
+# rebalance any more: their events go to the DLQ so the rest of the batch is written.
+STORM_CONFLICTS = 5
 __all__ = ["BatchReport", "Processor"]
 
 
@@ -110,6 +114,7 @@ class Processor:
         await self.dead_letters.reject("blocked_identifier", [(v.message, e) for v, e in blocked], report.dead_letters)
         batch_max_ts = max((v.event.epoch for v in valid), default=None)
         progress = self.progress.update(messages, valid, highwaters) if event_time and highwaters is not None else None
+        conflicted: Counter[str] = Counter()
         for _attempt in range(MAX_CONFLICT_RETRIES):
             valid, plan, now = await self._plan(valid, wall, batch_max_ts, progress, report)
             stats = plan.stats(len(messages), report.dead_letters)
@@ -119,12 +124,21 @@ class Processor:
                 break
             self.metrics.write_conflicts.inc()
             log.info("version conflict on %d users; recomputing batch", len(conflicts))
+            conflicted.update(conflicts)
+            valid = await self._isolate_storm(valid, {u for u, n in conflicted.items() if n >= STORM_CONFLICTS}, report)
         else:
             raise RuntimeError(f"batch kept conflicting after {MAX_CONFLICT_RETRIES} attempts")
         if event_time:
             self.event_clock = max(self.event_clock, now)
         await self._written(plan, valid, report, received)
         return report
+
+    async def _isolate_storm(self, valid: list[Valid], stormy: set[str], report: BatchReport) -> list[Valid]:
+        """Dead-letter the events that touch a user in a conflict storm; the others stay."""
+        kept, storm = split_touching(valid, stormy)
+        why = f"write conflict on this user in {STORM_CONFLICTS} attempts"
+        await self.dead_letters.reject("processing_error", [(v.message, why) for v in storm], report.dead_letters)
+        return kept
 
     async def _plan(
         self,

@@ -253,7 +253,7 @@ class Store:
                     "ln": w.learn,
                 }
             )
-            blobs.append(w.state.to_bytes() if w.state is not None else b"")
+            blobs.append(w.encode())
         # Partition progress is decided here (``progress_updates``, the one watermark rule) against
         # the hash the last ``load`` read, and the script only stores it. A worker's batches are
         # sequential (load, then write), so that read is current; only two owners of one partition

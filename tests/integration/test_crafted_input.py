@@ -63,3 +63,66 @@ def test_crafted_values_dead_letter_only_themselves(make_settings) -> None:
     assert [u["frequency_30d"] for u in users] == ["3"] * 10
     assert [u["monetary_30d"] for u in users] == ["15.00"] * 10
     assert device["events_7d"] == "1"  # the device's own page view only
+
+
+def _run_batch(settings, batch: list[Message], store_wrapper=None) -> tuple[list[DeadLetter], int, dict]:
+    letters: list[DeadLetter] = []
+
+    async def collect(found: list[DeadLetter]) -> None:
+        letters.extend(found)
+
+    async def run() -> tuple[int, dict]:
+        store = store_for(settings)
+        try:
+            if store_wrapper is not None:
+                store_wrapper(store)
+            report = await Processor(settings, load_catalogue(), store, collect, Metrics()).process(batch)
+            return report.applied, {u: await store.profile(u) for u in ("u0", "u1", "u2")}
+        finally:
+            await store.close()
+
+    applied, profiles = asyncio.run(run())
+    return letters, applied, profiles
+
+
+def _views(users: list[str]) -> list[Message]:
+    events = [{"event_id": f"v{i}", "type": "page_view", "user_id": u, "ts": TS} for i, u in enumerate(users)]
+    return [_message(i, e) for i, e in enumerate(events)]
+
+
+def test_a_conflict_storm_on_one_user_dead_letters_only_that_user(make_settings) -> None:
+    """A competing writer bumps u1's version before every write of this worker (a stuck rebalance
+    twin, or a bug): u1's events go to the DLQ after a few attempts, u0 and u2 are written."""
+    settings = make_settings(clock="event")
+
+    def racing(store) -> None:  # type: ignore[no-untyped-def]
+        write = store.write
+
+        async def write_after_a_rival(writes, *args):  # type: ignore[no-untyped-def]
+            await store.client.hincrby(store.keys.state("u1"), "ver", 1)
+            return await write(writes, *args)
+
+        store.write = write_after_a_rival
+
+    letters, applied, profiles = _run_batch(settings, _views(["u0", "u1", "u2", "u1"]), racing)
+    assert sorted((d.reason, d.source_offset) for d in letters) == [("processing_error", 1), ("processing_error", 3)]
+    assert "write conflict" in letters[0].error
+    assert applied == 2 and profiles["u0"]["events_7d"] == "1" and profiles["u2"]["events_7d"] == "1"
+
+
+def test_a_state_that_cannot_be_encoded_breaks_only_its_user(make_settings, monkeypatch) -> None:
+    """Encoding the state happens inside the per-user isolation of the batch plan."""
+    from stream.tagging.state import UserState
+
+    settings = make_settings(clock="event")
+    real = UserState.to_bytes
+
+    def to_bytes(self):  # type: ignore[no-untyped-def]
+        if "v1" in self.recent_ids:  # u1's one event
+            raise OverflowError("Integer exceeds 64-bit range")
+        return real(self)
+
+    monkeypatch.setattr(UserState, "to_bytes", to_bytes)
+    letters, _, profiles = _run_batch(settings, _views(["u0", "u1", "u2"]))
+    assert [(d.reason, d.source_offset) for d in letters] == [("processing_error", 1)]
+    assert profiles["u0"]["events_7d"] == "1" and profiles["u2"]["events_7d"] == "1" and profiles["u1"] == {}

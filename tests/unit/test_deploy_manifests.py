@@ -43,6 +43,7 @@ ENV_TOKEN = re.compile(r"\bPORTRAIT_[A-Z0-9_]+\b")
 DEFAULT_SUB = re.compile(r"^\$\{(\w+):-([^}]*)\}$")
 EXPECTED_ALERTS = {
     "PortraitWorkerDown",
+    "PortraitRedisLostData",
     "PortraitNoWorkers",
     "PortraitConsumerLagGrowing",
     "PortraitDeadLetterRatioHigh",

@@ -168,8 +168,6 @@ def explain(
     json: JsonOption = False,
 ) -> None:
     """A user's recent rule firings and suppressions with reasons, and the rule inputs last seen."""
-    from stream.rules import DeliveryMemory
-
     settings = settings_of(ctx)
 
     async def load(store: Any) -> Any:
@@ -179,7 +177,7 @@ def explain(
     state = run(with_store(settings, load))
     if state is None:
         raise UserError(f"no state for {user_id!r} (unknown user, expired or erased)")
-    memory = DeliveryMemory.from_dict(state.delivery)
+    memory = state.delivery
     firings = [
         {
             "at": iso(r.at),
@@ -192,7 +190,7 @@ def explain(
         }
         for r in memory.recent
     ]
-    inputs = dict(sorted((state.rules_prev or {}).items()))
+    inputs = dict(sorted(state.rule_baseline.values.items())) if state.rule_baseline is not None else {}
     if json:
         print_json({"user_id": user_id, "firings": firings, "rule_inputs": inputs})
         return

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from stream.core.intake import Valid
 from stream.core.writes import LoadedUser, UserWrite
 from stream.identity.merge import IdentityPolicy, Refusal, anon_subject, merge_into, refusal
-from stream.tagging.state import UserState
+from stream.tagging.state import MergedId, UserState
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def merge(identity: Resolution, loaded: Mapping[str, LoadedUser], policy: Identi
         if source is not None:
             merge_into(target, source, subject, at, keep_ids)
         else:
-            target.merged = [*target.merged, [subject, at]]
+            target.merged = [*target.merged, MergedId(subject, at)]
         merges.states[uid] = target
         merges.into[uid] = None
         identity.redirect[subject] = uid

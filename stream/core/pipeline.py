@@ -18,9 +18,9 @@ from stream.contracts.topics import Topics
 # Moved to stream.core.intake; importable from here as before.
 from stream.core.intake import Message as Message
 from stream.core.writes import Decided, UserWrite
-from stream.models import Models
-from stream.models.runtime import UserModelState, qualifying_ts
-from stream.rules import DeliveryMemory, RuleSet, evaluate_rules, tags_referenced
+from stream.models import Models, UserModelState
+from stream.models.runtime import qualifying_ts
+from stream.rules import RuleSet, evaluate_rules, tags_referenced
 from stream.rules.effect import count_decisions, exposure_due, open_exposures, track_conversions
 from stream.tagging.definitions import TagCatalogue
 from stream.tagging.engine import (
@@ -32,7 +32,7 @@ from stream.tagging.engine import (
     rank_metrics,
     retention_end,
 )
-from stream.tagging.state import UserState
+from stream.tagging.state import RuleBaseline, UserState
 
 # Model outputs users are grouped by for the CRM (P:v1:aud:behaviour_segment:S3, ...:churn_band:high).
 MODEL_AUDIENCE_TAGS = frozenset({"behaviour_segment", "churn_band"})
@@ -76,9 +76,9 @@ def plan_write(uid: str, version: int, state: UserState, now: float, context: Pl
     learn: list[dict[str, Any]] = []
     due = next_due(state, now, catalogue.params)
     if models is not None:
-        user = UserModelState.from_json(state.models)
-        scored = models.score_step(user, profile, qualifying_ts(state, models.config), now)
-        state.models = user.to_json()
+        if state.models is None:
+            state.models = UserModelState()
+        scored = models.score_step(state.models, profile, qualifying_ts(state, models.config), now)
         profile.update(scored.tags)
         learn = scored.learn
         if scored.pending_deadline is not None and now < scored.pending_deadline < due:
@@ -146,16 +146,14 @@ def _apply_rules(
     tracked, tracked_hash = _tracked_tags(rules)
     # A brand-new user starts from nothing; an existing user without a baseline (rules just
     # deployed) only records one, so a deployment does not fire at everyone at once.
-    previous = state.rules_prev if state.rules_prev is not None else ({} if version == 0 else None)
-    if previous is not None and state.rules_hash is not None and state.rules_hash != tracked_hash:
+    baseline = state.rule_baseline
+    previous = baseline.values if baseline is not None else ({} if version == 0 else None)
+    if baseline is not None and baseline.tracked_hash is not None and baseline.tracked_hash != tracked_hash:
         # Rules changed to read tags not recorded before: their unknown previous values are taken
         # as unchanged, so a reload cannot make every user "enter" a value at once.
-        previous = {**{t: profile[t] for t in tracked if t in profile and t not in previous}, **previous}
-    state.rules_hash = tracked_hash
-    memory = DeliveryMemory.from_dict(state.delivery)
-    found = evaluate_rules(rules, uid, previous, profile, now, memory)
-    state.rules_prev = {t: profile[t] for t in tracked if t in profile}
-    state.delivery = memory.to_dict()
+        previous = {**{t: profile[t] for t in tracked if t in profile and t not in baseline.values}, **baseline.values}
+    found = evaluate_rules(rules, uid, previous, profile, now, state.delivery)
+    state.rule_baseline = RuleBaseline({t: profile[t] for t in tracked if t in profile}, tracked_hash)
     count_decisions(found, counters)
     open_exposures(state, found, now, rules, counters)
     outbox = [(topics.trigger(d.topic_suffix), d.trigger.model_dump_json()) for d in found if d.outcome == "send"]

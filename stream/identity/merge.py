@@ -18,8 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from stream.rules.memory import MAX_RECENT, DeliveryMemory
-from stream.tagging.state import UserState
+from stream.tagging.state import MergedId, NpsAnswer, Trait, UserState
 
 DAY = 86400.0
 ANON_PREFIX = "anon:"
@@ -48,7 +47,7 @@ def refusal(policy: IdentityPolicy, user: UserState | None, at: float) -> Refusa
     merged = user.merged if user is not None else []
     if len(merged) >= policy.max_total:
         return "too_many_total"
-    if sum(1 for _, ts in merged if at - DAY < ts <= at) >= policy.max_per_day:
+    if sum(1 for m in merged if at - DAY < m.at <= at) >= policy.max_per_day:
         return "too_many_per_day"
     return None
 
@@ -71,35 +70,29 @@ def merge_into(target: UserState, source: UserState, source_subject: str, at: fl
         target.interest[category] = target.interest.get(category, 0.0) + score
     for name, trait in source.traits.items():
         current = target.traits.get(name)
-        if current is None or (trait[1], trait[2]) > (current[1], current[2]):
+        if current is None or _later(trait, current):
             target.traits[name] = trait
-    if source.nps is not None and (target.nps is None or source.nps[1:] > target.nps[1:]):
+    if source.nps is not None and (
+        target.nps is None or (source.nps.ts, source.nps.event_id) > (target.nps.ts, target.nps.event_id)
+    ):
         target.nps = source.nps
     for src, offset in source.offsets.items():
         target.offsets[src] = max(offset, target.offsets.get(src, -1))
     seen = set(target.recent_ids)
     ids = target.recent_ids + [i for i in source.recent_ids if i not in seen]
     target.recent_ids = ids[-keep_ids:] if keep_ids else []
-    if target.rules_prev is None:  # a brand-new user continues from the anonymous profile's baseline
-        target.rules_prev, target.rules_hash = source.rules_prev, source.rules_hash
-    target.delivery = merge_delivery(target.delivery, source.delivery)
+    if target.rule_baseline is None:  # a brand-new user continues from the anonymous profile's baseline
+        target.rule_baseline = source.rule_baseline
+    target.delivery.merge(source.delivery)
     target.exposures = target.exposures + source.exposures
-    if not target.models:
+    if target.models is None:
         target.models = source.models
-    target.merged = [*target.merged, [source_subject, at]]
+    target.merged = [*target.merged, MergedId(source_subject, at)]
 
 
-def merge_delivery(a: dict[str, object], b: dict[str, object]) -> dict[str, object]:
-    """Cooldowns keep the latest firing per rule, daily caps add up, recent firings interleave."""
-    x, y = DeliveryMemory.from_dict(a), DeliveryMemory.from_dict(b)
-    for rule, ts in y.last_fired.items():
-        x.last_fired[rule] = max(ts, x.last_fired.get(rule, ts))
-    for day, counts in y.sent.items():
-        mine = x.sent.setdefault(day, {})
-        for channel, n in counts.items():
-            mine[channel] = mine.get(channel, 0) + n
-    x.recent = sorted(x.recent + y.recent, key=lambda r: r.at)[-MAX_RECENT:]
-    return x.to_dict()
+def _later(a: Trait | NpsAnswer, b: Trait | NpsAnswer) -> bool:
+    """Latest by event time, then event id (as ``stream.tagging.engine`` keeps them)."""
+    return (a.ts, a.event_id) > (b.ts, b.event_id)
 
 
 def _min(a: float | None, b: float | None) -> float | None:

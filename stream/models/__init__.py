@@ -19,8 +19,9 @@ from stream.models.churn import (
 )
 from stream.models.config import FeatureSpec, ModelsConfig, load_models_config, parse_models_config
 from stream.models.features import FeatureError, build_features, feature_columns
-from stream.models.runtime import MODEL_TAGS, Models, StepResult, UserModelState, qualifying_ts
+from stream.models.runtime import MODEL_TAGS, Models, StepResult, qualifying_ts
 from stream.models.segments import SegmentDescription, SegmentModel, match_centroids, should_reassign
+from stream.tagging.memory import UserModelState
 
 __all__ = [
     "MODEL_TAGS",

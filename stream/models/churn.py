@@ -28,6 +28,7 @@ from river import preprocessing as _preprocessing
 
 from stream.models.config import ChurnBands, ChurnParams
 from stream.models.features import Vector
+from stream.tagging.memory import PendingExample
 
 # river is only partly annotated: use it through ``Any`` so mypy --strict accepts the calls.
 drift: Any = _drift
@@ -35,25 +36,6 @@ linear_model: Any = _linear_model
 metrics: Any = _metrics
 optim: Any = _optim
 preprocessing: Any = _preprocessing
-
-
-@dataclass(frozen=True)
-class PendingExample:
-    """A user's churn features at snapshot time ``ts``, waiting for its label."""
-
-    features: dict[str, float]
-    ts: float
-
-    def deadline(self, horizon: float) -> float:
-        """``now`` at which the example resolves as churned if nothing qualifying happened."""
-        return self.ts + horizon
-
-    def to_json(self) -> dict[str, Any]:
-        return {"x": self.features, "ts": self.ts}
-
-    @classmethod
-    def from_json(cls, doc: Mapping[str, Any]) -> PendingExample:
-        return cls(features={str(k): float(v) for k, v in doc["x"].items()}, ts=float(doc["ts"]))
 
 
 def take_snapshot(features: Mapping[str, float], now: float) -> PendingExample:

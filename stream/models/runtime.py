@@ -12,56 +12,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from stream.models.churn import ChurnModel, PendingExample, resolve, snapshot_due, take_snapshot
 from stream.models.config import ModelsConfig
 from stream.models.features import Vector, build_features
 from stream.models.segments import SegmentModel, should_reassign
+from stream.tagging.memory import UserModelState
 from stream.tagging.state import UserState
 
 MODEL_TAGS: tuple[str, ...] = ("behaviour_segment", "churn_risk", "churn_band", "churn_model")
-
-
-@dataclass
-class UserModelState:
-    """What must persist per user between steps (next to ``UserState``; ~0.5 KB as JSON)."""
-
-    segment: str | None = None
-    segment_vector: dict[str, float] | None = None
-    segment_ts: float | None = None
-    pending: PendingExample | None = None
-    last_snapshot_ts: float | None = None
-
-    def to_bytes(self) -> bytes:
-        return orjson.dumps(
-            {
-                "s": self.segment,
-                "sv": self.segment_vector,
-                "st": self.segment_ts,
-                "p": self.pending.to_json() if self.pending is not None else None,
-                "ls": self.last_snapshot_ts,
-            }
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        doc: dict[str, Any] = orjson.loads(self.to_bytes())
-        return doc
-
-    @classmethod
-    def from_json(cls, doc: Mapping[str, Any] | None) -> UserModelState:
-        return cls.from_bytes(orjson.dumps(doc)) if doc else cls()
-
-    @classmethod
-    def from_bytes(cls, raw: bytes | str) -> UserModelState:
-        doc: dict[str, Any] = orjson.loads(raw)
-        return cls(
-            segment=doc["s"],
-            segment_vector=doc["sv"],
-            segment_ts=doc["st"],
-            pending=PendingExample.from_json(doc["p"]) if doc["p"] is not None else None,
-            last_snapshot_ts=doc["ls"],
-        )
 
 
 @dataclass

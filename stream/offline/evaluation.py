@@ -31,7 +31,6 @@ from typing import Any
 from stream.kafka.replay import Format, read_events
 from stream.models.churn import roc_auc
 from stream.models.config import ModelsConfig, load_models_config
-from stream.models.runtime import UserModelState
 from stream.models.segments import SegmentDescription
 from stream.offline.driver import drive
 from stream.settings import Settings
@@ -138,9 +137,9 @@ async def _read_final(store: Store, final: _Final) -> None:
         uid = key.decode()[len(base) + 2 : -len("}:state")]
         loaded, _, _ = await store.load([uid])
         state: UserState | None = loaded[uid].state
-        if state is None:
+        if state is None or state.models is None:
             continue
-        user = UserModelState.from_json(state.models)
+        user = state.models
         if user.segment is not None:
             final.segments[uid] = user.segment
         if user.pending is not None:

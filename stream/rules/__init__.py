@@ -21,8 +21,8 @@ from stream.rules.config import (
 )
 from stream.rules.effect import Exposure, GroupStats, RuleEffect, effects
 from stream.rules.evaluate import REASONS, Decision, Outcome, Reason, evaluate_rules
-from stream.rules.memory import DeliveryMemory, DeliveryRecord
 from stream.rules.trigger import holdout, trigger_id
+from stream.tagging.memory import DeliveryMemory, DeliveryRecord
 
 __all__ = [
     "ACTION_TYPES",

@@ -21,7 +21,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from stream.rules.conditions import Profile, describe, fired_by, fires, tags_of
 from stream.rules.config import Rule, RuleSet
-from stream.rules.memory import DeliveryMemory, DeliveryRecord
 from stream.rules.trigger import (
     Explanation,
     Trigger,
@@ -31,6 +30,7 @@ from stream.rules.trigger import (
     holdout,
     trigger_id,
 )
+from stream.tagging.memory import DeliveryMemory, DeliveryRecord
 
 Outcome = Literal["send", "suppressed"]
 Reason = Literal["cooldown", "quiet_hours", "cap", "holdout"]

@@ -41,6 +41,8 @@ from stream.tagging.state import (
     REFUNDS,
     SEARCHES,
     TILE_WIDTH,
+    NpsAnswer,
+    Trait,
     UserState,
 )
 
@@ -162,19 +164,19 @@ def apply_event(state: UserState, event: Event, source: str, offset: int, params
         if event.complaint:
             tile[COMPLAINTS] += 1
         if event.nps is not None and _newer(ts, event.event_id, state.nps):
-            state.nps = (event.nps, ts, event.event_id)
+            state.nps = NpsAnswer(event.nps, ts, event.event_id)
     return Applied.APPLIED
 
 
-def _newer(ts: float, event_id: str, current: tuple[object, float, str] | None) -> bool:
-    return current is None or (ts, event_id) > (current[1], current[2])
+def _newer(ts: float, event_id: str, current: Trait | NpsAnswer | None) -> bool:
+    return current is None or (ts, event_id) > (current.ts, current.event_id)
 
 
 def _apply_traits(state: UserState, event: Identify) -> None:
     for name in TRAIT_NAMES:
         value = getattr(event.traits, name)
         if value is not None and _newer(event.epoch, event.event_id, state.traits.get(name)):
-            state.traits[name] = (value, event.epoch, event.event_id)
+            state.traits[name] = Trait(value, event.epoch, event.event_id)
 
 
 def _add_interest(state: UserState, category: str | None, weight: float, ts: float, params: TagParams) -> None:
@@ -219,7 +221,7 @@ def next_due(state: UserState, now: float, params: TagParams) -> float:
         candidates.append(state.last_cart_add + params.cart_abandon_after)
         candidates.append(state.last_cart_add + params.cart_abandon_expiry)
     if state.nps is not None:
-        candidates.append(float((day_of(state.nps[1]) + LONGEST_WINDOW_DAYS) * DAY))
+        candidates.append(float((day_of(state.nps.ts) + LONGEST_WINDOW_DAYS) * DAY))
     return min(c for c in candidates if c > now) if any(c > now for c in candidates) else now + DAY
 
 
@@ -328,7 +330,7 @@ def evaluate(state: UserState, now: float, thresholds: RfmThresholds, params: Ta
 
     for name in TRAIT_NAMES:
         if name in state.traits:
-            tags[name] = state.traits[name][0]
+            tags[name] = state.traits[name].value
     zone = tags.setdefault("timezone", "UTC")
     if state.first_seen is not None and state.last_seen is not None:
         tags["first_seen"] = iso(state.first_seen)
@@ -426,8 +428,8 @@ def evaluate(state: UserState, now: float, thresholds: RfmThresholds, params: Ta
         tags["avg_rating_90d"] = f"{s.rating_sum_90d / s.rating_count_90d:.2f}"
     tags["complaints_90d"] = str(s.complaints_90d)
     nps_class = None
-    if state.nps is not None and today - day_of(state.nps[1]) < LONGEST_WINDOW_DAYS:
-        nps = state.nps[0]
+    if state.nps is not None and today - day_of(state.nps.ts) < LONGEST_WINDOW_DAYS:
+        nps = state.nps.score
         nps_class = "promoter" if nps >= 9 else "passive" if nps >= 7 else "detractor"
         tags["nps_class"] = nps_class
     rs, rc = s.rating_sum_90d, s.rating_count_90d

@@ -3,23 +3,28 @@
 Everything here is commutative (sums, max/min, latest-by-timestamp) so the state reached does
 not depend on the order in which a user's events arrive across topics. Exactly-once application
 comes from ``offsets`` (the last applied event position per source topic-partition, see
-``POSITIONS_PER_OFFSET``) and a short ring of recent event ids for producer duplicates.
+``POSITIONS_PER_OFFSET``) and a short ring of recent event ids for producer duplicates. What
+the rules and the models remember per user are typed parts of it (``stream.tagging.memory``).
 
 Stored form (``to_bytes``): ``0x01`` + a zstd frame of the JSON document, compressed against a
 fixed dictionary of typical states (``state-zdict-v1.bin``): a 2.8 KB state becomes about 440 B
 for about 13 µs. ``from_bytes`` also reads plain JSON (states written before compression). The
 dictionary file must never change: a new one gets a new version byte and file, and the old one
-stays to read old states.
+stays to read old states. The JSON layout is the one states have always had (a typed part is
+written as the document it always was), so states written before the typed parts read back as
+they were, and older workers read new states.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import zstandard
+
+from stream.tagging.memory import DeliveryMemory, UserModelState
 
 # Daily tile counter slots.
 EVENTS, PAGE_VIEWS, SEARCHES, CART_ADDS, CHECKOUTS = 0, 1, 2, 3, 4
@@ -63,6 +68,38 @@ class Exposure:
         return cls(str(rule), str(group), float(at), float(until))
 
 
+class Trait(NamedTuple):
+    """The latest value of an identify trait (latest by event time, then event id)."""
+
+    value: str
+    ts: float
+    event_id: str
+
+
+class NpsAnswer(NamedTuple):
+    """The latest NPS answer (latest by event time, then event id)."""
+
+    score: int
+    ts: float
+    event_id: str
+
+
+class MergedId(NamedTuple):
+    """An anonymous profile folded into this user, and the event time of the link."""
+
+    subject: str
+    at: float
+
+
+@dataclass(slots=True)
+class RuleBaseline:
+    """Values of the rule-referenced tags at the last evaluation (what rules compare against),
+    and which tracked-tag set they were recorded for (``None`` in states from before the hash)."""
+
+    values: dict[str, str]
+    tracked_hash: str | None
+
+
 @dataclass
 class UserState:
     """Exact aggregate state of one user. ``tiles[day]`` holds counters for one UTC day."""
@@ -75,20 +112,19 @@ class UserState:
     last_order: float | None = None
     last_cart_add: float | None = None
     interest: dict[str, float] = field(default_factory=dict)  # category -> anchored score
-    traits: dict[str, tuple[str, float, str]] = field(default_factory=dict)  # value, ts, event id
-    nps: tuple[int, float, str] | None = None  # score, ts, event id
+    traits: dict[str, Trait] = field(default_factory=dict)
+    nps: NpsAnswer | None = None
     offsets: dict[str, int] = field(default_factory=dict)  # "topic/partition" -> last offset
     recent_ids: list[str] = field(default_factory=list)
     published: dict[str, str] = field(default_factory=dict)  # audience tag values last written
     evaluated_at: float | None = None  # the `now` of the last evaluation (monotonic per user)
     due_at: float | None = None  # when the last evaluation said tags change next without an event
-    rules_prev: dict[str, str] | None = None  # values of rule-referenced tags at the last evaluation
-    rules_hash: str | None = None  # which tracked-tag set ``rules_prev`` was recorded for
-    delivery: dict[str, Any] = field(default_factory=dict)  # rules.DeliveryMemory.to_dict()
+    rule_baseline: RuleBaseline | None = None  # None: rules never evaluated for this user
+    delivery: DeliveryMemory = field(default_factory=DeliveryMemory)
     exposures: list[Exposure] = field(default_factory=list)  # open exposures, for uplift
     order_seen: float | None = None  # last order already checked against exposures
-    models: dict[str, Any] = field(default_factory=dict)  # models.UserModelState.to_json()
-    merged: list[list[Any]] = field(default_factory=list)  # [anonymous subject, link event time] merged in
+    models: UserModelState | None = None  # None: no model step yet
+    merged: list[MergedId] = field(default_factory=list)
 
     def tile(self, day: int) -> list[int]:
         tile = self.tiles.get(day)
@@ -101,7 +137,8 @@ class UserState:
         return BLOB_ZSTD_V1 + _COMPRESSOR.compress(orjson.dumps(self.to_doc()))
 
     def to_doc(self) -> dict[str, Any]:
-        """The state as a JSON document (short keys, as stored)."""
+        """The state as a JSON document (short keys, as stored; layout in docs/redis-keys.md)."""
+        baseline = self.rule_baseline
         return {
             "t": {str(d): t for d, t in self.tiles.items()},
             "h": {str(d): {str(h): n for h, n in hs.items()} for d, hs in self.hours.items()},
@@ -111,26 +148,27 @@ class UserState:
             "lo": self.last_order,
             "lc": self.last_cart_add,
             "i": self.interest,
-            "tr": self.traits,
-            "n": self.nps,
+            "tr": {name: list(trait) for name, trait in self.traits.items()},
+            "n": list(self.nps) if self.nps is not None else None,
             "o": self.offsets,
             "r": self.recent_ids,
             "p": self.published,
             "e": self.evaluated_at,
             "d": self.due_at,
-            "rp": self.rules_prev,
-            "rh": self.rules_hash,
-            "dm": self.delivery,
+            "rp": baseline.values if baseline is not None else None,
+            "rh": baseline.tracked_hash if baseline is not None else None,
+            "dm": self.delivery.to_doc(),
             "x": [e.to_json() for e in self.exposures],
             "os": self.order_seen,
-            "m": self.models,
-            "mg": self.merged,
+            "m": self.models.to_doc() if self.models is not None else {},
+            "mg": [list(m) for m in self.merged],
             "pv": POSITION_VERSION,
         }
 
     @classmethod
     def from_bytes(cls, raw: bytes | str) -> UserState:
         doc = orjson.loads(_decode_blob(raw))
+        baseline, models = doc.get("rp"), doc.get("m")
         return cls(
             tiles={int(d): t for d, t in doc["t"].items()},
             hours={int(d): {int(h): n for h, n in hs.items()} for d, hs in doc["h"].items()},
@@ -140,20 +178,19 @@ class UserState:
             last_order=doc["lo"],
             last_cart_add=doc["lc"],
             interest=doc["i"],
-            traits={k: (v[0], v[1], v[2]) for k, v in doc["tr"].items()},
-            nps=(doc["n"][0], doc["n"][1], doc["n"][2]) if doc["n"] else None,
+            traits={k: Trait(*v) for k, v in doc["tr"].items()},
+            nps=NpsAnswer(*doc["n"]) if doc["n"] else None,
             offsets=doc["o"] if doc.get("pv") == POSITION_VERSION else _positions(doc["o"]),
             recent_ids=doc["r"],
             published=doc["p"],
             evaluated_at=doc.get("e"),
             due_at=doc.get("d"),
-            rules_prev=doc.get("rp"),
-            rules_hash=doc.get("rh"),
-            delivery=doc.get("dm") or {},
+            rule_baseline=RuleBaseline(baseline, doc.get("rh")) if baseline is not None else None,
+            delivery=DeliveryMemory.from_doc(doc.get("dm")),
             exposures=[Exposure.from_json(e) for e in doc.get("x") or []],
             order_seen=doc.get("os"),
-            models=doc.get("m") or {},
-            merged=doc.get("mg") or [],
+            models=UserModelState.from_doc(models) if models else None,
+            merged=[MergedId(*m) for m in doc.get("mg") or ()],
         )
 
 

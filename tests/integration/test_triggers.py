@@ -10,7 +10,6 @@ import pytest
 from portrait_dev import synth
 
 from stream.kafka import replay
-from stream.rules import DeliveryMemory
 from tests.integration.helpers import processed_and_settled, store_for, worker
 from tests.integration.triggers import (
     RULES,
@@ -82,7 +81,7 @@ async def _fired_at(settings, rule: str) -> dict[str, float]:
             state = loaded[uid].state
             if state is None:
                 continue
-            times = [r.at for r in DeliveryMemory.from_dict(state.delivery).recent if r.rule_id == rule]
+            times = [r.at for r in state.delivery.recent if r.rule_id == rule]
             if times:
                 out[uid] = min(times)
         return out

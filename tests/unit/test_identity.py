@@ -9,10 +9,11 @@ import pytest
 from portrait_dev import synth
 
 from stream.contracts.events import parse_event
-from stream.identity.merge import IdentityPolicy, merge_delivery, merge_into, refusal
+from stream.identity.merge import IdentityPolicy, merge_into, refusal
 from stream.tagging.definitions import load_catalogue
 from stream.tagging.engine import RfmThresholds, apply_event, evaluate
-from stream.tagging.state import UserState
+from stream.tagging.memory import DeliveryMemory, DeliveryRecord
+from stream.tagging.state import MergedId, UserState
 
 PARAMS = load_catalogue().params
 
@@ -32,25 +33,29 @@ def test_merged_state_equals_a_single_profile(seed: int) -> None:
     now = max(parse_event(orjson.dumps(e)).epoch for e in events) + 3600
     merge_into(known, anonymous, "anon:dev", now, PARAMS.dedupe_window_events)
     assert evaluate(known, now, RfmThresholds(), PARAMS) == evaluate(together, now, RfmThresholds(), PARAMS)
-    assert known.merged == [["anon:dev", now]]
+    assert known.merged == [MergedId("anon:dev", now)]
     # the offsets of both sources survive, so redelivered events of either id are recognised
     assert set(known.offsets) == {"clickstream/0", "clickstream/3"}
 
 
 def test_safeguards_count_merges_per_day_and_in_total() -> None:
     policy = IdentityPolicy(frozenset({"null", "0"}), max_per_day=2, max_total=3)
-    user = UserState(merged=[["anon:a", 1000.0], ["anon:b", 2000.0]])
+    user = UserState(merged=[MergedId("anon:a", 1000.0), MergedId("anon:b", 2000.0)])
     assert refusal(policy, user, 3000.0) == "too_many_per_day"
     assert refusal(policy, user, 2000.0 + 86400) is None  # the first one is a day old by then
-    user.merged.append(["anon:c", 200000.0])
+    user.merged.append(MergedId("anon:c", 200000.0))
     assert refusal(policy, user, 900000.0) == "too_many_total"
     assert refusal(policy, None, 0.0) is None
     assert policy.is_blocked(" NULL ") and policy.is_blocked("0") and not policy.is_blocked("dev-1")
 
 
 def test_delivery_memories_merge_cooldowns_caps_and_history() -> None:
-    a = {"last": {"r1": 100.0}, "sent": {"2026-01-01": {"sms": 1}}, "recent": []}
-    b = {"last": {"r1": 50.0, "r2": 70.0}, "sent": {"2026-01-01": {"sms": 2, "push": 1}}}
-    merged = merge_delivery(a, b)
-    assert merged["last"] == {"r1": 100.0, "r2": 70.0}
-    assert merged["sent"] == {"2026-01-01": {"sms": 3, "push": 1}}
+    def fired(at: float, rule: str) -> DeliveryRecord:
+        return DeliveryRecord(at, rule, 1, f"t-{rule}-{at:.0f}", "sms", "send")
+
+    a = DeliveryMemory({"r1": 100.0}, {"2026-01-01": {"sms": 1}}, [fired(10.0, "r1"), fired(100.0, "r1")])
+    b = DeliveryMemory({"r1": 50.0, "r2": 70.0}, {"2026-01-01": {"sms": 2, "push": 1}}, [fired(70.0, "r2")])
+    a.merge(b)
+    assert a.last_fired == {"r1": 100.0, "r2": 70.0}
+    assert a.sent == {"2026-01-01": {"sms": 3, "push": 1}}
+    assert [(r.at, r.rule_id) for r in a.recent] == [(10.0, "r1"), (70.0, "r2"), (100.0, "r1")]

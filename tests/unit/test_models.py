@@ -7,6 +7,7 @@ import math
 import random
 from pathlib import Path
 
+import orjson
 import pytest
 
 from stream.models import (
@@ -270,7 +271,7 @@ def test_step_assigns_segment_and_churn_tags(config: ModelsConfig) -> None:
     # the order at T0 - DAY is before the snapshot; one 2 days later resolves it as retained
     again = models.step(user, profiles[0], T0 + 2 * DAY, T0 + 2 * DAY)
     assert again.resolved == 0 and not again.snapshot and not again.reassigned  # vector unchanged, < 7 days
-    assert UserModelState.from_bytes(user.to_bytes()) == user
+    assert UserModelState.from_doc(orjson.loads(orjson.dumps(user.to_doc()))) == user
     descriptions = models.segments.describe()
     assert len(descriptions) == config.segments.n_clusters
     assert all(d.text for d in descriptions) and math.isclose(sum(d.share for d in descriptions), 1.0)

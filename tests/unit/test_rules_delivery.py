@@ -277,9 +277,9 @@ def test_memory_round_trips_through_json_and_is_bounded() -> None:
         step(rules, t0 + i * 600, memory=memory)  # r0 every 10 min: 1 send then cooldown until t0+3600
     assert len(memory.recent) == 20
     assert memory.recent[0].at == t0 + 5 * 600  # the 6th step is the oldest kept
-    restored = DeliveryMemory.from_dict(json.loads(json.dumps(memory.to_dict())))
+    restored = DeliveryMemory.from_doc(json.loads(json.dumps(memory.to_doc())))
     assert restored == memory
-    assert DeliveryMemory.from_dict(None) == DeliveryMemory() and DeliveryMemory().to_dict() == {}
+    assert DeliveryMemory.from_doc(None) == DeliveryMemory() and DeliveryMemory().to_doc() == {}
 
 
 def test_memory_prunes_old_days_and_expired_cooldowns() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import orjson
 from portrait_dev import synth
@@ -11,10 +12,14 @@ from stream.contracts.events import parse_event
 from stream.core.pipeline import PlanContext, plan_write
 from stream.tagging.definitions import load_catalogue
 from stream.tagging.engine import RfmThresholds, apply_event
-from stream.tagging.state import BLOB_ZSTD_V1, ZDICT_V1_FILE, UserState
+from stream.tagging.memory import DeliveryRecord
+from stream.tagging.state import BLOB_ZSTD_V1, ZDICT_V1_FILE, MergedId, NpsAnswer, Trait, UserState
 
 # States in Redis were compressed against this exact file: changing it makes them unreadable.
 ZDICT_V1_SHA256 = "6296dd2edf6089023c3ff2d311acb9bce39c46eb1072445d89665acf2ee5a426"
+# A state written by the worker before its parts were typed (rule memory, model state and merges
+# stored as untyped JSON), after rules and models had run and an anonymous profile was merged in.
+GOLDEN_BLOB = Path(__file__).parent.parent / "data" / "state-blob-v1.bin"
 
 
 def _states() -> list[UserState]:
@@ -85,3 +90,36 @@ def test_exposures_are_typed_and_stored_as_before() -> None:
     ]
     assert loaded.to_doc()["x"] == [["winback", "control", 100.0, 200.0], ["welcome", "treated", 150.0, 750.0]]
     assert UserState.from_bytes(loaded.to_bytes()) == loaded
+
+
+def test_a_state_written_before_the_typed_parts_reads_into_them_and_writes_back_unchanged() -> None:
+    blob = GOLDEN_BLOB.read_bytes()
+    state = UserState.from_bytes(blob)
+    assert state.delivery.last_fired == {"cart_abandoned_coupon": 1793375139.0}
+    assert state.delivery.sent == {"2026-10-30": {"push": 1}}
+    assert state.delivery.recent[-1] == DeliveryRecord(
+        at=1793375139.0,
+        rule_id="care_after_complaint",
+        rule_version=1,
+        trigger_id="a0d8db74-69bf-593c-9778-3ce441a0a97d",
+        channel="sms",
+        outcome="suppressed",
+        reason="quiet_hours",
+    )
+    assert [r.outcome for r in state.delivery.recent] == ["send", "send", "suppressed"]
+    assert state.models is not None and state.models.segment is None
+    assert state.models.segment_ts == 1793375139.0 and state.models.last_snapshot_ts == 1791164998.0
+    assert state.models.pending is not None and state.models.pending.ts == 1791164998.0
+    assert state.models.pending.features["events_30d"] == 0.6931471805599453
+    assert state.rule_baseline is not None and state.rule_baseline.tracked_hash == "d1ff2623"
+    assert state.rule_baseline.values["rfm_segment"] == "Prospects"
+    assert state.merged == [MergedId("anon:dev-1", 1767225600.0)]
+    assert state.traits["region"] == Trait("in", 1787916351.0, "e00000701")
+    assert state.nps == NpsAnswer(2, 1793375139.0, "e00002884")
+    assert state.to_bytes() == blob  # the same JSON layout on the wire
+
+
+def test_an_empty_state_keeps_the_empty_parts_it_always_had() -> None:
+    doc = UserState().to_doc()
+    assert (doc["dm"], doc["m"], doc["mg"], doc["rp"], doc["rh"]) == ({}, {}, [], None, None)
+    assert UserState.from_bytes(orjson.dumps(doc)) == UserState()

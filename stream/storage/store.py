@@ -421,7 +421,7 @@ class Store:
             ver, blob = await self.client.hmget(self.keys.state(uid), "ver", "blob")
             state = UserState.from_bytes(blob) if blob else None
             audiences = [self.keys.audience(t, v) for t, v in state.published.items()] if state else []
-            merged = [str(m[0]) for m in state.merged] if state else []
+            merged = [m.subject for m in state.merged] if state else []
             keys = [
                 self.keys.state(uid),
                 self.keys.profile(uid),

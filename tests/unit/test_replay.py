@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import orjson
@@ -240,13 +240,33 @@ def test_replay_routes_and_counts(fake_producer: type[FakeProducer]) -> None:
     assert "events/s" in str(report)
 
 
-def test_replay_rate_limit(fake_producer: type[FakeProducer]) -> None:
+class _FakeClock:
+    """Time that passes only when the replay sleeps, so pacing is checked exactly, not by wall clock."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_replay_rate_limit(fake_producer: type[FakeProducer], monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _FakeClock()
+    monkeypatch.setattr(replay, "time", SimpleNamespace(monotonic=clock.monotonic))
+    monkeypatch.setattr(replay, "asyncio", SimpleNamespace(gather=asyncio.gather, sleep=clock.sleep))
     events = synth.generate(users=5, events=60, seed=4)
-    started = time.monotonic()
     report = asyncio.run(replay.replay(_settings(), events, progress=False, rate=200.0))
-    elapsed = time.monotonic() - started
     assert report.total == 60
-    assert elapsed >= 0.25  # 60 events at 200/s take about 0.3 s
+    # sends take no time here: the replay sleeps whenever it is 5 ms or more ahead of sent / rate,
+    # so it never gets more than two events (10 ms at 200/s) ahead, and ends at 60 / 200 s
+    assert clock.sleeps and max(clock.sleeps) == pytest.approx(0.01)
+    assert sum(clock.sleeps) == pytest.approx(60 / 200.0)
+    assert report.seconds == pytest.approx(60 / 200.0)
     with pytest.raises(ValueError):
         asyncio.run(replay.replay(_settings(), events, progress=False, rate=0))
 

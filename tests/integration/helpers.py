@@ -1,16 +1,24 @@
-"""Shared helpers for integration tests: run workers, replay, compare with the oracle."""
+"""Shared helpers for integration tests: run (and kill) workers, produce, wait, read the store,
+compare with the oracle."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import itertools
-import subprocess
-from collections.abc import Iterator
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from portrait_dev.harness import settle, start_worker, stop_worker, wait_healthy, wait_processed
 
+from stream.kafka import replay
 from stream.models import MODEL_TAGS
 from stream.settings import Settings
 from stream.storage.keys import Keys
@@ -22,34 +30,124 @@ def store_for(settings: Settings) -> Store:
     return Store.from_url(settings.resolved_redis_url(), Keys(settings.key_prefix))
 
 
-@contextlib.contextmanager
-def worker(settings: Settings, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    proc = start_worker(settings, log)
+@contextlib.asynccontextmanager
+async def open_store(settings: Settings) -> AsyncIterator[Store]:
+    store = store_for(settings)
     try:
-        wait_healthy(settings, proc)
-        yield proc
+        yield store
+    finally:
+        await store.close()
+
+
+@contextlib.asynccontextmanager
+async def producer(settings: Settings, **config: Any) -> AsyncIterator[AIOKafkaProducer]:
+    """A started producer on the test's broker (``config``: aiokafka options), flushed and stopped
+    on exit."""
+    kafka = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers(), **config)
+    await kafka.start()
+    try:
+        yield kafka
+        await kafka.flush()
+    finally:
+        await kafka.stop()
+
+
+async def read_topics(
+    settings: Settings, names: list[str], idle_s: float = 3.0, at_least: int = 0, timeout: float = 60.0
+) -> dict[str, list[dict]]:
+    """Every message (JSON) on the topics ``names`` from their beginning, duplicates included, by
+    topic: read until none came for ``idle_s`` once ``at_least`` were read, or for ``timeout``."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers(), enable_auto_commit=False)
+    await consumer.start()
+    out: dict[str, list[dict]] = {}
+    try:
+        await consumer._client.force_metadata_update()
+        tps = [TopicPartition(name, p) for name in names for p in sorted(consumer.partitions_for_topic(name) or [])]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        deadline, read = time.monotonic() + timeout, 0
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=int(idle_s * 1000))
+            if not batch and read >= at_least:
+                break
+            for tp, records in batch.items():
+                out.setdefault(tp.topic, []).extend(orjson.loads(r.value) for r in records)
+                read += len(records)
+    finally:
+        await consumer.stop()
+    return out
+
+
+def event_time(event: dict[str, Any]) -> float:
+    return datetime.fromisoformat(event["ts"]).timestamp()
+
+
+class RunningWorker:
+    """A worker child process (``proc``) that a test may kill and replace."""
+
+    def __init__(self, settings: Settings, log: Path) -> None:
+        self.settings, self.log = settings, log
+        self.proc = start_worker(settings, log)
+
+    def kill_when_processed(self, messages: int, timeout: float = 120.0) -> None:
+        """SIGKILL the worker once it has handled ``messages`` messages (or after ``timeout``, at
+        whatever point it is), then start a new one and wait until it is healthy."""
+        deadline = time.monotonic() + timeout
+        while asyncio.run(read_stats(self.settings)).get("messages", 0) < messages and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        self.proc = start_worker(self.settings, self.log)
+        wait_healthy(self.settings, self.proc)
+
+
+@contextlib.contextmanager
+def worker(settings: Settings, log: Path) -> Iterator[RunningWorker]:
+    """A healthy worker for the block; its log tail is printed when the block fails."""
+    running = RunningWorker(settings, log)
+    try:
+        wait_healthy(settings, running.proc)
+        yield running
     except BaseException:
         print(log.read_text()[-5000:] if log.exists() else "(no worker log)")
         raise
     finally:
-        stop_worker(proc)
+        stop_worker(running.proc)
+
+
+async def read_stats(settings: Settings) -> dict[str, int]:
+    async with open_store(settings) as store:
+        return await store.stats()
+
+
+async def processed(
+    settings: Settings, messages: int, timeout: float = 60.0, counter: str = "messages"
+) -> dict[str, int]:
+    """Wait until the stats ``counter`` reaches ``messages``; the stats then."""
+    async with open_store(settings) as store:
+        await wait_processed(store, messages, timeout=timeout, counter=counter)
+        return await store.stats()
 
 
 async def processed_and_settled(
     settings: Settings, messages: int, timeout: float = 240, counter: str = "messages"
 ) -> None:
-    store = store_for(settings)
-    try:
+    async with open_store(settings) as store:
         await wait_processed(store, messages, timeout=timeout, counter=counter)
         await settle(store, event_clock=settings.clock == "event")
-    finally:
-        await store.close()
 
 
-async def read_profiles(settings: Settings, uids: set[str]) -> tuple[dict[str, dict[str, str]], float]:
+def replay_and_settle(settings: Settings, events: list[dict], counter: str = "messages") -> None:
+    """Replay ``events`` into the topics, wait until the worker has handled them (the stats
+    ``counter`` up by the messages sent) and bring every profile to the current clock."""
+    before = asyncio.run(read_stats(settings)).get(counter, 0)
+    report = asyncio.run(replay.replay(settings, events, progress=False))
+    asyncio.run(processed_and_settled(settings, before + report.total, counter=counter))
+
+
+async def read_profiles(settings: Settings) -> tuple[dict[str, dict[str, str]], float]:
     """Every stored profile (public tags only) and the event-time clock."""
-    store = store_for(settings)
-    try:
+    async with open_store(settings) as store:
         found: dict[str, dict[str, str]] = {}
         base = store.keys.base
         async for key in store.client.scan_iter(match=f"{base}:*:profile", count=1000):
@@ -61,8 +159,6 @@ async def read_profiles(settings: Settings, uids: set[str]) -> tuple[dict[str, d
         clock = await store.clock()
         assert clock is not None
         return found, clock
-    finally:
-        await store.close()
 
 
 def assert_profiles_match(events: list[dict], actual: dict[str, dict[str, str]], now: float) -> None:
@@ -85,7 +181,3 @@ def assert_profiles_match(events: list[dict], actual: dict[str, dict[str, str]],
 def _near_tie(events: list[dict], now: float, uid: str) -> bool:
     scores = sorted(oracle.top_category_scores(events, now, uid).values(), reverse=True)
     return any(abs(a - b) <= 1e-9 * max(abs(a), 1.0) for a, b in itertools.pairwise(scores))
-
-
-def run(coro: object) -> object:
-    return asyncio.run(coro)  # type: ignore[arg-type]

@@ -9,51 +9,30 @@ from pathlib import Path
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
 from portrait_dev import synth
 from portrait_dev.infra import free_port
 
 from stream.contracts.events import EVENT_TYPES
 from stream.contracts.topics import Topics
 from stream.kafka import dlq
-from tests.integration.helpers import store_for, worker
+from tests.integration.helpers import processed, producer, worker
 
 pytestmark = pytest.mark.integration
 
 
 async def _send_interleaved(settings, valid: list[dict], bad: list[tuple[str, bytes, str]]) -> int:
     topics = Topics(settings.topic_prefix)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers(), acks="all")
-    await producer.start()
-    try:
-        sent = 0
+    sent = 0
+    async with producer(settings, acks="all") as kafka:
         for i, event in enumerate(valid):
-            await producer.send(
-                topics.for_event_type(event["type"]), orjson.dumps(event), key=event["user_id"].encode()
-            )
+            await kafka.send(topics.for_event_type(event["type"]), orjson.dumps(event), key=event["user_id"].encode())
             sent += 1
             if i < len(bad):
                 hint, raw, _ = bad[i]
                 topic = topics.for_event_type(hint) if hint in EVENT_TYPES else topics.clickstream
-                await producer.send(topic, raw, key=event["user_id"].encode())
+                await kafka.send(topic, raw, key=event["user_id"].encode())
                 sent += 1
-        await producer.flush()
-        return sent
-    finally:
-        await producer.stop()
-
-
-async def _wait(settings, messages: int) -> dict[str, int]:
-    store = store_for(settings)
-    try:
-        for _ in range(600):
-            stats = await store.stats()
-            if stats.get("messages", 0) >= messages:
-                return stats
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"not processed: {await store.stats()}")
-    finally:
-        await store.close()
+    return sent
 
 
 def test_malformed_messages_are_dead_lettered_with_reasons(make_settings, tmp_path: Path) -> None:
@@ -63,7 +42,7 @@ def test_malformed_messages_are_dead_lettered_with_reasons(make_settings, tmp_pa
     valid = [e for e in synth.generate(users=30, events=400, seed=3, days=20, end=_today())]
     with worker(settings, tmp_path / "worker.log"):
         sent = asyncio.run(_send_interleaved(settings, valid, bad))
-        stats = asyncio.run(_wait(settings, sent))
+        stats = asyncio.run(processed(settings, sent))
         letters = asyncio.run(dlq.read(settings, idle_s=2.0))
         assert stats["events_applied"] == len(valid)
         assert Counter(d.reason for d in letters) == Counter(reason for _, _, reason in bad)
@@ -77,7 +56,7 @@ def test_malformed_messages_are_dead_lettered_with_reasons(make_settings, tmp_pa
         count = asyncio.run(dlq.resubmit(settings, reason="invalid_json"))
         expected_again = sum(1 for _, _, r in bad if r == "invalid_json")
         assert count == expected_again
-        asyncio.run(_wait(settings, sent + count))
+        asyncio.run(processed(settings, sent + count))
         again = asyncio.run(dlq.read(settings, idle_s=2.0))
         assert Counter(d.reason for d in again)["invalid_json"] == 2 * expected_again
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
 from portrait_dev import synth
 from portrait_dev.infra import free_port
 
@@ -20,7 +19,15 @@ from stream.metrics import Metrics
 from stream.service.processor import Processor
 from stream.settings import Settings
 from stream.tagging.definitions import load_catalogue
-from tests.integration.helpers import assert_profiles_match, processed_and_settled, read_profiles, store_for, worker
+from tests.integration.helpers import (
+    assert_profiles_match,
+    open_store,
+    processed_and_settled,
+    producer,
+    read_profiles,
+    read_stats,
+    worker,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -38,16 +45,11 @@ def _envelopes(events: list[dict], seed: int) -> list[list[dict]]:
 
 async def _send(settings: Settings, envelopes: list[list[dict]]) -> None:
     topic = Topics(settings.topic_prefix).clickstream
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers(), acks="all", linger_ms=5)
-    await producer.start()
-    try:
+    async with producer(settings, acks="all", linger_ms=5) as kafka:
         for n, batch in enumerate(envelopes):
             value = orjson.dumps(batch[0]) if len(batch) == 1 else orjson.dumps({"batch": batch})
             # a collector keys by its own session, not by user: users spread over partitions
-            await producer.send(topic, value, key=f"collector-{n % 5}".encode())
-        await producer.flush()
-    finally:
-        await producer.stop()
+            await kafka.send(topic, value, key=f"collector-{n % 5}".encode())
 
 
 def test_envelopes_give_exact_tags(make_settings, tmp_path: Path) -> None:
@@ -57,18 +59,10 @@ def test_envelopes_give_exact_tags(make_settings, tmp_path: Path) -> None:
     with worker(settings, tmp_path / "worker.log"):
         asyncio.run(_send(settings, envelopes))
         asyncio.run(processed_and_settled(settings, len(envelopes)))
-        actual, now = asyncio.run(read_profiles(settings, set()))
-        stats = asyncio.run(_stats(settings))
+        actual, now = asyncio.run(read_profiles(settings))
+        stats = asyncio.run(read_stats(settings))
     assert_profiles_match(events, actual, now)
     assert stats["events_applied"] == len(events) and stats["messages"] == len(envelopes)
-
-
-async def _stats(settings: Settings) -> dict[str, int]:
-    store = store_for(settings)
-    try:
-        return await store.stats()
-    finally:
-        await store.close()
 
 
 def test_a_redelivered_envelope_applies_each_event_once(make_settings) -> None:
@@ -86,14 +80,11 @@ def test_a_redelivered_envelope_applies_each_event_once(make_settings) -> None:
     envelope = Message(topic, 0, 5, b"c", orjson.dumps({"batch": batch}))
 
     async def run() -> tuple[list[int], dict[str, str], dict[str, str]]:
-        store = store_for(settings)
-        try:
+        async with open_store(settings) as store:
             proc = Processor(settings, load_catalogue(), store, collect, Metrics())
             first = await proc.process([envelope])
             again = await proc.process([envelope])  # redelivered after a crash before the commit
             return [first.applied, again.applied, again.redelivered], await store.profile("a"), await store.profile("b")
-        finally:
-            await store.close()
 
     counts, a, b = asyncio.run(run())
     assert counts == [4, 0, 4]

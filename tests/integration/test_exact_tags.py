@@ -12,8 +12,14 @@ from portrait_dev import synth
 from portrait_dev.infra import free_port
 
 from stream.core.pipeline import MODEL_AUDIENCE_TAGS
-from stream.kafka import replay
-from tests.integration.helpers import assert_profiles_match, processed_and_settled, read_profiles, store_for, worker
+from tests.integration.helpers import (
+    assert_profiles_match,
+    open_store,
+    read_profiles,
+    read_stats,
+    replay_and_settle,
+    worker,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -29,30 +35,20 @@ def test_tags_equal_offline_recomputation(make_settings, tmp_path: Path) -> None
     for event in resent:
         stream.insert(stream.index(event) + rng.randint(1, 5), event)
     with worker(settings, tmp_path / "worker.log"):
-        report = asyncio.run(replay.replay(settings, stream, progress=False))
-        asyncio.run(processed_and_settled(settings, report.total))
-        actual, now = asyncio.run(read_profiles(settings, set()))
+        replay_and_settle(settings, stream)
+        actual, now = asyncio.run(read_profiles(settings))
     assert_profiles_match(stream, actual, now)
-    stats = asyncio.run(_stats(settings))
+    stats = asyncio.run(read_stats(settings))
     assert stats["events_duplicate"] == len(resent)
     assert stats["events_applied"] == len(events)
-
-
-async def _stats(settings) -> dict[str, int]:
-    store = store_for(settings)
-    try:
-        return await store.stats()
-    finally:
-        await store.close()
 
 
 def test_audience_sets_match_profiles(make_settings, tmp_path: Path) -> None:
     settings = make_settings(clock="event", web_port=free_port())
     events = synth.generate(users=120, events=3000, seed=5, days=85)
     with worker(settings, tmp_path / "worker.log"):
-        report = asyncio.run(replay.replay(settings, events, progress=False))
-        asyncio.run(processed_and_settled(settings, report.total))
-        profiles, _ = asyncio.run(read_profiles(settings, set()))
+        replay_and_settle(settings, events)
+        profiles, _ = asyncio.run(read_profiles(settings))
         members = asyncio.run(_audiences(settings))
     from stream.tagging.definitions import load_catalogue
 
@@ -66,8 +62,7 @@ def test_audience_sets_match_profiles(make_settings, tmp_path: Path) -> None:
 
 
 async def _audiences(settings) -> dict[tuple[str, str], set[str]]:
-    store = store_for(settings)
-    try:
+    async with open_store(settings) as store:
         out: dict[tuple[str, str], set[str]] = {}
         base = store.keys.base
         async for key in store.client.scan_iter(match=f"{base}:aud:*", count=1000):
@@ -78,5 +73,3 @@ async def _audiences(settings) -> dict[tuple[str, str], set[str]]:
             if users:
                 out[(tag, value)] = users
         return out
-    finally:
-        await store.close()

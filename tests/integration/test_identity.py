@@ -10,21 +10,23 @@ its user id; a blocked device id and a merge over the per-day limit are refused 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import time
-from datetime import datetime
 from pathlib import Path
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from portrait_dev import synth
-from portrait_dev.harness import start_worker, stop_worker, wait_healthy
 from portrait_dev.infra import free_port
 
 from stream.kafka import dlq, replay
 from stream.service import privacy
-from tests.integration.helpers import assert_profiles_match, processed_and_settled, read_profiles, store_for
+from tests.integration.helpers import (
+    assert_profiles_match,
+    event_time,
+    open_store,
+    processed_and_settled,
+    read_profiles,
+    worker,
+)
 
 pytestmark = pytest.mark.integration
 PARTITIONS = 4
@@ -76,14 +78,10 @@ def _scenario(events: list[dict]) -> tuple[dict[str, str], dict[str, str], str, 
         _anonymise(events[i], devices[k % 3])
     for k in range(3):
         events[idx[6 + k]]["anonymous_id"] = devices[k]
-    span = _ts(events[idx[8]]) - _ts(events[idx[6]])
+    span = event_time(events[idx[8]]) - event_time(events[idx[6]])
     assert span < 86400, "the over-limit links must fall within one day"
     merges.update({devices[0]: limit_user, devices[1]: limit_user})
     return merges, {devices[2]: limit_user}, blocked_user, limit_user
-
-
-def _ts(event: dict) -> float:
-    return datetime.fromisoformat(event["ts"]).timestamp()
 
 
 def _as_one_user(events: list[dict], merges: dict[str, str]) -> list[dict]:
@@ -100,21 +98,10 @@ def _as_one_user(events: list[dict], merges: dict[str, str]) -> list[dict]:
     return out
 
 
-async def _messages(settings) -> int:  # type: ignore[no-untyped-def]
-    store = store_for(settings)
-    try:
-        return (await store.stats()).get("messages", 0)
-    finally:
-        await store.close()
-
-
 async def _state(settings, merges: dict[str, str]) -> tuple[dict[str, int], dict[str, str | None]]:  # type: ignore[no-untyped-def]
-    store = store_for(settings)
-    try:
+    async with open_store(settings) as store:
         aliases = {d: await store.client.get(store.keys.alias(f"anon:{d}")) for d in merges}
         return await store.stats(), {d: v.decode() if v else None for d, v in aliases.items()}
-    finally:
-        await store.close()
 
 
 def test_anonymous_profiles_merge_into_known_users(make_settings, tmp_path: Path) -> None:
@@ -132,27 +119,13 @@ def test_anonymous_profiles_merge_into_known_users(make_settings, tmp_path: Path
     assert len(crossing) >= len(merges) // 2, "most links must cross partitions"
 
     asyncio.run(replay.replay(settings, events, progress=False))
-    log = tmp_path / "worker.log"
-    proc = start_worker(settings, log)
-    try:
-        wait_healthy(settings, proc)
-        deadline = time.monotonic() + 120
-        while asyncio.run(_messages(settings)) < len(events) // 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)  # merges in flight are redelivered to the next worker
-        proc.wait()
-        proc = start_worker(settings, log)
-        wait_healthy(settings, proc)
+    with worker(settings, tmp_path / "worker.log") as running:
+        running.kill_when_processed(len(events) // 2)  # merges in flight are redelivered to the next worker
         blocked_events = sum(1 for e in events if e.get("user_id") is None and e.get("anonymous_id") == "null")
         asyncio.run(processed_and_settled(settings, len(events), counter="messages"))
-        actual, now = asyncio.run(read_profiles(settings, set()))
+        actual, now = asyncio.run(read_profiles(settings))
         stats, aliases = asyncio.run(_state(settings, {**merges, **over_limit}))
         letters = asyncio.run(dlq.read(settings, idle_s=1.0))
-    except BaseException:
-        print(log.read_text()[-5000:])
-        raise
-    finally:
-        stop_worker(proc)
 
     assert_profiles_match(_as_one_user(events, merges), actual, now)
     assert aliases == {**merges, **dict.fromkeys(over_limit)}
@@ -178,8 +151,5 @@ def test_anonymous_profiles_merge_into_known_users(make_settings, tmp_path: Path
 
 
 async def _erased(settings, subjects: list[str]) -> int:  # type: ignore[no-untyped-def]
-    store = store_for(settings)
-    try:
+    async with open_store(settings) as store:
         return len(await store.erased(subjects))
-    finally:
-        await store.close()

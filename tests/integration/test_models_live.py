@@ -10,16 +10,14 @@ from pathlib import Path
 import pytest
 from portrait_dev import synth
 
-from stream.kafka import replay
-from tests.integration.helpers import processed_and_settled, store_for, worker
+from tests.integration.helpers import open_store, replay_and_settle, worker
 
 pytestmark = pytest.mark.integration
 AUC_MARGIN = 0.05
 
 
 async def _model_state(settings) -> tuple[dict, int, dict[str, str]]:
-    store = store_for(settings)
-    try:
+    async with open_store(settings) as store:
         # wait until the trainer has learned and published everything written so far
         for _ in range(300):
             pending = await store.client.xlen(store.keys.model_examples)
@@ -37,8 +35,6 @@ async def _model_state(settings) -> tuple[dict, int, dict[str, str]]:
             for member in await store.client.smembers(key):
                 segments[member.decode()] = seg
         return status, version, segments
-    finally:
-        await store.close()
 
 
 def purity(segments: dict[str, str], personas: dict[str, str]) -> float:
@@ -56,12 +52,10 @@ def test_models_learn_live_and_survive_a_restart(make_settings, tmp_path: Path) 
     half = len(events) // 2
     log = tmp_path / "worker.log"
     with worker(settings, log):
-        first = asyncio.run(replay.replay(settings, events[:half], progress=False))
-        asyncio.run(processed_and_settled(settings, first.total, counter="events_applied"))
+        replay_and_settle(settings, events[:half], counter="events_applied")
         status1, version1, _ = asyncio.run(_model_state(settings))
     with worker(settings, log):  # a new process: must resume, not reset
-        second = asyncio.run(replay.replay(settings, events[half:], progress=False))
-        asyncio.run(processed_and_settled(settings, first.total + second.total, counter="events_applied"))
+        replay_and_settle(settings, events[half:], counter="events_applied")
         status2, version2, segments = asyncio.run(_model_state(settings))
 
     assert "trainer resumed model checkpoint" in log.read_text()

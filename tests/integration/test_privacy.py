@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from datetime import datetime
 from pathlib import Path
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from portrait_dev import synth
 
 from stream.contracts.topics import Topics
-from stream.kafka import dlq, replay
+from stream.kafka import dlq
 from stream.service import privacy
 from stream.settings import Settings
 from stream.storage.keys import erased_token
-from tests.integration.helpers import processed_and_settled, store_for, worker
+from tests.integration.helpers import (
+    event_time,
+    open_store,
+    producer,
+    read_topics,
+    replay_and_settle,
+    worker,
+)
 from tests.integration.triggers import read_triggers
 
 pytestmark = pytest.mark.integration
@@ -32,46 +36,23 @@ rules:
 """
 
 
-def _ts(event: dict) -> float:
-    return datetime.fromisoformat(event["ts"]).timestamp()
-
-
 async def _request_erasures(settings: Settings, users: list[str]) -> None:
     topic = Topics(settings.topic_prefix).erase_requests
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers())
-    await producer.start()
-    try:
-        await producer.send_and_wait(topic, b"{not json", key=b"junk")
+    async with producer(settings) as kafka:
+        await kafka.send_and_wait(topic, b"{not json", key=b"junk")
         for uid in users:
             request = {"user_id": uid, "request_id": f"req-{uid}"}
-            await producer.send_and_wait(topic, orjson.dumps(request), key=uid.encode())
-    finally:
-        await producer.stop()
+            await kafka.send_and_wait(topic, orjson.dumps(request), key=uid.encode())
 
 
-async def _confirmations(settings: Settings, expected: int, timeout: float = 60.0) -> list[dict]:
+async def _confirmations(settings: Settings, expected: int) -> list[dict]:
     topic = Topics(settings.topic_prefix).erase_confirmations
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers(), enable_auto_commit=False)
-    await consumer.start()
-    found: list[dict] = []
-    try:
-        await consumer._client.force_metadata_update()
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        deadline = time.monotonic() + timeout
-        while len(found) < expected and time.monotonic() < deadline:
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                found.extend(orjson.loads(r.value) for r in records)
-    finally:
-        await consumer.stop()
-    return found
+    return (await read_topics(settings, [topic], idle_s=0.5, at_least=expected)).get(topic, [])
 
 
 async def _traces(settings: Settings, uid: str) -> list[str]:
     """Every key whose name holds ``uid`` and every set / sorted set that has it as a member."""
-    store = store_for(settings)
-    try:
+    async with open_store(settings) as store:
         found = []
         async for raw in store.client.scan_iter(match=f"{settings.key_prefix}:*", count=1000):
             key = raw.decode()
@@ -84,8 +65,6 @@ async def _traces(settings: Settings, uid: str) -> list[str]:
             ):
                 found.append(f"{key} (member)")
         return found
-    finally:
-        await store.close()
 
 
 def test_erase_a_user_mid_replay(make_settings, tmp_path: Path) -> None:
@@ -94,7 +73,7 @@ def test_erase_a_user_mid_replay(make_settings, tmp_path: Path) -> None:
     settings = make_settings(clock="event", rules_file=rules)
     events = synth.generate(users=120, events=4000, seed=31, days=60)
     half = len(events) // 2
-    split = _ts(events[half])
+    split = event_time(events[half])
     by_user: dict[str, list[int]] = {}
     for i, e in enumerate(events):
         by_user.setdefault(e["user_id"], []).append(i)
@@ -105,8 +84,7 @@ def test_erase_a_user_mid_replay(make_settings, tmp_path: Path) -> None:
     late = sum(1 for u in (a, b) for i in by_user[u] if i >= half)
 
     with worker(settings, tmp_path / "worker.log"):
-        first = asyncio.run(replay.replay(settings, events[:half], progress=False))
-        asyncio.run(processed_and_settled(settings, first.total))
+        replay_and_settle(settings, events[:half])
         before = asyncio.run(privacy.export_json(settings, a))
         assert before["profile"] and before["audiences"] and before["state"] and not before["erased"]
         assert asyncio.run(_traces(settings, a)), "the user has keys before the erasure"
@@ -118,8 +96,7 @@ def test_erase_a_user_mid_replay(make_settings, tmp_path: Path) -> None:
         assert removed[b] == [] and any(k.endswith(":profile") for k in removed[a])
         assert asyncio.run(_traces(settings, a)) == []
 
-        second = asyncio.run(replay.replay(settings, events[half:], progress=False))
-        asyncio.run(processed_and_settled(settings, first.total + second.total))
+        replay_and_settle(settings, events[half:])
         assert asyncio.run(_traces(settings, a)) == [] and asyncio.run(_traces(settings, b)) == []
         letters = asyncio.run(dlq.read(settings, idle_s=1.0))
         triggers = asyncio.run(read_triggers(settings, idle_s=1.0)).get("triggers.coupon", [])

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime
 from pathlib import Path
 
 import pytest
 from portrait_dev import synth
 
-from stream.kafka import replay
-from tests.integration.helpers import processed_and_settled, worker
+from tests.integration.helpers import event_time, replay_and_settle, worker
 from tests.integration.triggers import read_triggers
 
 pytestmark = pytest.mark.integration
@@ -45,7 +43,7 @@ def _activity(events: list[dict]) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {}
     for e in events:
         if e["type"] != "identify":
-            times.setdefault(e["user_id"], []).append(datetime.fromisoformat(e["ts"]).timestamp())
+            times.setdefault(e["user_id"], []).append(event_time(e))
     return times
 
 
@@ -57,8 +55,7 @@ def test_rules_hot_reload(make_settings, tmp_path: Path) -> None:
     half = len(events) // 2
     log = tmp_path / "worker.log"
     with worker(settings, log):
-        first = asyncio.run(replay.replay(settings, events[:half], progress=False))
-        asyncio.run(processed_and_settled(settings, first.total, counter="events_applied"))
+        replay_and_settle(settings, events[:half], counter="events_applied")
         assert "triggers.coupon" not in asyncio.run(read_triggers(settings, idle_s=1.0))
 
         rules.write_text("version: 1\nrules:" + COMPLAINT + WELCOME)
@@ -66,12 +63,11 @@ def test_rules_hot_reload(make_settings, tmp_path: Path) -> None:
         rules.write_text("version: 1\nrules:" + COMPLAINT + WELCOME.replace("events_30d", "no_such_tag"))
         _wait_for(log, "rules change rejected")
 
-        second = asyncio.run(replay.replay(settings, events[half:], progress=False))
-        asyncio.run(processed_and_settled(settings, first.total + second.total, counter="events_applied"))
+        replay_and_settle(settings, events[half:], counter="events_applied")
         got = asyncio.run(read_triggers(settings))
 
     fired = {t["user_id"] for t in got.get("triggers.coupon", [])}
-    split = datetime.fromisoformat(events[half]["ts"]).timestamp()
+    split = event_time(events[half])
     activity = _activity(events)
     new_users = {u for u, ts in activity.items() if min(ts) >= split}
     returning = {  # a 30+ day gap lets events_30d fall to 0 and cross above it again

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 from portrait_dev import synth
 
-from stream.kafka import replay
 from tests import oracle
-from tests.integration.helpers import processed_and_settled, read_profiles, store_for, worker
+from tests.integration.helpers import open_store, read_profiles, replay_and_settle, worker
 
 pytestmark = pytest.mark.integration
 RFM_TAGS = {"r_score", "f_score", "m_score", "rfm_segment"}
@@ -18,8 +17,7 @@ DAY = 86400
 
 
 async def _advance_and_drain(settings, to: float) -> None:
-    store = store_for(settings)
-    try:
+    async with open_store(settings) as store:
         await store.advance_clock(to)
         for _ in range(600):
             count, _ = await store.due_stats(to)
@@ -27,16 +25,11 @@ async def _advance_and_drain(settings, to: float) -> None:
                 return
             await asyncio.sleep(0.1)
         raise AssertionError("due re-evaluations did not drain")
-    finally:
-        await store.close()
 
 
 async def _all_keys(settings) -> list[str]:
-    store = store_for(settings)
-    try:
+    async with open_store(settings) as store:
         return [k.decode() async for k in store.client.scan_iter(match=f"{store.keys.base}:*", count=1000)]
-    finally:
-        await store.close()
 
 
 def _without_rfm(profiles: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
@@ -48,13 +41,12 @@ def test_tags_decay_and_users_expire_without_events(make_settings, tmp_path: Pat
     settings = make_settings(clock="event", timer_interval_s=0.2)
     events = synth.generate(users=150, events=4000, seed=31, days=40)
     with worker(settings, tmp_path / "worker.log"):
-        report = asyncio.run(replay.replay(settings, events, progress=False))
-        asyncio.run(processed_and_settled(settings, report.total))
-        before, now = asyncio.run(read_profiles(settings, set()))
+        replay_and_settle(settings, events)
+        before, now = asyncio.run(read_profiles(settings))
 
         later = now + 20 * DAY + 7 * 3600  # crosses day boundaries, 7/30-day windows, cart timers
         asyncio.run(_advance_and_drain(settings, later))
-        after, clock = asyncio.run(read_profiles(settings, set()))
+        after, clock = asyncio.run(read_profiles(settings))
         assert clock == later
         expected = _without_rfm(after)
         want = _without_rfm(oracle.compute_profiles(events, later))

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from portrait_dev import synth
 
-from stream.kafka import replay
-from tests.integration.helpers import processed_and_settled, store_for, worker
+from stream.storage.store import Store
+from tests.integration.helpers import read_stats, replay_and_settle, worker
 from tests.integration.triggers import (
     RULES,
     assert_unambiguous_orders,
@@ -27,10 +27,9 @@ def test_replay_fires_expected_triggers_once_each(make_settings, tmp_path: Path)
     settings = make_settings(clock="event", rules_file=RULES)
     events = synth.generate(users=200, events=5000, seed=17, days=85)
     with worker(settings, tmp_path / "worker.log"):
-        report = asyncio.run(replay.replay(settings, events, progress=False))
-        asyncio.run(processed_and_settled(settings, report.total))
+        replay_and_settle(settings, events)
         got = asyncio.run(read_triggers(settings))
-        stats = asyncio.run(_stats(settings))
+        stats = asyncio.run(read_stats(settings))
     want = expected_triggers(events)
     for suffix, ids in want.items():
         seen = [t["trigger_id"] for t in got.get(suffix, [])]
@@ -71,8 +70,7 @@ def test_replay_fires_expected_triggers_once_each(make_settings, tmp_path: Path)
 
 async def _fired_at(settings, rule: str) -> dict[str, float]:
     """user -> when ``rule`` first fired for them (sent or held out), from their delivery memory."""
-    store = store_for(settings)
-    try:
+    async with Store.open(settings) as store:
         out: dict[str, float] = {}
         base = store.keys.base
         async for key in store.client.scan_iter(match=f"{base}:*:state", count=1000):
@@ -85,13 +83,3 @@ async def _fired_at(settings, rule: str) -> dict[str, float]:
             if times:
                 out[uid] = min(times)
         return out
-    finally:
-        await store.close()
-
-
-async def _stats(settings) -> dict[str, int]:
-    store = store_for(settings)
-    try:
-        return await store.stats()
-    finally:
-        await store.close()

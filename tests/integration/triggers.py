@@ -7,11 +7,9 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
 from stream.contracts.topics import Topics
 from stream.settings import Settings
+from tests.integration.helpers import read_topics
 
 RULES = Path(__file__).resolve().parents[1] / "data" / "test_rules.yaml"
 # The id contract (docs/rules.md): uuid5 in this namespace over rule, version, user, window index.
@@ -93,24 +91,5 @@ def assert_unambiguous_orders(events: list[dict]) -> None:
 
 async def read_triggers(settings: Settings, idle_s: float = 3.0) -> dict[str, list[dict]]:
     """Every message on the trigger topics (duplicates included), by topic suffix."""
-    topics = Topics(settings.topic_prefix)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers(), enable_auto_commit=False)
-    await consumer.start()
-    out: dict[str, list[dict]] = {}
-    try:
-        tps = []
-        for name in topics.triggers:
-            await consumer._client.force_metadata_update()
-            tps += [TopicPartition(name, p) for p in sorted(consumer.partitions_for_topic(name) or [])]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        while True:
-            batch = await consumer.getmany(timeout_ms=int(idle_s * 1000))
-            if not batch:
-                break
-            for tp, records in batch.items():
-                suffix = tp.topic[len(settings.topic_prefix) + 1 :]
-                out.setdefault(suffix, []).extend(orjson.loads(r.value) for r in records)
-    finally:
-        await consumer.stop()
-    return out
+    found = await read_topics(settings, list(Topics(settings.topic_prefix).triggers), idle_s=idle_s)
+    return {topic[len(settings.topic_prefix) + 1 :]: messages for topic, messages in found.items()}

@@ -38,7 +38,7 @@ from portrait_dev.infra import InfraHandle, ManagedProcess, embedded, free_port,
 from stream.contracts.topics import Topics
 from stream.kafka import replay
 from stream.settings import Settings
-from tests.integration.helpers import read_profiles, store_for
+from tests.integration.helpers import read_profiles, read_stats, store_for
 from tests.integration.triggers import RULES, expected_triggers, read_triggers
 from tests.oracle import compute_profiles
 
@@ -92,16 +92,8 @@ def _secs(value: float | None) -> str:
 
 def _stats(settings: Settings) -> dict[str, int] | None:
     """The worker counters, or None while Valkey is down."""
-
-    async def read() -> dict[str, int]:
-        store = store_for(settings)
-        try:
-            return await store.stats()
-        finally:
-            await store.close()
-
     try:
-        return asyncio.run(read())
+        return asyncio.run(read_stats(settings))
     except (redis.exceptions.ConnectionError, OSError):
         return None
 
@@ -233,7 +225,7 @@ def test_chaos(tmp_path: Path) -> None:
             stats = _stats(base) or {}
             report.applied = stats.get("events_applied", 0)
             report.redelivered = stats.get("events_redelivered", 0)
-            actual, now = asyncio.run(read_profiles(base, set()))
+            actual, now = asyncio.run(read_profiles(base))
             delivered = asyncio.run(read_triggers(base))
         report.users_expected, report.users_off, report.missing_users = _profiles_off(events, actual, now)
         for suffix, ids in expected_triggers(events).items():

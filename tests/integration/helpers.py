@@ -31,15 +31,6 @@ def store_for(settings: Settings) -> Store:
 
 
 @contextlib.asynccontextmanager
-async def open_store(settings: Settings) -> AsyncIterator[Store]:
-    store = store_for(settings)
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
-@contextlib.asynccontextmanager
 async def producer(settings: Settings, **config: Any) -> AsyncIterator[AIOKafkaProducer]:
     """A started producer on the test's broker (``config``: aiokafka options), flushed and stopped
     on exit."""
@@ -116,7 +107,7 @@ def worker(settings: Settings, log: Path) -> Iterator[RunningWorker]:
 
 
 async def read_stats(settings: Settings) -> dict[str, int]:
-    async with open_store(settings) as store:
+    async with Store.open(settings) as store:
         return await store.stats()
 
 
@@ -124,7 +115,7 @@ async def processed(
     settings: Settings, messages: int, timeout: float = 60.0, counter: str = "messages"
 ) -> dict[str, int]:
     """Wait until the stats ``counter`` reaches ``messages``; the stats then."""
-    async with open_store(settings) as store:
+    async with Store.open(settings) as store:
         await wait_processed(store, messages, timeout=timeout, counter=counter)
         return await store.stats()
 
@@ -132,7 +123,7 @@ async def processed(
 async def processed_and_settled(
     settings: Settings, messages: int, timeout: float = 240, counter: str = "messages"
 ) -> None:
-    async with open_store(settings) as store:
+    async with Store.open(settings) as store:
         await wait_processed(store, messages, timeout=timeout, counter=counter)
         await settle(store, event_clock=settings.clock == "event")
 
@@ -147,7 +138,7 @@ def replay_and_settle(settings: Settings, events: list[dict], counter: str = "me
 
 async def read_profiles(settings: Settings) -> tuple[dict[str, dict[str, str]], float]:
     """Every stored profile (public tags only) and the event-time clock."""
-    async with open_store(settings) as store:
+    async with Store.open(settings) as store:
         found: dict[str, dict[str, str]] = {}
         base = store.keys.base
         async for key in store.client.scan_iter(match=f"{base}:*:profile", count=1000):

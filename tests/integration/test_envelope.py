@@ -18,10 +18,10 @@ from stream.core.pipeline import Message
 from stream.metrics import Metrics
 from stream.service.processor import Processor
 from stream.settings import Settings
+from stream.storage.store import Store
 from stream.tagging.definitions import load_catalogue
 from tests.integration.helpers import (
     assert_profiles_match,
-    open_store,
     processed_and_settled,
     producer,
     read_profiles,
@@ -80,7 +80,7 @@ def test_a_redelivered_envelope_applies_each_event_once(make_settings) -> None:
     envelope = Message(topic, 0, 5, b"c", orjson.dumps({"batch": batch}))
 
     async def run() -> tuple[list[int], dict[str, str], dict[str, str]]:
-        async with open_store(settings) as store:
+        async with Store.open(settings) as store:
             proc = Processor(settings, load_catalogue(), store, collect, Metrics())
             first = await proc.process([envelope])
             again = await proc.process([envelope])  # redelivered after a crash before the commit

@@ -12,9 +12,9 @@ from portrait_dev import synth
 from portrait_dev.infra import free_port
 
 from stream.core.pipeline import MODEL_AUDIENCE_TAGS
+from stream.storage.store import Store
 from tests.integration.helpers import (
     assert_profiles_match,
-    open_store,
     read_profiles,
     read_stats,
     replay_and_settle,
@@ -62,7 +62,7 @@ def test_audience_sets_match_profiles(make_settings, tmp_path: Path) -> None:
 
 
 async def _audiences(settings) -> dict[tuple[str, str], set[str]]:
-    async with open_store(settings) as store:
+    async with Store.open(settings) as store:
         out: dict[tuple[str, str], set[str]] = {}
         base = store.keys.base
         async for key in store.client.scan_iter(match=f"{base}:aud:*", count=1000):

@@ -19,10 +19,10 @@ from portrait_dev.infra import free_port
 
 from stream.kafka import dlq, replay
 from stream.service import privacy
+from stream.storage.store import Store
 from tests.integration.helpers import (
     assert_profiles_match,
     event_time,
-    open_store,
     processed_and_settled,
     read_profiles,
     worker,
@@ -99,7 +99,7 @@ def _as_one_user(events: list[dict], merges: dict[str, str]) -> list[dict]:
 
 
 async def _state(settings, merges: dict[str, str]) -> tuple[dict[str, int], dict[str, str | None]]:  # type: ignore[no-untyped-def]
-    async with open_store(settings) as store:
+    async with Store.open(settings) as store:
         aliases = {d: await store.client.get(store.keys.alias(f"anon:{d}")) for d in merges}
         return await store.stats(), {d: v.decode() if v else None for d, v in aliases.items()}
 
@@ -151,5 +151,5 @@ def test_anonymous_profiles_merge_into_known_users(make_settings, tmp_path: Path
 
 
 async def _erased(settings, subjects: list[str]) -> int:  # type: ignore[no-untyped-def]
-    async with open_store(settings) as store:
+    async with Store.open(settings) as store:
         return len(await store.erased(subjects))

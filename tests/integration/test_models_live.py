@@ -10,14 +10,15 @@ from pathlib import Path
 import pytest
 from portrait_dev import synth
 
-from tests.integration.helpers import open_store, replay_and_settle, worker
+from stream.storage.store import Store
+from tests.integration.helpers import replay_and_settle, worker
 
 pytestmark = pytest.mark.integration
 AUC_MARGIN = 0.05
 
 
 async def _model_state(settings) -> tuple[dict, int, dict[str, str]]:
-    async with open_store(settings) as store:
+    async with Store.open(settings) as store:
         # wait until the trainer has learned and published everything written so far
         for _ in range(300):
             pending = await store.client.xlen(store.keys.model_examples)

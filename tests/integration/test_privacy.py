@@ -14,9 +14,9 @@ from stream.kafka import dlq
 from stream.service import privacy
 from stream.settings import Settings
 from stream.storage.keys import erased_token
+from stream.storage.store import Store
 from tests.integration.helpers import (
     event_time,
-    open_store,
     producer,
     read_topics,
     replay_and_settle,
@@ -52,7 +52,7 @@ async def _confirmations(settings: Settings, expected: int) -> list[dict]:
 
 async def _traces(settings: Settings, uid: str) -> list[str]:
     """Every key whose name holds ``uid`` and every set / sorted set that has it as a member."""
-    async with open_store(settings) as store:
+    async with Store.open(settings) as store:
         found = []
         async for raw in store.client.scan_iter(match=f"{settings.key_prefix}:*", count=1000):
             key = raw.decode()

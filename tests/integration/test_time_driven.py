@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from portrait_dev import synth
 
+from stream.storage.store import Store
 from tests import oracle
-from tests.integration.helpers import open_store, read_profiles, replay_and_settle, worker
+from tests.integration.helpers import read_profiles, replay_and_settle, worker
 
 pytestmark = pytest.mark.integration
 RFM_TAGS = {"r_score", "f_score", "m_score", "rfm_segment"}
@@ -17,7 +18,7 @@ DAY = 86400
 
 
 async def _advance_and_drain(settings, to: float) -> None:
-    async with open_store(settings) as store:
+    async with Store.open(settings) as store:
         await store.advance_clock(to)
         for _ in range(600):
             count, _ = await store.due_stats(to)
@@ -28,7 +29,7 @@ async def _advance_and_drain(settings, to: float) -> None:
 
 
 async def _all_keys(settings) -> list[str]:
-    async with open_store(settings) as store:
+    async with Store.open(settings) as store:
         return [k.decode() async for k in store.client.scan_iter(match=f"{store.keys.base}:*", count=1000)]
 
 

@@ -72,9 +72,7 @@ def merge_into(target: UserState, source: UserState, source_subject: str, at: fl
         current = target.traits.get(name)
         if current is None or _later(trait, current):
             target.traits[name] = trait
-    if source.nps is not None and (
-        target.nps is None or (source.nps.ts, source.nps.event_id) > (target.nps.ts, target.nps.event_id)
-    ):
+    if source.nps is not None and (target.nps is None or _later(source.nps, target.nps)):
         target.nps = source.nps
     for src, offset in source.offsets.items():
         target.offsets[src] = max(offset, target.offsets.get(src, -1))

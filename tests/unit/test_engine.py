@@ -2,12 +2,14 @@
 
 import random
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import orjson
 import pytest
 
 from stream.contracts.events import Event, parse_event
 from stream.core.pipeline import PlanContext, plan_write
+from stream.rules import RuleSet, parse_rules
 from stream.tagging.definitions import load_catalogue
 from stream.tagging.engine import Applied, RfmThresholds, apply_event, evaluate, next_due, rfm_segment, score
 from stream.tagging.state import UserState
@@ -157,3 +159,38 @@ def test_plan_write_diffs_audiences_and_expires() -> None:
     assert ("funnel_stage_7d", "browsed") in later.audience_remove and ("funnel_stage_7d", "none") in later.audience_add
     gone = plan_write("u1", 2, state, (T0 + timedelta(days=91)).timestamp(), CONTEXT)
     assert gone.state is None and ("activity_level", "low") in gone.audience_remove
+
+
+SMS = {"type": "care_sms", "params": {"template": "t"}}
+WELCOME = {"id": "welcome", "version": 1, "when": {"tag": "events_30d", "crosses_above": 0}, "action": SMS}
+
+
+def _rules(*extra: dict[str, object]) -> RuleSet:
+    care = {"id": "care", "version": 1, "when": {"tag": "complaints_90d", "crosses_above": 0}, "action": SMS}
+    return parse_rules({"version": 1, "rules": [care, *extra]}, Path("rules.yaml"), CATALOGUE.names)
+
+
+def _fired(version: int, state: UserState, rules: RuleSet, at: float) -> list[str]:
+    write = plan_write(
+        "u1", version, state, at, PlanContext(catalogue=CATALOGUE, thresholds=THRESHOLDS, wall_now=at, rules=rules)
+    )
+    return [rule for rule, outcome, _ in write.decisions if outcome == "send"]
+
+
+def test_rule_baselines_fire_new_users_and_never_a_whole_population() -> None:
+    at = T0.timestamp() + 60
+    # a brand-new user (no stored state) starts from nothing: the welcome fires
+    assert _fired(0, fold([ev(1, "page_view", T0)]), _rules(WELCOME), at) == ["welcome"]
+    # a stored user without a baseline (rules just deployed) only records one
+    existing = fold([ev(1, "page_view", T0)])
+    assert _fired(3, existing, _rules(WELCOME), at) == []
+    assert existing.rule_baseline is not None and existing.rule_baseline.values["events_30d"] == "1"
+    # a reload that adds a rule on a tag the baseline did not record: its value counts as unchanged
+    reloaded = fold([ev(1, "page_view", T0)])
+    assert _fired(0, reloaded, _rules(), at) == []
+    assert reloaded.rule_baseline is not None and "events_30d" not in reloaded.rule_baseline.values
+    assert _fired(1, reloaded, _rules(WELCOME), at + 60) == []
+    assert reloaded.rule_baseline.values["events_30d"] == "1"
+    # and a real change after that fires
+    apply_event(reloaded, ev(2, "feedback", T0 + timedelta(minutes=3), complaint=True), "all/0", 2, PARAMS)
+    assert _fired(2, reloaded, _rules(WELCOME), at + 180) == ["care"]

@@ -174,7 +174,7 @@ def _fired(version: int, state: UserState, rules: RuleSet, at: float) -> list[st
     write = plan_write(
         "u1", version, state, at, PlanContext(catalogue=CATALOGUE, thresholds=THRESHOLDS, wall_now=at, rules=rules)
     )
-    return [rule for rule, outcome, _ in write.decisions if outcome == "send"]
+    return [d.rule for d in write.decisions if d.outcome == "send"]
 
 
 def test_rule_baselines_fire_new_users_and_never_a_whole_population() -> None:

@@ -174,7 +174,7 @@ def test_fuzzed_bad_messages_are_all_dead_lettered_and_cost_no_valid_event(make_
         asyncio.run(_send(settings_, mixed))
         asyncio.run(processed_and_settled(settings_, len(first) + len(mixed), counter="messages"))
         letters = asyncio.run(dlq.read(settings_, idle_s=2.0))
-        actual, now = asyncio.run(read_profiles(settings_, set()))
+        actual, now = asyncio.run(read_profiles(settings_))
     assert Counter(d.reason for d in letters) == Counter(reason for _, _, reason in bad)
     truncated = [d for d in letters if d.truncated]
     assert len(truncated) == 3 and all(d.reason == "too_large" for d in truncated)

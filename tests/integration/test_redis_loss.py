@@ -77,5 +77,5 @@ def test_the_runbook_rebuild_yields_the_oracle_tags_again(make_settings, tmp_pat
     rebuilt = settings.model_copy(update={"app_id": f"{settings.app_id}-rebuild"})
     with worker(rebuilt, tmp_path / "rebuild.log"):
         asyncio.run(processed_and_settled(rebuilt, len(events), counter="events_applied"))
-        actual, now = asyncio.run(read_profiles(rebuilt, set()))
+        actual, now = asyncio.run(read_profiles(rebuilt))
     assert_profiles_match(events, actual, now)

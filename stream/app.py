@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -15,17 +16,18 @@ from typing import Any
 
 import faust
 
-from stream.agents.ingest import register_ingest
+from stream.agents.ingest import assigned_partitions, register_ingest
 from stream.agents.privacy import register_privacy
 from stream.agents.timers import register_timers
 from stream.contracts.deadletter import DeadLetter
 from stream.contracts.topics import Topics
 from stream.kafka import transport
-from stream.kafka.lag import LagReader, record_lag
+from stream.kafka.lag import LagReader
 from stream.metrics import Metrics
 from stream.models import Models, load_models_config
 from stream.rules import MODEL_TAGS, load_rules
 from stream.service.deadletters import DeadLetters
+from stream.service.health import Health, IngestState
 from stream.service.log_limits import limit_repeats
 from stream.service.privacy import PrivacyService
 from stream.service.processor import Processor
@@ -36,7 +38,6 @@ from stream.storage.store import OutboxEntry, Store
 from stream.tagging.definitions import TagCatalogue, load_catalogue
 
 log = logging.getLogger(__name__)
-LAG_INTERVAL_S = 15.0
 AUDIENCE_INTERVAL_S = 30.0
 RULES_POLL_S = 2.0
 
@@ -122,11 +123,26 @@ def create_app(settings: Settings, catalogue: TagCatalogue | None = None) -> Ser
                 metrics.processing_errors.labels("trainer").inc()
                 log.exception("model trainer failed")
 
-    register_ingest(app, input_topic, processor, settings)
+    ingest_state = IngestState()
+    register_ingest(app, input_topic, processor, settings, ingest_state)
     privacy = PrivacyService(store, DeadLetters(send_dead_letters, metrics, settings.processor_version), metrics)
     register_privacy(app, privacy, topics)
     register_timers(app, processor, settings)
-    register_views(app, store, metrics, processor)
+    lag_reader = LagReader(
+        settings.bootstrap_servers(), settings.app_id, topics.inputs, client_kwargs=settings.kafka_client_kwargs()
+    )
+    health = Health(
+        processor.retry,
+        ingest_state,
+        metrics,
+        lag_reader,
+        lambda: assigned_partitions(app),
+        settings.readiness_stall_s,
+        settings.readiness_probe_interval_s,
+        settings.readiness_probe_timeout_s,
+    )
+    effective = settings.effective()
+    register_views(app, store, metrics, health, effective)
 
     @app.task  # type: ignore[untyped-decorator]
     async def publish_catalogue() -> None:
@@ -139,18 +155,17 @@ def create_app(settings: Settings, catalogue: TagCatalogue | None = None) -> Ser
                 store.epoch,
             )
 
-    lag_reader = LagReader(
-        settings.bootstrap_servers(), settings.app_id, topics.inputs, client_kwargs=settings.kafka_client_kwargs()
-    )
-
-    @app.timer(LAG_INTERVAL_S)  # type: ignore[untyped-decorator]
-    async def report_lag() -> None:
-        try:
-            if not lag_reader.started:
-                await lag_reader.start()
-            record_lag(metrics, await lag_reader.read())
-        except Exception as exc:  # lag is observability only: never let it disturb processing
-            log.warning("consumer lag unavailable: %r", exc)
+    @app.task  # type: ignore[untyped-decorator]
+    async def probe_health() -> None:
+        # runs once logging is set up, before the web views answer: the same document as /config
+        log.info("effective configuration: %s", json.dumps(effective, sort_keys=True))
+        # broker probe = the lag read (portrait_consumer_lag); it also sets portrait_ready{check}
+        while not app.should_stop:
+            try:
+                await health.probe()
+            except Exception:  # readiness is observability: never let it disturb processing
+                log.exception("readiness probe failed")
+            await app.sleep(settings.readiness_probe_interval_s)
 
     if rules_file is not None:
         watcher = RulesWatcher(rules_file, catalogue.names | set(MODEL_TAGS), processor, metrics)

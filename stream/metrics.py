@@ -119,5 +119,11 @@ class Metrics:
             registry=r,
         )
         self.erasures = Counter("portrait_erasures", "Users erased on request (privacy)", registry=r)
+        self.ready = Gauge(
+            "portrait_ready",
+            "Readiness check passing (1) or failing (0): redis, broker, ingest, progress (see /readyz)",
+            ["check"],
+            registry=r,
+        )
         self.info = Info("portrait_worker", "Worker build and config", registry=r)
         self.info.info({"version": __version__})

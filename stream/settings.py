@@ -231,6 +231,11 @@ class Settings(BaseSettings):
     broker_heartbeat_interval_s: float = 1.0
     consumer_fetch_max_wait_ms: int = Field(default=100, ge=0)
     commit_interval_s: float = 1.0
+    # readiness (stream/service/health.py): a partition with lag and no progress for this long, or a
+    # batch in flight this long, makes the worker unready; the broker is probed every interval
+    readiness_stall_s: float = Field(default=60.0, gt=0)
+    readiness_probe_interval_s: float = Field(default=5.0, gt=0)
+    readiness_probe_timeout_s: float = Field(default=5.0, gt=0)
     log_level: Annotated[
         Literal["debug", "info", "warning", "error", "critical"],
         BeforeValidator(lambda v: v.strip().lower() if isinstance(v, str) else v),

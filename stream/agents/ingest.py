@@ -1,4 +1,7 @@
-"""The ingest agent: take a batch of raw messages, hand it to the processor, then ack."""
+"""The ingest agent: take a batch of raw messages, hand it to the processor, then ack.
+
+The loop keeps a heartbeat (``IngestState``: running, crashed, batch in flight, last batch per
+partition) that readiness reads (``stream.service.health``)."""
 
 from __future__ import annotations
 
@@ -7,19 +10,34 @@ import logging
 from typing import Any
 
 from stream.core.intake import Message
+from stream.service.health import IngestState, Partition
 from stream.service.processor import Processor
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def register_ingest(app: Any, topic: Any, processor: Processor, settings: Settings) -> Any:
+def register_ingest(
+    app: Any, topic: Any, processor: Processor, settings: Settings, state: IngestState | None = None
+) -> Any:
     """Register the agent consuming every input topic. Returns the agent."""
+    heartbeat = state if state is not None else IngestState()
 
     async def ingest(stream: Any) -> None:
+        heartbeat.started()
+        try:
+            await _consume(stream)
+        except BaseException as exc:
+            # Faust restarts a crashed agent; readiness stays red until the new one finishes a batch
+            heartbeat.stopped(None if isinstance(exc, asyncio.CancelledError | GeneratorExit) else exc)
+            raise
+        heartbeat.stopped()
+
+    async def _consume(stream: Any) -> None:
         # take_events acks a batch only after this loop body returns, so a crash mid-batch means
         # redelivery, which the processor absorbs (per-user applied offsets).
         async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
+            heartbeat.batch_begun()
             messages = [
                 Message(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
                 for e in events
@@ -35,6 +53,7 @@ def register_ingest(app: Any, topic: Any, processor: Processor, settings: Settin
                     "bug processing batch %s[%d]@%d..%d", first.topic, first.partition, first.offset, last.offset
                 )
                 await park(processor, messages, exc)
+            heartbeat.batch_done({(m.topic, m.partition) for m in messages})
 
     return app.agent(topic, name="portrait-ingest")(ingest)
 
@@ -56,6 +75,14 @@ async def park(processor: Processor, messages: list[Message], error: BaseExcepti
             log.exception("could not dead-letter the batch; retrying in %.1fs (it is not acked meanwhile)", delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
+
+
+def assigned_partitions(app: Any) -> set[Partition] | None:
+    """Input partitions assigned to this worker's consumer; None when the consumer cannot tell."""
+    try:
+        return {(tp.topic, tp.partition) for tp in app.consumer.assignment()}
+    except Exception:  # no consumer thread yet
+        return None
 
 
 def _highwaters(app: Any) -> dict[str, int | None] | None:

@@ -150,6 +150,30 @@ def test_alerts_fire_on_synthetic_series(prometheus_bins: tuple[str, str], tmp_p
                     },
                 ],
             },
+            {  # one worker's broker check failing for 5 minutes, the other's passing; a short blip
+                "interval": "1m",
+                "input_series": [
+                    {"series": 'portrait_ready{check="broker", instance="w1"}', "values": "1 1 0 0 0 0 0 0 0"},
+                    {"series": 'portrait_ready{check="redis", instance="w1"}', "values": "1 1 1 1 1 1 1 1 1"},
+                    {"series": 'portrait_ready{check="broker", instance="w2"}', "values": "1 0 1 1 1 1 1 1 1"},
+                ],
+                "alert_rule_test": [
+                    {
+                        "eval_time": "7m",
+                        "alertname": "PortraitWorkerNotReady",
+                        "exp_alerts": [
+                            _exp(
+                                "PortraitWorkerNotReady",
+                                "Portrait worker w1 is not ready: check broker failing (see /readyz)",
+                                severity="critical",
+                                check="broker",
+                                instance="w1",
+                            )
+                        ],
+                    },
+                    {"eval_time": "3m", "alertname": "PortraitWorkerNotReady", "exp_alerts": []},
+                ],
+            },
             {  # lag growing on one topic, flat on another; replicas report the same partitions
                 "interval": "1m",
                 "input_series": [

@@ -45,6 +45,7 @@ EXPECTED_ALERTS = {
     "PortraitWorkerDown",
     "PortraitRedisLostData",
     "PortraitNoWorkers",
+    "PortraitWorkerNotReady",
     "PortraitConsumerLagGrowing",
     "PortraitDeadLetterRatioHigh",
     "PortraitNoEventsConsumed",
@@ -139,7 +140,7 @@ def test_compose_services_and_dependencies() -> None:
         "valkey": {"condition": "service_healthy"},
         "topics": {"condition": "service_completed_successfully"},
     }
-    assert "/healthz" in " ".join(worker["healthcheck"]["test"])
+    assert "/readyz" in " ".join(worker["healthcheck"]["test"]), "compose reports readiness (consuming)"
     assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
     assert services["topics"]["depends_on"]["kafka"]["condition"] == "service_healthy"
 
@@ -219,7 +220,8 @@ def test_dockerfile() -> None:
     assert "pip install ." in text
     user = [line.split()[1] for line in lines if line.startswith("USER ")]
     assert user and not user[-1].startswith(("root", "0")), "the worker must not run as root"
-    assert any(line.startswith("HEALTHCHECK") for line in lines) and "/healthz" in text
+    healthcheck = [i for i, line in enumerate(lines) if line.startswith("HEALTHCHECK")]
+    assert healthcheck and "/livez" in lines[healthcheck[0] + 1], "the image's check must not restart on outages"
     assert 'ENTRYPOINT ["portrait"]' in lines and 'CMD ["worker"]' in lines
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
     assert "!stream/" in ignore and "!pyproject.toml" in ignore
@@ -264,9 +266,9 @@ def test_k8s_probes_lifecycle_resources() -> None:
     port = int(_k8s_env()["PORTRAIT_WEB_PORT"]["value"])
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["http"] == port
-    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
-    assert "tcpSocket" in container["livenessProbe"], "liveness must not follow Redis health"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["startupProbe"]["httpGet"]["path"] == "/livez"
+    assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}, "not following outages"
     assert pod["terminationGracePeriodSeconds"] >= 30
     assert container["lifecycle"]["preStop"]["exec"]["command"]
     assert {"cpu", "memory"} <= set(container["resources"]["requests"])

@@ -62,10 +62,12 @@ class LagReader:
             request_timeout_ms=self.timeout_ms,
             **self.client_kwargs,
         )
-        await admin.start()
         try:
+            await admin.start()
             await consumer.start()
         except BaseException:
+            # a client that failed to start still holds sockets (and warns "Unclosed" when collected)
+            await consumer.stop()
             await admin.close()
             raise
         self._admin, self._consumer = admin, consumer

@@ -104,7 +104,7 @@ class IngestState:
         if error is not None:
             self.crashes += 1
             self.crashed_at = self.clock()
-            self.last_error = f"{type(error).__name__}: {error}"
+            self.last_error = _describe(error)
 
     def batch_begun(self) -> None:
         self.batch_since = self.clock()
@@ -149,7 +149,7 @@ class Health:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            error = _describe(exc)
             if self.broker_error != error:
                 log.warning("broker probe failed: %s", error)
             self.broker_error = error
@@ -256,3 +256,11 @@ class Health:
             stall_limit_s=self.stall_s,
             stalled=stalled,
         )
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` once (aiokafka's messages already start with their type)."""
+    name, text = type(exc).__name__, str(exc)
+    if not text:
+        return name
+    return text if text.startswith(name) else f"{name}: {text}"

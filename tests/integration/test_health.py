@@ -115,6 +115,8 @@ def test_readiness_names_the_broker_while_it_is_down(own_infra: infra_mod.InfraH
         assert _get(settings, "/healthz")[0] == 503, "/healthz is the readiness answer"
         metrics = _get(settings, "/metrics")[1].decode()
         assert 'portrait_ready{check="broker"} 0.0' in metrics
+        time.sleep(3)  # several failed probes: each rebuilds its clients, the worker must stay up
+        assert _ready(settings)[0] == 503
         restarted = broker.respawn()  # same port; Tansu keeps topics in memory: create them again
         own_infra.processes[own_infra.processes.index(broker)] = restarted
         infra_mod.wait_for_broker(own_infra.bootstrap, restarted)

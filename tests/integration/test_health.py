@@ -158,21 +158,22 @@ def test_readiness_names_ingest_and_progress_when_the_consumer_stalls(
 
 CRASHING_WORKER = """
 import sys
+import stream.agents.ingest as ingest
 from stream.service.processor import Processor
 
-process, dead_letter_batch = Processor.process, Processor.dead_letter_batch
+process, park = Processor.process, ingest.park
 
 async def crashing_process(self, messages, highwaters=None):
     if any(m.key == b"crash-the-agent" for m in messages):
         raise RuntimeError("injected processing bug")
     return await process(self, messages, highwaters)
 
-async def crashing_dead_letter_batch(self, messages, error):
+async def crashing_park(processor, messages, error):
     if any(m.key == b"crash-the-agent" for m in messages):
-        raise RuntimeError("injected dead-letter failure")
-    return await dead_letter_batch(self, messages, error)
+        raise RuntimeError("injected bug while parking the batch")
+    return await park(processor, messages, error)
 
-Processor.process, Processor.dead_letter_batch = crashing_process, crashing_dead_letter_batch
+Processor.process, ingest.park = crashing_process, crashing_park
 from stream.cli.main import main
 sys.argv = ["portrait", "worker"]
 raise SystemExit(main())
@@ -180,8 +181,9 @@ raise SystemExit(main())
 
 
 def test_readiness_names_ingest_after_the_agent_crashed(make_settings, tmp_path: Path) -> None:
-    """A bug plus a failing dead-letter path make the agent raise (Faust restarts it): the worker is
-    not ready until the restarted agent has finished a batch."""
+    """A bug in the agent's loop (injected: the agent parks every failed batch, so nothing real
+    crashes it today) makes it raise; Faust restarts it. The worker is not ready until the
+    restarted agent has finished a batch."""
     import subprocess
     import sys
 
@@ -208,7 +210,7 @@ def test_readiness_names_ingest_after_the_agent_crashed(make_settings, tmp_path:
         asyncio.run(crash())
         down = _wait_for(settings, lambda status, b: status == 503 and not b["checks"]["ingest"]["ok"])
         assert down["checks"]["ingest"]["crashes"] >= 1
-        assert "injected dead-letter failure" in down["checks"]["ingest"]["error"]
+        assert "injected bug while parking the batch" in down["checks"]["ingest"]["error"]
         assert down["checks"]["broker"]["ok"] and down["checks"]["redis"]["ok"]
         asyncio.run(_send(settings, [_event("after-crash", n) for n in range(3)]))
         asyncio.run(processed_and_settled(settings, 3, timeout=60))

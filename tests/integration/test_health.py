@@ -10,6 +10,8 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -21,13 +23,13 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
 from portrait_dev import infra as infra_mod
-from portrait_dev.harness import wait_healthy
+from portrait_dev.harness import settings_env, stop_worker, wait_healthy
 
 from stream.contracts.topics import Topics
 from stream.settings import MASK, Settings
-from tests.integration.helpers import processed_and_settled, store_for, worker
+from stream.storage.store import Store
+from tests.integration.helpers import processed_and_settled, producer, worker
 
 pytestmark = pytest.mark.integration
 FAST_PROBES = {"readiness_probe_interval_s": 0.5, "readiness_probe_timeout_s": 2.0}
@@ -65,15 +67,10 @@ def _event(uid: str, n: int) -> dict[str, Any]:
             "page": f"/p/{n}", "category": "shoes"}  # fmt: skip
 
 
-async def _send(settings: Settings, events: list[dict[str, Any]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers(), acks="all")
-    await producer.start()
-    try:
+async def _send(settings: Settings, events: list[dict[str, Any]], key: bytes = b"k") -> None:
+    async with producer(settings, acks="all") as kafka:
         for event in events:
-            await producer.send(Topics(settings.topic_prefix).clickstream, orjson.dumps(event), key=b"k")
-        await producer.flush()
-    finally:
-        await producer.stop()
+            await kafka.send(Topics(settings.topic_prefix).clickstream, orjson.dumps(event), key=key)
 
 
 @pytest.fixture
@@ -184,11 +181,6 @@ def test_readiness_names_ingest_after_the_agent_crashed(make_settings, tmp_path:
     """A bug in the agent's loop (injected: the agent parks every failed batch, so nothing real
     crashes it today) makes it raise; Faust restarts it. The worker is not ready until the
     restarted agent has finished a batch."""
-    import subprocess
-    import sys
-
-    from portrait_dev.harness import settings_env, stop_worker
-
     settings = make_settings(partitions=1, **FAST_PROBES)
     log = tmp_path / "worker.log"
     with log.open("ab") as out:
@@ -197,17 +189,7 @@ def test_readiness_names_ingest_after_the_agent_crashed(make_settings, tmp_path:
         )
     try:
         wait_healthy(settings, proc)
-
-        async def crash() -> None:
-            producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers(), acks="all")
-            await producer.start()
-            try:
-                topic = Topics(settings.topic_prefix).clickstream
-                await producer.send_and_wait(topic, orjson.dumps(_event("victim", 1)), key=b"crash-the-agent")
-            finally:
-                await producer.stop()
-
-        asyncio.run(crash())
+        asyncio.run(_send(settings, [_event("victim", 1)], key=b"crash-the-agent"))
         down = _wait_for(settings, lambda status, b: status == 503 and not b["checks"]["ingest"]["ok"])
         assert down["checks"]["ingest"]["crashes"] >= 1
         assert "injected bug while parking the batch" in down["checks"]["ingest"]["error"]
@@ -253,8 +235,5 @@ def test_profiles_of_percent_encoded_ids_and_config(make_settings, tmp_path: Pat
 
 
 async def _profiles(settings: Settings, ids: list[str]) -> dict[str, dict[str, str]]:
-    store = store_for(settings)
-    try:
+    async with Store.open(settings) as store:
         return {uid: await store.profile(uid) for uid in ids}
-    finally:
-        await store.close()

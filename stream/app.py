@@ -140,6 +140,7 @@ def create_app(settings: Settings, catalogue: TagCatalogue | None = None) -> Ser
         settings.readiness_stall_s,
         settings.readiness_probe_interval_s,
         settings.readiness_probe_timeout_s,
+        ping=store.client.ping,
     )
     effective = settings.effective()
     register_views(app, store, metrics, health, effective)

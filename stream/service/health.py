@@ -3,7 +3,9 @@
 ``/livez`` answers whenever the event loop does. ``/readyz`` (and ``/healthz``, the same answer)
 is ready only when every check passes:
 
-* ``redis``: no Redis call is failing (the processor's retry state, ``RedisRetry``);
+* ``redis``: no Redis call is failing (the processor's retry state, ``RedisRetry``) and Redis
+  answered the last probe's ``PING`` in time (a Redis that hangs without closing its sockets
+  fails no call, it just never answers);
 * ``broker``: the last broker probe (a metadata and offsets read, the one that feeds
   ``portrait_consumer_lag``) succeeded and is recent (at most ``3 x`` the probe interval old);
 * ``ingest``: the ingest agent's loop is running, has not crashed since its last batch, and no
@@ -21,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -131,8 +134,11 @@ class Health:
         probe_interval_s: float,
         probe_timeout_s: float,
         clock: Callable[[], float] = time.monotonic,
+        ping: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
         self.retry, self.ingest, self.metrics, self.lag_reader = retry, ingest, metrics, lag_reader
+        self.ping = ping
+        self.ping_error: str | None = None
         self.assigned, self.clock = assigned, clock
         self.stall_s, self.probe_interval_s, self.probe_timeout_s = stall_s, probe_interval_s, probe_timeout_s
         self.started_at = clock()
@@ -143,13 +149,34 @@ class Health:
         self.assigned_since: dict[Partition, float] = {}  # a partition handed over is not stalled at once
 
     async def probe(self) -> Readiness:
-        """Read the lag (which needs the broker), record it, and publish the readiness gauges."""
+        """Read the lag (which needs the broker) and ping Redis, both bounded by the probe timeout;
+        record the lag and publish the readiness gauges."""
+        await asyncio.gather(self._probe_broker(), self._probe_redis())
+        self.probed_at = self.clock()
+        return self.readiness()
+
+    async def _probe_redis(self) -> None:
+        if self.ping is None:
+            return
+        try:
+            await asyncio.wait_for(self.ping(), self.probe_timeout_s)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            error = f"PING: {self._describe(exc)}"
+            if self.ping_error != error:
+                log.warning("redis probe failed: %s", error)
+            self.ping_error = error
+        else:
+            self.ping_error = None
+
+    async def _probe_broker(self) -> None:
         try:
             lag = await asyncio.wait_for(self._read_lag(), self.probe_timeout_s)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            error = _describe(exc)
+            error = self._describe(exc)
             if self.broker_error != error:
                 log.warning("broker probe failed: %s", error)
             self.broker_error = error
@@ -160,8 +187,11 @@ class Health:
             self.broker_error = None
             record_lag(self.metrics, lag)
             self._observe_lag(lag)
-        self.probed_at = self.clock()
-        return self.readiness()
+
+    def _describe(self, exc: BaseException) -> str:
+        if isinstance(exc, TimeoutError) and not str(exc):
+            return f"no answer within {self.probe_timeout_s:g}s"
+        return _describe(exc)
 
     async def _read_lag(self) -> Lag:
         if not self.lag_reader.started:
@@ -192,7 +222,9 @@ class Health:
     def readiness(self) -> Readiness:
         now = self.clock()
         checks = Checks(
-            redis=Check(ok=self.retry.healthy, error=self.retry.last_error),
+            redis=Check(
+                ok=self.retry.healthy and self.ping_error is None, error=self.retry.last_error or self.ping_error
+            ),
             broker=self._broker(now),
             ingest=self._ingest(now),
             progress=self._progress(now),

@@ -128,7 +128,7 @@ def test_readiness_names_ingest_and_progress_when_the_consumer_stalls(
     own_infra: infra_mod.InfraHandle, tmp_path: Path
 ) -> None:
     """A Redis that stops answering without closing its sockets (SIGSTOP) hangs the ingest agent
-    mid-batch: no retry fires, so only the stall checks can tell."""
+    mid-batch: no call fails and no retry fires; the probe's PING and the stall checks tell."""
     settings = _own_settings(own_infra, tmp_path, readiness_stall_s=3.0)
     valkey = next(p for p in own_infra.processes if p.name == "valkey")
     with worker(settings, tmp_path / "worker.log"):
@@ -139,9 +139,10 @@ def test_readiness_names_ingest_and_progress_when_the_consumer_stalls(
             stalled = _wait_for(
                 settings,
                 lambda status, b: (
-                    status == 503 and not b["checks"]["ingest"]["ok"] and not b["checks"]["progress"]["ok"]
+                    status == 503 and not any(b["checks"][c]["ok"] for c in ("redis", "ingest", "progress"))
                 ),
             )
+            assert stalled["checks"]["redis"]["error"].startswith("PING: no answer within")
             assert stalled["checks"]["ingest"]["batch_in_flight_s"] > 3.0
             assert stalled["checks"]["progress"]["stalled"], stalled
             assert all(p["lag"] > 0 for p in stalled["checks"]["progress"]["stalled"])

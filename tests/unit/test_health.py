@@ -191,3 +191,29 @@ def test_a_partition_handed_over_with_old_lag_gets_the_full_limit() -> None:
     assert _probe(health).checks.progress.ok
     clock.now += STALL_S + 1
     assert not _probe(health).checks.progress.ok
+
+
+def test_a_redis_that_does_not_answer_the_ping_fails_the_redis_check() -> None:
+    clock, lag, metrics = Clock(), ScriptedLag(), Metrics()
+    answers: list[Exception | None] = [None]
+
+    async def ping() -> None:
+        if answers[0] is not None:
+            raise answers[0]
+
+    async def hang() -> None:
+        await asyncio.sleep(10)
+
+    ingest = IngestState(clock)
+    ingest.started()
+    health = Health(RedisRetry(metrics), ingest, metrics, lag, lambda: None, STALL_S, 5.0, 0.05, clock=clock, ping=ping)  # type: ignore[arg-type]
+    assert _probe(health).checks.redis.ok
+    answers[0] = ConnectionError("Connection refused")
+    answer = _probe(health)
+    assert not answer.ready and answer.checks.redis.error == "PING: ConnectionError: Connection refused"
+    assert answer.checks.broker.ok and _gauge(metrics, "redis") == 0.0
+    health.ping = hang
+    assert _probe(health).checks.redis.error == "PING: no answer within 0.05s"
+    health.ping = ping
+    answers[0] = None
+    assert _probe(health).checks.redis.ok

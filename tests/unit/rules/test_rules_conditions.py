@@ -11,7 +11,7 @@ from stream.rules import Condition, fires, holds, load_rules, tags_referenced
 from stream.rules.conditions import fired_by
 from stream.settings import ConfigError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 KNOWN = {"recency_days", "value_tier", "rfm_segment", "churn_band", "churn_risk", "complaints_90d", "cart_abandoned"}
 
 

@@ -25,7 +25,7 @@ from stream.settings import Settings, default_state_file, mask_url
 from stream.tagging.definitions import load_catalogue
 from stream.tagging.profile import MODEL_FIELDS, type_profile
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(autouse=True)

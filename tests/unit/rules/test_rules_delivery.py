@@ -30,7 +30,7 @@ from stream.rules.effect import exposure_due, open_exposures, track_conversions
 from stream.rules.evaluate import Decision
 from stream.tagging.state import UserState
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DAY = 86400
 KNOWN = {"recency_days", "value_tier", "rfm_segment", "timezone", "complaints_90d", "nps_class", "cart_abandoned"}
 LAPSING = {"tag": "recency_days", "ge": 14}

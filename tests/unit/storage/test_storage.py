@@ -23,7 +23,7 @@ from stream.storage.store import (
     watermark,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SCRIPTS = ROOT / "stream" / "storage" / "scripts"
 LUA_FILES = sorted(SCRIPTS.glob("*.lua"))
 

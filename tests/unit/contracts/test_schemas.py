@@ -3,7 +3,7 @@ from pathlib import Path
 
 from stream.contracts.schemas import write_schemas
 
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
+DOCS = Path(__file__).resolve().parents[3] / "docs" / "schemas"
 
 
 def test_published_schemas_are_current(tmp_path: Path) -> None:

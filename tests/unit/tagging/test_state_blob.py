@@ -19,7 +19,7 @@ from stream.tagging.state import BLOB_ZSTD_V1, ZDICT_V1_FILE, MergedId, NpsAnswe
 ZDICT_V1_SHA256 = "6296dd2edf6089023c3ff2d311acb9bce39c46eb1072445d89665acf2ee5a426"
 # A state written by the worker before its parts were typed (rule memory, model state and merges
 # stored as untyped JSON), after rules and models had run and an anonymous profile was merged in.
-GOLDEN_BLOB = Path(__file__).parent.parent / "data" / "state-blob-v1.bin"
+GOLDEN_BLOB = Path(__file__).resolve().parents[2] / "data" / "state-blob-v1.bin"
 
 
 def _states() -> list[UserState]:

@@ -29,7 +29,7 @@ from stream.identity.merge import IdentityPolicy
 from stream.metrics import Metrics
 from stream.models import Models
 from stream.rules import RuleSet
-from stream.rules.counters import EffectCounter, parsed
+from stream.service.batch_metrics import record_batch, record_decisions
 from stream.service.deadletters import DeadLetters, SendDeadLetters
 from stream.service.outbox import Outbox, SendTriggers
 from stream.service.retry import RedisRetry
@@ -179,23 +179,12 @@ class Processor:
 
     async def _written(self, plan: BatchPlan, valid: list[Valid], report: BatchReport, received: float) -> None:
         """After the write: deliver the batch's triggers, fill in the report, record the metrics."""
-        m = self.metrics
-        for key, n in plan.identity.items():
-            m.identity.labels(key.removeprefix("identity_refused_").removeprefix("identity_")).inc(n)
         self._count_decisions(plan.writes)
         if any(w.triggers for w in plan.writes):
             await self.deliver_triggers()
         report.record(plan)
-        for kind, n in plan.outcomes.items():
-            m.applied.labels(kind).inc(n)
-        for item in valid:
-            m.events.labels(item.message.topic, item.event.type).inc()
-        m.batch_size.observe(report.messages)
-        m.consume_to_profile.observe(time.perf_counter() - received)
-        if self.settings.clock == "wall":
-            finished = self.wall_clock()
-            for item in valid:
-                m.event_to_profile.observe(max(0.0, finished - item.event.epoch))
+        finished = self.wall_clock() if self.settings.clock == "wall" else None
+        record_batch(self.metrics, plan, valid, report.messages, received, finished)
 
     async def dead_letter_batch(self, messages: list[Message], error: BaseException) -> None:
         """Last resort for a bug outside per-user isolation: keep the batch in the DLQ, never drop it."""
@@ -259,15 +248,7 @@ class Processor:
         await self.scoring.sync()
 
     def _count_decisions(self, writes: list[UserWrite]) -> None:
-        for w in writes:
-            for counter, n in parsed(w.counters):
-                if isinstance(counter, EffectCounter):
-                    self.metrics.rule_effect.labels(counter.rule, counter.group, counter.what).inc(n)
-            for d in w.decisions:
-                if d.outcome == "send":
-                    self.metrics.triggers_sent.labels(d.rule).inc()
-                else:
-                    self.metrics.triggers_suppressed.labels(d.rule, d.reason).inc()
+        record_decisions(self.metrics, writes)
 
     # -- trigger delivery ----------------------------------------------------------------
     async def deliver_triggers(self) -> int:

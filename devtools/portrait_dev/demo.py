@@ -8,7 +8,7 @@ and re-evaluated, prints a summary and three sample profiles, and stops what it 
 from __future__ import annotations
 
 import asyncio
-import sys
+import shutil
 import tempfile
 import time
 import urllib.request
@@ -17,10 +17,11 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
-from tqdm import tqdm
+from rich.console import Console
+from rich.progress import Progress
 
 from portrait_dev import infra, synth
-from portrait_dev.harness import settle, start_worker, stop_worker, wait_healthy, wait_processed
+from portrait_dev.harness import Stalled, settle, start_worker, stop_worker, wait_healthy, wait_processed
 from stream.cli.main import format_profile
 from stream.contracts.events import EVENT_TYPES
 from stream.contracts.topics import Topics
@@ -28,6 +29,10 @@ from stream.kafka import replay
 from stream.settings import Settings
 from stream.storage.store import Store
 from stream.tagging.definitions import load_catalogue
+
+# The demo waits as long as the worker makes progress (a slow, busy machine is fine) and gives up
+# only after this long without any.
+STALL_S = 180.0
 
 SUMMARY_TAGS = (
     "rfm_segment",
@@ -112,8 +117,18 @@ async def _run(settings: Settings, users: int, events: int, seed: int, workdir: 
         bad = await _send_malformed(settings, seed)
         total = report.total + bad
         await asyncio.to_thread(wait_healthy, settings, worker)
-        with tqdm(total=total, desc="processed", unit="ev", file=sys.stderr) as bar:
-            throughput = await wait_processed(store, total, timeout=240, progress=bar)
+        with Progress(console=Console(stderr=True)) as bars:
+            task = bars.add_task("processed", total=total)
+
+            class Bar:
+                def update(self, n: int) -> None:
+                    bars.advance(task, n)
+
+            try:
+                throughput = await wait_processed(store, total, timeout=None, progress=Bar(), stall_s=STALL_S)
+            except Stalled as exc:
+                tail = "\n".join((workdir / "worker.log").read_text(errors="replace").splitlines()[-20:])
+                raise SystemExit(f"demo stopped, the worker made {exc}; its last log lines:\n{tail}") from None
         elapsed = time.monotonic() - started
         await settle(store, event_clock=True)
         stats = await store.stats()
@@ -166,6 +181,13 @@ async def _run(settings: Settings, users: int, events: int, seed: int, workdir: 
 
 def run_demo(users: int = 2000, events: int = 50000, seed: int = 7) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="portrait-demo-"))
+    try:
+        return _demo(users, events, seed, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)  # logs, data and state: nothing is left behind
+
+
+def _demo(users: int, events: int, seed: int, workdir: Path) -> int:
     began = time.monotonic()
     with infra.embedded(workdir) as handle:
         print(f"embedded {handle.broker_kind} broker at {handle.bootstrap}, Valkey at {handle.redis_url}")

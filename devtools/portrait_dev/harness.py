@@ -85,31 +85,47 @@ class Throughput:
         return (self.total - self.first_count) / (self.done_at - self.first_at)
 
 
+class Stalled(TimeoutError):
+    """No progress for the whole stall window: says how far processing got."""
+
+
 async def wait_processed(
-    store: Store, messages: int, timeout: float = 300.0, progress: object = None, counter: str = "messages"
+    store: Store,
+    messages: int,
+    timeout: float | None = 300.0,
+    progress: object = None,
+    counter: str = "messages",
+    stall_s: float | None = None,
 ) -> Throughput:
     """Wait until the stats ``counter`` reaches ``messages``.
 
-    ``messages`` counts every message handled, redeliveries included; after crashes wait on
-    ``events_applied`` instead, which counts each event once.
+    ``timeout`` bounds the whole wait (None: no bound); ``stall_s`` bounds how long the counter may
+    stay put, so a slow machine that keeps making progress never fails and a stuck worker fails
+    with where it stopped. ``messages`` counts every message handled, redeliveries included; after
+    crashes wait on ``events_applied`` instead, which counts each event once. ``progress``: an
+    object with ``update(n)`` (e.g. a progress bar) told of every increase.
     """
     started = time.monotonic()
-    deadline = started + timeout
-    last = -1
+    deadline = None if timeout is None else started + timeout
+    last, last_change = -1, started
     result = Throughput()
-    while time.monotonic() < deadline:
+    while True:
         done = (await store.stats()).get(counter, 0)
         now = time.monotonic()
         if done and result.first_at is None:
             result.first_at, result.first_count = now, done
-        if progress is not None and done != last:
-            progress.update(done - max(last, 0))  # type: ignore[attr-defined]
-            last = done
+        if done != last:
+            if progress is not None:
+                progress.update(done - max(last, 0))  # type: ignore[attr-defined]
+            last, last_change = done, now
         if done >= messages:
             result.seconds, result.done_at, result.total = now - started, now, done
             return result
+        if stall_s is not None and now - last_change > stall_s:
+            raise Stalled(f"no progress for {stall_s:.0f}s: {counter} stopped at {done} of {messages}")
+        if deadline is not None and now > deadline:
+            raise TimeoutError(f"only {done} of {messages} {counter} after {timeout}s")
         await asyncio.sleep(0.05)
-    raise TimeoutError(f"only {(await store.stats()).get(counter, 0)} of {messages} {counter} after {timeout}s")
 
 
 async def settle(store: Store, event_clock: bool, timeout: float = 120.0, reevaluate_all: bool = True) -> None:

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from portrait_dev.infra import ManagedProcess, free_ports, spawn, wait_for_broker
+from portrait_dev.processes import ManagedProcess, free_ports, spawn, wait_for_broker
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sized
 from dataclasses import dataclass, field
-from datetime import date, datetime
-from datetime import time as dtime
+from datetime import date, datetime, time as dtime
 from pathlib import Path
 from typing import IO, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError

@@ -20,11 +20,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from river import drift as _drift
-from river import linear_model as _linear_model
-from river import metrics as _metrics
-from river import optim as _optim
-from river import preprocessing as _preprocessing
+from river import (
+    drift as _drift,
+    linear_model as _linear_model,
+    metrics as _metrics,
+    optim as _optim,
+    preprocessing as _preprocessing,
+)
 
 from stream.models.config import ChurnBands, ChurnParams
 from stream.models.features import Vector

@@ -26,8 +26,7 @@ from redis.exceptions import ResponseError
 
 # re-exported: the types of Store.load and Store.write (defined in the pure core)
 from stream.core.progress import Progress as Progress
-from stream.core.writes import LoadedUser as LoadedUser
-from stream.core.writes import UserWrite
+from stream.core.writes import LoadedUser as LoadedUser, UserWrite
 from stream.settings import Settings
 from stream.storage.keys import Keys, erased_token
 from stream.tagging.engine import RfmThresholds

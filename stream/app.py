@@ -25,7 +25,7 @@ from stream.kafka import transport
 from stream.kafka.lag import LagReader
 from stream.metrics import Metrics
 from stream.models import Models, load_models_config
-from stream.rules import MODEL_TAGS, load_rules
+from stream.rules import KnownTags, load_rules
 from stream.service.deadletters import DeadLetters
 from stream.service.health import Health, IngestState
 from stream.service.log_limits import limit_repeats
@@ -98,7 +98,7 @@ def create_app(settings: Settings, catalogue: TagCatalogue | None = None) -> Ser
         await asyncio.gather(*futures)
 
     rules_file = settings.resolved_rules_file()
-    rules = load_rules(rules_file, catalogue.names | set(MODEL_TAGS)) if rules_file is not None else None
+    rules = load_rules(rules_file, catalogue) if rules_file is not None else None
     if rules is not None:
         log.info("rules: %d active from %s", len(rules.active), rules_file)
     models_config = load_models_config(settings.models_file) if settings.models_enabled else None
@@ -169,7 +169,7 @@ def create_app(settings: Settings, catalogue: TagCatalogue | None = None) -> Ser
             await app.sleep(settings.readiness_probe_interval_s)
 
     if rules_file is not None:
-        watcher = RulesWatcher(rules_file, catalogue.names | set(MODEL_TAGS), processor, metrics)
+        watcher = RulesWatcher(rules_file, catalogue, processor, metrics)
 
         @app.timer(RULES_POLL_S)  # type: ignore[untyped-decorator]
         async def reload_rules() -> None:
@@ -190,7 +190,7 @@ class RulesWatcher:
     """Hot reload: a changed rules file is validated and swapped in; an invalid one is rejected
     with its error and the previous rules stay active."""
 
-    def __init__(self, path: Path, known_tags: set[str] | frozenset[str], processor: Processor, metrics: Metrics):
+    def __init__(self, path: Path, known_tags: KnownTags, processor: Processor, metrics: Metrics):
         self.path, self.known_tags, self.processor, self.metrics = path, known_tags, processor, metrics
         self.stamp = self._stamp()
 

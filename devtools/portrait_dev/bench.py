@@ -976,7 +976,7 @@ async def run_memory(bench: Bench, users: int, seed: int, sample: int = 300) -> 
     from stream.core.writes import UserWrite
     from stream.models import load_models_config
     from stream.offline.driver import drive
-    from stream.rules import MODEL_TAGS, load_rules
+    from stream.rules import load_rules
     from stream.tagging.definitions import load_catalogue
     from stream.tagging.engine import rank_metrics
     from stream.tagging.state import UserState
@@ -984,7 +984,7 @@ async def run_memory(bench: Bench, users: int, seed: int, sample: int = 300) -> 
     settings = bench.fresh_settings("mem", clock="event")
     catalogue = load_catalogue(settings.tags_file)
     rules_file = settings.resolved_rules_file()
-    rules = load_rules(rules_file, catalogue.names | set(MODEL_TAGS)) if rules_file is not None else None
+    rules = load_rules(rules_file, catalogue) if rules_file is not None else None
     models = load_models_config(settings.models_file) if settings.models_enabled else None
     templates_n = min(users, 2000)
     events = synth.generate(users=templates_n, events=templates_n * 25, seed=seed)

@@ -35,11 +35,10 @@ RulesFile = Annotated[
 @rules_app.command("check")
 def check(ctx: typer.Context, file: RulesFile, json: JsonOption = False) -> None:
     """Validate a rules file against the tag catalogue (as a worker would at start)."""
-    from stream.rules import MODEL_TAGS, load_rules
+    from stream.rules import load_rules
     from stream.tagging.definitions import load_catalogue
 
-    known = load_catalogue(settings_of(ctx).tags_file).names | set(MODEL_TAGS)
-    rules = load_rules(file, known)
+    rules = load_rules(file, load_catalogue(settings_of(ctx).tags_file))
     active = [{"id": r.id, "version": r.version, "action": r.action.type, "channel": r.channel} for r in rules.active]
     if json:
         print_json({"file": str(file), "ok": True, "active": active})

@@ -286,7 +286,7 @@ def backtest_file(
     threshold refresh period in event time. Trigger topics use ``settings.topic_prefix``.
     """
     catalogue = load_catalogue(tags_file if tags_file is not None else settings.tags_file)
-    rules = load_rules(rules_file, catalogue.names | set(MODEL_TAGS))
+    rules = load_rules(rules_file, catalogue)
     models = load_models_config(settings.models_file) if with_models else None
     source = read_events(data, fmt=fmt, mapping=mapping, default_type=default_type, tz=tz)
     return backtest(

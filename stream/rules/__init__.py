@@ -9,14 +9,18 @@ from stream.contracts.triggers import Trigger, write_trigger_schema
 from stream.rules.actions import ACTION_TYPES, ActionParams, ActionSpec, ActionType, register_action
 from stream.rules.conditions import Condition, fires, holds
 from stream.rules.config import (
+    MODEL_TAG_DOMAINS,
     MODEL_TAGS,
     DeliverySettings,
+    KnownTags,
     QuietHours,
     Rule,
     RuleSet,
+    check_values,
     default_known_tags,
     load_rules,
     parse_rules,
+    tag_domains,
     tags_referenced,
 )
 from stream.rules.effect import Exposure, GroupStats, RuleEffect, effects
@@ -27,6 +31,7 @@ from stream.tagging.memory import DeliveryMemory, DeliveryRecord
 __all__ = [
     "ACTION_TYPES",
     "MODEL_TAGS",
+    "MODEL_TAG_DOMAINS",
     "REASONS",
     "ActionParams",
     "ActionSpec",
@@ -38,6 +43,7 @@ __all__ = [
     "DeliverySettings",
     "Exposure",
     "GroupStats",
+    "KnownTags",
     "Outcome",
     "QuietHours",
     "Reason",
@@ -45,6 +51,7 @@ __all__ = [
     "RuleEffect",
     "RuleSet",
     "Trigger",
+    "check_values",
     "default_known_tags",
     "effects",
     "evaluate_rules",
@@ -54,6 +61,7 @@ __all__ = [
     "load_rules",
     "parse_rules",
     "register_action",
+    "tag_domains",
     "tags_referenced",
     "trigger_id",
     "write_trigger_schema",

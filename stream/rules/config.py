@@ -13,9 +13,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from stream import config_files
+from stream.errors import ConfigError
 from stream.rules.actions import ActionSpec
 from stream.rules.conditions import OPERATORS, Condition, tags_of
-from stream.tagging.definitions import BUILTIN_TAGS, Duration
+from stream.tagging.definitions import BUILTIN_TAGS, Duration, TagCatalogue, ValueDomain, load_catalogue
 
 DAY = 86400.0
 DEFAULT_RULES_PATH = Path("deploy/rules.yaml")
@@ -25,6 +26,19 @@ MODEL_TAGS: dict[str, str] = {
     "churn_band": "low | medium | high",
     "behaviour_segment": "segment id (string)",
 }
+
+# The value domains of the model tags (stream/models/runtime.py MODEL_TAGS), which rule values are
+# checked against like the catalogue's tags.
+MODEL_TAG_DOMAINS: dict[str, ValueDomain] = {
+    "churn_risk": ValueDomain(type="ratio", min=0.0, max=1.0),
+    "churn_band": ValueDomain(type="str", values=("low", "medium", "high")),
+    "behaviour_segment": ValueDomain(type="str", pattern=r"s[0-9]+", pattern_text="segment ids s1, s2, ..."),
+    "churn_model": ValueDomain(type="int", min=0.0),
+}
+
+# What rules are checked against: a catalogue (tag names and value domains, plus the model tags) or
+# just the tag names a condition may reference (values unchecked).
+KnownTags = TagCatalogue | set[str] | frozenset[str]
 
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
@@ -151,18 +165,89 @@ def _operators_hint(loc: config_files.Loc, kind: str) -> str | None:
     return None
 
 
-def parse_rules(raw: Any, path: Path, known_tags: set[str] | frozenset[str]) -> RuleSet:
-    """Validate already-parsed YAML; errors name ``path``, rule and field (``ConfigError``)."""
-    context = {"known_tags": known_tags}
+def tag_domains(catalogue: TagCatalogue) -> dict[str, ValueDomain]:
+    """The value domain of every tag a rule may read: the catalogue's tags and the model tags."""
+    return {**MODEL_TAG_DOMAINS, **{t.name: t for t in catalogue.tags}}
+
+
+def _leaf_problem(cond: Condition, op: str, domain: ValueDomain) -> tuple[str, ...]:
+    """The problems of one tag test's values against its tag's domain (empty: all allowed)."""
+    operand = cond.operand(op)
+    if isinstance(operand, float):  # crosses_above / crosses_below: a number by their type
+        if not domain.numeric:
+            return (f"{op} compares numbers, but {cond.tag} is a {domain.type} tag (allowed: {domain.describe()})",)
+        values: tuple[str, ...] = (_number_text(operand),)
+    else:
+        values = operand if isinstance(operand, tuple) else (operand,)
+    return tuple(
+        f"{value!r} is not a {cond.tag} value (allowed: {domain.describe()})"
+        for value in values
+        if not domain.accepts(value)
+    )
+
+
+def _number_text(x: float) -> str:
+    """A ``crosses_*`` threshold in the profile's number form (``0`` for ``0.0``)."""
+    return str(int(x)) if x.is_integer() else str(x)
+
+
+def _value_errors(
+    cond: Condition, loc: tuple[str | int, ...], domains: dict[str, ValueDomain]
+) -> list[tuple[tuple[str | int, ...], str]]:
+    """(location, problem) for every condition value outside its tag's domain, depth first."""
+    if cond.tag is not None and cond.operator is not None:
+        domain = domains.get(cond.tag)
+        if domain is None:
+            return []
+        return [((*loc, cond.operator), problem) for problem in _leaf_problem(cond, cond.operator, domain)]
+    out: list[tuple[tuple[str | int, ...], str]] = []
+    if cond.not_ is not None:
+        out += _value_errors(cond.not_, (*loc, "not"), domains)
+    for group in ("all", "any"):
+        for index, child in enumerate(cond.operand(group) or ()):
+            out += _value_errors(child, (*loc, group, index), domains)
+    return out
+
+
+def check_values(raw: Any, path: Path | str, rules: RuleSet, catalogue: TagCatalogue) -> None:
+    """Refuse condition values outside their tag's domain: a categorical value not in the tag's
+    values, a number outside its range, text where a number is compared. One line per problem::
+
+        rules.yaml: rules[1] (care_sms).when.all[0].in: 'vipp' is not a churn_band value (allowed: low, medium, high)
+    """
+    domains = tag_domains(catalogue)
+    lines = [
+        config_files.line(path, raw, loc, problem)
+        for index, rule in enumerate(rules.rules)
+        for loc, problem in _value_errors(rule.when, ("rules", index, "when"), domains)
+    ]
+    if lines:
+        raise ConfigError("\n".join(lines))
+
+
+def parse_rules(raw: Any, path: Path, known_tags: KnownTags) -> RuleSet:
+    """Validate already-parsed YAML; errors name ``path``, rule and field (``ConfigError``).
+
+    With a ``TagCatalogue`` the tags a condition may read are the catalogue's and the model tags,
+    and every condition value is checked against its tag's domain (``check_values``); with a set
+    of names only the tag names are checked.
+    """
+    catalogue = known_tags if isinstance(known_tags, TagCatalogue) else None
+    names = set(tag_domains(catalogue)) if catalogue is not None else known_tags
+    context = {"known_tags": names}
     rules = config_files.validate(raw, path, RuleSet, context=context, hint=_operators_hint)
     config_files.check_unique(path, raw, "rules", "id", (r.id for r in rules.rules), "rule id")
+    if catalogue is not None:
+        check_values(raw, path, rules, catalogue)
     return rules
 
 
-def load_rules(path: Path, known_tags: set[str] | frozenset[str] | None = None) -> RuleSet:
-    """Load and validate a rule file. ``known_tags`` defaults to ``default_known_tags()``.
+def load_rules(path: Path, known_tags: KnownTags | None = None) -> RuleSet:
+    """Load and validate a rule file against ``known_tags`` (see ``parse_rules``); by default the
+    shipped catalogue (``load_catalogue()``), values checked.
 
-    Raises ``ConfigError`` naming file, rule (id and item index) and field.
+    Raises ``ConfigError`` naming file, rule (id and item index) and field, one line per problem.
+    The worker's hot reload loads with this function too: a change with a bad value is rejected.
     """
     raw = config_files.read_yaml(path, "rules")
-    return parse_rules(raw, path, default_known_tags() if known_tags is None else known_tags)
+    return parse_rules(raw, path, load_catalogue() if known_tags is None else known_tags)

@@ -7,11 +7,12 @@ tag (by name and position) and the field.
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from stream import config_files
 
@@ -92,15 +93,121 @@ class TagParams(BaseModel):
         return rates
 
 
-class TagDef(BaseModel):
+TagType = Literal["str", "int", "float", "bool", "money", "ratio", "time"]
+NUMERIC_TYPES: frozenset[str] = frozenset({"int", "float", "money", "ratio"})
+BOOL_VALUES: tuple[str, ...] = ("true", "false")
+
+
+def _value_texts(value: Any) -> Any:
+    """YAML scalars → the profile's strings (``true``/``false`` for booleans, as the engine writes)."""
+    if not isinstance(value, list | tuple):
+        return value
+    return tuple(("true" if v else "false") if isinstance(v, bool) else str(v) for v in value)
+
+
+class ValueDomain(BaseModel):
+    """The values a profile field can hold, which a rule's condition values are checked against.
+
+    * categorical: ``type: str`` with ``values`` (``bool`` is always ``true``/``false``), or a
+      ``pattern`` (a regular expression every value matches, shown as ``pattern_text``);
+    * numeric (``int``, ``float``, ``money``, ``ratio``): any decimal number, within ``min``/``max``
+      when given;
+    * ``time``: an ISO 8601 time (the profile's form, compared as text);
+    * ``str`` without ``values`` or ``pattern``: free text (any value).
+    """
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    type: TagType
+    values: Annotated[tuple[str, ...] | None, BeforeValidator(_value_texts)] = None
+    pattern: str | None = None
+    pattern_text: str | None = None
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ValueDomain:
+        if self.values is not None:
+            if self.type not in ("str", "bool"):
+                raise ValueError(f"values: only str and bool tags have a list of values, not {self.type}")
+            if not self.values or len(set(self.values)) != len(self.values):
+                raise ValueError("values: need at least one value, each once")
+            if self.type == "bool" and set(self.values) != set(BOOL_VALUES):
+                raise ValueError("values: a bool tag's values are true and false")
+        if self.pattern is not None and (self.type != "str" or self.values is not None):
+            raise ValueError("pattern: only for a str tag without values")
+        if (self.min is not None or self.max is not None) and self.type not in NUMERIC_TYPES:
+            raise ValueError(f"min/max: only numeric tags ({', '.join(sorted(NUMERIC_TYPES))}) have a range")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError("min must not exceed max")
+        return self
+
+    @property
+    def allowed(self) -> tuple[str, ...] | None:
+        """The finite set of values, or None when the domain is not an enumeration."""
+        return BOOL_VALUES if self.type == "bool" and self.values is None else self.values
+
+    @property
+    def numeric(self) -> bool:
+        return self.type in NUMERIC_TYPES
+
+    def describe(self) -> str:
+        """The allowed values in words: ``low, medium, high``, ``numbers from 1 to 5``, ``numbers >= 0``."""
+        if self.allowed is not None:
+            return ", ".join(self.allowed)
+        if self.pattern is not None:
+            return self.pattern_text or f"text matching {self.pattern}"
+        if self.numeric:
+            if self.min is not None and self.max is not None:
+                return f"numbers from {_number(self.min)} to {_number(self.max)}"
+            if self.min is not None:
+                return f"numbers >= {_number(self.min)}"
+            if self.max is not None:
+                return f"numbers <= {_number(self.max)}"
+            return "numbers"
+        if self.type == "time":
+            return "ISO 8601 times, e.g. 2026-01-31T00:00:00+00:00"
+        return "any text"
+
+    def accepts(self, value: str) -> bool:
+        """True when ``value`` (a profile string) belongs to the domain."""
+        allowed = self.allowed
+        if allowed is not None:
+            return value in allowed
+        if self.pattern is not None:
+            return re.fullmatch(self.pattern, value) is not None
+        if self.numeric:
+            number = _as_number(value)
+            return (
+                number is not None
+                and (self.min is None or number >= self.min)
+                and (self.max is None or number <= self.max)
+            )
+        if self.type == "time":
+            try:
+                datetime.fromisoformat(value)
+            except ValueError:
+                return False
+        return True
+
+
+_DECIMAL = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")  # as rules compare numbers
+
+
+def _as_number(value: str) -> float | None:
+    return float(value) if _DECIMAL.match(value) else None
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if x.is_integer() else str(x)
+
+
+class TagDef(ValueDomain):
     name: str
     level: Literal["L1", "L2", "L3"]
     category: str
     owner: str
     description: str
-    type: Literal["str", "int", "float", "bool", "money", "ratio", "time"]
     unit: str | None = None
     audience: bool = False
 
@@ -122,6 +229,9 @@ class TagCatalogue(BaseModel):
     @property
     def names(self) -> frozenset[str]:
         return frozenset(t.name for t in self.tags)
+
+    def domain(self, name: str) -> TagDef | None:
+        return next((t for t in self.tags if t.name == name), None)
 
     @property
     def audience_tags(self) -> frozenset[str]:

@@ -19,7 +19,7 @@ from stream.contracts.deadletter import DeadLetter
 from stream.contracts.topics import Topics
 from stream.core.pipeline import Message
 from stream.metrics import Metrics
-from stream.rules import MODEL_TAGS, load_rules
+from stream.rules import load_rules
 from stream.service.processor import Processor
 from stream.tagging.definitions import load_catalogue
 from tests.integration.helpers import store_for
@@ -58,7 +58,7 @@ def _spied_processor(settings, rules_file: Path):  # type: ignore[no-untyped-def
     appended to the returned list. Returns (store, processor, writes)."""
     store = store_for(settings)
     catalogue = load_catalogue()
-    rules = load_rules(rules_file, catalogue.names | set(MODEL_TAGS))
+    rules = load_rules(rules_file, catalogue)
     proc = Processor(settings, catalogue, store, _dead, Metrics(), rules=rules)
     writes: list = []  # type: ignore[type-arg]
     original = proc._count_decisions

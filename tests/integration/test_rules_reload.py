@@ -1,5 +1,5 @@
 """Hot reload: a changed rules file changes behaviour mid-stream without a restart; an invalid
-change is rejected and the previous rules stay active; a reload does not fire at everyone."""
+change (an unknown tag, a value outside the tag's domain) is rejected and the previous rules stay active; a reload does not fire at everyone."""
 
 from __future__ import annotations
 
@@ -62,6 +62,9 @@ def test_rules_hot_reload(make_settings, tmp_path: Path) -> None:
         _wait_for(log, "rules reloaded: 2 active")
         rules.write_text("version: 1\nrules:" + COMPLAINT + WELCOME.replace("events_30d", "no_such_tag"))
         _wait_for(log, "rules change rejected")
+        # a value outside the tag's domain is rejected by the same loader
+        rules.write_text("version: 1\nrules:" + COMPLAINT + WELCOME.replace("crosses_above: 0", "crosses_above: -10"))
+        _wait_for(log, "crosses_above: '-10' is not a events_30d value (allowed: numbers >= 0)")
 
         replay_and_settle(settings, events[half:], counter="events_applied")
         got = asyncio.run(read_triggers(settings))

@@ -222,6 +222,27 @@ def test_a_bad_argument_is_one_line(
     assert_one_line_error(code, err, *needles)
 
 
+def test_rules_check_refuses_a_value_outside_the_tags_domain_in_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        "version: 1\nrules:\n  - id: care_sms\n    version: 1\n"
+        "    when: {all: [{tag: churn_band, in: [high, vipp]}]}\n"
+        "    action: {type: care_sms, params: {template: t}}\n"
+    )
+    code, out, err = run_cli(capsys, "rules", "check", str(path))
+    assert_one_line_error(
+        code,
+        err,
+        f"{path}: rules[0] (care_sms).when.all[0].in: 'vipp' is not a churn_band value (allowed: low, medium, high)",
+    )
+    assert out == ""
+    path.write_text(path.read_text().replace("vipp", "medium"))
+    code, out, err = run_cli(capsys, "rules", "check", str(path))
+    assert (code, err) == (0, "") and "1 active rule OK" in out
+
+
 @pytest.mark.parametrize("argv", [("profile", "alice"), ("stats",), ("clock",), ("rules", "report"), ("worker",)])
 def test_an_unreachable_redis_is_one_line_with_its_address(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, argv: tuple[str, ...]

@@ -1,5 +1,6 @@
 """Hot reload: a changed rules file changes behaviour mid-stream without a restart; an invalid
-change (an unknown tag, a value outside the tag's domain) is rejected and the previous rules stay active; a reload does not fire at everyone."""
+change (an unknown tag, a value outside the tag's domain) is rejected and the previous rules stay
+active; a reload does not fire at everyone."""
 
 from __future__ import annotations
 

@@ -4,21 +4,34 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from stream.contracts.deadletter import DeadLetter
 from stream.contracts.topics import Topics
+from stream.kafka.positions import FROM_BEGINNING, Start, assign
 from stream.settings import Settings
 
 
-async def batches(
-    settings: Settings, idle_s: float = 2.0, follow: bool = False
-) -> AsyncGenerator[list[DeadLetter], None]:
-    """Dead letters from the start of the topic: first the whole backlog (read until ``idle_s``
-    pass without a message; end offsets are not trusted: Tansu under-reports them) as one batch,
-    oldest first; with ``follow`` every later poll that returns letters is one more batch."""
+@dataclass(frozen=True)
+class LetterRecord:
+    """A dead letter and where it sits on the dead-letter topic."""
+
+    partition: int
+    offset: int
+    letter: DeadLetter
+
+
+async def records(
+    settings: Settings, idle_s: float = 2.0, follow: bool = False, start: Start = FROM_BEGINNING
+) -> AsyncGenerator[list[LetterRecord], None]:
+    """Dead letters with their positions, from where ``start`` says (default: the start of every
+    partition): first the whole backlog (read until ``idle_s`` pass without a message; end
+    offsets are not trusted: Tansu under-reports them) as one batch, oldest first; with
+    ``follow`` every later poll that returns letters is one more batch. Raises
+    ``UnknownPartition`` for a ``start.partition`` the topic does not have."""
     topic = Topics(settings.topic_prefix).dead_letters
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers(), enable_auto_commit=False, **settings.kafka_client_kwargs()
@@ -29,30 +42,42 @@ async def batches(
         await consumer.stop()
         raise
 
-    def letters_of(batch: dict[Any, list[Any]]) -> list[DeadLetter]:
-        letters = [DeadLetter.model_validate_json(r.value) for records in batch.values() for r in records]
-        return sorted(letters, key=lambda d: d.dead_lettered_at)
+    def oldest_first(found: list[LetterRecord]) -> list[LetterRecord]:
+        return sorted(found, key=lambda r: (r.letter.dead_lettered_at, r.partition, r.offset))
+
+    def letters_of(batch: dict[Any, list[Any]]) -> list[LetterRecord]:
+        found = [
+            LetterRecord(r.partition, r.offset, DeadLetter.model_validate_json(r.value))
+            for records in batch.values()
+            for r in records
+        ]
+        return oldest_first(found)
 
     try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        if not tps:
+        if not await assign(consumer, [topic], start):
             yield []
             return
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        backlog: list[DeadLetter] = []
+        backlog: list[LetterRecord] = []
         while batch := await consumer.getmany(timeout_ms=int(idle_s * 1000)):
             backlog.extend(letters_of(batch))
-        yield sorted(backlog, key=lambda d: d.dead_lettered_at)
+        yield oldest_first(backlog)
         while follow:
             if batch := await consumer.getmany(timeout_ms=int(idle_s * 1000)):
                 yield letters_of(batch)
     finally:
         await consumer.stop()
+
+
+async def batches(
+    settings: Settings, idle_s: float = 2.0, follow: bool = False, start: Start = FROM_BEGINNING
+) -> AsyncGenerator[list[DeadLetter], None]:
+    """The dead letters of ``records``, without their positions."""
+    stream = records(settings, idle_s, follow, start)
+    try:
+        async for batch in stream:
+            yield [r.letter for r in batch]
+    finally:
+        await stream.aclose()
 
 
 async def read(settings: Settings, idle_s: float = 2.0) -> list[DeadLetter]:

@@ -16,7 +16,7 @@ import hashlib
 import io
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sized
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass, field
 from datetime import date, datetime, time as dtime
 from pathlib import Path
@@ -250,6 +250,7 @@ class ReplayReport:
     total: int = 0
     seconds: float = 0.0
     undetermined: int = 0  # messages whose type could not be read (sent to the clickstream topic)
+    read: int = 0  # rows (CSV) or non-blank lines (JSONL) read from the source; every one is sent
 
     @property
     def events_per_s(self) -> float:
@@ -321,7 +322,7 @@ async def replay(
     )
     total_hint = len(source) if isinstance(source, Sized) else None
     counts: Counter[str] = Counter()
-    undetermined = 0
+    undetermined = read = 0
     pending: list[asyncio.Future[Any]] = []
     try:
         await producer.start()
@@ -334,6 +335,7 @@ async def replay(
     bar.start()
     try:
         for sent, message in enumerate(source, start=1):
+            read = sent
             topic, key, value, known = route(message, topics)
             pending.append(await producer.send(topic, value, key=key))
             counts[topic] += 1
@@ -359,4 +361,82 @@ async def replay(
         bar.stop()
         await producer.stop()
     seconds = time.monotonic() - started
-    return ReplayReport(dict(counts), sum(counts.values()), seconds, undetermined)
+    return ReplayReport(dict(counts), sum(counts.values()), seconds, undetermined, read)
+
+
+# --------------------------------------------------------------------------------------------
+# Waiting for the workers
+# --------------------------------------------------------------------------------------------
+
+STALL_S = 120.0  # how long the workers may make no progress before a wait gives up
+
+
+class Stalled(TimeoutError):
+    """The workers' ``messages`` counter did not move for the stall time."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the workers did with replayed messages: deltas of the shared stats hash (P:v1:stats)
+    between before the replay and the moment ``messages`` had grown by the messages sent.
+
+    The hash counts every producer's traffic, so concurrent traffic makes these approximate.
+    """
+
+    handled: int  # messages (``messages``)
+    applied: int  # events applied (``events_applied``)
+    duplicates: int  # events skipped: same event id seen recently (``events_duplicate``)
+    redelivered: int  # events skipped: already applied at that offset (``events_redelivered``)
+    dead_lettered: dict[str, int]  # messages by reason (``dlq_<reason>``), reasons that grew only
+
+    @property
+    def dead_lettered_total(self) -> int:
+        return sum(self.dead_lettered.values())
+
+    @classmethod
+    def between(cls, before: Mapping[str, int], after: Mapping[str, int]) -> Outcome:
+        def grew(name: str) -> int:
+            return after.get(name, 0) - before.get(name, 0)
+
+        reasons = sorted(k.removeprefix("dlq_") for k in after if k.startswith("dlq_") and grew(k) > 0)
+        return cls(
+            handled=grew("messages"),
+            applied=grew("events_applied"),
+            duplicates=grew("events_duplicate"),
+            redelivered=grew("events_redelivered"),
+            dead_lettered={reason: grew(f"dlq_{reason}") for reason in reasons},
+        )
+
+
+async def wait_handled(
+    stats: Callable[[], Awaitable[Mapping[str, int]]],
+    before: Mapping[str, int],
+    sent: int,
+    stall_s: float = STALL_S,
+    poll_s: float = 0.1,
+    on_progress: Callable[[int], None] | None = None,
+) -> Outcome:
+    """Poll ``stats`` until ``messages`` has grown by ``sent`` since ``before``; the outcome then.
+
+    There is no total timeout: a slow worker that keeps making progress is waited for. Raises
+    ``Stalled`` only when the counter has not moved for ``stall_s`` seconds. ``on_progress``
+    gets the messages handled so far at each change.
+    """
+    target = before.get("messages", 0) + sent
+    last, moved_at = -1, time.monotonic()
+    while True:
+        now_stats = await stats()
+        done = now_stats.get("messages", 0)
+        if done != last:
+            last, moved_at = done, time.monotonic()
+            if on_progress is not None:
+                on_progress(min(done - before.get("messages", 0), sent))
+        if done >= target:
+            return Outcome.between(before, now_stats)
+        if time.monotonic() - moved_at >= stall_s:
+            handled = done - before.get("messages", 0)
+            raise Stalled(
+                f"the workers handled {handled} of the {sent} messages sent and made no progress for "
+                f"{stall_s:g}s: is a worker running with the same topic and key prefixes?"
+            )
+        await asyncio.sleep(poll_s)

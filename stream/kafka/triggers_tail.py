@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from stream.contracts.topics import Topics
+from stream.kafka.positions import FROM_BEGINNING, Start, assign
 from stream.settings import Settings
 
 
@@ -27,9 +28,15 @@ class TriggerRecord:
 
 
 async def read_triggers(
-    settings: Settings, topic: str | None = None, follow: bool = False, idle_s: float = 2.0
+    settings: Settings,
+    topic: str | None = None,
+    follow: bool = False,
+    idle_s: float = 2.0,
+    start: Start = FROM_BEGINNING,
 ) -> AsyncIterator[list[TriggerRecord]]:
-    """Batches of trigger records from the start of the trigger topics (all, or ``topic`` suffix).
+    """Batches of trigger records of the trigger topics (all, or ``topic`` suffix), from where
+    ``start`` says (default: the start of every partition; ``UnknownPartition`` for a
+    ``start.partition`` that a topic does not have).
 
     The first batch is the whole backlog (read until ``idle_s`` pass without a message); with
     ``follow`` every later poll that returns records is one more batch, until cancelled.
@@ -57,12 +64,8 @@ async def read_triggers(
         return out
 
     try:
-        await consumer._client.force_metadata_update()
-        tps = [TopicPartition(n, p) for n in names for p in sorted(consumer.partitions_for_topic(n) or [])]
-        if not tps:
+        if not await assign(consumer, names, start):
             return
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
         backlog: list[TriggerRecord] = []
         while batch := await consumer.getmany(timeout_ms=int(idle_s * 1000)):
             backlog.extend(records_of(batch))

@@ -20,6 +20,8 @@ from pydantic import SecretStr
 from stream.cli import kafka as kafka_cli
 from stream.cli.main import format_profile, main
 from stream.contracts.deadletter import DeadLetter
+from stream.kafka.dlq import LetterRecord
+from stream.kafka.positions import FROM_BEGINNING, Start
 from stream.kafka.triggers_tail import TriggerRecord
 from stream.settings import Settings, default_state_file, mask_url
 from stream.tagging.definitions import load_catalogue
@@ -399,10 +401,10 @@ def test_dlq_tail_says_when_empty_and_wraps_long_errors(
     monkeypatch.setenv("PORTRAIT_BROKER_URL", "kafka://127.0.0.1:9")
     letters: list[DeadLetter] = []
 
-    async def batches(settings: Settings, idle_s: float = 2.0, follow: bool = False):
-        yield letters
+    async def records(settings: Settings, idle_s: float = 2.0, follow: bool = False, start: Start = FROM_BEGINNING):
+        yield [LetterRecord(0, offset, letter) for offset, letter in enumerate(letters)]
 
-    monkeypatch.setattr("stream.kafka.dlq.batches", batches)
+    monkeypatch.setattr("stream.kafka.dlq.records", records)
     code, out, _ = run_cli(capsys, "dlq", "tail")
     assert code == 0 and out.strip() == "no dead letters"
     long_error = "field 'amount': " + " ".join(f"word{i}" for i in range(60)) + " THE-END"
@@ -415,6 +417,7 @@ def test_dlq_tail_says_when_empty_and_wraps_long_errors(
     doc = json.loads(out.strip())
     assert doc["error"] == long_error and doc["at"] == "2026-11-29T20:15:37+00:00"
     assert isinstance(doc["source_offset"], int)
+    assert (doc["partition"], doc["offset"]) == (0, 0)
 
 
 def _trigger(user: str, at: float, fired_by: list[str]) -> dict[str, object]:
@@ -440,7 +443,13 @@ def test_triggers_tail_is_sorted_readable_and_has_json_lines(
         TriggerRecord(topic, 0, 0, _trigger("alice", 1795983337.0, ["recency_days ge '14'"]), False),
     ]
 
-    async def read_triggers(settings: Settings, topic: str | None = None, follow: bool = False, idle_s: float = 2):
+    async def read_triggers(
+        settings: Settings,
+        topic: str | None = None,
+        follow: bool = False,
+        idle_s: float = 2,
+        start: Start = FROM_BEGINNING,
+    ):
         yield batch
 
     monkeypatch.setattr("stream.kafka.triggers_tail.read_triggers", read_triggers)
@@ -543,3 +552,9 @@ def test_a_missing_file_is_one_line(
     monkeypatch.setenv("PORTRAIT_TAGS_FILE", str(missing))
     code, _, err = run_cli(capsys, "tags")
     assert_one_line_error(code, err, str(missing), "cannot read tag definitions")
+
+
+@pytest.mark.parametrize("command", ["dlq", "triggers"])
+def test_tail_offset_and_from_end_exclude_each_other(capsys: pytest.CaptureFixture[str], command: str) -> None:
+    code, _, err = run_cli(capsys, command, "tail", "--offset", "3", "--from-end")
+    assert code == 2 and "--offset and --from-end exclude each other" in err and "Traceback" not in err

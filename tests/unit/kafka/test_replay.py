@@ -279,3 +279,42 @@ def test_replay_from_file_iterator(fake_producer: type[FakeProducer], tmp_path: 
     assert report.per_topic == {"t.transactions": 50}
     (producer,) = fake_producer.instances
     assert {key for _, _, key in producer.sent} == {f"u{i}".encode() for i in range(50)}
+
+
+# ---- waiting for the workers ------------------------------------------------------------------
+
+
+def test_outcome_is_the_growth_of_the_stats_by_reason() -> None:
+    before = {"messages": 10, "events_applied": 7, "dlq_invalid_json": 1, "dlq_schema_violation": 2}
+    after = {
+        "messages": 19,
+        "events_applied": 12,
+        "events_duplicate": 1,
+        "dlq_invalid_json": 3,
+        "dlq_schema_violation": 2,
+        "dlq_future_event": 1,
+    }
+    outcome = replay.Outcome.between(before, after)
+    assert (outcome.handled, outcome.applied, outcome.duplicates, outcome.redelivered) == (9, 5, 1, 0)
+    assert outcome.dead_lettered == {"future_event": 1, "invalid_json": 2}
+    assert outcome.dead_lettered_total == 3
+
+
+def test_wait_handled_follows_progress_until_every_message_is_handled() -> None:
+    readings = iter([{"messages": 4}, {"messages": 4}, {"messages": 6}, {"messages": 9, "events_applied": 5}])
+    seen: list[int] = []
+
+    async def stats() -> dict[str, int]:
+        return next(readings)
+
+    outcome = asyncio.run(replay.wait_handled(stats, {"messages": 4}, 5, poll_s=0, on_progress=seen.append))
+    assert (outcome.handled, outcome.applied) == (5, 5)
+    assert seen == [0, 2, 5]
+
+
+def test_wait_handled_gives_up_only_without_progress() -> None:
+    async def stats() -> dict[str, int]:
+        return {"messages": 2}
+
+    with pytest.raises(replay.Stalled, match="handled 2 of the 5 messages sent"):
+        asyncio.run(replay.wait_handled(stats, {}, 5, stall_s=0.2, poll_s=0.01))

@@ -225,6 +225,9 @@ class Settings(BaseSettings):
     due_batch: int = Field(default=1000, ge=1)
     due_lease_s: float = Field(default=30.0, gt=0)
     rfm_refresh_interval_s: float = Field(default=10.0, gt=0)
+    # Event time (replays, backfills): thresholds also refresh whenever the event clock moved this
+    # far since the last refresh, so they follow the replayed months, not the wall clock.
+    rfm_refresh_event_s: float = Field(default=86400.0, gt=0)
     web_host: str = "127.0.0.1"
     web_port: Port = 6066
     broker_session_timeout_s: float = 6.0

@@ -12,9 +12,17 @@ log = logging.getLogger(__name__)
 
 
 def register_timers(app: Any, processor: Processor, settings: Settings) -> None:
+    refreshed_at = [float("-inf")]  # event time of the last event-time-cadence RFM refresh
+
     async def reevaluate() -> None:
         # Drain everything due now, a bounded batch at a time, so a clock jump catches up at once.
         try:
+            if settings.clock == "event":
+                now = await processor.now()
+                if now - refreshed_at[0] >= settings.rfm_refresh_event_s:
+                    # users whose scores the new thresholds move are made due, and re-scored below
+                    await processor.store.refresh_rfm(now)
+                    refreshed_at[0] = now
             # users may be due several times within one clock jump (each change point); bounded per tick
             for _ in range(100):
                 if await processor.reevaluate_due() == 0:

@@ -376,8 +376,10 @@ class Store:
         return int(count) + int(inflight), (float(oldest[0][1]) if oldest else None)
 
     async def refresh_rfm(self, now: float) -> int:
-        keys = [*(self.keys.rank(m) for m in RANK_METRICS), self.keys.rfm_thresholds]
-        version = await self._refresh(keys=keys, args=[repr(now)])
+        """Recompute the RFM thresholds; users whose scores a changed threshold can move are made
+        due now (re-scored by the time-driven path). Returns the thresholds version."""
+        keys = [*(self.keys.rank(m) for m in RANK_METRICS), self.keys.rfm_thresholds, self.keys.due]
+        version, _marked = await self._refresh(keys=keys, args=[repr(now)])
         return int(version or 0)
 
     async def rfm_thresholds(self) -> RfmThresholds:

@@ -143,7 +143,7 @@ def create_app(settings: Settings, catalogue: TagCatalogue | None = None) -> Ser
         ping=store.client.ping,
     )
     effective = settings.effective()
-    register_views(app, store, metrics, health, effective)
+    register_views(app, store, metrics, health, effective, catalogue)
 
     @app.task  # type: ignore[untyped-decorator]
     async def publish_catalogue() -> None:

@@ -24,11 +24,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from stream.metrics import Metrics
 from stream.service.health import Health
 from stream.storage.store import Store
+from stream.tagging.definitions import TagCatalogue
+from stream.tagging.profile import type_profile
 
 JSON = "application/json"
 
 
-def register_views(app: Any, store: Store, metrics: Metrics, health: Health, config: dict[str, Any]) -> None:
+def register_views(
+    app: Any, store: Store, metrics: Metrics, health: Health, config: dict[str, Any], catalogue: TagCatalogue
+) -> None:
     """``config``: what ``/config`` serves (computed once at start: ``Settings.effective()``)."""
     config_body = orjson.dumps(config)
 
@@ -40,7 +44,8 @@ def register_views(app: Any, store: Store, metrics: Metrics, health: Health, con
             profile = await store.profile(user_id)
             if not profile:
                 return self.json({"error": "unknown user", "user_id": user_id}, status=404)
-            return self.bytes(orjson.dumps(profile), content_type=JSON)
+            # typed like the CLI's --json: numbers, booleans, ISO 8601 times (docs/redis-keys.md)
+            return self.bytes(orjson.dumps(type_profile(profile, catalogue)), content_type=JSON)
 
     @app.page("/metrics")
     class MetricsView(View):

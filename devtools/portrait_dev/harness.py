@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from stream.kafka.replay import Stalled as Stalled  # one exception for 'no progress', product and tools
 from stream.settings import Settings
 from stream.storage.store import Store
 
@@ -83,10 +84,6 @@ class Throughput:
         if self.first_at is None or self.done_at <= self.first_at:
             return 0.0
         return (self.total - self.first_count) / (self.done_at - self.first_at)
-
-
-class Stalled(TimeoutError):
-    """No progress for the whole stall window: says how far processing got."""
 
 
 async def wait_processed(

@@ -9,9 +9,12 @@ import asyncio
 import logging
 from typing import Any
 
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential
+
 from stream.core.intake import Message
 from stream.service.health import IngestState, Partition
 from stream.service.processor import Processor
+from stream.service.retry import FIRST_DELAY_S, MAX_DELAY_S
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -63,18 +66,22 @@ async def park(processor: Processor, messages: list[Message], error: BaseExcepti
 
     The agent returns (and Faust acks the batch) only after this: a batch is acked applied or
     dead-lettered, never neither, also while the broker refuses the dead letters for a while.
+    Same backoff as the store's retries (``stream.service.retry``); cancellation is not retried.
     """
-    delay = 0.2
-    while True:
-        try:
-            await processor.dead_letter_batch(messages, error)
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("could not dead-letter the batch; retrying in %.1fs (it is not acked meanwhile)", delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+
+    def failed(attempt: RetryCallState) -> None:
+        exc = attempt.outcome.exception() if attempt.outcome is not None else None
+        delay = attempt.upcoming_sleep
+        log.error("could not dead-letter the batch (%r); retrying in %.1fs, not acked meanwhile", exc, delay)
+
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(Exception),
+        wait=wait_exponential(multiplier=FIRST_DELAY_S, max=MAX_DELAY_S),
+        stop=stop_never,
+        before_sleep=failed,
+        reraise=True,
+    )
+    await retrying(processor.dead_letter_batch, messages, error)
 
 
 def assigned_partitions(app: Any) -> set[Partition] | None:

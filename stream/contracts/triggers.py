@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 ParamValue = str | int | float | bool
-SCHEMA_FILE = "trigger.schema.json"
 
 
 class ValueChange(BaseModel):
@@ -59,11 +56,3 @@ class Trigger(BaseModel):
 
 def trigger_json_schema() -> dict[str, Any]:
     return Trigger.model_json_schema()
-
-
-def write_trigger_schema(out: Path) -> Path:
-    """Write ``trigger.schema.json`` into ``out`` (same format as ``stream.contracts.schemas.write_schemas``)."""
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / SCHEMA_FILE
-    path.write_text(json.dumps(trigger_json_schema(), indent=2, sort_keys=True) + "\n")
-    return path

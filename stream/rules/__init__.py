@@ -5,7 +5,7 @@ profile and the user's ``DeliveryMemory``; publish the ``send`` decisions' trigg
 See docs/rules.md.
 """
 
-from stream.contracts.triggers import Trigger, write_trigger_schema
+from stream.contracts.triggers import Trigger
 from stream.rules.actions import ACTION_TYPES, ActionParams, ActionSpec, ActionType, register_action
 from stream.rules.conditions import Condition, fires, holds
 from stream.rules.config import (
@@ -64,5 +64,4 @@ __all__ = [
     "tag_domains",
     "tags_referenced",
     "trigger_id",
-    "write_trigger_schema",
 ]

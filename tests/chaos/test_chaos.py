@@ -38,9 +38,8 @@ from portrait_dev.infra import InfraHandle, ManagedProcess, embedded, free_port,
 from stream.contracts.topics import Topics
 from stream.kafka import replay
 from stream.settings import Settings
-from tests.integration.helpers import read_profiles, read_stats, store_for
+from tests.integration.helpers import profile_differences, read_profiles, read_stats, store_for
 from tests.integration.triggers import RULES, expected_triggers, read_triggers
-from tests.oracle import compute_profiles
 
 EVENTS = int(os.environ.get("CHAOS_EVENTS", "100000"))
 USERS = int(os.environ.get("CHAOS_USERS", "2000"))
@@ -164,14 +163,6 @@ def _workers(settings: list[Settings], logs: Path) -> Iterator[list[subprocess.P
             stop_worker(p)
 
 
-def _profiles_off(events: list[dict], actual: dict[str, dict[str, str]], now: float) -> tuple[int, int, int]:
-    """(users expected, users whose tags differ from the oracle, users with no profile)."""
-    expected = compute_profiles(events, now)
-    missing = sum(uid not in actual for uid in expected)
-    off = sum(actual.get(uid) != want for uid, want in expected.items())
-    return len(expected), off, missing
-
-
 def test_chaos(tmp_path: Path) -> None:
     began = time.monotonic()
     report = Report()
@@ -227,7 +218,9 @@ def test_chaos(tmp_path: Path) -> None:
             report.redelivered = stats.get("events_redelivered", 0)
             actual, now = asyncio.run(read_profiles(base))
             delivered = asyncio.run(read_triggers(base))
-        report.users_expected, report.users_off, report.missing_users = _profiles_off(events, actual, now)
+        found = profile_differences(events, actual, now)
+        report.users_expected, report.users_off = found.expected, len(found.mismatches) + len(found.missing)
+        report.missing_users = len(found.missing)
         for suffix, ids in expected_triggers(events).items():
             seen = [t["trigger_id"] for t in delivered.get(suffix, [])]
             report.triggers[suffix] = (len(seen), len(set(seen)), len(ids), len(ids - set(seen)))

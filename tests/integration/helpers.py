@@ -10,6 +10,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,18 @@ async def producer(settings: Settings, **config: Any) -> AsyncIterator[AIOKafkaP
         await kafka.flush()
     finally:
         await kafka.stop()
+
+
+async def send_raw(settings: Settings, messages: list[tuple[str, bytes, bytes | None]]) -> None:
+    """Produce raw ``(topic, value, key)`` messages in order, up to 2 MB each (oversized tests)."""
+    async with producer(settings, acks="all", linger_ms=5, max_request_size=2 * 1024 * 1024) as kafka:
+        await asyncio.gather(*[await kafka.send(topic, value, key=key) for topic, value, key in messages])
+
+
+async def flush_store(settings: Settings) -> None:
+    """What a Redis that came back empty looks like: every key gone (FLUSHDB)."""
+    async with Store.open(settings) as store:
+        await store.client.flushdb()
 
 
 async def read_topics(
@@ -152,21 +165,37 @@ async def read_profiles(settings: Settings) -> tuple[dict[str, dict[str, str]], 
         return found, clock
 
 
-def assert_profiles_match(events: list[dict], actual: dict[str, dict[str, str]], now: float) -> None:
-    """Exact equality with the independent offline computation (float near-ties aside)."""
+@dataclass
+class ProfileDifferences:
+    """How stored profiles differ from the independent offline computation (float near-ties aside)."""
+
+    expected: int  # users the oracle has a profile for
+    missing: list[str]  # expected, not stored
+    extra: list[str]  # stored, not expected
+    mismatches: list[tuple[str, dict[str, tuple[str | None, str | None]]]]  # (user, tag -> (got, want))
+
+
+def profile_differences(events: list[dict], actual: dict[str, dict[str, str]], now: float) -> ProfileDifferences:
     expected = oracle.compute_profiles(events, now)
-    missing, extra = sorted(set(expected) - set(actual)), sorted(set(actual) - set(expected))
-    assert not missing and not extra, f"users differ: missing {missing[:5]}, extra {extra[:5]}"
     mismatches = []
     for uid, want in expected.items():
-        got = actual[uid]
-        if got == want:
+        got = actual.get(uid)
+        if got is None or got == want:
             continue
         diff = {k: (got.get(k), want.get(k)) for k in set(got) | set(want) if got.get(k) != want.get(k)}
         if set(diff) == {"top_categories"} and _near_tie(events, now, uid):
             continue
         mismatches.append((uid, diff))
-    assert not mismatches, f"{len(mismatches)} of {len(expected)} profiles differ, e.g. {mismatches[:3]}"
+    missing, extra = sorted(set(expected) - set(actual)), sorted(set(actual) - set(expected))
+    return ProfileDifferences(len(expected), missing, extra, mismatches)
+
+
+def assert_profiles_match(events: list[dict], actual: dict[str, dict[str, str]], now: float) -> None:
+    """Exact equality with the independent offline computation (float near-ties aside)."""
+    found = profile_differences(events, actual, now)
+    assert not found.missing and not found.extra, f"users differ: missing {found.missing[:5]}, extra {found.extra[:5]}"
+    mismatches = found.mismatches
+    assert not mismatches, f"{len(mismatches)} of {found.expected} profiles differ, e.g. {mismatches[:3]}"
 
 
 def _near_tie(events: list[dict], now: float, uid: str) -> bool:

@@ -27,7 +27,7 @@ from portrait_dev.infra import free_port
 from stream.contracts.events import EVENT_TYPES, MAX_MONEY, MAX_QUANTITY
 from stream.contracts.topics import Topics
 from stream.kafka import dlq
-from tests.integration.helpers import assert_profiles_match, processed_and_settled, read_profiles, worker
+from tests.integration.helpers import assert_profiles_match, processed_and_settled, read_profiles, send_raw, worker
 
 pytestmark = pytest.mark.integration
 BAD_PER_CLASS = 250
@@ -135,20 +135,6 @@ def _draw_bad(recent: str, old: str, future: str) -> list[Bad]:
     return [*found, *[("page_view", b'{"type": "page_view", "pad": "' + pad + b'"}', "too_large")] * 3]
 
 
-async def _send(settings: Any, items: list[tuple[str, bytes, bytes]]) -> None:
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers(), acks="all", linger_ms=5, max_request_size=2 * 1024 * 1024
-    )
-    await producer.start()
-    try:
-        futures = [await producer.send(topic, value, key=key) for topic, value, key in items]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
-
 def test_fuzzed_bad_messages_are_all_dead_lettered_and_cost_no_valid_event(make_settings, tmp_path: Path) -> None:
     settings_ = make_settings(clock="event", web_port=free_port(), batch_size=200)
     topics = Topics(settings_.topic_prefix)
@@ -168,9 +154,9 @@ def test_fuzzed_bad_messages_are_all_dead_lettered_and_cost_no_valid_event(make_
     for hint, raw, _ in bad:  # bad messages at random places, on the topic of their type
         mixed.insert(rng.randrange(len(mixed) + 1), (topics.for_event_type(hint), raw, b"fz"))
     with worker(settings_, tmp_path / "worker.log"):
-        asyncio.run(_send(settings_, [valid(e) for e in first]))
+        asyncio.run(send_raw(settings_, [valid(e) for e in first]))
         asyncio.run(processed_and_settled(settings_, len(first), counter="events_applied"))
-        asyncio.run(_send(settings_, mixed))
+        asyncio.run(send_raw(settings_, mixed))
         asyncio.run(processed_and_settled(settings_, len(first) + len(mixed), counter="messages"))
         letters = asyncio.run(dlq.read(settings_, idle_s=2.0))
         actual, now = asyncio.run(read_profiles(settings_))

@@ -58,7 +58,13 @@ def test_the_runbook_rebuild_yields_the_oracle_tags_again(make_settings, tmp_pat
     from portrait_dev.infra import free_port
 
     from stream.kafka import replay
-    from tests.integration.helpers import assert_profiles_match, processed_and_settled, read_profiles, worker
+    from tests.integration.helpers import (
+        assert_profiles_match,
+        flush_store,
+        processed_and_settled,
+        read_profiles,
+        worker,
+    )
 
     settings = make_settings(clock="event", web_port=free_port())
     events = synth.generate(users=60, events=1500, seed=5, days=60)
@@ -66,14 +72,7 @@ def test_the_runbook_rebuild_yields_the_oracle_tags_again(make_settings, tmp_pat
     with worker(settings, tmp_path / "first.log"):
         asyncio.run(processed_and_settled(settings, len(events), counter="events_applied"))
 
-    async def flush() -> None:
-        store = store_for(settings)
-        try:
-            await store.client.flushdb()
-        finally:
-            await store.close()
-
-    asyncio.run(flush())  # Redis lost everything
+    asyncio.run(flush_store(settings))  # Redis lost everything
     rebuilt = settings.model_copy(update={"app_id": f"{settings.app_id}-rebuild"})
     with worker(rebuilt, tmp_path / "rebuild.log"):
         asyncio.run(processed_and_settled(rebuilt, len(events), counter="events_applied"))

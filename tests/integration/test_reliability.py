@@ -18,12 +18,11 @@ from pathlib import Path
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
 from portrait_dev.infra import free_port
 
 from stream.contracts.topics import Topics
 from stream.kafka import dlq
-from tests.integration.helpers import store_for, worker
+from tests.integration.helpers import flush_store, processed, send_raw, worker
 from tests.integration.triggers import RULES, held_out, read_triggers
 
 pytestmark = pytest.mark.integration
@@ -34,31 +33,6 @@ def _page_view(i: int, user: str) -> bytes:
     return orjson.dumps({"event_id": f"e{i}", "type": "page_view", "user_id": user, "ts": TS, "category": "shoes"})
 
 
-async def _send(settings, messages: list[tuple[str, bytes, bytes | None]]) -> None:
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers(), acks="all", max_request_size=2 * 1024 * 1024
-    )
-    await producer.start()
-    try:
-        for topic, value, key in messages:
-            await producer.send_and_wait(topic, value, key=key)
-    finally:
-        await producer.stop()
-
-
-async def _stats(settings, until: str, count: int) -> dict[str, int]:
-    store = store_for(settings)
-    try:
-        for _ in range(1200):
-            stats = await store.stats()
-            if stats.get(until, 0) >= count:
-                return stats
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"{until} did not reach {count}: {await store.stats()}")
-    finally:
-        await store.close()
-
-
 def test_an_oversized_message_and_empty_envelopes_cost_no_neighbour(make_settings, tmp_path: Path) -> None:
     settings = make_settings(clock="event", web_port=free_port())
     topic = Topics(settings.topic_prefix).clickstream
@@ -67,8 +41,8 @@ def test_an_oversized_message_and_empty_envelopes_cost_no_neighbour(make_setting
     messages += [(topic, huge, b"u0"), (topic, b"[]", b"u0"), (topic, b'{"batch": []}', b"u0")]
     messages += [(topic, _page_view(i, "u0"), b"u0") for i in range(20, 40)]
     with worker(settings, tmp_path / "worker.log"):
-        asyncio.run(_send(settings, messages))
-        stats = asyncio.run(_stats(settings, "messages", len(messages)))
+        asyncio.run(send_raw(settings, messages))
+        stats = asyncio.run(processed(settings, len(messages), timeout=120, counter="messages"))
         letters = asyncio.run(dlq.read(settings, idle_s=2.0))
     assert stats["events_applied"] == 40
     assert sorted(d.reason for d in letters) == ["schema_violation", "schema_violation", "too_large"]
@@ -90,19 +64,13 @@ def test_redis_coming_back_empty_is_repaired_and_reported(make_settings, tmp_pat
         return topic, orjson.dumps(event), user.encode()
 
     with worker(settings, tmp_path / "worker.log"):
-        asyncio.run(_send(settings, [first_visit(f"a{i}") for i in range(5)]))
-        asyncio.run(_stats(settings, "events_applied", 5))
+        asyncio.run(send_raw(settings, [first_visit(f"a{i}") for i in range(5)]))
+        asyncio.run(processed(settings, 5, timeout=120, counter="events_applied"))
 
-        async def flush() -> None:
-            store = store_for(settings)
-            try:
-                await store.client.flushdb()
-            finally:
-                await store.close()
-
-        asyncio.run(flush())
-        asyncio.run(_send(settings, [first_visit(f"b{i}") for i in range(5)]))
-        stats = asyncio.run(_stats(settings, "events_applied", 5))  # the counters were flushed too
+        asyncio.run(flush_store(settings))
+        asyncio.run(send_raw(settings, [first_visit(f"b{i}") for i in range(5)]))
+        # the counters were flushed too: 5 more applied since the flush
+        stats = asyncio.run(processed(settings, 5, timeout=120, counter="events_applied"))
         url = f"http://{settings.web_host}:{settings.web_port}/metrics"
         metrics = urllib.request.urlopen(url, timeout=5).read().decode()
         triggers = asyncio.run(read_triggers(settings))

@@ -202,6 +202,15 @@ def _number(x: float) -> str:
     return str(int(x)) if x.is_integer() else str(x)
 
 
+class Label(BaseModel):
+    """A tag's display name per language (``en`` is the default, ``zh`` optional)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    en: str = Field(min_length=1)
+    zh: str | None = Field(default=None, min_length=1)
+
+
 class TagDef(ValueDomain):
     name: str
     level: Literal["L1", "L2", "L3"]
@@ -210,6 +219,7 @@ class TagDef(ValueDomain):
     description: str
     unit: str | None = None
     audience: bool = False
+    label: Label | None = None  # display names for dashboards; None: the name itself
 
     @field_validator("name")
     @classmethod

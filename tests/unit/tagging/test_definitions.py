@@ -53,6 +53,20 @@ def test_duplicate_tag_and_bad_yaml(tmp_path: Path) -> None:
     assert "\n" not in str(err.value)
 
 
+def test_labels_are_optional_per_language_and_checked(tmp_path: Path) -> None:
+    shipped = load_catalogue()
+    assert all(t.label is not None and t.label.en and t.label.zh for t in shipped.tags)
+    rfm = shipped.domain("rfm_segment")
+    assert rfm is not None and rfm.label is not None and (rfm.label.en, rfm.label.zh) == ("RFM segment", "RFM 客户分群")
+    item = "  - {name: region, level: L1, category: a, owner: b, description: c, type: str%s}\n"
+    plain = load_catalogue(_write(tmp_path, "version: 1\ntags:\n" + item % ""))
+    assert plain.tags[0].label is None
+    english = load_catalogue(_write(tmp_path, "version: 1\ntags:\n" + item % ", label: {en: Area}"))
+    assert english.tags[0].label is not None and (english.tags[0].label.en, english.tags[0].label.zh) == ("Area", None)
+    with pytest.raises(ConfigError, match=r"tags\[0\] \(region\)\.label\.fr: Extra inputs are not permitted"):
+        load_catalogue(_write(tmp_path, "version: 1\ntags:\n" + item % ", label: {en: Area, fr: Zone}"))
+
+
 def test_bad_param_is_reported(tmp_path: Path) -> None:
     path = _write(tmp_path, "version: 1\nparams: {cart_abandon_after: soon}\ntags: []\n")
     with pytest.raises(ConfigError, match=r"tags\.yaml: params\.cart_abandon_after: not a duration: 'soon'"):

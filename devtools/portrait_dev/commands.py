@@ -75,11 +75,14 @@ def demo(
     users: Annotated[int, typer.Option(min=1, help="Synthetic users.")] = 2000,
     events: Annotated[int, typer.Option(min=1, help="Synthetic events.")] = 50000,
     seed: Annotated[int, typer.Option(help="Random seed of the synthetic data.")] = 7,
+    stall_timeout: Annotated[
+        float, typer.Option(min=1, help="Give up after this many seconds without progress (never on slowness).")
+    ] = 180.0,
 ) -> None:
     """End-to-end demo on embedded infrastructure: replay, process, summary, sample profiles."""
     from portrait_dev.demo import run_demo
 
-    code = run_demo(users=users, events=events, seed=seed)
+    code = run_demo(users=users, events=events, seed=seed, stall_s=stall_timeout)
     if code:
         raise typer.Exit(code)
 

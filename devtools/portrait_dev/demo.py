@@ -31,7 +31,7 @@ from stream.storage.store import Store
 from stream.tagging.definitions import load_catalogue
 
 # The demo waits as long as the worker makes progress (a slow, busy machine is fine) and gives up
-# only after this long without any.
+# only after this long without any (``--stall-timeout``).
 STALL_S = 180.0
 
 SUMMARY_TAGS = (
@@ -104,7 +104,7 @@ async def _audiences(store: Store, tags: tuple[str, ...]) -> dict[str, Counter[s
     return out
 
 
-async def _run(settings: Settings, users: int, events: int, seed: int, workdir: Path) -> None:
+async def _run(settings: Settings, users: int, events: int, seed: int, workdir: Path, stall_s: float) -> None:
     store = Store.from_settings(settings)
     worker = start_worker(settings, workdir / "worker.log")
     try:
@@ -125,7 +125,7 @@ async def _run(settings: Settings, users: int, events: int, seed: int, workdir: 
                     bars.advance(task, n)
 
             try:
-                throughput = await wait_processed(store, total, timeout=None, progress=Bar(), stall_s=STALL_S)
+                throughput = await wait_processed(store, total, timeout=None, progress=Bar(), stall_s=stall_s)
             except Stalled as exc:
                 tail = "\n".join((workdir / "worker.log").read_text(errors="replace").splitlines()[-20:])
                 raise SystemExit(f"demo stopped, the worker made {exc}; its last log lines:\n{tail}") from None
@@ -179,15 +179,16 @@ async def _run(settings: Settings, users: int, events: int, seed: int, workdir: 
         await store.close()
 
 
-def run_demo(users: int = 2000, events: int = 50000, seed: int = 7) -> int:
+def run_demo(users: int = 2000, events: int = 50000, seed: int = 7, stall_s: float = STALL_S) -> int:
+    """Run the demo; it fails only when the worker makes no progress for ``stall_s`` seconds."""
     workdir = Path(tempfile.mkdtemp(prefix="portrait-demo-"))
     try:
-        return _demo(users, events, seed, workdir)
+        return _demo(users, events, seed, workdir, stall_s)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)  # logs, data and state: nothing is left behind
 
 
-def _demo(users: int, events: int, seed: int, workdir: Path) -> int:
+def _demo(users: int, events: int, seed: int, workdir: Path, stall_s: float) -> int:
     began = time.monotonic()
     with infra.embedded(workdir) as handle:
         print(f"embedded {handle.broker_kind} broker at {handle.bootstrap}, Valkey at {handle.redis_url}")
@@ -199,6 +200,6 @@ def _demo(users: int, events: int, seed: int, workdir: Path) -> int:
             state_file=workdir / "infra.json",
         )
         handle.create_topics(Topics(settings.topic_prefix).all, settings.partitions)
-        asyncio.run(_run(settings, users, events, seed, workdir))
+        asyncio.run(_run(settings, users, events, seed, workdir, stall_s))
     print(f"\ndemo finished in {time.monotonic() - began:.1f}s; everything it started is stopped")
     return 0

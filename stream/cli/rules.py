@@ -4,6 +4,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import RenderableType
 
 from stream.cli.common import (
     DurationHelp,
@@ -168,7 +169,67 @@ def backtest(
         print_json(result.to_dict())
     else:
         echo(f"backtest of {file} on {data} ({result.seconds:.1f}s, nothing sent)")
-        echo(result.to_text())
+        out = console()
+        for part in backtest_report(result.to_dict(), result.model_rules):
+            out.print(part)
+
+
+def backtest_report(doc: dict[str, Any], model_rules: list[str]) -> list[RenderableType]:
+    """The human view of a backtest's ``to_dict()``: summary lines, rules, topics, effect."""
+    period, dead = doc["period"], doc["dead_letters"]
+    dead_text = f"{sum(dead.values()):,}" + (f" ({_counts(dead)})" if dead else "")
+    summary = [
+        f"period: {period['start']} .. {period['end']} ({period['days']} days incl. the horizon)",
+        f"messages {doc['messages']:,}; events applied {doc['events']:,}; duplicates {doc['duplicates']:,}; "
+        f"dead letters {dead_text}",
+        f"users {doc['users']:,} ({doc['expired_users']:,} expired); {doc['batches']:,} batches; "
+        f"{doc['reevaluations']:,} time-driven re-evaluations",
+        f"RFM refreshes {doc['rfm']['refreshes']} (thresholds v{doc['rfm']['version']}); "
+        f"models {'on' if doc['models'] else 'off'}",
+    ]
+    rules = table("rule", "fired", "users", "sent", "time-driven", "suppressed")
+    for rule_id, r in [*doc["rules"].items(), ("total", None)]:
+        if r is None:
+            total = doc["total"]
+            row = (total["fired"], total["users"], total["sent"], sum(x["time_driven"] for x in doc["rules"].values()))
+            suppressed = total["suppressed"]
+        else:
+            row = (r["fired"], r["users"], r["sent"], r["time_driven"])
+            suppressed = r["suppressed"]
+        rules.add_row(rule_id, *(f"{n:,}" for n in row), _counts(suppressed) or "none")
+    for column in rules.columns[1:5]:
+        column.justify = "right"
+    topics = table("topic", "triggers")
+    for topic, n in doc["topics"].items():
+        topics.add_row(topic, f"{n:,}")
+    topics.columns[1].justify = "right"
+    effect = table("rule", "treated", "control", "uplift")
+    for rule_id, e in doc["effect"].items():
+        effect.add_row(rule_id, _exposure(e["treated"]), _exposure(e["control"]), _percent(e["uplift"], signed=True))
+    parts: list[RenderableType] = ["\n".join(summary), rules]
+    if model_rules and not doc["models"]:
+        parts.append(f"note: {', '.join(model_rules)} read model tags; run with --models to score them")
+    parts += [
+        topics if doc["topics"] else "no triggers",
+        "effect: an order within the conversion window after a firing",
+    ]
+    parts.append(effect if doc["effect"] else "no exposures")
+    return parts
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k}={n:,}" for k, n in sorted(counts.items()) if n)
+
+
+def _percent(value: object, signed: bool = False) -> str:
+    if not isinstance(value, int | float):
+        return "n/a"
+    return f"{value * 100:+.1f} pp" if signed else f"{value * 100:.1f} %"
+
+
+def _exposure(group: dict[str, Any]) -> str:
+    closed = group["exposures"] - group["open"]
+    return f"{group['conversions']:,}/{closed:,} converted ({_percent(group['rate'])}), {group['open']:,} open"
 
 
 def register(app: typer.Typer) -> None:

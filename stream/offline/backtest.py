@@ -119,54 +119,16 @@ class BacktestResult:
             "rfm": {"refreshes": self.rfm_refreshes, "version": self.rfm_version},
             "models": self.models,
             "rules": {rid: r.to_dict() for rid, r in self.rules.items()},
-            "total": {"fired": self.fired, "sent": self.sent, "suppressed": {k: suppressed.get(k, 0) for k in REASONS}},
+            "total": {
+                "fired": self.fired,
+                "users": len(set[str]().union(*(r.users for r in self.rules.values()))),
+                "sent": self.sent,
+                "suppressed": {k: suppressed.get(k, 0) for k in REASONS},
+            },
             "topics": dict(sorted(self.topics.items())),
             "effect": self.effect,
             "seconds": round(self.seconds, 3),
         }
-
-    def to_text(self) -> str:
-        lines = [
-            f"period: {_iso(self.start)} .. {_iso(self.end)} ({_days(self.start, self.end)} days)"
-            + (f", time-driven evaluations until {_iso(self.clock_end)}" if self.clock_end != self.end else ""),
-            f"messages: {self.messages:,}; events replayed: {self.events:,}; duplicates skipped: {self.duplicates:,}; "
-            f"dead letters: {sum(self.dead_letters.values()):,}"
-            + (
-                f" ({', '.join(f'{k}={n}' for k, n in sorted(self.dead_letters.items()))})" if self.dead_letters else ""
-            ),
-            f"users: {self.users:,} ({self.expired_users:,} expired); {self.batches:,} batches, "
-            f"{self.time_evaluations:,} time-driven re-evaluations; RFM refreshes: {self.rfm_refreshes} "
-            f"(thresholds v{self.rfm_version}); models: {'on' if self.models else 'off'}",
-            "",
-        ]
-        width = max([len("rule"), len("total"), *(len(r) for r in self.rules)])
-        head = f"{'rule':<{width}}  {'fired':>7} {'users':>6} {'sent':>7}"
-        head += "".join(f" {r:>11}" for r in REASONS) + f" {'timed':>6}"
-        lines += [head, "-" * len(head)]
-        total: Counter[str] = Counter()
-        for rid, r in self.rules.items():
-            row = f"{rid:<{width}}  {r.fired:>7,} {len(r.users):>6,} {r.sent:>7,}"
-            row += "".join(f" {r.suppressed.get(k, 0):>11,}" for k in REASONS) + f" {r.time_driven:>6,}"
-            lines.append(row)
-            total.update(r.suppressed)
-        users = len(set().union(*(r.users for r in self.rules.values()))) if self.rules else 0
-        row = f"{'total':<{width}}  {self.fired:>7,} {users:>6,} {self.sent:>7,}"
-        row += "".join(f" {total.get(k, 0):>11,}" for k in REASONS)
-        row += f" {sum(r.time_driven for r in self.rules.values()):>6,}"
-        lines += ["-" * len(head), row]
-        if self.model_rules and not self.models:
-            lines.append(f"note: {', '.join(self.model_rules)} read model tags; run with --models to score them")
-        lines += ["", "triggers per topic:"]
-        lines += [f"  {t}: {n:,}" for t, n in sorted(self.topics.items())] or ["  (none)"]
-        lines += ["", "effect (an order in [firing, firing + conversion window); rates over closed exposures):"]
-        if not self.effect:
-            lines.append("  (no exposures)")
-        for rid, e in self.effect.items():
-            lines.append(
-                f"  {rid:<{width}}  treated {_group(e['treated'])}  control {_group(e['control'])}  "
-                f"uplift {_pct(e['uplift'], signed=True)}"
-            )
-        return "\n".join(lines)
 
 
 def _iso(ts: float | None) -> str | None:
@@ -175,17 +137,6 @@ def _iso(ts: float | None) -> str | None:
 
 def _days(start: float | None, end: float | None) -> float:
     return 0.0 if start is None or end is None else round((end - start) / DAY, 2)
-
-
-def _pct(value: object, signed: bool = False) -> str:
-    if not isinstance(value, int | float):
-        return "n/a"
-    return f"{value * 100:+.1f}pp" if signed else f"{value * 100:.1f}%"
-
-
-def _group(g: dict[str, Any]) -> str:
-    closed = g["exposures"] - g["open"]
-    return f"{g['conversions']:>4}/{closed:<5} {_pct(g['rate']):>6} ({g['open']} open)"
 
 
 def report(

@@ -7,6 +7,7 @@ namespace left empty."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import uuid
 from datetime import UTC, datetime
@@ -17,7 +18,9 @@ import orjson
 import pytest
 import redis
 from portrait_dev.synth import generate, personas, write_jsonl
+from rich.console import Console
 
+from stream.cli.rules import backtest_report
 from stream.offline.backtest import backtest, backtest_file
 from stream.offline.driver import drive
 from stream.offline.evaluation import evaluate_events
@@ -158,8 +161,13 @@ def test_cooldown_suppression_is_counted(settings: Settings) -> None:
     assert stats.suppressed == {"cooldown": 1}
     summary = result.to_dict()["rules"]["cart"]
     assert summary["suppressed"] == {"cooldown": 1, "quiet_hours": 0, "cap": 0, "holdout": 0}
-    text = result.to_text()
-    assert "cart " in text and f"{settings.topic_prefix}.triggers.coupon: 2" in text and "uplift" in text
+    out = Console(width=100, record=True, file=io.StringIO())
+    for part in backtest_report(result.to_dict(), result.model_rules):
+        out.print(part)
+    lines = out.export_text().splitlines()
+    assert max(map(len, lines)) <= 100
+    assert any(line.split()[:4] == ["cart", "3", "1", "2"] and "cooldown=1" in line for line in lines), lines
+    assert any(line.split() == [f"{settings.topic_prefix}.triggers.coupon", "2"] for line in lines), lines
 
 
 def test_quiet_hours_and_effect_exposures(settings: Settings) -> None:

@@ -230,6 +230,15 @@ class Settings(BaseSettings):
     rfm_refresh_event_s: float = Field(default=86400.0, gt=0)
     web_host: str = "127.0.0.1"
     web_port: Port = 6066
+    # the read API and dashboard (`portrait api`, stream/api): loopback unless set; any other bind
+    # address needs a bearer token (docs/api.md)
+    api_host: str = "127.0.0.1"
+    api_port: Port = 6067
+    api_token: SecretStr | None = Field(default=None, description="bearer token the read API requires")
+    # insights are a cached aggregate of every profile, recomputed this long after the last pass ended
+    api_insights_interval_s: float = Field(default=15.0, gt=0)
+    # hourly trend snapshots of audience sizes (in the service clock), kept this many days
+    api_trends_retention_days: int = Field(default=90, ge=1)
     broker_session_timeout_s: float = 6.0
     broker_heartbeat_interval_s: float = 1.0
     consumer_fetch_max_wait_ms: int = Field(default=100, ge=0)

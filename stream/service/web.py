@@ -23,9 +23,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stream.metrics import Metrics
 from stream.service.health import Health
+from stream.service.profiles import typed_profile
+from stream.storage.reads import Reads
 from stream.storage.store import Store
 from stream.tagging.definitions import TagCatalogue
-from stream.tagging.profile import type_profile
 
 JSON = "application/json"
 
@@ -35,17 +36,18 @@ def register_views(
 ) -> None:
     """``config``: what ``/config`` serves (computed once at start: ``Settings.effective()``)."""
     config_body = orjson.dumps(config)
+    reads = Reads(store.client, store.keys)
 
     # aiohttp's default segment pattern refuses "{" and "}" (and matches the decoded path), so
     # /profiles/%7Bodd%7D would 404: take the rest of the path as the id instead.
     @app.page("/profiles/{user_id:.+}")
     class ProfileView(View):
         async def get(self, request: Request, user_id: str) -> Response:
-            profile = await store.profile(user_id)
-            if not profile:
+            # typed like the CLI's --json and the read API: numbers, booleans, ISO 8601 times
+            profile = await typed_profile(reads, user_id, catalogue)
+            if profile is None:
                 return self.json({"error": "unknown user", "user_id": user_id}, status=404)
-            # typed like the CLI's --json: numbers, booleans, ISO 8601 times (docs/redis-keys.md)
-            return self.bytes(orjson.dumps(type_profile(profile, catalogue)), content_type=JSON)
+            return self.bytes(orjson.dumps(profile), content_type=JSON)
 
     @app.page("/metrics")
     class MetricsView(View):

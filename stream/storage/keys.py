@@ -94,6 +94,11 @@ class Keys:
         return f"{self.base}:stats"
 
     @property
+    def trends(self) -> str:
+        """Hourly snapshots of audience sizes (read API): hour (epoch s) -> JSON."""
+        return f"{self.base}:trends:hourly"
+
+    @property
     def epoch(self) -> str:
         """Written once when a store is first used; if it disappears, Redis lost its data."""
         return f"{self.base}:meta:epoch"

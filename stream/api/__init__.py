@@ -1,0 +1,1 @@
+"""The read API and dashboard process (``portrait api``): ``stream.api.app.create_app``."""

@@ -1,0 +1,161 @@
+"""The API process's background work: the insights aggregate, the known audiences, the event
+rate and the hourly trend snapshots. Requests only read what this keeps (docs/api.md).
+
+* **Aggregate pass** (``refresh``): one scan of every published profile and state, folded into an
+  ``Aggregate``; the next pass starts ``api_insights_interval_s`` after one ends, so the cost per
+  hour is bounded whatever the population (a pass over 1M users takes minutes, not requests).
+* **Known audiences**: the catalogue's value domains plus every audience set found by the pass.
+* **Event rate**: the shared ``events_applied`` counter sampled every ``RATE_SAMPLE_S``; the
+  rate is the slope over the last ``RATE_WINDOW_S``.
+* **Trends**: after each pass, if the current hour of the service clock (event time in event
+  mode) has no snapshot yet, one is stored: users and every known audience's size. ``HSETNX``
+  makes it idempotent, so several API processes may run; snapshots older than the retention are
+  dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from stream.api.aggregate import Aggregate
+from stream.models.config import ModelsConfig
+from stream.settings import Settings
+from stream.storage.reads import Pair, Reads
+from stream.tagging.definitions import TagCatalogue
+from stream.tagging.state import UserState
+
+log = logging.getLogger(__name__)
+
+RATE_SAMPLE_S = 2.0
+RATE_WINDOW_S = 30.0
+HOUR = 3600
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One finished aggregate pass."""
+
+    aggregate: Aggregate
+    computed_at: float  # wall clock, end of the pass
+    clock: float  # the service clock the pass read the profiles at
+    seconds: float
+
+
+def domain_pairs(catalogue: TagCatalogue, models: ModelsConfig | None) -> list[Pair]:
+    """The audiences the catalogue declares: every value of each audience tag with a value domain
+    (``values``, or whole numbers from ``min`` to ``max``), and the churn bands."""
+    pairs: list[Pair] = []
+    for tag in catalogue.tags:
+        if not tag.audience:
+            continue
+        if tag.values is not None:
+            pairs.extend((tag.name, v) for v in tag.values)
+        elif tag.type == "bool":
+            pairs.extend((tag.name, v) for v in ("true", "false"))
+        elif tag.type == "int" and tag.min is not None and tag.max is not None and tag.max - tag.min <= 100:
+            pairs.extend((tag.name, str(v)) for v in range(math.ceil(tag.min), math.floor(tag.max) + 1))
+    if models is not None:
+        pairs.extend(("churn_band", band) for band in ("low", "medium", "high"))
+    return pairs
+
+
+@dataclass
+class Refresher:
+    reads: Reads
+    settings: Settings
+    catalogue: TagCatalogue
+    models: ModelsConfig | None = None
+    latest: Snapshot | None = None
+    pairs: list[Pair] = field(default_factory=list)
+    _samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=64))
+    _ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.pairs = sorted(set(domain_pairs(self.catalogue, self.models)))
+
+    async def service_clock(self) -> float:
+        """Event time (the shared clock) in event mode, else the wall clock."""
+        if self.settings.clock == "event":
+            clock = await self.reads.clock()
+            return clock if clock is not None else time.time()
+        return time.time()
+
+    async def refresh(self) -> Snapshot:
+        """One aggregate pass, then the known audiences and the trend snapshot."""
+        started = time.monotonic()
+        clock = await self.service_clock()
+        aggregate = Aggregate(now=clock)
+        async for batch in self.reads.scan_users():
+            for record in batch:
+                hours = UserState.from_bytes(record.state).hours if record.state else None
+                aggregate.add(record.uid, record.profile, hours)
+            await asyncio.sleep(0)  # let requests in between batches
+        found = await self.reads.audience_pairs()
+        self.pairs = sorted(set(domain_pairs(self.catalogue, self.models)) | set(found))
+        snapshot = Snapshot(aggregate, time.time(), clock, time.monotonic() - started)
+        self.latest = snapshot
+        self._ready.set()
+        await self.snapshot_trend(clock, aggregate.users)
+        return snapshot
+
+    async def snapshot_trend(self, clock: float, users: int) -> bool:
+        hour = int(clock // HOUR) * HOUR
+        if await self.reads.has_trend(hour):
+            return False
+        sizes = await self.reads.audience_sizes(self.pairs)
+        named = {f"{t}:{v}": n for (t, v), n in zip(self.pairs, sizes, strict=True)}
+        doc: dict[str, Any] = {"users": users, "sizes": named}
+        keep_from = hour - self.settings.api_trends_retention_days * 86400
+        return await self.reads.record_trend(hour, doc, keep_from)
+
+    async def sample_rate(self) -> None:
+        stats = await self.reads.stats()
+        self._samples.append((time.monotonic(), stats.get("events_applied", 0)))
+
+    def events_per_second(self) -> float | None:
+        """Slope of ``events_applied`` over the last ``RATE_WINDOW_S`` (None before two samples)."""
+        if len(self._samples) < 2:
+            return None
+        last_t, last_n = self._samples[-1]
+        window = [s for s in self._samples if last_t - s[0] <= RATE_WINDOW_S]
+        first_t, first_n = window[0]
+        return (last_n - first_n) / (last_t - first_t) if last_t > first_t else None
+
+    async def wait_ready(self, timeout: float) -> Snapshot | None:
+        """The latest pass, waiting up to ``timeout`` for the first one."""
+        if self.latest is None:
+            try:
+                await asyncio.wait_for(self._ready.wait(), timeout)
+            except TimeoutError:
+                return None
+        return self.latest
+
+    async def run_passes(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # Redis away, a bad record: keep the last aggregate, try again later
+                log.exception("insights pass failed; keeping the previous aggregate")
+            await asyncio.sleep(self.settings.api_insights_interval_s)
+
+    async def run_rate(self) -> None:
+        while True:
+            try:
+                await self.sample_rate()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("event rate sample failed: %s", exc)
+            await asyncio.sleep(RATE_SAMPLE_S)
+
+    def tasks(self) -> Iterable[asyncio.Task[None]]:
+        return (asyncio.create_task(self.run_passes()), asyncio.create_task(self.run_rate()))

@@ -68,7 +68,8 @@ RFM_SEGMENTS = (
 async def snapshot_of(api: ApiContext) -> Snapshot:
     snapshot = await api.refresher.wait_ready(FIRST_PASS_WAIT_S)
     if snapshot is None:
-        raise ProblemError(503, "Insights not ready", "the first aggregate pass is still running; retry shortly")
+        detail = "the first aggregate pass is still running; retry shortly"
+        raise ProblemError(503, "Insights not ready", detail, headers={"Retry-After": "5"})
     return snapshot
 
 

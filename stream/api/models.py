@@ -40,8 +40,41 @@ class ModelScores(Model):
     behaviour_segment: str | None = Field(default=None, description="segment id (see /v1/insights/segments)")
 
 
+class Firing(Model):
+    """A rule firing of the user: sent, or suppressed with the reason."""
+
+    at: str = Field(description="evaluation time it fired at (ISO 8601)")
+    rule_id: str
+    rule_version: int
+    channel: str
+    outcome: str = Field(description="send or suppressed")
+    reason: str | None = Field(default=None, description="why it was suppressed (cooldown, cap, quiet_hours, holdout)")
+    trigger_id: str
+
+
+class MergedIdentity(Model):
+    subject: str = Field(description="the anonymous subject (anon:<id>) merged into this user")
+    linked_at: str = Field(description="event time of the link (ISO 8601)")
+
+
+class ActivityWindow(Model):
+    """What the user did in the last ``days`` days (whole UTC days up to evaluated_at)."""
+
+    days: int
+    events: int
+    page_views: int
+    searches: int
+    cart_adds: int
+    checkouts: int
+    orders: int
+    order_value: float = Field(description="paid order value in the base currency")
+    refunds: int
+    ratings: int
+    complaints: int
+
+
 class Profile(Model):
-    """A user's portrait as the workers published it."""
+    """A user's portrait as the workers published it (``include`` adds parts of the user's state)."""
 
     user_id: str = Field(description="the subject the profile belongs to")
     requested_id: str | None = Field(
@@ -59,6 +92,34 @@ class Profile(Model):
     tags_by_level: dict[str, dict[str, TagValue]] | None = Field(
         default=None, description="taxonomy level (L1, L2, L3) -> tag -> typed value (with group_by=level)"
     )
+    activity: list[ActivityWindow] | None = Field(default=None, description="with include=activity: 7, 30, 90 days")
+    history: list[Firing] | None = Field(default=None, description="with include=history: recent firings, oldest first")
+    identities: list[MergedIdentity] | None = Field(default=None, description="with include=identities")
+
+
+class TagLabel(Model):
+    en: str
+    zh: str | None = None
+
+
+class TagInfo(Model):
+    """A profile field: a catalogue tag or a model output."""
+
+    name: str
+    level: str = Field(description="L1, L2, L3, or model")
+    category: str
+    type: str = Field(description="str, int, float, bool, money, ratio or time")
+    unit: str | None
+    audience: bool = Field(description="whether /v1/audiences has its values")
+    owner: str
+    description: str
+    label: TagLabel = Field(description="display name per language (English default)")
+    values: list[str] | None = Field(default=None, description="the value domain, when declared")
+
+
+class TagList(Model):
+    version: int
+    tags: list[TagInfo]
 
 
 class BatchGetRequest(Model):

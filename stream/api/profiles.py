@@ -13,16 +13,32 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query
 
 from stream.api.context import ApiContext, api_of
-from stream.api.models import BatchGetRequest, BatchGetResponse, ModelScores, Profile
+from stream.api.models import (
+    ActivityWindow,
+    BatchGetRequest,
+    BatchGetResponse,
+    Firing,
+    MergedIdentity,
+    ModelScores,
+    Profile,
+    TagInfo,
+    TagLabel,
+    TagList,
+)
 from stream.api.problems import ProblemError
 from stream.service.profiles import typed_profile, typed_profiles
+from stream.tagging import state as slots
 from stream.tagging.definitions import TagCatalogue
-from stream.tagging.profile import META_FIELDS, MODEL_FIELDS
+from stream.tagging.profile import META_FIELDS, MODEL_FIELDS, catalogue_rows, to_iso
+from stream.tagging.state import UserState
 
 router = APIRouter(tags=["profiles"])
 
 GroupBy = Literal["level"]
+Part = Literal["activity", "history", "identities"]
+PARTS: tuple[Part, ...] = ("activity", "history", "identities")
 ANON = "anon:"
+ACTIVITY_WINDOWS = (7, 30, 90)
 
 
 def known_fields(catalogue: TagCatalogue) -> frozenset[str]:
@@ -75,6 +91,64 @@ def shape(
     )
 
 
+def activity_windows(state: UserState, now: float) -> list[ActivityWindow]:
+    """Sums of the user's daily tiles over the last 7, 30 and 90 whole UTC days up to ``now``."""
+    today = int(now // slots.DAY)
+    out = []
+    for days in ACTIVITY_WINDOWS:
+        total = [0] * slots.TILE_WIDTH
+        for day, tile in state.tiles.items():
+            if today - days < day <= today:
+                total = [a + b for a, b in zip(total, tile, strict=True)]
+        out.append(
+            ActivityWindow(
+                days=days,
+                events=total[slots.EVENTS],
+                page_views=total[slots.PAGE_VIEWS],
+                searches=total[slots.SEARCHES],
+                cart_adds=total[slots.CART_ADDS],
+                checkouts=total[slots.CHECKOUTS],
+                orders=total[slots.ORDERS],
+                order_value=total[slots.ORDER_CENTS] / 100,
+                refunds=total[slots.REFUNDS],
+                ratings=total[slots.RATING_COUNT],
+                complaints=total[slots.COMPLAINTS],
+            )
+        )
+    return out
+
+
+def state_parts(state: UserState, parts: frozenset[str], now: float) -> dict[str, Any]:
+    """The parts of a user's state ``include`` asks for, as ``Profile`` fields."""
+    out: dict[str, Any] = {}
+    if "activity" in parts:
+        out["activity"] = activity_windows(state, now)
+    if "history" in parts:
+        out["history"] = [
+            Firing(
+                at=to_iso(r.at),
+                rule_id=r.rule_id,
+                rule_version=r.rule_version,
+                channel=r.channel,
+                outcome=r.outcome,
+                reason=r.reason,
+                trigger_id=r.trigger_id,
+            )
+            for r in state.delivery.recent
+        ]
+    if "identities" in parts:
+        out["identities"] = [MergedIdentity(subject=m.subject, linked_at=to_iso(m.at)) for m in state.merged]
+    return out
+
+
+def check_parts(include: str | None) -> frozenset[str]:
+    parts = frozenset(_split(include) or ())
+    for part in sorted(parts):
+        if part not in PARTS:
+            raise ProblemError(422, "Unknown part", f"include: {part!r} is not one of {', '.join(PARTS)}")
+    return parts
+
+
 def _split(fields: str | None) -> list[str] | None:
     return [f.strip() for f in fields.split(",") if f.strip()] if fields is not None else None
 
@@ -105,17 +179,52 @@ async def get_profile(
     api: Annotated[ApiContext, Depends(api_of)],
     group_by: Annotated[GroupBy | None, Query(description="level: tags grouped by taxonomy level")] = None,
     fields: Annotated[str | None, Query(description="comma-separated tags/model fields to return")] = None,
+    include: Annotated[
+        str | None, Query(description="comma-separated parts of the user's state: activity, history, identities")
+    ] = None,
 ) -> Profile:
     """A user's profile. The id is one percent-encoded path segment (``{`` as ``%7B``, ``/`` as
-    ``%2F``, UTF-8 bytes for non-ASCII); ``anon:<id>`` addresses an anonymous visitor."""
+    ``%2F``, UTF-8 bytes for non-ASCII); ``anon:<id>`` addresses an anonymous visitor (a merged
+    one answers with the user it was merged into)."""
     selected = check_fields(_split(fields), api.catalogue)
+    parts = check_parts(include)
+    subject, requested = user_id, None
     typed = await typed_profile(api.reads, user_id, api.catalogue)
-    if typed is not None:
-        return shape(user_id, typed, api.catalogue, selected, group_by)
-    if user_id.startswith(ANON):
+    if typed is None and user_id.startswith(ANON):
         target = (await api.reads.aliases([user_id])).get(user_id)
         if target is not None:
-            merged = await typed_profile(api.reads, target, api.catalogue)
-            if merged is not None:
-                return shape(target, merged, api.catalogue, selected, group_by, user_id)
-    raise ProblemError(404, "Unknown user", f"no profile for {user_id!r} (unknown user, expired or erased)")
+            subject, requested = target, user_id
+            typed = await typed_profile(api.reads, target, api.catalogue)
+    if typed is None:
+        raise ProblemError(404, "Unknown user", f"no profile for {user_id!r} (unknown user, expired or erased)")
+    profile = shape(subject, typed, api.catalogue, selected, group_by, requested)
+    if not parts:
+        return profile
+    blob = await api.reads.state(subject)
+    if blob is None:
+        return profile
+    state = UserState.from_bytes(blob)
+    now = state.evaluated_at if state.evaluated_at is not None else 0.0
+    return profile.model_copy(update=state_parts(state, parts, now))
+
+
+@router.get("/v1/tags", response_model=TagList, response_model_exclude_none=True)
+async def tags(api: Annotated[ApiContext, Depends(api_of)]) -> TagList:
+    """Every profile field (the tag catalogue in force, then the model outputs) with its level,
+    type, unit, description, value domain and display labels (English, Chinese when given)."""
+    defs = {t.name: t for t in api.catalogue.tags}
+    out = []
+    for row in catalogue_rows(api.catalogue):
+        definition = defs.get(row["name"])
+        label = definition.label if definition is not None else None
+        values = list(definition.values) if definition is not None and definition.values else None
+        if row["name"] == "churn_band":
+            values = ["low", "medium", "high"]
+        out.append(
+            TagInfo(
+                **row,
+                label=TagLabel(en=label.en, zh=label.zh) if label is not None else TagLabel(en=row["name"]),
+                values=values,
+            )
+        )
+    return TagList(version=api.catalogue.version, tags=out)

@@ -7,10 +7,10 @@ rate and the hourly trend snapshots. Requests only read what this keeps (docs/ap
 * **Known audiences**: the catalogue's value domains plus every audience set found by the pass.
 * **Event rate**: the shared ``events_applied`` counter sampled every ``RATE_SAMPLE_S``; the
   rate is the slope over the last ``RATE_WINDOW_S``.
-* **Trends**: after each pass, if the current hour of the service clock (event time in event
-  mode) has no snapshot yet, one is stored: users and every known audience's size. ``HSETNX``
-  makes it idempotent, so several API processes may run; snapshots older than the retention are
-  dropped.
+* **Trends**: after each pass, the point of the current hour of the service clock (event time
+  in event mode) is stored: users and every known audience's size, replacing the hour's earlier
+  point, so an hour ends with the figures of its last pass. Several API processes write the same
+  field with the same figures; snapshots older than the retention are dropped.
 """
 
 from __future__ import annotations
@@ -106,9 +106,9 @@ class Refresher:
         return snapshot
 
     async def snapshot_trend(self, clock: float, users: int) -> bool:
+        """Record the current hour's point (the latest pass of an hour is the one kept); True when
+        it is the hour's first."""
         hour = int(clock // HOUR) * HOUR
-        if await self.reads.has_trend(hour):
-            return False
         sizes = await self.reads.audience_sizes(self.pairs)
         named = {f"{t}:{v}": n for (t, v), n in zip(self.pairs, sizes, strict=True)}
         doc: dict[str, Any] = {"users": users, "sizes": named}

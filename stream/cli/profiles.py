@@ -22,7 +22,7 @@ from stream.cli.common import (
     wrap,
 )
 from stream.tagging.definitions import TagCatalogue, load_catalogue
-from stream.tagging.profile import MODEL_FIELDS, field_types, type_profile, typed_value
+from stream.tagging.profile import MODEL_FIELDS, catalogue_rows, type_profile, typed_value
 
 LEVELS = {"L1": "L1 attributes and lifecycle", "L2": "L2 behaviour", "L3": "L3 value and intent"}
 NAME_WIDTH = 22
@@ -97,38 +97,6 @@ def profile(
         print_json(type_profile(stored, catalogue))
     else:
         echo(format_profile(user_id, stored, catalogue))
-
-
-def catalogue_rows(catalogue: TagCatalogue) -> list[dict[str, Any]]:
-    """Every profile field a worker writes: the catalogue's tags, then the model tags."""
-    rows: list[dict[str, Any]] = [
-        {
-            "name": t.name,
-            "level": t.level,
-            "category": t.category,
-            "type": t.type,
-            "unit": t.unit,
-            "audience": t.audience,
-            "owner": t.owner,
-            "description": t.description,
-        }
-        for t in sorted(catalogue.tags, key=lambda t: (t.level, t.category, t.name))
-    ]
-    types = field_types(catalogue)
-    rows.extend(
-        {
-            "name": name,
-            "level": "model",
-            "category": "models",
-            "type": types[name],
-            "unit": spec.unit,
-            "audience": name in ("churn_band", "behaviour_segment"),
-            "owner": "models",
-            "description": spec.description,
-        }
-        for name, spec in MODEL_FIELDS.items()
-    )
-    return rows
 
 
 def tags(ctx: typer.Context, json: JsonOption = False) -> None:

@@ -4,7 +4,7 @@ reads published data outside the write path, built on ``Keys``.
 Every read here is O(1) or O(size of the answer) except the two marked *scan* (``audience_pairs``
 and ``scan_users``), which the API only runs in its background refresher, never per request
 (docs/api.md, "How insights stay fast"). The only writes are the API's own trend snapshots
-(``record_trend``): hourly, idempotent (``HSETNX``), bounded in time.
+(``record_trend``): one field per hour, idempotent, bounded in time.
 """
 
 from __future__ import annotations
@@ -207,14 +207,16 @@ class Reads:
 
     # -- trend snapshots (the API's own keys) ----------------------------------------------------
     async def record_trend(self, hour: int, doc: dict[str, Any], keep_from: int) -> bool:
-        """Store the snapshot of ``hour`` (epoch s, a multiple of 3600) unless one exists, and drop
-        snapshots older than ``keep_from``. True when this call stored it. Idempotent."""
+        """Store ``doc`` as the snapshot of ``hour`` (epoch s, a multiple of 3600), replacing an
+        earlier one of the same hour, and drop snapshots older than ``keep_from``. True when the
+        hour had none yet. Idempotent: the same call again changes nothing."""
         key = self.keys.trends
-        stored = bool(await self.client.hsetnx(key, str(hour), orjson.dumps(doc)))
-        old = [h for h in await self.client.hkeys(key) if int(h) < keep_from]
-        if old:
-            await self.client.hdel(key, *old)
-        return stored
+        created = bool(await self.client.hset(key, str(hour), orjson.dumps(doc)))
+        if created:  # a new hour: the moment to drop what left the retention
+            old = [h for h in await self.client.hkeys(key) if int(h) < keep_from]
+            if old:
+                await self.client.hdel(key, *old)
+        return created
 
     async def trends(self, since: float, until: float) -> dict[int, dict[str, Any]]:
         """Snapshots with ``since <= hour <= until``, by hour."""
@@ -224,6 +226,3 @@ class Reads:
             return {}
         docs = await self.client.hmget(key, [str(h) for h in hours])
         return {h: orjson.loads(d) for h, d in zip(hours, docs, strict=True) if d is not None}
-
-    async def has_trend(self, hour: int) -> bool:
-        return bool(await self.client.hexists(self.keys.trends, str(hour)))

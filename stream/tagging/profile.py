@@ -92,3 +92,35 @@ def type_profile(profile: Mapping[str, str], catalogue: TagCatalogue) -> dict[st
     """
     types = field_types(catalogue)
     return {name: typed_value(types.get(name, "str"), value) for name, value in profile.items()}
+
+
+def catalogue_rows(catalogue: TagCatalogue) -> list[dict[str, Any]]:
+    """Every profile field a worker writes: the catalogue's tags, then the model tags."""
+    rows: list[dict[str, Any]] = [
+        {
+            "name": t.name,
+            "level": t.level,
+            "category": t.category,
+            "type": t.type,
+            "unit": t.unit,
+            "audience": t.audience,
+            "owner": t.owner,
+            "description": t.description,
+        }
+        for t in sorted(catalogue.tags, key=lambda t: (t.level, t.category, t.name))
+    ]
+    types = field_types(catalogue)
+    rows.extend(
+        {
+            "name": name,
+            "level": "model",
+            "category": "models",
+            "type": types[name],
+            "unit": spec.unit,
+            "audience": name in ("churn_band", "behaviour_segment"),
+            "owner": "models",
+            "description": spec.description,
+        }
+        for name, spec in MODEL_FIELDS.items()
+    )
+    return rows

@@ -27,8 +27,10 @@ from portrait_dev.infra import free_port
 from pydantic import SecretStr
 
 from stream.api.app import create_app
+from stream.api.refresher import Refresher
 from stream.contracts.topics import Topics
 from stream.settings import Settings
+from stream.storage.reads import Reads
 from stream.storage.store import Store
 from stream.tagging.definitions import load_catalogue
 from tests import oracle
@@ -95,7 +97,7 @@ def replayed(infra, tmp_path_factory: pytest.TempPathFactory) -> Replayed:
         rules_file=RULES,
     )
     infra.create_topics(Topics(token).all, settings.partitions)
-    base = synth.generate(users=250, events=6000, seed=23, days=85)
+    base = synth.generate(users=200, events=4500, seed=23, days=85)
     events = sorted(base + _odd_events(base), key=lambda e: (e["ts"], e["event_id"]))
     with worker(settings, tmp / "worker.log"):
         replay_and_settle(settings, events)
@@ -161,6 +163,45 @@ def test_profile_typed_for_every_id_form(replayed: Replayed, client: TestClient)
     assert set(grouped["tags_by_level"]["L3"]) == {
         t.name for t in load_catalogue().tags if t.level == "L3" and t.name in replayed.expected[ODD_IDS[0]]
     }
+
+
+def test_profile_card_parts(replayed: Replayed, client: TestClient) -> None:
+    uid = ODD_IDS[1]
+    doc = client.get("/v1/profiles/" + quote(uid, safe=""), params={"include": "activity,history,identities"}).json()
+    today = math.floor(datetime.fromisoformat(doc["evaluated_at"]).timestamp() / 86400)
+    rates = oracle.DEFAULTS["currency_rates"]
+    for window in doc["activity"]:
+        mine = [
+            e
+            for e in replayed.events
+            if e["user_id"] == uid
+            and e["type"] != "identify"
+            and today - window["days"] < math.floor(datetime.fromisoformat(e["ts"]).timestamp() / 86400) <= today
+        ]
+        kinds = Counter(e["type"] for e in mine)
+        assert window["events"] == len(mine)
+        assert (window["page_views"], window["orders"]) == (kinds["page_view"], kinds["order_paid"])
+        cents = sum(oracle.cents_of(e, rates) for e in mine if e["type"] == "order_paid")
+        assert window["order_value"] == pytest.approx(cents / 100)
+    assert [w["days"] for w in doc["activity"]] == [7, 30, 90] and doc["activity"][2]["events"] > 0
+    welcome = [f for f in doc["history"] if f["rule_id"] == "welcome_first_activity"]
+    assert welcome, "the welcome rule fires for every active user"
+    first = welcome[0]
+    if held_out(uid, "welcome_first_activity", 0.3):
+        assert (first["outcome"], first["reason"]) == ("suppressed", "holdout")
+    else:
+        assert first["outcome"] == "send" and "reason" not in first
+    assert doc["identities"] == []
+    assert client.get("/v1/profiles/" + quote(uid, safe=""), params={"include": "everything"}).status_code == 422
+
+
+def test_tag_catalogue_with_labels(client: TestClient) -> None:
+    doc = client.get("/v1/tags").json()
+    rows = {t["name"]: t for t in doc["tags"]}
+    assert set(rows) == {t.name for t in load_catalogue().tags} | set(MODEL_FIELDS)
+    assert rows["region"]["label"] == {"en": "Region", "zh": "地区"}
+    assert rows["value_tier"]["values"] == ["vip", "high", "medium", "low", "none"]
+    assert rows["churn_band"]["level"] == "model" and rows["churn_band"]["audience"] is True
 
 
 def test_batch_get_every_user_in_order_with_fields(replayed: Replayed, client: TestClient) -> None:
@@ -376,13 +417,35 @@ def test_rules_counts_match_an_independent_computation(replayed: Replayed, clien
 
 
 def test_trends_snapshot_per_hour(replayed: Replayed, client: TestClient) -> None:
-    client.portal.call(client.app.state.api.refresher.refresh)  # a second pass in the same hour adds nothing
+    client.portal.call(client.app.state.api.refresher.refresh)  # a second pass in the same hour: still one point
     doc = client.get("/v1/insights/trends", params={"days": 1, "audience": ["rfm_segment:At Risk"]}).json()
     assert len(doc["points"]) == 1
     point = doc["points"][0]
     assert point["hour"] == datetime.fromtimestamp(int(replayed.now // 3600) * 3600, ZoneInfo("UTC")).isoformat()
     assert point["users"] == len(replayed.expected)
     assert point["sizes"] == {"rfm_segment:At Risk": len(_members(replayed, "rfm_segment", "At Risk"))}
+
+
+def test_trend_retention(replayed: Replayed) -> None:
+    """Snapshots are kept for the retention (in the service clock), one per hour, then dropped."""
+    settings = replayed.settings.model_copy(
+        update={"key_prefix": f"ret{uuid.uuid4().hex[:8]}", "api_trends_retention_days": 2}
+    )
+
+    async def go() -> list[int]:
+        async with Reads.open(settings) as reads:
+            refresher = Refresher(reads, settings, load_catalogue())
+            hour = 1_800_000_000 // 3600 * 3600
+            assert await refresher.snapshot_trend(hour + 10, 5)
+            assert not await refresher.snapshot_trend(hour + 3599, 6)  # same hour: the latest pass is kept
+            assert [doc["users"] for doc in (await reads.trends(0, hour)).values()] == [6]
+            assert await refresher.snapshot_trend(hour + 86400, 7)
+            assert await refresher.snapshot_trend(hour + 2 * 86400 + 3600, 8)  # the first is now > 2 days old
+            found = await reads.trends(0, hour + 10 * 86400)
+            assert [doc["users"] for doc in found.values()] == [7, 8]
+            return sorted(found)
+
+    assert asyncio.run(go()) == [1_800_000_000 // 3600 * 3600 + 86400, 1_800_000_000 // 3600 * 3600 + 2 * 86400 + 3600]
 
 
 def test_errors_are_problem_details(client: TestClient) -> None:

@@ -328,7 +328,10 @@ def embedded(
         def stop_all() -> None:
             for proc in reversed(processes):
                 try:
-                    proc.stop()
+                    if keep_data:
+                        proc.stop()
+                    else:  # nothing to keep: no need to wait for a graceful (Kafka: controlled) shutdown
+                        proc.kill()
                 except Exception:
                     log.exception("could not stop %s (pid %d)", proc.name, proc.pid)
 

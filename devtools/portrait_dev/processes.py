@@ -189,6 +189,17 @@ class ManagedProcess:
             log.info("stopped %s (pid %d)", self.name, self.pid)
         return stopped
 
+    def kill(self) -> bool:
+        """SIGKILL the process group at once (its data is about to be deleted). True if it was running."""
+        if not self.alive():
+            return False
+        _signal_group(self.pid, signal.SIGKILL)
+        popen = _CHILDREN.pop(self.pid, None)
+        if popen is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                popen.wait(timeout=5)
+        return True
+
     def respawn(self) -> ManagedProcess:
         """Start the same command line again (same ports and data directory), e.g. after a kill."""
         return spawn(self.name, self.argv, self.log_path, stop_timeout=self.stop_timeout, expect=self.expect)

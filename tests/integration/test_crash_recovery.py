@@ -22,13 +22,14 @@ def test_sigkill_three_times_loses_and_duplicates_nothing(make_settings, tmp_pat
     settings = make_settings(
         clock="event", web_port=free_port(), batch_size=100, commit_interval_s=3.0, rules_file=RULES
     )
-    events = synth.generate(users=400, events=20000, seed=23, days=85)
+    # (make chaos runs the long version: 100k events, 20 kills across 2 workers)
+    events = synth.generate(users=300, events=10000, seed=23, days=85)
     rng = random.Random(99)
     asyncio.run(replay.replay(settings, events, progress=False))
     with worker(settings, tmp_path / "worker.log") as running:
         for kill in range(3):
             # kill at a random point while the worker is still consuming
-            running.kill_when_processed(rng.randint(2000, 15000) + kill * 1500)
+            running.kill_when_processed(rng.randint(1000, 7000) + kill * 800)
         asyncio.run(processed_and_settled(settings, len(events), timeout=300, counter="events_applied"))
         actual, now = asyncio.run(read_profiles(settings))
         triggers = asyncio.run(read_triggers(settings))

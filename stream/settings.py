@@ -228,6 +228,10 @@ class Settings(BaseSettings):
     # Event time (replays, backfills): thresholds also refresh whenever the event clock moved this
     # far since the last refresh, so they follow the replayed months, not the wall clock.
     rfm_refresh_event_s: float = Field(default=86400.0, gt=0)
+    # Lifecycle memory: a user inactive this many whole days (after the day of their latest event)
+    # is deleted; until then the profile keeps lifetime tags and monthly tiles (docs/tags.md).
+    # At least the 90-day window of the daily tiles.
+    lifecycle_retention_days: int = Field(default=400, ge=90, le=3660)
     web_host: str = "127.0.0.1"
     web_port: Port = 6066
     # the read API and dashboard (`portrait api`, stream/api): loopback unless set; any other bind

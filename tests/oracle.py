@@ -10,6 +10,7 @@ Public API::
     DEFAULTS                                   # parameters (docs/tags.md, stream/tags.yaml)
     subject_id(event) -> str                   # user_id, else "anon:" + anonymous_id
     compute_profiles(events, now, params=None) # {subject: {tag: formatted str}}
+    lifecycle_tags(events, now, params=None)   # one subject's lifecycle tags from all its events
     top_category_scores(events, now, subject, params=None) -> {category: float}
 
 Reading notes: every place where docs/tags.md leaves room for interpretation is marked with a
@@ -18,6 +19,7 @@ comment starting with ``# SPEC:`` giving the (most literal) reading taken here.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -37,6 +39,8 @@ DEFAULTS: dict[str, Any] = {
     "max_top_categories": 3,
     # Longest window in days: events with day(ts) < day(now) - (max_window_days - 1) are too old.
     "max_window_days": 90,
+    # lifecycle_stage thresholds (days; lapsing_overdue is a ratio)
+    "lifecycle": {"new_days": 30, "lapsing_overdue": 2.0, "lapsing_days": 45, "lapsed_days": 90},
 }
 
 TRAIT_TAGS = ("region", "age_band", "member_level", "signup_channel")
@@ -381,11 +385,58 @@ def _subject_tags(evs: list[dict[str, Any]], now: float, p: dict[str, Any]) -> d
         # SPEC: "any feedback in the 90-day window" includes text-only feedback.
         tags["satisfaction"] = "neutral"
 
+    tags.update(lifecycle_tags(evs, now, p))
     out: dict[str, Any] = dict(tags)
     out["_freq90"] = freq90
     out["_cents90"] = cents90
+    out["_orders_life"] = len(orders)
+    out["_cents_life"] = sum(cents_of(ev, rates) for ev in orders)
     out["_last_order"] = last_order
     return out
+
+
+def lifecycle_tags(evs: list[dict[str, Any]], now: float, params: dict[str, Any] | None = None) -> dict[str, str]:
+    """The lifecycle tags of one subject from every one of its (deduplicated) events, however old.
+
+    ``evs`` are wire-format dicts (``_t`` is used when present, else ``ts``).
+    """
+    p = _params(params)
+    times = sorted(ev["_t"] if "_t" in ev else epoch(ev["ts"]) for ev in evs if ev["type"] == "order_paid")
+    if not times:
+        return {}
+    cents = sum(cents_of(ev, p["currency_rates"]) for ev in evs if ev["type"] == "order_paid")
+    first, last = times[0], times[-1]
+    since = math.floor((now - last) / DAY)
+    # SPEC: tenure counts whole days since the last order plus the days from the first order day
+    # to the last order day (so it ticks with days_since_last_order)
+    tenure = since + day(last) - day(first)
+    order_days = sorted({day(t) for t in times})
+    gaps = [b - a for a, b in itertools.pairwise(order_days)]
+    tags = {"lifetime_orders": fmt_int(len(times)), "lifetime_value": fmt_money(cents), "tenure_days": fmt_int(tenure)}
+    if gaps:
+        total = sum(gaps)
+        tags["mean_interpurchase_days"] = f"{total / len(gaps):.2f}"
+        tags["expected_next_order"] = fmt_time(last + total * DAY / len(gaps))
+        tags["overdue_ratio"] = f"{since * len(gaps) / total:.4f}"
+        if len(gaps) >= 2:
+            # SPEC: population standard deviation over the mean, as sqrt(n*sum(g^2) - sum(g)^2) / sum(g)
+            tags["cv_interpurchase"] = f"{math.sqrt(len(gaps) * sum(g * g for g in gaps) - total * total) / total:.4f}"
+    rules = p["lifecycle"]
+    mean = sum(gaps) / len(gaps) if gaps else None
+    if since >= rules["lapsed_days"]:
+        stage = "lapsed"
+    elif gaps and gaps[-1] >= rules["lapsed_days"]:
+        stage = "won back"
+    elif tenure < rules["new_days"]:
+        stage = "new"
+    elif (mean is not None and since > rules["lapsing_overdue"] * mean) or (
+        mean is None and since >= rules["lapsing_days"]
+    ):
+        stage = "lapsing"
+    else:
+        stage = "active"
+    tags["lifecycle_stage"] = stage
+    return tags
 
 
 def rfm_thresholds(values: list[float]) -> list[float]:
@@ -415,21 +466,21 @@ def compute_profiles(
     raw = {subject: _subject_tags(evs, now, p) for subject, evs in by_subject.items()}
 
     # SPEC: the RFM population is every subject in the event list (anonymous subjects included)
-    # with frequency_90d >= 1, scored against thresholds computed at this same `now`
-    # (i.e. as after `portrait rfm refresh --reevaluate`). `rfm_version` is not a tag and is
-    # not produced here.
-    population = [s for s, t in raw.items() if t["_freq90"] >= 1]
+    # with at least one order (lifetime orders >= 1), scored against thresholds computed at this
+    # same `now` (i.e. as after `portrait rfm refresh --reevaluate`); F and M are lifetime orders
+    # and lifetime cents. `rfm_version` is not a tag and is not produced here.
+    population = [s for s, t in raw.items() if t["_orders_life"] >= 1]
     thr_r = rfm_thresholds([raw[s]["_last_order"] for s in population]) if population else []
-    thr_f = rfm_thresholds([raw[s]["_freq90"] for s in population]) if population else []
-    thr_m = rfm_thresholds([raw[s]["_cents90"] for s in population]) if population else []
+    thr_f = rfm_thresholds([raw[s]["_orders_life"] for s in population]) if population else []
+    thr_m = rfm_thresholds([raw[s]["_cents_life"] for s in population]) if population else []
 
     profiles: dict[str, dict[str, str]] = {}
     for subject, t in raw.items():
         prof = {k: v for k, v in t.items() if not k.startswith("_")}
-        if t["_freq90"] >= 1:
+        if t["_orders_life"] >= 1:
             r = rfm_score(t["_last_order"], thr_r)
-            f = rfm_score(t["_freq90"], thr_f)
-            m = rfm_score(t["_cents90"], thr_m)
+            f = rfm_score(t["_orders_life"], thr_f)
+            m = rfm_score(t["_cents_life"], thr_m)
             prof["r_score"] = fmt_int(r)
             prof["f_score"] = fmt_int(f)
             prof["m_score"] = fmt_int(m)

@@ -32,6 +32,7 @@ from stream.tagging.engine import (
     rank_metrics,
     retention_end,
 )
+from stream.tagging.lifecycle import DEFAULT_RETENTION_DAYS
 from stream.tagging.state import RuleBaseline, UserState
 
 # Model outputs users are grouped by for the CRM (P:v1:aud:behaviour_segment:S3, ...:churn_band:high).
@@ -54,6 +55,7 @@ class PlanContext:
     topics: Topics = field(default_factory=Topics)
     models: Models | None = None
     settled: float | None = None
+    retention_days: int = DEFAULT_RETENTION_DAYS  # PORTRAIT_LIFECYCLE_RETENTION_DAYS
 
 
 def plan_write(uid: str, version: int, state: UserState, now: float, context: PlanContext) -> UserWrite:
@@ -68,13 +70,14 @@ def plan_write(uid: str, version: int, state: UserState, now: float, context: Pl
     rules, topics, models, settled = context.rules, context.topics, context.models, context.settled
     previous = state.published
     audience_tags = catalogue.audience_tags
-    if is_expired(state, now):
+    retention = context.retention_days
+    if is_expired(state, now, retention):
         return UserWrite(uid, version, None, audience_remove=list(previous.items()))
-    prune(state, now)
+    prune(state, now, retention)
     wanted = catalogue.names
     profile = {k: v for k, v in evaluate(state, now, thresholds, catalogue.params).items() if k in wanted}
     learn: list[dict[str, Any]] = []
-    due = next_due(state, now, catalogue.params)
+    due = next_due(state, now, catalogue.params, retention)
     if models is not None:
         if state.models is None:
             state.models = UserModelState()
@@ -98,7 +101,7 @@ def plan_write(uid: str, version: int, state: UserState, now: float, context: Pl
     profile["_evaluated_at"] = f"{now:.3f}"
     profile["_updated_at"] = f"{wall_now:.3f}"
     profile["_rfm_version"] = str(thresholds.version)
-    ttl = int(retention_end(state) - now) + 2 * 86400
+    ttl = int(retention_end(state, retention) - now) + 2 * 86400
     return UserWrite(
         uid,
         version,

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from stream.tagging.state import MergedId, NpsAnswer, Trait, UserState
+from stream.tagging.state import EVENTS, MergedId, NpsAnswer, Trait, UserState
 
 DAY = 86400.0
 ANON_PREFIX = "anon:"
@@ -54,6 +54,10 @@ def refusal(policy: IdentityPolicy, user: UserState | None, at: float) -> Refusa
 
 def merge_into(target: UserState, source: UserState, source_subject: str, at: float, keep_ids: int) -> None:
     """Fold ``source`` (an anonymous profile) into ``target`` (the known user), in place."""
+    both_active = {
+        d: 1 for d, t in source.tiles.items() if t[EVENTS] and (mine := target.tiles.get(d)) and mine[EVENTS]
+    }
+    target.lifetime.merge(source.lifetime, both_active)
     for day, tile in source.tiles.items():
         mine = target.tile(day)
         for i, n in enumerate(tile):

@@ -241,6 +241,7 @@ class Processor:
             topics=self.topics,
             models=self.scoring.models,
             settled=settled,
+            retention_days=self.settings.lifecycle_retention_days,
         )
 
     async def sync_models(self) -> None:

@@ -265,7 +265,8 @@ class Store:
             "users": users,
             "clock": clock if clock is not None else False,
             "stats": stats or {"_": 0},
-            "aud_ttl": AUDIENCE_TTL_S,
+            # at least as long as any member written here is kept (lifecycle retention)
+            "aud_ttl": max([AUDIENCE_TTL_S, *(w.ttl_s for w in writes)]),
             "parts": parts,
         }
         result = await self._write(keys=keys, args=[orjson.dumps(meta), *blobs])

@@ -52,6 +52,14 @@ BUILTIN_TAGS: tuple[str, ...] = (
     "complaints_90d",
     "nps_class",
     "satisfaction",
+    "lifetime_orders",
+    "lifetime_value",
+    "tenure_days",
+    "mean_interpurchase_days",
+    "cv_interpurchase",
+    "expected_next_order",
+    "overdue_ratio",
+    "lifecycle_stage",
 )
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -70,6 +78,23 @@ def parse_duration(value: Any) -> float:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
+class LifecycleParams(BaseModel):
+    """Thresholds of ``lifecycle_stage`` (docs/tags.md, "Lifecycle"), in whole days."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    new_days: int = Field(default=30, ge=1)
+    lapsing_overdue: float = Field(default=2.0, gt=0)
+    lapsing_days: int = Field(default=45, ge=1)
+    lapsed_days: int = Field(default=90, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LifecycleParams:
+        if not self.lapsing_days < self.lapsed_days:
+            raise ValueError("lapsing_days must be smaller than lapsed_days")
+        return self
+
+
 class TagParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -83,6 +108,7 @@ class TagParams(BaseModel):
     )
     max_categories: int = Field(default=20, ge=3)
     dedupe_window_events: int = Field(default=32, ge=0)
+    lifecycle: LifecycleParams = Field(default_factory=LifecycleParams)
 
     @field_validator("currency_rates")
     @classmethod

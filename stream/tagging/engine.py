@@ -25,6 +25,7 @@ from stream.contracts.events import (
     Search,
 )
 from stream.tagging.definitions import TagParams
+from stream.tagging.lifecycle import DEFAULT_RETENTION_DAYS, intervals, stage, tenure_days
 from stream.tagging.state import (
     CART_ADDS,
     CHECKOUTS,
@@ -129,6 +130,7 @@ def apply_event(state: UserState, event: Event, source: str, offset: int, params
 
     day = day_of(ts)
     tile = state.tile(day)
+    state.lifetime.note_activity(day, tile[EVENTS] == 0)
     tile[EVENTS] += 1
     hours = state.hours.setdefault(day, {})
     hour = int((ts - day * DAY) // 3600)
@@ -148,8 +150,10 @@ def apply_event(state: UserState, event: Event, source: str, offset: int, params
     elif isinstance(event, CheckoutStarted):
         tile[CHECKOUTS] += 1
     elif isinstance(event, OrderPaid):
+        cents = to_cents(event.amount, event.currency, params)
         tile[ORDERS] += 1
-        tile[ORDER_CENTS] += to_cents(event.amount, event.currency, params)
+        tile[ORDER_CENTS] += cents
+        state.lifetime.note_order(ts, day, cents)
         state.last_order = ts if state.last_order is None else max(state.last_order, ts)
         for item in event.items:
             _add_interest(state, item.category, weights.get("order_paid", 0.0), ts, params)
@@ -189,28 +193,34 @@ def _add_interest(state: UserState, category: str | None, weight: float, ts: flo
         del state.interest[weakest]
 
 
-def prune(state: UserState, now: float) -> None:
-    """Drop tiles that left the longest window (they can never count again)."""
-    oldest = day_of(now) - LONGEST_WINDOW_DAYS + 1
-    for day in [d for d in state.tiles if d < oldest]:
+def prune(state: UserState, now: float, retention_days: int = DEFAULT_RETENTION_DAYS) -> None:
+    """Drop daily tiles that left the longest window (they can never count again), settling their
+    order days into the lifecycle memory, and monthly tiles that left the retention."""
+    today = day_of(now)
+    oldest = today - LONGEST_WINDOW_DAYS + 1
+    for day in sorted(d for d in state.tiles if d < oldest):
+        if state.tiles[day][ORDERS]:
+            state.lifetime.settle(day)
         del state.tiles[day]
     for day in [d for d in state.hours if d < oldest]:
         del state.hours[day]
+    state.lifetime.prune_months(today, retention_days)
 
 
-def retention_end(state: UserState) -> float:
-    """When every trace of the user has left the longest window: the profile is then deleted."""
+def retention_end(state: UserState, retention_days: int = DEFAULT_RETENTION_DAYS) -> float:
+    """When the user has been inactive for the lifecycle retention (``retention_days`` whole days
+    after the day of their latest event): the profile is then deleted."""
     assert state.last_seen is not None
-    return float((day_of(state.last_seen) + LONGEST_WINDOW_DAYS) * DAY)
+    return float((day_of(state.last_seen) + retention_days) * DAY)
 
 
-def is_expired(state: UserState, now: float) -> bool:
-    return state.last_seen is None or now >= retention_end(state)
+def is_expired(state: UserState, now: float, retention_days: int = DEFAULT_RETENTION_DAYS) -> bool:
+    return state.last_seen is None or now >= retention_end(state, retention_days)
 
 
-def next_due(state: UserState, now: float, params: TagParams) -> float:
+def next_due(state: UserState, now: float, params: TagParams, retention_days: int = DEFAULT_RETENTION_DAYS) -> float:
     """The earliest time after ``now`` at which any tag of this user can change without an event."""
-    candidates = [retention_end(state)]
+    candidates = [retention_end(state, retention_days)]
     for day in state.tiles:
         for width in (7, 30, 35, LONGEST_WINDOW_DAYS):
             candidates.append(float((day + width) * DAY))
@@ -315,11 +325,12 @@ def rfm_segment(r: int, f: int) -> str:
 
 
 def rank_metrics(state: UserState, now: float) -> tuple[float, int, int] | None:
-    """(last order time, orders 90d, cents 90d) for the RFM population, or None if not a buyer."""
-    sums = _sum_windows(state, day_of(now))
-    if sums.orders_90d == 0 or state.last_order is None:
+    """(last order time, lifetime orders, lifetime cents) for the RFM population, or None if the
+    user has no order in the retained history."""
+    life = state.lifetime
+    if life.orders == 0 or state.last_order is None:
         return None
-    return state.last_order, sums.orders_90d, sums.cents_90d
+    return state.last_order, life.orders, life.cents
 
 
 def evaluate(state: UserState, now: float, thresholds: RfmThresholds, params: TagParams) -> dict[str, str]:
@@ -413,14 +424,16 @@ def evaluate(state: UserState, now: float, thresholds: RfmThresholds, params: Ta
         if c90 > 0
         else "none"
     )
-    if s.orders_90d and state.last_order is not None:
+    life = state.lifetime
+    if life.orders and state.last_order is not None:
         if thresholds.r and thresholds.f and thresholds.m:
             r = score(state.last_order, thresholds.r)
-            f = score(s.orders_90d, thresholds.f)
+            f = score(life.orders, thresholds.f)
             tags["r_score"] = str(r)
             tags["f_score"] = str(f)
-            tags["m_score"] = str(score(s.cents_90d, thresholds.m))
+            tags["m_score"] = str(score(life.cents, thresholds.m))
             tags["rfm_segment"] = rfm_segment(r, f)
+        _lifecycle_tags(tags, state, now, params)
     else:
         tags["rfm_segment"] = "Prospects"
 
@@ -440,6 +453,35 @@ def evaluate(state: UserState, now: float, thresholds: RfmThresholds, params: Ta
     elif s.feedbacks_90d:
         tags["satisfaction"] = "neutral"
     return tags
+
+
+def _lifecycle_tags(tags: dict[str, str], state: UserState, now: float, params: TagParams) -> None:
+    """Lifetime tags of a buyer (docs/tags.md, "Lifecycle")."""
+    life, last_order = state.lifetime, state.last_order
+    assert last_order is not None and life.first_order is not None
+    gaps = intervals(life, state.tiles, ORDERS)
+    since = math.floor((now - last_order) / DAY)
+    tenure = tenure_days(since, last_order, life.first_order)
+    tags["lifetime_orders"] = str(life.orders)
+    tags["lifetime_value"] = money(life.cents)
+    tags["tenure_days"] = str(tenure)
+    if gaps.n:
+        tags["mean_interpurchase_days"] = f"{gaps.total / gaps.n:.2f}"
+        tags["expected_next_order"] = iso(last_order + gaps.total * DAY / gaps.n)
+        tags["overdue_ratio"] = f"{since * gaps.n / gaps.total:.4f}"
+    cv = gaps.cv
+    if cv is not None:
+        tags["cv_interpurchase"] = f"{cv:.4f}"
+    p = params.lifecycle
+    tags["lifecycle_stage"] = stage(
+        since,
+        tenure,
+        gaps,
+        new_days=p.new_days,
+        lapsing_overdue=p.lapsing_overdue,
+        lapsing_days=p.lapsing_days,
+        lapsed_days=p.lapsed_days,
+    )
 
 
 __all__ = [

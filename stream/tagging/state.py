@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import orjson
 import zstandard
 
+from stream.tagging.lifecycle import Lifetime, derive
 from stream.tagging.memory import DeliveryMemory, UserModelState
 
 # Daily tile counter slots.
@@ -125,6 +126,7 @@ class UserState:
     order_seen: float | None = None  # last order already checked against exposures
     models: UserModelState | None = None  # None: no model step yet
     merged: list[MergedId] = field(default_factory=list)
+    lifetime: Lifetime = field(default_factory=Lifetime)  # long-horizon memory (stream.tagging.lifecycle)
 
     def tile(self, day: int) -> list[int]:
         tile = self.tiles.get(day)
@@ -163,14 +165,17 @@ class UserState:
             "m": self.models.to_doc() if self.models is not None else {},
             "mg": [list(m) for m in self.merged],
             "pv": POSITION_VERSION,
+            "lt": self.lifetime.to_doc(),
         }
 
     @classmethod
     def from_bytes(cls, raw: bytes | str) -> UserState:
         doc = orjson.loads(_decode_blob(raw))
         baseline, models = doc.get("rp"), doc.get("m")
+        tiles = {int(d): t for d, t in doc["t"].items()}
+        lifetime = doc.get("lt", _DERIVE)
         return cls(
-            tiles={int(d): t for d, t in doc["t"].items()},
+            tiles=tiles,
             hours={int(d): {int(h): n for h, n in hs.items()} for d, hs in doc["h"].items()},
             first_seen=doc["fs"],
             last_seen=doc["ls"],
@@ -191,7 +196,17 @@ class UserState:
             order_seen=doc.get("os"),
             models=UserModelState.from_doc(models) if models else None,
             merged=[MergedId(*m) for m in doc.get("mg") or ()],
+            lifetime=(
+                derive(tiles, EVENTS, ORDERS, ORDER_CENTS, doc["lo"])
+                if lifetime is _DERIVE
+                else Lifetime.from_doc(lifetime)
+                if lifetime
+                else Lifetime()
+            ),
         )
+
+
+_DERIVE: Any = object()  # "lt" absent: a state written before lifecycle memory
 
 
 def _positions(offsets: dict[str, int]) -> dict[str, int]:

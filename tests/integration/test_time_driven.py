@@ -39,7 +39,8 @@ def _without_rfm(profiles: dict[str, dict[str, str]]) -> dict[str, dict[str, str
 
 
 def test_tags_decay_and_users_expire_without_events(make_settings, tmp_path: Path) -> None:
-    settings = make_settings(clock="event", timer_interval_s=0.2)
+    # a 90-day lifecycle retention: users are deleted when their data leaves the daily window
+    settings = make_settings(clock="event", timer_interval_s=0.2, lifecycle_retention_days=90)
     events = synth.generate(users=150, events=4000, seed=31, days=40)
     with worker(settings, tmp_path / "worker.log"):
         replay_and_settle(settings, events)

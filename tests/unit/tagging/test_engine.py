@@ -1,5 +1,6 @@
 """Unit tests of the pure engine: idempotency, time-driven correctness, state round trip."""
 
+import dataclasses
 import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -157,8 +158,14 @@ def test_plan_write_diffs_audiences_and_expires() -> None:
     assert first.state is not None and first.profile["events_7d"] == "1"
     later = plan_write("u1", 1, state, (T0 + timedelta(days=8)).timestamp(), CONTEXT)
     assert ("funnel_stage_7d", "browsed") in later.audience_remove and ("funnel_stage_7d", "none") in later.audience_add
-    gone = plan_write("u1", 2, state, (T0 + timedelta(days=91)).timestamp(), CONTEXT)
-    assert gone.state is None and ("activity_level", "low") in gone.audience_remove
+    kept = plan_write("u1", 2, state, (T0 + timedelta(days=91)).timestamp(), CONTEXT)  # default retention 400 days
+    assert kept.state is not None and kept.profile["activity_level"] == "dormant" and kept.ttl_s > 300 * 86400
+    assert ("activity_level", "low") in kept.audience_remove
+    short = dataclasses.replace(CONTEXT, retention_days=90)
+    gone = plan_write("u1", 3, state, (T0 + timedelta(days=91)).timestamp(), short)
+    assert gone.state is None and ("activity_level", "dormant") in gone.audience_remove
+    state = fold([ev(1, "page_view", T0)])
+    assert plan_write("u1", 0, state, (T0 + timedelta(days=400)).timestamp(), CONTEXT).state is None
 
 
 SMS = {"type": "care_sms", "params": {"template": "t"}}

@@ -13,7 +13,7 @@ from stream.core.pipeline import PlanContext, plan_write
 from stream.tagging.definitions import load_catalogue
 from stream.tagging.engine import RfmThresholds, apply_event
 from stream.tagging.memory import DeliveryRecord
-from stream.tagging.state import BLOB_ZSTD_V1, ZDICT_V1_FILE, MergedId, NpsAnswer, Trait, UserState
+from stream.tagging.state import BLOB_ZSTD_V1, ZDICT_V1_FILE, MergedId, NpsAnswer, Trait, UserState, _decode_blob
 
 # States in Redis were compressed against this exact file: changing it makes them unreadable.
 ZDICT_V1_SHA256 = "6296dd2edf6089023c3ff2d311acb9bce39c46eb1072445d89665acf2ee5a426"
@@ -116,7 +116,16 @@ def test_a_state_written_before_the_typed_parts_reads_into_them_and_writes_back_
     assert state.merged == [MergedId("anon:dev-1", 1767225600.0)]
     assert state.traits["region"] == Trait("in", 1787916351.0, "e00000701")
     assert state.nps == NpsAnswer(2, 1793375139.0, "e00002884")
-    assert state.to_bytes() == blob  # the same JSON layout on the wire
+    # the same JSON layout on the wire, plus the lifecycle memory derived from the daily tiles
+    old = orjson.loads(_decode_blob(blob))
+    new = orjson.loads(_decode_blob(state.to_bytes()))
+    assert {k: v for k, v in new.items() if k != "lt"} == old and "lt" not in old
+    order_tiles = {int(d): t for d, t in old["t"].items() if t[5]}
+    assert state.lifetime.orders == sum(t[5] for t in order_tiles.values())
+    assert state.lifetime.cents == sum(t[6] for t in order_tiles.values())
+    if order_tiles:
+        assert state.lifetime.first_order == min(order_tiles) * 86400
+    assert UserState.from_bytes(state.to_bytes()) == state
 
 
 def test_an_empty_state_keeps_the_empty_parts_it_always_had() -> None:

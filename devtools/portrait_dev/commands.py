@@ -78,11 +78,20 @@ def demo(
     stall_timeout: Annotated[
         float, typer.Option(min=1, help="Give up after this many seconds without progress (never on slowness).")
     ] = 180.0,
+    serve: Annotated[
+        bool | None,
+        typer.Option(
+            "--serve/--no-serve",
+            help="Keep the dashboard (and the worker, broker, Valkey) up until Ctrl-C, printing its URL "
+            "[default: --serve in a terminal, --no-serve under CI].",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """End-to-end demo on embedded infrastructure: replay, process, summary, sample profiles."""
+    """End-to-end demo on embedded infrastructure: replay, process, summary, sample profiles, dashboard."""
     from portrait_dev.demo import run_demo
 
-    code = run_demo(users=users, events=events, seed=seed, stall_s=stall_timeout)
+    code = run_demo(users=users, events=events, seed=seed, stall_s=stall_timeout, serve=serve)
     if code:
         raise typer.Exit(code)
 

@@ -3,16 +3,28 @@
 Starts an embedded broker and Valkey, a worker process in event-time mode, replays a seeded
 synthetic dataset plus a handful of malformed messages, waits until everything is processed
 and re-evaluated, prints a summary and three sample profiles, and stops what it started.
+
+With ``serve`` (the default in a terminal, never under ``CI``) the read API and dashboard
+(``portrait api``) run next to the worker from the start, so the dashboard's trends fill in as
+the replay moves the event clock; the demo then prints the dashboard's URL and keeps everything
+up until Ctrl-C.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
@@ -21,7 +33,15 @@ from rich.console import Console
 from rich.progress import Progress
 
 from portrait_dev import infra, synth
-from portrait_dev.harness import Stalled, settle, start_worker, stop_worker, wait_healthy, wait_processed
+from portrait_dev.harness import (
+    Stalled,
+    settings_env,
+    settle,
+    start_worker,
+    stop_worker,
+    wait_healthy,
+    wait_processed,
+)
 from stream.cli.main import format_profile
 from stream.contracts.events import EVENT_TYPES
 from stream.contracts.topics import Topics
@@ -104,10 +124,83 @@ async def _audiences(store: Store, tags: tuple[str, ...]) -> dict[str, Counter[s
     return out
 
 
-async def _run(settings: Settings, users: int, events: int, seed: int, workdir: Path, stall_s: float) -> None:
+def should_serve(serve: bool | None) -> bool:
+    """``--serve``/``--no-serve`` as given; by default serve in a terminal, never under CI."""
+    if serve is not None:
+        return serve
+    if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+        return False
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def dashboard_url(settings: Settings) -> str:
+    return f"http://{settings.api_host}:{settings.api_port}/"
+
+
+@contextlib.contextmanager
+def serving(settings: Settings, log_path: Path, enabled: bool) -> Iterator[str | None]:
+    """``portrait api`` (the read API and dashboard) as a child process for the block; its URL, or
+    None when not ``enabled``."""
+    if not enabled:
+        yield None
+        return
+    log = log_path.open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stream", "api"],
+        env=settings_env(settings),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-10:])
+                raise SystemExit(f"the dashboard (portrait api) exited with {proc.returncode}:\n{tail}")
+            try:
+                with urllib.request.urlopen(f"{dashboard_url(settings)}healthz", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(
+                    f"the dashboard did not answer at {dashboard_url(settings)} within 60 s (log: {log_path})"
+                )
+            time.sleep(0.3)
+        yield dashboard_url(settings)
+    finally:
+        stop_worker(proc)
+        log.close()
+
+
+async def serve_until_ctrl_c(url: str, settings: Settings) -> None:
+    """Print where the dashboard is and wait for Ctrl-C (asyncio cancels the wait on SIGINT), SIGTERM
+    or SIGHUP."""
+    print(f"\ndashboard: {url}   (read API documentation: {url}docs)")
+    print(
+        "the worker, broker and Valkey keep running; more events stream in with "
+        f"PORTRAIT_BROKER_URL={settings.broker_url} PORTRAIT_REDIS_URL={settings.redis_url} portrait replay FILE"
+    )
+    print("press Ctrl-C to stop")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # a closed terminal or a kill stops cleanly too
+        loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(asyncio.CancelledError):
+        await stop.wait()
+    print("\nstopping")
+
+
+async def _run(
+    settings: Settings, users: int, events: int, seed: int, workdir: Path, stall_s: float, serve: bool
+) -> None:
     store = Store.from_settings(settings)
     worker = start_worker(settings, workdir / "worker.log")
+    api = contextlib.ExitStack()
     try:
+        url = api.enter_context(serving(settings, workdir / "api.log", serve))
         print(f"worker starting (log: {workdir / 'worker.log'})")
         data = synth.generate(users=users, events=events, seed=seed)
         personas = synth.personas(users=users, seed=seed)
@@ -174,21 +267,38 @@ async def _run(settings: Settings, users: int, events: int, seed: int, workdir: 
             print(f"\n(persona: {wanted})")
             print(format_profile(uid, profile, catalogue))
             shown += 1
+        if url is not None:
+            await serve_until_ctrl_c(url, settings)
     finally:
+        api.close()
         stop_worker(worker)
         await store.close()
 
 
-def run_demo(users: int = 2000, events: int = 50000, seed: int = 7, stall_s: float = STALL_S) -> int:
-    """Run the demo; it fails only when the worker makes no progress for ``stall_s`` seconds."""
+def run_demo(
+    users: int = 2000, events: int = 50000, seed: int = 7, stall_s: float = STALL_S, serve: bool | None = None
+) -> int:
+    """Run the demo; it fails only when the worker makes no progress for ``stall_s`` seconds.
+    ``serve``: keep the dashboard up until Ctrl-C (None: in a terminal, never under CI)."""
     workdir = Path(tempfile.mkdtemp(prefix="portrait-demo-"))
     try:
-        return _demo(users, events, seed, workdir, stall_s)
+        return _demo(users, events, seed, workdir, stall_s, should_serve(serve))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)  # logs, data and state: nothing is left behind
 
 
-def _demo(users: int, events: int, seed: int, workdir: Path, stall_s: float) -> int:
+def _api_port() -> int:
+    """The API's usual port when it is free, else any free one."""
+    usual = int(Settings.model_fields["api_port"].default)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", usual))
+        except OSError:
+            return infra.free_port()
+    return usual
+
+
+def _demo(users: int, events: int, seed: int, workdir: Path, stall_s: float, serve: bool) -> int:
     began = time.monotonic()
     with infra.embedded(workdir) as handle:
         print(f"embedded {handle.broker_kind} broker at {handle.bootstrap}, Valkey at {handle.redis_url}")
@@ -198,8 +308,10 @@ def _demo(users: int, events: int, seed: int, workdir: Path, stall_s: float) -> 
             clock="event",
             web_port=infra.free_port(),
             state_file=workdir / "infra.json",
+            api_port=_api_port(),
+            api_insights_interval_s=2.0,  # trends get a snapshot for every event-time hour the replay passes
         )
         handle.create_topics(Topics(settings.topic_prefix).all, settings.partitions)
-        asyncio.run(_run(settings, users, events, seed, workdir, stall_s))
+        asyncio.run(_run(settings, users, events, seed, workdir, stall_s, serve))
     print(f"\ndemo finished in {time.monotonic() - began:.1f}s; everything it started is stopped")
     return 0

@@ -67,7 +67,7 @@ def test_a_throttled_worker_still_gets_a_full_summary(
     monkeypatch.setattr(demo, "start_worker", throttled_start)
     monkeypatch.setattr(demo, "stop_worker", unthrottled_stop)
 
-    assert demo.run_demo(users=USERS, events=EVENTS, seed=SEED, stall_s=STALL_S) == 0
+    assert demo.run_demo(users=USERS, events=EVENTS, seed=SEED, stall_s=STALL_S, serve=False) == 0
 
     out = capsys.readouterr().out
     assert throttles and throttles[0].paused_s > STALL_S  # slower than any bound equal to the stall

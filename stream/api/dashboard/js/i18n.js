@@ -1,0 +1,427 @@
+// Labels in English (the default) and Chinese. Tag names come from the tag catalogue's `label`
+// (stream/tags.yaml, served by GET /v1/tags); the words of the page and the fixed
+// values of the categorical tags are here.
+
+const UI = {
+  en: {
+    "brand.sub": "customer portraits",
+    "control.refresh": "Refresh",
+    "control.paused": "paused",
+    "control.language": "Language",
+    "status.live": "live · updated {time}",
+    "status.paused": "paused · updated {time}",
+    "status.loading": "loading…",
+    "status.error": "cannot reach the API: {error}",
+    "nav.overview": "Overview",
+    "nav.rfm": "RFM grid",
+    "nav.funnel": "Funnel",
+    "nav.activity": "Activity & categories",
+    "nav.satisfaction": "Satisfaction",
+    "nav.churn": "Churn warning",
+    "nav.segments": "Behaviour segments",
+    "nav.rules": "Rules & effect",
+    "nav.audiences": "Audience builder",
+    "nav.profile": "Profile card",
+    "common.users": "users",
+    "common.user": "User",
+    "common.share": "Share",
+    "common.none": "none",
+    "common.empty": "No data yet",
+    "common.asof": "exact at {clock} (computed {computed})",
+    "common.perSecond": "events/s",
+    "overview.users": "Users",
+    "overview.active7": "Active in 7 days",
+    "overview.active30": "Active in 30 days",
+    "overview.eps": "Events per second",
+    "overview.applied": "Events applied",
+    "overview.ofUsers": "{share} of users",
+    "overview.segments": "RFM segments",
+    "overview.tiers": "Value tiers",
+    "overview.bands": "Churn risk bands",
+    "overview.trends": "Trends",
+    "overview.trendsHint": "audience sizes, hourly snapshots",
+    "overview.noTrends": "Trends appear after the first hourly snapshots.",
+    "trend.grew": "{audience} grew {pct} {period} ({first} → {last} users)",
+    "trend.shrank": "{audience} shrank {pct} {period} ({first} → {last} users)",
+    "trend.same": "{audience} unchanged {period} ({last} users)",
+    "trend.new": "{audience}: {last} users (none before, {period})",
+    "trend.week": "this week",
+    "trend.days": "in {n} days",
+    "trend.hours": "in {n} hours",
+    "rfm.title": "Recency × frequency",
+    "rfm.hint": "users per cell (R = recency score, F = frequency score, 5 = best); colour: users",
+    "rfm.r": "Recency score (R)",
+    "rfm.f": "Frequency score (F)",
+    "rfm.buyers": "Buyers scored",
+    "rfm.avgM": "Average spend (90 days)",
+    "rfm.cells": "Cells",
+    "funnel.title": "Funnel over {days} days",
+    "funnel.stage": "Stage",
+    "funnel.users": "Users",
+    "funnel.conversion": "Step conversion",
+    "funnel.abandoned": "Abandoned carts",
+    "funnel.carted": "Users who carted",
+    "funnel.abandonRate": "Cart abandonment rate",
+    "activity.title": "Activity by hour of week (users' local time, last {days} days)",
+    "activity.total": "Activity events",
+    "activity.categories": "Top categories",
+    "activity.catUsers": "users with it in their top 3",
+    "activity.catFirst": "users whose top category it is",
+    "activity.category": "Category",
+    "sat.rating": "Average rating",
+    "sat.rated": "{n} users rated",
+    "sat.nps": "NPS",
+    "sat.npsHint": "promoters − detractors, % of answers",
+    "sat.complaints": "Complaints (90 days)",
+    "sat.complainers": "{n} users complained",
+    "sat.classes": "Satisfaction",
+    "sat.nps_groups": "NPS answers",
+    "sat.promoters": "Promoters",
+    "sat.passives": "Passives",
+    "sat.detractors": "Detractors",
+    "churn.histogram": "Churn risk distribution",
+    "churn.histHint": "users by predicted probability of not ordering again within the horizon",
+    "churn.scored": "Users scored",
+    "churn.list": "Churn warning: valuable users most at risk",
+    "churn.listHint": "value tiers {tiers}, highest risk first; click a user to open the profile",
+    "churn.risk": "Churn risk",
+    "churn.band": "Band",
+    "churn.tier": "Value tier",
+    "churn.monetary": "Spend (90 days)",
+    "churn.segment": "RFM segment",
+    "churn.sinceOrder": "Days since last order",
+    "seg.title": "Behaviour segments",
+    "seg.hint": "online k-means over behaviour features; descriptions name what sets each segment apart",
+    "seg.id": "Segment",
+    "seg.description": "What distinguishes it",
+    "seg.users": "Users now",
+    "seg.share": "Share of recent activity",
+    "seg.version": "model version {v}",
+    "rules.title": "Rules and their measured effect",
+    "rules.hint": "treated = sent, control = held out; conversion = an order within the rule's window",
+    "rules.rule": "Rule",
+    "rules.firings": "Sent",
+    "rules.suppressed": "Suppressed (by reason)",
+    "rules.treated": "Treated conversion",
+    "rules.control": "Control conversion",
+    "rules.uplift": "Uplift (95 % CI)",
+    "rules.rates": "Conversion: treated vs control",
+    "rules.none": "No rule has fired yet.",
+    "rules.exposures": "{conv} of {closed} closed ({open} open)",
+    "aud.title": "Build an audience",
+    "aud.hint": "click a value: all of (AND) → any of (OR) → not → off",
+    "aud.all": "all of",
+    "aud.any": "any of",
+    "aud.none": "not",
+    "aud.size": "Audience size",
+    "aud.expression": "Expression",
+    "aud.members": "First members",
+    "aud.export": "Export CSV",
+    "aud.clear": "Clear",
+    "aud.pick": "Pick tag values on the left.",
+    "aud.everyone": "{n} users in total",
+    "profile.search": "User id",
+    "profile.open": "Open",
+    "profile.missing": "No profile for {id} (unknown, expired or erased).",
+    "profile.prompt": "Enter a user id, or open one from the churn warning list or an audience.",
+    "profile.evaluated": "Tags exact at",
+    "profile.updated": "Written",
+    "profile.scores": "Model scores",
+    "profile.triggers": "Trigger history",
+    "profile.triggersHint": "why each rule fired or was suppressed (newest first)",
+    "profile.noTriggers": "No rule has fired for this user.",
+    "profile.identities": "Merged identities",
+    "profile.noIdentities": "No anonymous id merged into this user.",
+    "profile.requested": "asked for {id}, merged into this user",
+    "profile.events": "Recent activity",
+    "profile.at": "Time",
+    "profile.rule": "Rule",
+    "profile.channel": "Channel",
+    "profile.outcome": "Outcome",
+    "profile.reason": "Why",
+    "level.L1": "L1 · attributes",
+    "level.L2": "L2 · behaviour",
+    "level.L3": "L3 · value & intent",
+    "level.model": "Models",
+    "recent.events": "Activity events",
+    "recent.page_views": "Page views",
+    "recent.searches": "Searches",
+    "recent.cart_adds": "Added to cart",
+    "recent.checkouts": "Checkouts",
+    "recent.orders": "Orders",
+    "recent.order_value": "Order value",
+    "recent.refunds": "Refunds",
+    "recent.ratings": "Ratings",
+    "recent.complaints": "Complaints",
+    "recent.window": "last {days} days",
+    "recent.period": "Period",
+    "outcome.send": "sent",
+    "outcome.suppressed": "suppressed",
+    "reason.fired": "its condition became true",
+    "reason.cooldown": "cooldown: fired for this user recently",
+    "reason.quiet_hours": "quiet hours in the user's time zone",
+    "reason.cap": "daily cap of the channel reached",
+    "reason.holdout": "held out (control group, for measuring the effect)",
+    "token.prompt": "This API needs a bearer token (PORTRAIT_API_TOKEN):",
+    "token.save": "Use token",
+  },
+  zh: {
+    "brand.sub": "用户画像",
+    "control.refresh": "刷新",
+    "control.paused": "暂停",
+    "control.language": "语言",
+    "status.live": "实时 · 更新于 {time}",
+    "status.paused": "已暂停 · 更新于 {time}",
+    "status.loading": "加载中…",
+    "status.error": "无法连接 API：{error}",
+    "nav.overview": "总览",
+    "nav.rfm": "RFM 矩阵",
+    "nav.funnel": "转化漏斗",
+    "nav.activity": "活跃时段与品类",
+    "nav.satisfaction": "满意度",
+    "nav.churn": "流失预警",
+    "nav.segments": "行为分群",
+    "nav.rules": "规则与效果",
+    "nav.audiences": "人群圈选",
+    "nav.profile": "用户画像卡",
+    "common.users": "人",
+    "common.user": "用户",
+    "common.share": "占比",
+    "common.none": "无",
+    "common.empty": "暂无数据",
+    "common.asof": "数据截至 {clock}（计算于 {computed}）",
+    "common.perSecond": "事件/秒",
+    "overview.users": "用户数",
+    "overview.active7": "近7天活跃",
+    "overview.active30": "近30天活跃",
+    "overview.eps": "每秒事件数",
+    "overview.applied": "已处理事件",
+    "overview.ofUsers": "占用户 {share}",
+    "overview.segments": "RFM 客户分群",
+    "overview.tiers": "价值等级",
+    "overview.bands": "流失风险等级",
+    "overview.trends": "趋势",
+    "overview.trendsHint": "人群规模，每小时快照",
+    "overview.noTrends": "首批每小时快照生成后显示趋势。",
+    "trend.grew": "{audience} {period}增长 {pct}（{first} → {last} 人）",
+    "trend.shrank": "{audience} {period}减少 {pct}（{first} → {last} 人）",
+    "trend.same": "{audience} {period}持平（{last} 人）",
+    "trend.new": "{audience}：{last} 人（{period}新出现）",
+    "trend.week": "本周",
+    "trend.days": "近 {n} 天",
+    "trend.hours": "近 {n} 小时",
+    "rfm.title": "最近购买 × 购买频次",
+    "rfm.hint": "每格用户数（R = 最近购买评分，F = 购买频次评分，5 为最佳）；颜色：用户数",
+    "rfm.r": "最近购买评分 (R)",
+    "rfm.f": "购买频次评分 (F)",
+    "rfm.buyers": "已评分买家",
+    "rfm.avgM": "近90天平均消费",
+    "rfm.cells": "各格明细",
+    "funnel.title": "近 {days} 天转化漏斗",
+    "funnel.stage": "阶段",
+    "funnel.users": "用户数",
+    "funnel.conversion": "环节转化率",
+    "funnel.abandoned": "弃购用户",
+    "funnel.carted": "加购用户",
+    "funnel.abandonRate": "弃购率",
+    "activity.title": "一周各时段活跃度（用户当地时间，近 {days} 天）",
+    "activity.total": "活跃事件数",
+    "activity.categories": "热门品类",
+    "activity.catUsers": "偏好前三含该品类的用户",
+    "activity.catFirst": "首选该品类的用户",
+    "activity.category": "品类",
+    "sat.rating": "平均评分",
+    "sat.rated": "{n} 位用户评分",
+    "sat.nps": "净推荐值 NPS",
+    "sat.npsHint": "推荐者 − 贬损者，占回答的百分比",
+    "sat.complaints": "近90天投诉",
+    "sat.complainers": "{n} 位用户投诉",
+    "sat.classes": "满意度",
+    "sat.nps_groups": "NPS 回答",
+    "sat.promoters": "推荐者",
+    "sat.passives": "被动者",
+    "sat.detractors": "贬损者",
+    "churn.histogram": "流失风险分布",
+    "churn.histHint": "按预测的流失概率（期限内不再下单）统计的用户数",
+    "churn.scored": "已评分用户",
+    "churn.list": "流失预警：风险最高的高价值用户",
+    "churn.listHint": "价值等级 {tiers}，风险从高到低；点击用户查看画像",
+    "churn.risk": "流失风险",
+    "churn.band": "等级",
+    "churn.tier": "价值等级",
+    "churn.monetary": "近90天消费",
+    "churn.segment": "RFM 分群",
+    "churn.sinceOrder": "距上次下单天数",
+    "seg.title": "行为分群",
+    "seg.hint": "基于行为特征的在线 k-means；描述说明各分群的显著特征",
+    "seg.id": "分群",
+    "seg.description": "显著特征",
+    "seg.users": "当前用户数",
+    "seg.share": "近期活跃占比",
+    "seg.version": "模型版本 {v}",
+    "rules.title": "规则及其实测效果",
+    "rules.hint": "实验组 = 已发送，对照组 = 留出；转化 = 规则窗口内下单",
+    "rules.rule": "规则",
+    "rules.firings": "已发送",
+    "rules.suppressed": "被抑制（按原因）",
+    "rules.treated": "实验组转化率",
+    "rules.control": "对照组转化率",
+    "rules.uplift": "提升（95% 置信区间）",
+    "rules.rates": "转化率：实验组 vs 对照组",
+    "rules.none": "尚无规则触发。",
+    "rules.exposures": "已结束 {closed} 个中转化 {conv} 个（进行中 {open} 个）",
+    "aud.title": "圈选人群",
+    "aud.hint": "点击标签值：全部满足 (AND) → 任一满足 (OR) → 排除 → 取消",
+    "aud.all": "全部满足",
+    "aud.any": "任一满足",
+    "aud.none": "排除",
+    "aud.size": "人群规模",
+    "aud.expression": "表达式",
+    "aud.members": "部分成员",
+    "aud.export": "导出 CSV",
+    "aud.clear": "清空",
+    "aud.pick": "请在左侧选择标签值。",
+    "aud.everyone": "共 {n} 位用户",
+    "profile.search": "用户 ID",
+    "profile.open": "查看",
+    "profile.missing": "没有 {id} 的画像（未知、已过期或已删除）。",
+    "profile.prompt": "输入用户 ID，或从流失预警列表、人群中打开。",
+    "profile.evaluated": "标签计算时间",
+    "profile.updated": "写入时间",
+    "profile.scores": "模型评分",
+    "profile.triggers": "触发记录",
+    "profile.triggersHint": "每条规则触发或被抑制的原因（最新在前）",
+    "profile.noTriggers": "该用户尚无规则触发。",
+    "profile.identities": "已合并的身份",
+    "profile.noIdentities": "没有匿名 ID 合并到该用户。",
+    "profile.requested": "查询的是 {id}，已合并到该用户",
+    "profile.events": "近期行为",
+    "profile.at": "时间",
+    "profile.rule": "规则",
+    "profile.channel": "渠道",
+    "profile.outcome": "结果",
+    "profile.reason": "原因",
+    "level.L1": "L1 · 基础属性",
+    "level.L2": "L2 · 行为特征",
+    "level.L3": "L3 · 价值与意向",
+    "level.model": "模型",
+    "recent.events": "活跃事件",
+    "recent.page_views": "浏览",
+    "recent.searches": "搜索",
+    "recent.cart_adds": "加购",
+    "recent.checkouts": "结算",
+    "recent.orders": "订单",
+    "recent.order_value": "订单金额",
+    "recent.refunds": "退款",
+    "recent.ratings": "评分",
+    "recent.complaints": "投诉",
+    "recent.window": "近 {days} 天",
+    "recent.period": "时间范围",
+    "outcome.send": "已发送",
+    "outcome.suppressed": "已抑制",
+    "reason.fired": "触发条件成立",
+    "reason.cooldown": "冷却期：近期已对该用户触发",
+    "reason.quiet_hours": "用户当地的免打扰时段",
+    "reason.cap": "渠道每日上限已满",
+    "reason.holdout": "留出对照组（用于衡量效果）",
+    "token.prompt": "该 API 需要访问令牌（PORTRAIT_API_TOKEN）：",
+    "token.save": "使用令牌",
+  },
+};
+
+// Values of the categorical tags (stream/tags.yaml `values`) and model outputs, in Chinese;
+// English shows the value itself (they are English words).
+const VALUES_ZH = {
+  rfm_segment: {
+    Champions: "重要价值客户", Loyal: "忠诚客户", "Potential Loyalists": "潜力客户",
+    "New Customers": "新客户", Promising: "有望客户", "Need Attention": "需关注客户",
+    "About To Sleep": "即将沉睡", "Can't Lose": "不可流失", "At Risk": "流失风险",
+    Hibernating: "沉睡客户", Prospects: "潜在客户",
+  },
+  value_tier: { vip: "VIP", high: "高价值", medium: "中价值", low: "低价值", none: "无消费" },
+  churn_band: { low: "低风险", medium: "中风险", high: "高风险" },
+  activity_level: { high: "高", medium: "中", low: "低", dormant: "沉睡" },
+  activity_trend: { rising: "上升", stable: "平稳", falling: "下降", new: "新用户", none: "无活动" },
+  preferred_daypart: { night: "夜间", morning: "上午", afternoon: "下午", evening: "傍晚" },
+  funnel_stage_7d: { browsed: "浏览", carted: "加购", checkout: "结算", paid: "支付", none: "无" },
+  nps_class: { promoter: "推荐者", passive: "被动者", detractor: "贬损者" },
+  satisfaction: { happy: "满意", neutral: "一般", unhappy: "不满意" },
+  _bool: { true: "是", false: "否" },
+};
+
+const VALUES_EN = {
+  value_tier: { vip: "VIP", high: "high", medium: "medium", low: "low", none: "no spend" },
+  funnel_stage_7d: { browsed: "browsed", carted: "carted", checkout: "checkout", paid: "paid", none: "none" },
+  _bool: { true: "yes", false: "no" },
+};
+
+const UNITS_ZH = { days: "天", events: "次", orders: "单", USD: "美元", "events/s": "事件/秒" };
+
+// Model tags (not in the tag catalogue) and their labels.
+const MODEL_TAGS = {
+  churn_risk: { en: "Churn risk", zh: "流失风险" },
+  churn_band: { en: "Churn risk band", zh: "流失风险等级" },
+  churn_model: { en: "Churn model version", zh: "流失模型版本" },
+  behaviour_segment: { en: "Behaviour segment", zh: "行为分群" },
+};
+
+let lang = "en";
+let catalogue = { tags: [] };
+let byName = new Map();
+
+export function setLanguage(value) {
+  lang = value === "zh" ? "zh" : "en";
+  document.documentElement.lang = lang === "zh" ? "zh-CN" : "en";
+}
+
+export function language() {
+  return lang;
+}
+
+export function setCatalogue(value) {
+  catalogue = value || { tags: [] };
+  byName = new Map(catalogue.tags.map((tag) => [tag.name, tag]));
+}
+
+export function tagInfo(name) {
+  return byName.get(name) || null;
+}
+
+export function baseCurrency() {
+  return catalogue.base_currency || "USD";
+}
+
+/** A UI string with ``{name}`` placeholders filled from ``vars``. */
+export function t(key, vars) {
+  const text = UI[lang][key] ?? UI.en[key] ?? key;
+  return text.replace(/\{(\w+)\}/g, (_, name) => (vars && name in vars ? String(vars[name]) : `{${name}}`));
+}
+
+/** The display name of a tag: the catalogue's label in the language, else English, else the name. */
+export function tagLabel(name) {
+  const given = byName.get(name)?.label;
+  // a label that only repeats the name (model fields) gives way to the dashboard's own
+  const label = given && given.en !== name ? given : MODEL_TAGS[name] || given;
+  if (!label) return name;
+  return (lang === "zh" && label.zh) || label.en || name;
+}
+
+/** The display form of a tag's value (categorical values translated; booleans as yes/no). */
+export function valueLabel(tag, value) {
+  if (value === null || value === undefined || value === "") return "–";
+  const text = String(value);
+  const table = lang === "zh" ? VALUES_ZH : VALUES_EN;
+  const type = byName.get(tag)?.type;
+  if (type === "bool" || typeof value === "boolean") return table._bool[text] ?? text;
+  return table[tag]?.[text] ?? text;
+}
+
+export function unitLabel(unit) {
+  if (!unit) return "";
+  return lang === "zh" ? UNITS_ZH[unit] ?? unit : unit;
+}
+
+/** Apply the UI strings to every element with ``data-i18n`` under ``root``. */
+export function translate(root) {
+  for (const el of root.querySelectorAll("[data-i18n]")) el.textContent = t(el.dataset.i18n);
+}

@@ -25,7 +25,9 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
@@ -49,6 +51,12 @@ from stream.kafka import replay
 from stream.settings import Settings
 from stream.storage.store import Store
 from stream.tagging.definitions import load_catalogue
+
+# With --serve, after the summary: the same users' next days of events, time-lapsed, so the
+# dashboard visibly moves (events/s, trends, churn warnings).
+LIVE_DAYS = 14
+LIVE_EVENTS_PER_USER = 6
+LIVE_RATE = 25.0
 
 # The demo waits as long as the worker makes progress (a slow, busy machine is fine) and gives up
 # only after this long without any (``--stall-timeout``).
@@ -175,15 +183,31 @@ def serving(settings: Settings, log_path: Path, enabled: bool) -> Iterator[str |
         log.close()
 
 
-async def serve_until_ctrl_c(url: str, settings: Settings) -> None:
-    """Print where the dashboard is and wait for Ctrl-C (asyncio cancels the wait on SIGINT), SIGTERM
-    or SIGHUP."""
+def live_events(users: int, seed: int) -> list[dict[str, Any]]:
+    """The same users' next ``LIVE_DAYS`` days (same seed, so the same personas), without identify
+    events (their traits stay), with event ids of their own."""
+    end = synth.DEFAULT_END + timedelta(days=LIVE_DAYS)
+    data = synth.generate(users=users, events=users * LIVE_EVENTS_PER_USER, seed=seed, end=end, days=LIVE_DAYS + 1)
+    start = synth.DEFAULT_END.timestamp()
+    return [
+        {**e, "event_id": f"live-{e['event_id']}"}
+        for e in data
+        if e["type"] != "identify" and datetime.fromisoformat(e["ts"]).timestamp() > start
+    ]
+
+
+async def serve_until_ctrl_c(url: str, settings: Settings, users: int, seed: int) -> None:
+    """Print where the dashboard is, stream the live events in the background and wait for Ctrl-C
+    (asyncio cancels the wait on SIGINT), SIGTERM or SIGHUP."""
+    live = live_events(users, seed)
     print(f"\ndashboard: {url}   (read API documentation: {url}docs)")
     print(
-        "the worker, broker and Valkey keep running; more events stream in with "
-        f"PORTRAIT_BROKER_URL={settings.broker_url} PORTRAIT_REDIS_URL={settings.redis_url} portrait replay FILE"
+        f"live: {len(live):,} more events ({LIVE_DAYS} days of the same users, time-lapsed) stream in at "
+        f"{LIVE_RATE:.0f} events/s; the worker, broker and Valkey keep running "
+        f"(PORTRAIT_BROKER_URL={settings.broker_url} PORTRAIT_REDIS_URL={settings.redis_url} for other commands)"
     )
     print("press Ctrl-C to stop")
+    streaming = asyncio.create_task(replay.replay(settings, live, progress=False, rate=LIVE_RATE))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGHUP):  # a closed terminal or a kill stops cleanly too
@@ -191,6 +215,9 @@ async def serve_until_ctrl_c(url: str, settings: Settings) -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await stop.wait()
     print("\nstopping")
+    streaming.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await streaming
 
 
 async def _run(
@@ -268,7 +295,7 @@ async def _run(
             print(format_profile(uid, profile, catalogue))
             shown += 1
         if url is not None:
-            await serve_until_ctrl_c(url, settings)
+            await serve_until_ctrl_c(url, settings, users, seed)
     finally:
         api.close()
         stop_worker(worker)

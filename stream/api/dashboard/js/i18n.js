@@ -346,6 +346,7 @@ const VALUES_ZH = {
   funnel_stage_7d: { browsed: "浏览", carted: "加购", checkout: "结算", paid: "支付", none: "无" },
   nps_class: { promoter: "推荐者", passive: "被动者", detractor: "贬损者" },
   satisfaction: { happy: "满意", neutral: "一般", unhappy: "不满意" },
+  lifecycle_stage: { new: "新客", active: "活跃", lapsing: "流失中", lapsed: "已流失", "won back": "已召回" },
   _bool: { true: "是", false: "否" },
 };
 

@@ -80,7 +80,7 @@ function renderTrends(root, trends) {
     if (!chartOf(root, "trends")) fill(root, "trend-chart", chartBox("trends"));
     const present = TREND_LINES.filter((name) => points.some((p) => name in p.sizes));
     draw(chartOf(root, "trends"), {
-      grid: { left: 8, right: 16, top: 36, bottom: 8, containLabel: true },
+      grid: { left: 8, right: 16, top: 56, bottom: 8, containLabel: true },
       tooltip: { trigger: "axis" },
       legend: { type: "scroll", top: 0 },
       xAxis: { type: "time" },

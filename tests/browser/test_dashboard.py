@@ -11,6 +11,7 @@ size and downloaded CSV match the API and the oracle. Screenshots go to ``PORTRA
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import threading
@@ -28,6 +29,7 @@ import pytest
 import uvicorn
 from portrait_dev import synth
 from portrait_dev.infra import free_port
+from pydantic import SecretStr
 
 from stream.api.app import create_app
 from stream.contracts.topics import Topics
@@ -120,31 +122,39 @@ def served(infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     clock = asyncio.run(_clock(settings))
     expected = oracle.compute_profiles(events, clock)
 
+    with _serving(settings) as url, httpx.Client(base_url=url, timeout=10) as http:
+        # a week ago every audience had today's size but the largest segment, which had fewer users
+        sizes = {f"{a['tag']}:{a['value']}": a["size"] for a in http.get("/v1/audiences").json()["audiences"]}
+        segments = Counter(p["rfm_segment"] for p in expected.values() if p.get("rfm_segment") != "Prospects")
+        grown, now = segments.most_common(1)[0]
+        assert now >= 10, "a segment large enough for a trend sentence"
+        seeded_first = sizes[f"rfm_segment:{grown}"] = round(now * SEEDED_SHARE)
+        asyncio.run(_seed_trend(settings, clock, sizes))
+        yield Served(settings, url, http, expected, merged_user, grown, seeded_first)
+
+
+@contextlib.contextmanager
+def _serving(settings: Settings) -> Iterator[str]:
+    """The API app of ``settings`` under uvicorn in a thread, once its first insights pass is done."""
     server = _Server(
         uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.api_port, log_level="warning")
     )
     thread = threading.Thread(target=server.run, name="api", daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{settings.api_port}"
+    token = settings.api_token.get_secret_value() if settings.api_token is not None else None
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with httpx.Client(base_url=url, timeout=10) as http:
-            deadline = time.monotonic() + 30
-            while True:  # up, and the first insights pass done
-                try:
-                    if http.get("/v1/insights/overview").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "the API did not come up"
-                time.sleep(0.2)
-            # a week ago every audience had today's size but the largest segment, which had fewer users
-            sizes = {f"{a['tag']}:{a['value']}": a["size"] for a in http.get("/v1/audiences").json()["audiences"]}
-            segments = Counter(p["rfm_segment"] for p in expected.values() if p.get("rfm_segment") != "Prospects")
-            grown, now = segments.most_common(1)[0]
-            assert now >= 10, "a segment large enough for a trend sentence"
-            seeded_first = sizes[f"rfm_segment:{grown}"] = round(now * SEEDED_SHARE)
-            asyncio.run(_seed_trend(settings, clock, sizes))
-            yield Served(settings, url, http, expected, merged_user, grown, seeded_first)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/v1/insights/overview", headers=headers, timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the API did not come up"
+            time.sleep(0.2)
+        yield url
     finally:
         server.should_exit = True
         thread.join(10)
@@ -160,6 +170,15 @@ def _wait(browser: Any, script: str, timeout: float = 30.0, what: str = "") -> A
             return value
         assert time.monotonic() < deadline, f"timed out waiting for {what or script}"
         time.sleep(0.1)
+
+
+def _select(browser: Any, select: str, value: str) -> None:
+    """Choose ``value`` in the top bar's ``select`` (refresh, lang) as a user would."""
+    browser.execute_script(
+        "const s = document.getElementById(arguments[0]);s.value = arguments[1]; s.dispatchEvent(new Event('change'));",
+        select,
+        value,
+    )
 
 
 def _console_errors(browser: Any) -> list[str]:
@@ -228,12 +247,11 @@ def test_every_page_renders_its_charts_without_console_errors(browser: Any, serv
         assert browser.find_element("css selector", "#status").get_attribute("class").strip() == "status", page
         browser.save_screenshot(str(screenshots / f"dashboard-{page}.png"))
     # live refresh: the page polls again by itself (every 2 s once chosen), still without errors
-    browser.execute_script(
-        "const s = document.getElementById('refresh'); s.value = '2000'; s.dispatchEvent(new Event('change'));"
-    )
+    _select(browser, "refresh", "2000")
     ticks = int(browser.execute_script("return document.body.dataset.ticks"))
     _wait(browser, f"return Number(document.body.dataset.ticks) > {ticks}", what="another refresh")
     assert _console_errors(browser) == []
+    _select(browser, "refresh", "0")  # paused from here on: later reads of the page never race a re-render
 
 
 def test_overview_shows_the_api_and_oracle_figures(browser: Any, served: Served, screenshots: Path) -> None:
@@ -429,9 +447,7 @@ def test_audience_builder_sizes_and_exports_an_expression(
 
 def test_chinese_labels_from_the_catalogue(browser: Any, served: Served, screenshots: Path) -> None:
     _open(browser, served, "overview")
-    browser.execute_script(
-        "const s = document.getElementById('lang'); s.value = 'zh'; s.dispatchEvent(new Event('change'));"
-    )
+    _select(browser, "lang", "zh")
     _wait(browser, "return document.documentElement.lang === 'zh-CN' && document.body.dataset.page === 'overview'")
     _open(browser, served, "overview")
     assert browser.find_element("css selector", 'nav a[data-nav="churn"]').text == "流失预警"
@@ -439,6 +455,20 @@ def test_chinese_labels_from_the_catalogue(browser: Any, served: Served, screens
     assert "RFM 客户分群" in titles and "价值等级" in titles  # the catalogue's zh labels
     assert _console_errors(browser) == []
     browser.save_screenshot(str(screenshots / "dashboard-overview-zh.png"))
-    browser.execute_script(
-        "const s = document.getElementById('lang'); s.value = 'en'; s.dispatchEvent(new Event('change'));"
-    )
+    _select(browser, "lang", "en")
+
+
+def test_with_a_token_the_page_asks_for_it_once(browser: Any, served: Served) -> None:
+    secret = "s3cret-token"
+    settings = served.settings.model_copy(update={"api_token": SecretStr(secret), "api_port": free_port()})
+    with _serving(settings) as url:  # another origin: its own session storage, no token yet
+        browser.get(f"{url}/#/overview")
+        _wait(browser, "const t = document.querySelector('[data-testid=\"token\"]'); return t && t.offsetParent")
+        assert all("401" in m for m in _console_errors(browser))  # the refused requests, nothing else
+        browser.find_element("css selector", '[data-testid="token"]').send_keys(secret)
+        browser.find_element("css selector", "#notice button").click()
+        _wait(browser, "return document.querySelector('[data-figure=\"users\"]')", what="the overview")
+        assert _num(_figure(browser, "users")) == served.http.get("/v1/insights/overview").json()["users"]
+        titles = browser.execute_script("return [...document.querySelectorAll('.card h2')].map(h => h.textContent)")
+        assert "RFM segment" in titles  # the catalogue's label: /v1/tags was read with the token
+        assert _console_errors(browser) == []

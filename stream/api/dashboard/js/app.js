@@ -58,12 +58,18 @@ function showStatus(kind, text) {
   status.textContent = text;
 }
 
+let waitingForToken = false; // no polling while the token form is up (it would only 401 again)
+
 function askToken() {
+  if (waitingForToken) return;
+  waitingForToken = true;
   const input = h("input", { type: "password", dataset: { testid: "token" } });
-  const save = () => {
+  const save = async () => {
     api.setToken(input.value.trim());
+    waitingForToken = false;
     notice.hidden = true;
-    tick();
+    await loadCatalogue();
+    navigate();
   };
   notice.replaceChildren(
     h("span", {}, t("token.prompt"), " "),
@@ -86,7 +92,7 @@ async function tick() {
     lastOk = new Date();
     document.body.dataset.page = page.id;
     document.body.dataset.ticks = String(ticks);
-    notice.hidden = true;
+    if (!waitingForToken) notice.hidden = true;
     const live = Number(refresh.value) > 0;
     showStatus(live ? "" : "stale", t(live ? "status.live" : "status.paused", { time: clockTime(lastOk) }));
   } catch (err) {
@@ -104,7 +110,7 @@ async function tick() {
 function schedule() {
   clearTimeout(timer);
   const every = Number(refresh.value);
-  if (every > 0) timer = setTimeout(tick, every);
+  if (every > 0 && !waitingForToken) timer = setTimeout(tick, every);
 }
 
 function navigate() {
@@ -120,17 +126,21 @@ function navigate() {
   tick();
 }
 
+async function loadCatalogue() {
+  try {
+    setCatalogue(await api.get("/v1/tags"));
+  } catch (err) {
+    console.warn("no tag catalogue yet, tags show their names:", err.message);
+  }
+}
+
 async function start() {
   const params = new URLSearchParams(window.location.search);
   setLanguage(params.get("lang") || localStorage.getItem("portrait.lang") || "en");
   langSelect.value = document.documentElement.lang.startsWith("zh") ? "zh" : "en";
   refresh.value = localStorage.getItem("portrait.refresh") || refresh.value;
   translate(document);
-  try {
-    setCatalogue(await api.get("/v1/tags"));
-  } catch (err) {
-    console.warn("no tag catalogue, tags show their names:", err.message);
-  }
+  await loadCatalogue();
   langSelect.addEventListener("change", () => {
     setLanguage(langSelect.value);
     localStorage.setItem("portrait.lang", langSelect.value);

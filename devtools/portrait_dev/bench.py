@@ -17,7 +17,9 @@ the consumer starts and the rate is measured from the first processed message to
                  exactly, from Valkey keyspace notifications of profile writes;
 6. ``memory``    Redis bytes per user with 90-day histories: template states from the offline
                  driver (the worker's code in event time), cloned and written with ``Store.write``
-                 (not through Kafka).
+                 (not through Kafka);
+7. ``api``       p50/p95/p99 of every read-API endpoint over HTTP with ``--api-users`` users
+                 (1,000,000 by default) in Valkey, cloned the same way (``portrait_dev.bench_api``).
 
 Results: a table on stdout, ``results/bench-<stamp>.json`` and ``results/bench-<stamp>.png``.
 Everything started is stopped at the end, also on Ctrl-C or an error.
@@ -966,12 +968,22 @@ async def run_latency(bench: Bench, rate: float, seconds: float, batch_within: f
     }
 
 
-async def run_memory(bench: Bench, users: int, seed: int, sample: int = 300) -> dict[str, Any]:
-    """Bytes per user with 90-day histories. The template states are the worker's: synthetic users
-    replayed in event time by the offline driver (``stream.offline.driver``: the processor with the
-    default rules and models scoring, the time-driven path, RFM refreshes) into a scratch namespace
-    of the bench's Valkey; their stored blobs, profiles and memberships are read back from there,
-    cloned under new user ids and written with ``Store.write`` (the worker's Lua script)."""
+@dataclass
+class Templates:
+    """Users with 90-day histories as the worker leaves them, ready to clone with ``Store.write``."""
+
+    writes: list[Any]  # stream.core.writes.UserWrite
+    now: float
+    events: int
+    state_key_bytes: list[int]
+    driver_seconds: float
+
+
+async def build_templates(settings: Settings, templates_n: int, seed: int) -> Templates:
+    """``templates_n`` synthetic users replayed in event time by the offline driver
+    (``stream.offline.driver``: the processor with the default rules and models scoring, the
+    time-driven path, RFM refreshes) into a scratch namespace of ``settings``' Valkey; their stored
+    blobs, profiles and memberships read back from there."""
     from portrait_dev import synth
     from stream.core.writes import UserWrite
     from stream.models import load_models_config
@@ -981,12 +993,10 @@ async def run_memory(bench: Bench, users: int, seed: int, sample: int = 300) -> 
     from stream.tagging.engine import rank_metrics
     from stream.tagging.state import UserState
 
-    settings = bench.fresh_settings("mem", clock="event")
     catalogue = load_catalogue(settings.tags_file)
     rules_file = settings.resolved_rules_file()
     rules = load_rules(rules_file, catalogue) if rules_file is not None else None
     models = load_models_config(settings.models_file) if settings.models_enabled else None
-    templates_n = min(users, 2000)
     events = synth.generate(users=templates_n, events=templates_n * 25, seed=seed)
     now = synth.DEFAULT_END.timestamp()
     templates: list[UserWrite] = []
@@ -1018,6 +1028,16 @@ async def run_memory(bench: Bench, users: int, seed: int, sample: int = 300) -> 
             )
 
     run = await drive(settings, events, catalogue=catalogue, rules=rules, models=models, inspect=collect)
+    return Templates(templates, now, len(events), driver_state_bytes, run.seconds)
+
+
+async def run_memory(bench: Bench, users: int, seed: int, sample: int = 300) -> dict[str, Any]:
+    """Bytes per user with 90-day histories. The template states are the worker's
+    (``build_templates``), cloned under new user ids and written with ``Store.write`` (the worker's
+    Lua script)."""
+    settings = bench.fresh_settings("mem", clock="event")
+    built = await build_templates(settings, min(users, 2000), seed)
+    templates, now, driver_state_bytes = built.writes, built.now, built.state_key_bytes
     store = _store(settings)
     try:
         measured = await _measure_memory(store, templates, users, now, sample)
@@ -1030,9 +1050,9 @@ async def run_memory(bench: Bench, users: int, seed: int, sample: int = 300) -> 
     return {
         "users": users,
         "template_users": len(templates),
-        "events_per_template_user": len(events) / max(1, len(templates)),
+        "events_per_template_user": built.events / max(1, len(templates)),
         "driver_state_key_bytes": statistics.mean(driver_state_bytes) if driver_state_bytes else None,
-        "driver_seconds": run.seconds,
+        "driver_seconds": built.driver_seconds,
         **measured,
         "plain_json_state": baseline,
         "ratio_to_plain_json": measured["used_memory_per_user"] / baseline["used_memory_per_user"],
@@ -1133,10 +1153,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-within", type=float, help="PORTRAIT_BATCH_WITHIN of the latency worker (5) (default: the setting's)"
     )
     parser.add_argument("--memory-users", type=int, default=100_000, help="users loaded for (6)")
+    parser.add_argument("--api-users", type=int, default=1_000_000, help="users loaded for the read API run (7)")
+    parser.add_argument("--api-requests", type=int, default=200, help="calls per endpoint in (7)")
     parser.add_argument(
         "--only",
-        default="noop,raw,pipeline1,pipeline2,envelope,latency,memory",
-        help="comma-separated scenarios to run (noop,raw,pipeline1,pipeline2,envelope,latency,memory)",
+        default="noop,raw,pipeline1,pipeline2,envelope,latency,memory,api",
+        help="comma-separated scenarios to run (noop,raw,pipeline1,pipeline2,envelope,latency,memory,api)",
     )
     parser.add_argument("--profile", action="store_true", help="py-spy record the worker during pipeline1 rep 1")
     parser.add_argument("--out", default="results", help="directory for the JSON and PNG")
@@ -1163,7 +1185,7 @@ def run(args: argparse.Namespace) -> int:
     from portrait_dev import infra, synth
 
     only = {s.strip() for s in args.only.split(",") if s.strip()}
-    unknown = only - {k for k, _ in THROUGHPUT_SCENARIOS} - {"latency", "memory"}
+    unknown = only - {k for k, _ in THROUGHPUT_SCENARIOS} - {"latency", "memory", "api"}
     if unknown:
         print(f"unknown scenarios: {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
@@ -1192,6 +1214,7 @@ def run(args: argparse.Namespace) -> int:
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k, _ in THROUGHPUT_SCENARIOS}
     latency: dict[str, Any] | None = None
     memory: dict[str, Any] | None = None
+    api: dict[str, Any] | None = None
     with infra.embedded(workdir, broker=args.broker) as handle:
         print(f"broker {handle.describe()} at {handle.bootstrap}; Valkey {handle.redis_url}", flush=True)
         environment = _environment(handle)
@@ -1209,14 +1232,24 @@ def run(args: argparse.Namespace) -> int:
         )
         try:
             latency, memory = asyncio.run(_run_all(bench, args, only, runs, out_dir / f"profile-{stamp}"))
+            if "api" in only and args.api_users > 0:
+                from portrait_dev.bench_api import run_api
+
+                api = asyncio.run(run_api(bench, args.api_users, args.api_requests, args.seed))
         finally:
             bench.stop_all()
     doc = result_document(config=config, environment=environment, runs=runs, latency=latency, memory=memory)
+    doc["api"] = api
     doc["seconds"] = time.monotonic() - began
     json_path = out_dir / f"bench-{stamp}.json"
     json_path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     print()
     print(format_table(doc))
+    if api is not None:
+        from portrait_dev.bench_api import format_api
+
+        print()
+        print(format_api(api))
     chart = write_chart(doc, out_dir / f"bench-{stamp}")
     print(f"\nresults: {json_path}  chart: {chart}  ({doc['seconds']:.0f}s; everything started is stopped)")
     return 0

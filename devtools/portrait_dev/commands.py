@@ -115,17 +115,21 @@ def bench(
         float | None, typer.Option(help="PORTRAIT_BATCH_WITHIN of the latency worker (5) (default: the setting's).")
     ] = None,
     memory_users: Annotated[int, typer.Option(help="Users loaded for (6).")] = 100_000,
+    api_users: Annotated[int, typer.Option(help="Users loaded for the read API run (7).")] = 1_000_000,
+    api_requests: Annotated[int, typer.Option(help="Calls per endpoint in (7).")] = 200,
     only: Annotated[
         str,
-        typer.Option(help="Comma-separated scenarios to run (noop,raw,pipeline1,pipeline2,envelope,latency,memory)."),
-    ] = "noop,raw,pipeline1,pipeline2,envelope,latency,memory",
+        typer.Option(
+            help="Comma-separated scenarios to run (noop,raw,pipeline1,pipeline2,envelope,latency,memory,api)."
+        ),
+    ] = "noop,raw,pipeline1,pipeline2,envelope,latency,memory,api",
     profile: Annotated[
         bool, typer.Option("--profile", help="py-spy record the worker during pipeline1 rep 1.")
     ] = False,
     out: Annotated[Path, typer.Option(file_okay=False, help="Directory for the JSON and PNG.")] = Path("results"),
     timeout: Annotated[float, typer.Option(help="Max seconds to wait for one run.")] = 300.0,
 ) -> None:
-    """Throughput, latency and memory benchmark on embedded infrastructure (results in --out)."""
+    """Throughput, latency, memory and read-API benchmark on embedded infrastructure (results in --out)."""
     from portrait_dev.bench import run
 
     # bench.run reads an argparse namespace (its own `add_arguments` describes the same options)
@@ -141,6 +145,8 @@ def bench(
         latency_rate=latency_rate,
         batch_within=batch_within,
         memory_users=memory_users,
+        api_users=api_users,
+        api_requests=api_requests,
         only=only,
         profile=profile,
         out=str(out),

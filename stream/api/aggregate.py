@@ -94,6 +94,25 @@ class Aggregate:
         "activity_level",
     )
 
+    # every profile field ``add`` reads (the pass reads only these); ``_evaluated_at`` is always
+    # written, so a profile whose tags are all absent still counts as a user
+    FIELDS = (
+        *COUNTED,
+        "_evaluated_at",
+        "events_7d",
+        "events_30d",
+        "r_score",
+        "f_score",
+        "monetary_90d",
+        "cart_abandoned",
+        "top_categories",
+        "avg_rating_90d",
+        "complaints_90d",
+        "churn_risk",
+        "timezone",
+        "days_since_last_order",
+    )
+
     def add(self, uid: str, profile: Mapping[str, str], hours: Mapping[int, Mapping[int, int]] | None) -> None:
         self.users += 1
         if (_int(profile.get("events_7d")) or 0) > 0:
@@ -161,6 +180,11 @@ class Aggregate:
             local = datetime.fromtimestamp(utc_hour * 3600, tz)
             index = self._hour_index[key] = local.weekday() * 24 + local.hour
         return index
+
+    def without_caches(self) -> Aggregate:
+        """The same counts without the time-zone lookup cache (what a pass hands back)."""
+        self._hour_index = {}
+        return self
 
     # -- reading ---------------------------------------------------------------------------
     def counts(self, tag: str) -> Counter[str]:

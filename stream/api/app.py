@@ -101,6 +101,7 @@ def create_app(
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            api.refresher.close()
             if own_reads:
                 await store.close()
 

@@ -2,8 +2,10 @@
 rate and the hourly trend snapshots. Requests only read what this keeps (docs/api.md).
 
 * **Aggregate pass** (``refresh``): one scan of every published profile and state, folded into an
-  ``Aggregate``; the next pass starts ``api_insights_interval_s`` after one ends, so the cost per
-  hour is bounded whatever the population (a pass over 1M users takes minutes, not requests).
+  ``Aggregate``, in a child process (``compute_aggregate``): parsing a million Redis replies and
+  decoding the states is CPU work that would otherwise hold the event loop, and so every request,
+  for the whole pass. The next pass starts ``api_insights_interval_s`` after one ends, so the cost
+  per hour is bounded whatever the population (a pass over 1M users takes minutes, not requests).
 * **Known audiences**: the catalogue's value domains plus every audience set found by the pass.
 * **Event rate**: the shared ``events_applied`` counter sampled every ``RATE_SAMPLE_S``; the
   rate is the slope over the last ``RATE_WINDOW_S``.
@@ -18,9 +20,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import multiprocessing
+import signal
 import time
 from collections import deque
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +72,27 @@ def domain_pairs(catalogue: TagCatalogue, models: ModelsConfig | None) -> list[P
     return pairs
 
 
+def _ignore_interrupts() -> None:
+    """The pass process leaves Ctrl-C to the API process, which stops it (``Refresher.close``)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def compute_aggregate(settings: Settings, clock: float) -> tuple[Aggregate, list[Pair]]:
+    """One pass over every published profile and state at ``clock``, and the audience sets that
+    exist. Runs in the pass process (its own Redis connection and event loop)."""
+
+    async def scan() -> tuple[Aggregate, list[Pair]]:
+        async with Reads.open(settings) as reads:
+            aggregate = Aggregate(now=clock)
+            async for batch in reads.scan_users(Aggregate.FIELDS):
+                for record in batch:
+                    hours = UserState.from_bytes(record.state).hours if record.state else None
+                    aggregate.add(record.uid, record.profile, hours)
+            return aggregate.without_caches(), await reads.audience_pairs()
+
+    return asyncio.run(scan())
+
+
 @dataclass
 class Refresher:
     reads: Reads
@@ -76,6 +103,7 @@ class Refresher:
     pairs: list[Pair] = field(default_factory=list)
     _samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=64))
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
+    _pool: ProcessPoolExecutor | None = None
 
     def __post_init__(self) -> None:
         self.pairs = sorted(set(domain_pairs(self.catalogue, self.models)))
@@ -87,17 +115,31 @@ class Refresher:
             return clock if clock is not None else time.time()
         return time.time()
 
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_interrupts
+            )
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the pass process, also in the middle of a pass (a pass over 1M users takes minutes)."""
+        if self._pool is not None:
+            for proc in list((self._pool._processes or {}).values()):  # no public way to stop a running task
+                proc.terminate()
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
     async def refresh(self) -> Snapshot:
-        """One aggregate pass, then the known audiences and the trend snapshot."""
+        """One aggregate pass (in the pass process), then the known audiences and the trend snapshot."""
         started = time.monotonic()
         clock = await self.service_clock()
-        aggregate = Aggregate(now=clock)
-        async for batch in self.reads.scan_users():
-            for record in batch:
-                hours = UserState.from_bytes(record.state).hours if record.state else None
-                aggregate.add(record.uid, record.profile, hours)
-            await asyncio.sleep(0)  # let requests in between batches
-        found = await self.reads.audience_pairs()
+        loop = asyncio.get_running_loop()
+        try:
+            aggregate, found = await loop.run_in_executor(self._executor(), compute_aggregate, self.settings, clock)
+        except BrokenProcessPool:
+            self._pool = None  # the pass process died (killed, out of memory): a new one next time
+            raise
         self.pairs = sorted(set(domain_pairs(self.catalogue, self.models)) | set(found))
         snapshot = Snapshot(aggregate, time.time(), clock, time.monotonic() - started)
         self.latest = snapshot

@@ -10,17 +10,20 @@ with query terms ``tag:value``::
 Members are produced by scanning *sources* (the smallest required set, or each OR'ed set) and
 checking each candidate against the other sets with ``SMISMEMBER`` in one round trip per page;
 a member of several OR'ed sets is produced once (by the first). The size of an expression is
-``SCARD`` (one set), ``SINTERCARD`` (AND only) or a count over the sources (with OR or NOT): its
-cost grows with the sources, not with the database.
+``SCARD`` (one set), else ``SINTERCARD`` terms by inclusion-exclusion (``inclusion_terms``; with
+more than ``MAX_INCLUSION_TERMS`` OR'ed and NOT'ed sets, a count over the members, given with the
+first page only): its cost grows with the sets involved, not with the database.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
@@ -196,19 +199,43 @@ async def members_of(reads: Reads, p: Plan, batch: int = EXPORT_PAGE) -> AsyncIt
             return
 
 
+MAX_INCLUSION_TERMS = 8  # OR'ed + NOT'ed sets up to which a size is 2^n - 1 SINTERCARDs
+
+
+def cheap_size(expr: Expression) -> bool:
+    """Whether the size is a few server-side commands (``SCARD``, ``SINTERCARD``) rather than a
+    count of members in this process."""
+    return len(expr.any_of) + len(expr.none_of) <= MAX_INCLUSION_TERMS
+
+
+def inclusion_terms(expr: Expression) -> list[tuple[int, tuple[Pair, ...]]]:
+    """The size of ``(A1 OR .. Ak) AND R AND NOT (N1 OR .. Nm)`` by inclusion-exclusion:
+    sum over non-empty T of the A's and any S of the N's of (-1)^(|T|+1+|S|) |T and R and S|,
+    as (sign, sets to intersect)."""
+    terms = []
+    for t in range(1, 1 << len(expr.any_of)):
+        chosen = tuple(p for i, p in enumerate(expr.any_of) if t >> i & 1)
+        for n in range(1 << len(expr.none_of)):
+            excluded = tuple(p for i, p in enumerate(expr.none_of) if n >> i & 1)
+            sign = -1 if (len(chosen) + 1 + len(excluded)) % 2 else 1
+            terms.append((sign, (*chosen, *expr.all_of, *excluded)))
+    return terms
+
+
 async def size_of(reads: Reads, expr: Expression) -> int:
+    """The expression's size: ``SCARD`` for one set, else ``SINTERCARD`` terms (one round trip)
+    up to ``MAX_INCLUSION_TERMS`` OR'ed and NOT'ed sets, else a count over the members."""
     if expr.single:
         return await reads.audience_size(expr.any_of[0])
-    if len(expr.any_of) == 1 and not expr.none_of:
-        return await reads.intersection_size((expr.any_of[0], *expr.all_of))
+    if cheap_size(expr):
+        terms = inclusion_terms(expr)
+        sizes = await reads.intersection_sizes([sets for _, sets in terms])
+        return sum(sign * n for (sign, _), n in zip(terms, sizes, strict=True))
     p = await plan(reads, expr)
     total = 0
     async for members in members_of(reads, p):
         total += len(members)
     return total
-
-
-TermQuery = Annotated[list[str], Query(description="tag:value (repeatable)")]
 
 
 @router.get("/v1/audiences", response_model=AudienceList, response_model_exclude_none=True)
@@ -232,9 +259,9 @@ async def list_audiences(
     )
 
 
-def _csv_line(row: Sequence[str]) -> str:
+def _csv(rows: list[list[str]]) -> str:
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow(row)
+    csv.writer(buf, lineterminator="\n").writerows(rows)
     return buf.getvalue()
 
 
@@ -248,7 +275,7 @@ def _cell(kind: str, raw: str | None) -> str:
 
 
 @router.get(
-    "/v1/audiences/{tag}/{value}:export",
+    "/v1/audiences/{tag}/{value:path}:export",
     response_class=StreamingResponse,
     responses={200: {"content": {"text/csv": {}}, "description": "user_id and the selected fields, one row a member"}},
 )
@@ -270,23 +297,30 @@ async def export_audience(
     types = field_types(api.catalogue)
     p = await plan(api.reads, expr)
 
+    kinds = [types.get(f, "str") for f in selected]
+
     async def rows() -> AsyncIterator[str]:
-        yield _csv_line(["user_id", *selected])
+        yield _csv([["user_id", *selected]])
         async for members in members_of(api.reads, p):
-            values = await api.reads.profile_fields(members, selected) if selected else [[] for _ in members]
-            lines = []
-            for uid, row in zip(members, values, strict=True):
-                cells = [_cell(types.get(f, "str"), v) for f, v in zip(selected, row, strict=True)]
-                lines.append(_csv_line([uid, *cells]))
-            yield "".join(lines)
+            if not selected:
+                yield _csv([[uid] for uid in members])
+                continue
+            values = await api.reads.profile_fields(members, selected)
+            yield _csv(
+                [
+                    [uid, *(_cell(kind, v) for kind, v in zip(kinds, row, strict=True))]
+                    for uid, row in zip(members, values, strict=True)
+                ]
+            )
 
-    name = f"{tag}-{value}".replace('"', "").replace("/", "_")
-    return StreamingResponse(
-        rows(), media_type="text/csv", headers={"Content-Disposition": f'attachment; filename="{name}.csv"'}
-    )
+    # header values are Latin-1: an ASCII fallback name, and the real one per RFC 6266 / 8187
+    name = f"{tag}-{value}.csv"
+    fallback = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+    disposition = f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+    return StreamingResponse(rows(), media_type="text/csv", headers={"Content-Disposition": disposition})
 
 
-@router.get("/v1/audiences/{tag}/{value}", response_model=AudienceMembers, response_model_exclude_none=True)
+@router.get("/v1/audiences/{tag}/{value:path}", response_model=AudienceMembers, response_model_exclude_none=True)
 async def get_audience(
     tag: str,
     value: str,
@@ -299,7 +333,8 @@ async def get_audience(
 ) -> AudienceMembers:
     """One audience, or ``(path OR or...) AND and... AND NOT not...``: its size and a page of members."""
     expr = expression_of(tag, value, and_ or [], or_ or [], not_ or [], api.catalogue)
-    size = await size_of(api.reads, expr)
+    # a size that needs a count is given with the first page only: paging stays linear
+    size = await size_of(api.reads, expr) if cursor is None or cheap_size(expr) else None
     members: list[str] = []
     nxt: str | None = None
     if limit:

@@ -154,7 +154,10 @@ class AudienceMembers(Model):
     """One audience, or an expression over several: its size and a page of members."""
 
     expression: str = Field(description="the audience as evaluated: (any of) AND (all of) AND NOT (none of)")
-    size: int = Field(description="members of the whole audience (not of this page)")
+    size: int | None = Field(
+        description="members of the whole audience (not of this page); with OR or NOT terms (a count, not one "
+        "command) only on the first page, null on the next ones"
+    )
     members: list[str]
     next_cursor: str | None = Field(default=None, description="pass as cursor for the next page; null at the end")
 

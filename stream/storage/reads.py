@@ -125,7 +125,14 @@ class Reads:
 
     async def intersection_size(self, pairs: Sequence[Pair]) -> int:
         """Users in every one of ``pairs`` (``SINTERCARD``: O(smallest set x sets))."""
-        return int(await self.client.sintercard(len(pairs), [self.keys.audience(*p) for p in pairs]))
+        return (await self.intersection_sizes([pairs]))[0]
+
+    async def intersection_sizes(self, groups: Sequence[Sequence[Pair]]) -> list[int]:
+        """``intersection_size`` of each group, in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for pairs in groups:
+            pipe.sintercard(len(pairs), [self.keys.audience(*p) for p in pairs])
+        return [int(n) for n in await pipe.execute()]
 
     async def scan_audience(self, pair: Pair, cursor: int, count: int) -> tuple[int, list[str]]:
         """One ``SSCAN`` step over an audience: (next cursor, 0 at the end; members).

@@ -9,7 +9,7 @@ from pydantic import SecretStr
 
 from stream.api.aggregate import Aggregate, risk_bin
 from stream.api.app import check_exposure, is_loopback
-from stream.api.audiences import Expression
+from stream.api.audiences import Expression, inclusion_terms
 from stream.api.refresher import domain_pairs
 from stream.cli.main import main
 from stream.errors import ConfigError
@@ -125,3 +125,29 @@ def test_domain_pairs_cover_the_catalogue() -> None:
     pairs = set(domain_pairs(load_catalogue(), None))
     assert ("rfm_segment", "At Risk") in pairs and ("r_score", "5") in pairs and ("night_owl", "false") in pairs
     assert not any(tag == "region" for tag, _ in pairs)  # free text: found by the pass, not declared
+
+
+def test_inclusion_exclusion_sizes() -> None:
+    import itertools
+    import random
+
+    rng = random.Random(3)
+    universe = range(60)
+    sets = {f"s{i}": {u for u in universe if rng.random() < 0.4} for i in range(6)}
+    pair = {name: ("t", name) for name in sets}
+    members = {pair[n]: s for n, s in sets.items()}
+    for k, r, m in itertools.product((1, 2, 3), (0, 1), (0, 1, 2)):
+        names = rng.sample(sorted(sets), k + r + m)
+        any_of, all_of, none_of = names[:k], names[k : k + r], names[k + r :]
+        expr = Expression(
+            tuple(pair[n] for n in any_of), tuple(pair[n] for n in all_of), tuple(pair[n] for n in none_of)
+        )
+        want = {
+            u
+            for u in universe
+            if any(u in sets[n] for n in any_of)
+            and all(u in sets[n] for n in all_of)
+            and not any(u in sets[n] for n in none_of)
+        }
+        got = sum(sign * len(set.intersection(*(members[p] for p in group))) for sign, group in inclusion_terms(expr))
+        assert got == len(want), (any_of, all_of, none_of)

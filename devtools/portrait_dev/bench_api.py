@@ -17,13 +17,23 @@ import dataclasses
 import http.client
 import json
 import random
+import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
-if TYPE_CHECKING:
-    from portrait_dev.bench import Bench
+
+class Bench(Protocol):
+    """What this scenario uses of ``portrait_dev.bench.Bench`` (not imported: bench imports this)."""
+
+    procs: list[subprocess.Popen[bytes]]
+    timeout: float
+
+    def fresh_settings(self, scenario: str, **overrides: Any) -> Any: ...
+
+    def spawn(self, argv: list[str], settings: Any, log_name: str) -> subprocess.Popen[bytes]: ...
+
 
 TARGET_P95_MS = 50.0
 WARMUP = 10
@@ -62,9 +72,9 @@ def _uid(i: int) -> str:
 
 async def load_users(settings: Any, templates: Any, users: int) -> float:
     """Clone the templates to ``users`` ids with ``Store.write``; seconds taken."""
-    from portrait_dev.bench import _store
+    from portrait_dev.bench_data import store_for
 
-    store = _store(settings)
+    store = store_for(settings)
     started = time.monotonic()
     try:
         batch: list[Any] = []
@@ -113,7 +123,7 @@ def _wait_ready(client: Client, timeout: float) -> dict[str, Any]:
 
 def measure(port: int, users: int, requests: int, seed: int, timeout: float) -> dict[str, Any]:
     """Percentiles per endpoint, and the export's rate (blocking: run in a thread)."""
-    from portrait_dev.bench import percentile
+    from portrait_dev.bench_data import percentile
 
     rng = random.Random(seed)
     client = None
@@ -178,9 +188,10 @@ def measure(port: int, users: int, requests: int, seed: int, timeout: float) -> 
 
 
 async def run_api(bench: Bench, users: int, requests: int, seed: int) -> dict[str, Any]:
-    from portrait_dev.bench import _delete_prefix, _free_port, _store, build_templates
+    from portrait_dev.bench_data import build_templates, delete_prefix, store_for
+    from portrait_dev.infra import free_port
 
-    settings = bench.fresh_settings("api", clock="event", api_port=_free_port())
+    settings = bench.fresh_settings("api", clock="event", api_port=free_port())
     templates = await build_templates(settings, min(users, 2000), seed)
     load_seconds = await load_users(settings, templates, users)
     print(f"  api: {users:,} users loaded in {load_seconds:.0f} s; starting portrait api", flush=True)
@@ -192,11 +203,11 @@ async def run_api(bench: Bench, users: int, requests: int, seed: int) -> dict[st
 
         stop_worker(proc, timeout=15)
         bench.procs.remove(proc)
-        store = _store(settings)
+        store = store_for(settings)
         try:
             info = await store.client.info("memory")
             used = int(info["used_memory"])
-            await _delete_prefix(store.client, store.keys.base)
+            await delete_prefix(store.client, store.keys.base)
         finally:
             await store.close()
     return {

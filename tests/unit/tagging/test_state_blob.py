@@ -13,10 +13,21 @@ from stream.core.pipeline import PlanContext, plan_write
 from stream.tagging.definitions import load_catalogue
 from stream.tagging.engine import RfmThresholds, apply_event
 from stream.tagging.memory import DeliveryRecord
-from stream.tagging.state import BLOB_ZSTD_V1, ZDICT_V1_FILE, MergedId, NpsAnswer, Trait, UserState, _decode_blob
+from stream.tagging.state import (
+    _COMPRESSOR,
+    BLOB_ZSTD_V2,
+    ZDICT_V1_FILE,
+    ZDICT_V2_FILE,
+    MergedId,
+    NpsAnswer,
+    Trait,
+    UserState,
+    _decode_blob,
+)
 
-# States in Redis were compressed against this exact file: changing it makes them unreadable.
+# States in Redis were compressed against these exact files: changing one makes them unreadable.
 ZDICT_V1_SHA256 = "6296dd2edf6089023c3ff2d311acb9bce39c46eb1072445d89665acf2ee5a426"
+ZDICT_V2_SHA256 = "20eb5b51838e1d5b5b8ada5e1acbaa0763a5f95c11d2ad743a90912b9b69c5ae"
 # A state written by the worker before its parts were typed (rule memory, model state and merges
 # stored as untyped JSON), after rules and models had run and an anonymous profile was merged in.
 GOLDEN_BLOB = Path(__file__).resolve().parents[2] / "data" / "state-blob-v1.bin"
@@ -34,15 +45,46 @@ def _states() -> list[UserState]:
     return list(states.values())
 
 
-def test_the_dictionary_never_changes() -> None:
+def test_the_dictionaries_never_change() -> None:
     assert hashlib.sha256(ZDICT_V1_FILE.read_bytes()).hexdigest() == ZDICT_V1_SHA256
+    assert hashlib.sha256(ZDICT_V2_FILE.read_bytes()).hexdigest() == ZDICT_V2_SHA256
+
+
+def test_a_v2_state_is_smaller_than_its_v1_form() -> None:
+    """The trained v2 dictionary against the raw-content v1 one, on users it was not trained on."""
+    import zstandard
+
+    v1 = zstandard.ZstdCompressor(
+        level=3,
+        dict_data=zstandard.ZstdCompressionDict(ZDICT_V1_FILE.read_bytes(), dict_type=zstandard.DICT_TYPE_RAWCONTENT),
+        write_checksum=False,
+        write_dict_id=False,
+    )
+    states = _states()
+    old = sum(1 + len(v1.compress(orjson.dumps(s.to_doc()))) for s in states)
+    new = sum(len(s.to_bytes()) for s in states)
+    assert new * 5 < old * 4, (new, old)
+    assert all(len(s.to_bytes()) == 1 + len(_COMPRESSOR.compress(orjson.dumps(s.to_doc()))) for s in states)
+
+
+def test_v1_blobs_are_still_read() -> None:
+    import zstandard
+
+    v1 = zstandard.ZstdCompressor(
+        level=3,
+        dict_data=zstandard.ZstdCompressionDict(ZDICT_V1_FILE.read_bytes(), dict_type=zstandard.DICT_TYPE_RAWCONTENT),
+        write_checksum=False,
+        write_dict_id=False,
+    )
+    for state in _states()[:10]:
+        assert UserState.from_bytes(b"\x01" + v1.compress(orjson.dumps(state.to_doc()))) == state
 
 
 def test_round_trip_is_exact_and_small() -> None:
     states = _states()
     for state in states:
         blob = state.to_bytes()
-        assert blob[:1] == BLOB_ZSTD_V1
+        assert blob[:1] == BLOB_ZSTD_V2
         assert UserState.from_bytes(blob) == state
     plain = sorted(len(orjson.dumps(s.to_doc())) for s in states)
     packed = sorted(len(s.to_bytes()) for s in states)

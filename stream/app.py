@@ -25,17 +25,18 @@ from stream.kafka import transport
 from stream.kafka.lag import LagReader
 from stream.metrics import Metrics
 from stream.models import Models, load_models_config
-from stream.rules import KnownTags, load_rules
+from stream.rules import RuleSet, load_rules
 from stream.service.deadletters import DeadLetters
 from stream.service.health import Health, IngestState
 from stream.service.log_limits import limit_repeats
 from stream.service.privacy import PrivacyService
 from stream.service.processor import Processor
+from stream.service.reload import FileWatcher, Sweep
 from stream.service.trainer import Trainer
 from stream.service.web import register_views
 from stream.settings import ConfigError, Settings
 from stream.storage.store import OutboxEntry, Store
-from stream.tagging.definitions import TagCatalogue, load_catalogue
+from stream.tagging.definitions import TagCatalogue, default_tags_path, load_catalogue
 
 log = logging.getLogger(__name__)
 AUDIENCE_INTERVAL_S = 30.0
@@ -168,12 +169,23 @@ def create_app(settings: Settings, catalogue: TagCatalogue | None = None) -> Ser
                 log.exception("readiness probe failed")
             await app.sleep(settings.readiness_probe_interval_s)
 
-    if rules_file is not None:
-        watcher = RulesWatcher(rules_file, catalogue, processor, metrics)
+    definitions = Definitions(settings, processor, metrics)
+    sweep = Sweep(store, settings.due_batch)
 
-        @app.timer(RULES_POLL_S)  # type: ignore[untyped-decorator]
-        async def reload_rules() -> None:
-            watcher.poll()
+    @app.timer(RULES_POLL_S)  # type: ignore[untyped-decorator]
+    async def reload_definitions() -> None:
+        if definitions.poll_catalogue():
+            await store.client.set(store.keys.catalogue, processor.catalogue.model_dump_json())
+            sweep.start()
+        definitions.poll_rules()
+
+    @app.timer(settings.timer_interval_s)  # type: ignore[untyped-decorator]
+    async def sweep_catalogue() -> None:
+        if sweep.running:
+            try:
+                await sweep.tick()
+            except Exception as exc:  # retried on the next tick from the same cursor
+                log.warning("catalogue sweep step failed: %r", exc)
 
     @app.timer(AUDIENCE_INTERVAL_S)  # type: ignore[untyped-decorator]
     async def report_audiences() -> None:
@@ -186,35 +198,54 @@ def create_app(settings: Settings, catalogue: TagCatalogue | None = None) -> Ser
     return Service(app, settings, catalogue, store, processor, metrics)
 
 
-class RulesWatcher:
-    """Hot reload: a changed rules file is validated and swapped in; an invalid one is rejected
-    with its error and the previous rules stay active."""
+class Definitions:
+    """Hot reload of the rules and the tag catalogue (``stream.service.reload.FileWatcher``): a
+    changed file is validated and swapped into the processor; an invalid one is rejected with its
+    one-line error and the previous definitions stay active. A catalogue change must keep the
+    active rules valid (they are checked against it) and raise the catalogue ``version``."""
 
-    def __init__(self, path: Path, known_tags: KnownTags, processor: Processor, metrics: Metrics):
-        self.path, self.known_tags, self.processor, self.metrics = path, known_tags, processor, metrics
-        self.stamp = self._stamp()
+    def __init__(self, settings: Settings, processor: Processor, metrics: Metrics) -> None:
+        self.processor = processor
+        self.rules_file = settings.resolved_rules_file()
+        self.rules = (
+            FileWatcher(self.rules_file, "rules", "previous rules stay active", self._load_rules, metrics.rules_reloads)
+            if self.rules_file is not None
+            else None
+        )
+        tags_file = settings.tags_file or default_tags_path()
+        kept = "previous catalogue stays active"
+        self.tags = FileWatcher(tags_file, "tag catalogue", kept, self._load_catalogue, metrics.catalogue_reloads)
 
-    def _stamp(self) -> tuple[float, int] | None:
-        try:
-            stat = self.path.stat()
-        except OSError:
-            return None
-        return (stat.st_mtime, stat.st_size)
+    def _load_rules(self, path: Path) -> RuleSet:
+        return load_rules(path, self.processor.catalogue)
 
-    def poll(self) -> None:
-        stamp = self._stamp()
-        if stamp is None or stamp == self.stamp:
-            return
-        self.stamp = stamp
-        try:
-            rules = load_rules(self.path, self.known_tags)
-        except ConfigError as exc:
-            self.metrics.rules_reloads.labels("rejected").inc()
-            log.error("rules change rejected, previous rules stay active: %s", exc)
-            return
-        self.processor.rules = rules
-        self.metrics.rules_reloads.labels("applied").inc()
-        log.info("rules reloaded: %d active from %s", len(rules.active), self.path)
+    def _load_catalogue(self, path: Path) -> TagCatalogue:
+        catalogue, active = load_catalogue(path), self.processor.catalogue
+        if catalogue != active and catalogue.version <= active.version:
+            raise ConfigError(f"{path}: version: {catalogue.version} must be above the active version {active.version}")
+        if self.rules_file is not None:
+            load_rules(self.rules_file, catalogue)  # the active rules must still be valid
+        return catalogue
+
+    def poll_rules(self) -> None:
+        rules = self.rules.poll() if self.rules is not None else None
+        if rules is not None:
+            self.processor.rules = rules
+            log.info("rules reloaded: %d active from %s", len(rules.active), self.rules_file)
+
+    def poll_catalogue(self) -> bool:
+        """True when a changed catalogue was swapped in."""
+        catalogue = self.tags.poll()
+        if catalogue is None or catalogue == self.processor.catalogue:
+            return False
+        self.processor.catalogue = catalogue
+        log.info(
+            "tag catalogue reloaded: version %d, %d tags from %s",
+            catalogue.version,
+            len(catalogue.tags),
+            self.tags.path,
+        )
+        return True
 
 
 def _broker_credentials(settings: Settings) -> Any:

@@ -112,6 +112,9 @@ class Metrics:
         self.rules_reloads = Counter(
             "portrait_rules_reloads", "Rules file changes applied or rejected", ["result"], registry=r
         )
+        self.catalogue_reloads = Counter(
+            "portrait_catalogue_reloads", "Tag catalogue file changes applied or rejected", ["result"], registry=r
+        )
         self.identity = Counter(
             "portrait_identity_merges",
             "Anonymous profiles merged into known users, or refused by a safeguard (outcome = reason)",

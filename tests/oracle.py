@@ -39,6 +39,8 @@ DEFAULTS: dict[str, Any] = {
     "max_top_categories": 3,
     # Longest window in days: events with day(ts) < day(now) - (max_window_days - 1) are too old.
     "max_window_days": 90,
+    # value_tier lower bounds on the 90-day order value, in cents
+    "value_tier_cents": {"vip": 100000, "high": 30000, "medium": 5000},
     # lifecycle_stage thresholds (days; lapsing_overdue is a ratio)
     "lifecycle": {"new_days": 30, "lapsing_overdue": 2.0, "lapsing_days": 45, "lapsed_days": 90},
 }
@@ -350,11 +352,12 @@ def _subject_tags(evs: list[dict[str, Any]], now: float, p: dict[str, Any]) -> d
         tags["refund_rate_90d"] = f"{refunds90 / freq90:.4f}"
     if last_order is not None:
         tags["days_since_last_order"] = fmt_int(math.floor((now - last_order) / DAY))
-    if cents90 >= 100000:
+    tiers = p["value_tier_cents"]
+    if cents90 >= tiers["vip"]:
         tier = "vip"
-    elif cents90 >= 30000:
+    elif cents90 >= tiers["high"]:
         tier = "high"
-    elif cents90 >= 5000:
+    elif cents90 >= tiers["medium"]:
         tier = "medium"
     elif cents90 > 0:
         tier = "low"

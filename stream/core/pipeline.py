@@ -32,7 +32,7 @@ from stream.tagging.engine import (
     rank_metrics,
     retention_end,
 )
-from stream.tagging.lifecycle import DEFAULT_RETENTION_DAYS
+from stream.tagging.lifecycle import DEFAULT_RETENTION_DAYS, LIFETIME_TAGS
 from stream.tagging.state import RuleBaseline, UserState
 
 # Model outputs users are grouped by for the CRM (P:v1:aud:behaviour_segment:S3, ...:churn_band:high).
@@ -101,6 +101,9 @@ def plan_write(uid: str, version: int, state: UserState, now: float, context: Pl
     profile["_evaluated_at"] = f"{now:.3f}"
     profile["_updated_at"] = f"{wall_now:.3f}"
     profile["_rfm_version"] = str(thresholds.version)
+    profile["_tags_version"] = str(catalogue.version)
+    if state.lifetime.since is not None:
+        profile["_unavailable"] = ",".join(t for t in LIFETIME_TAGS if t in wanted)
     ttl = int(retention_end(state, retention) - now) + 2 * 86400
     return UserWrite(
         uid,

@@ -386,6 +386,16 @@ class Store:
     async def rfm_thresholds(self) -> RfmThresholds:
         return _thresholds(await self.client.hgetall(self.keys.rfm_thresholds))
 
+    async def mark_due_chunk(self, cursor: int, count: int) -> tuple[int, int]:
+        """One step of a bounded pass over the due set (every live user): make about ``count``
+        users due now (score 0, as ``mark_all_due``); returns (next cursor, 0 when done; users
+        marked). ZSCAN returns every member present for the whole pass at least once."""
+        cursor, items = await self.client.zscan(self.keys.due, cursor, count=count)
+        if items:
+            marks: dict[Any, float] = {member: 0.0 for member, _ in items}
+            await self.client.zadd(self.keys.due, marks, xx=True, lt=True)
+        return int(cursor), len(items)
+
     async def mark_all_due(self) -> None:
         """Make every live user due now (all scores -> 0) for a full re-evaluation."""
         await self.client.zunionstore(self.keys.due, {self.keys.due: 0})

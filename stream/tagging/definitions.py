@@ -95,6 +95,34 @@ class LifecycleParams(BaseModel):
         return self
 
 
+class ValueTiers(BaseModel):
+    """Lower bounds of ``value_tier`` on the 90-day order value, in the base currency."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    vip: float = Field(default=1000.0, gt=0)
+    high: float = Field(default=300.0, gt=0)
+    medium: float = Field(default=50.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ValueTiers:
+        if not self.vip > self.high > self.medium:
+            raise ValueError("need vip > high > medium")
+        return self
+
+    @property
+    def vip_cents(self) -> int:
+        return round(self.vip * 100)
+
+    @property
+    def high_cents(self) -> int:
+        return round(self.high * 100)
+
+    @property
+    def medium_cents(self) -> int:
+        return round(self.medium * 100)
+
+
 class TagParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -109,6 +137,7 @@ class TagParams(BaseModel):
     max_categories: int = Field(default=20, ge=3)
     dedupe_window_events: int = Field(default=32, ge=0)
     lifecycle: LifecycleParams = Field(default_factory=LifecycleParams)
+    value_tiers: ValueTiers = Field(default_factory=ValueTiers)
 
     @field_validator("currency_rates")
     @classmethod

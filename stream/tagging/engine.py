@@ -412,14 +412,14 @@ def evaluate(state: UserState, now: float, thresholds: RfmThresholds, params: Ta
         tags["refund_rate_90d"] = f"{s.refunds_90d / s.orders_90d:.4f}"
     if state.last_order is not None:
         tags["days_since_last_order"] = str(math.floor((now - state.last_order) / DAY))
-    c90 = s.cents_90d
+    c90, tiers = s.cents_90d, params.value_tiers
     tags["value_tier"] = (
         "vip"
-        if c90 >= 100_000
+        if c90 >= tiers.vip_cents
         else "high"
-        if c90 >= 30_000
+        if c90 >= tiers.high_cents
         else "medium"
-        if c90 >= 5_000
+        if c90 >= tiers.medium_cents
         else "low"
         if c90 > 0
         else "none"
@@ -433,7 +433,8 @@ def evaluate(state: UserState, now: float, thresholds: RfmThresholds, params: Ta
             tags["f_score"] = str(f)
             tags["m_score"] = str(score(life.cents, thresholds.m))
             tags["rfm_segment"] = rfm_segment(r, f)
-        _lifecycle_tags(tags, state, now, params)
+        if state.lifetime.since is None:  # else unavailable: history older than ``since`` is missing
+            _lifecycle_tags(tags, state, now, params)
     else:
         tags["rfm_segment"] = "Prospects"
 

@@ -36,6 +36,19 @@ DEFAULT_RETENTION_DAYS = 400  # a little over 13 months
 M_ACTIVE_DAYS, M_ORDERS, M_CENTS = 0, 1, 2
 MONTH_WIDTH = 3
 
+# Profile tags computed from the lifetime scalars: unavailable (absent, listed in the profile's
+# ``_unavailable``) while the lifetime is incomplete (``Lifetime.since``).
+LIFETIME_TAGS: tuple[str, ...] = (
+    "lifetime_orders",
+    "lifetime_value",
+    "tenure_days",
+    "mean_interpurchase_days",
+    "cv_interpurchase",
+    "expected_next_order",
+    "overdue_ratio",
+    "lifecycle_stage",
+)
+
 # Names of the numeric lifecycle features (``features``), for the models (stream/models/).
 LIFECYCLE_FEATURES: tuple[str, ...] = (
     "lifetime_orders",
@@ -81,6 +94,7 @@ class Lifetime:
     gap_sq: int = 0
     settled_day: int | None = None
     settled_gap: int | None = None
+    since: float | None = None  # None: complete; else only events from this time on are in it
 
     def month(self, day: int) -> list[int]:
         index = month_of_day(day)
@@ -141,6 +155,8 @@ class Lifetime:
         self.gap_sq += other.gap_sq
         if other.settled_day is not None and (self.settled_day is None or other.settled_day > self.settled_day):
             self.settled_day, self.settled_gap = other.settled_day, other.settled_gap
+        if other.since is not None:
+            self.since = other.since if self.since is None else max(self.since, other.since)
 
     def to_doc(self) -> list[Any] | None:
         if self.first_order is None and not self.months:
@@ -156,11 +172,13 @@ class Lifetime:
             self.settled_day,
             self.settled_gap,
             {str(m): t for m, t in self.months.items()},
+            *([self.since] if self.since is not None else []),
         ]
 
     @classmethod
     def from_doc(cls, doc: list[Any]) -> Lifetime:
         version, first, orders, cents, gaps, gap_sum, gap_sq, settled_day, settled_gap, months = doc[:10]
+        since = doc[10] if len(doc) > 10 else None
         if version != LAYOUT_VERSION:
             raise ValueError(f"unknown lifecycle layout {version!r}")
         return cls(
@@ -173,16 +191,27 @@ class Lifetime:
             gap_sq=gap_sq,
             settled_day=settled_day,
             settled_gap=settled_gap,
+            since=since,
         )
 
 
 def derive(
-    tiles: Mapping[int, list[int]], events_slot: int, orders_slot: int, cents_slot: int, last_order: float | None
+    tiles: Mapping[int, list[int]],
+    events_slot: int,
+    orders_slot: int,
+    cents_slot: int,
+    last_order: float | None,
+    first_seen: float | None,
 ) -> Lifetime:
     """The lifetime of a state written before lifecycle memory: its daily tiles are all the
     history it holds (the first order is taken at the start of the first order day). A last order
-    older than the tiles counts as one order of unknown value, settled on its day."""
+    older than the tiles counts as one order of unknown value, settled on its day. Unless the user
+    was first seen on or after the oldest tile's day, older history is missing: ``since`` says
+    from when the lifetime is known (the lifetime tags are then unavailable, ``UNAVAILABLE``)."""
     life = Lifetime()
+    oldest = min(tiles, default=None)
+    if first_seen is not None and (oldest is None or math.floor(first_seen / DAY) < oldest):
+        life.since = float((oldest if oldest is not None else math.floor(first_seen / DAY) + 1) * DAY)
     for day in sorted(tiles):
         tile = tiles[day]
         if tile[events_slot]:

@@ -42,6 +42,8 @@ META_FIELDS: dict[str, FieldSpec] = {
     "_evaluated_at": FieldSpec("time", "the clock time the tags are exact at"),
     "_updated_at": FieldSpec("time", "wall-clock time the profile was written"),
     "_rfm_version": FieldSpec("int", "version of the RFM thresholds used"),
+    "_tags_version": FieldSpec("int", "version of the tag catalogue the tags were computed with"),
+    "_unavailable": FieldSpec("str", "tags not computable yet: their stored inputs do not reach back far enough"),
 }
 
 

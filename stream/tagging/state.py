@@ -207,7 +207,7 @@ class UserState:
             models=UserModelState.from_doc(models) if models else None,
             merged=[MergedId(*m) for m in doc.get("mg") or ()],
             lifetime=(
-                derive(tiles, EVENTS, ORDERS, ORDER_CENTS, doc["lo"])
+                derive(tiles, EVENTS, ORDERS, ORDER_CENTS, doc["lo"], doc["fs"])
                 if lifetime is _DERIVE
                 else Lifetime.from_doc(lifetime)
                 if lifetime

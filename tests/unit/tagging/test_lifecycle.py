@@ -152,3 +152,27 @@ def test_a_state_from_before_lifecycle_memory_derives_it_from_its_tiles() -> Non
     old = UserState.from_bytes(orjson.dumps(doc))
     assert (old.lifetime.orders, old.lifetime.cents, old.lifetime.first_order) == (4, 20000, T0)
     assert evaluate(old, T0 + 20 * DAY, RfmThresholds(), PARAMS)["mean_interpurchase_days"] == "3.00"
+
+
+def test_lifetime_tags_of_a_state_missing_older_history_say_so() -> None:
+    """A state from before lifecycle memory whose user was seen before its oldest daily tile: the
+    lifetime is incomplete, so the lifetime tags are not shown and the profile lists them."""
+    from stream.core.pipeline import PlanContext, plan_write
+    from stream.tagging.lifecycle import LIFETIME_TAGS
+
+    state = _buyer([(T0 + 100 * DAY, 50.0), (T0 + 110 * DAY, 20.0)])
+    state.first_seen = T0  # seen 100 days before the oldest tile it still has
+    doc = state.to_doc()
+    del doc["lt"]
+    old = UserState.from_bytes(orjson.dumps(doc))
+    assert old.lifetime.since == T0 + 100 * DAY
+    context = PlanContext(catalogue=CATALOGUE, thresholds=RfmThresholds(), wall_now=0)
+    write = plan_write("u1", 1, old, T0 + 120 * DAY, context)
+    assert not set(LIFETIME_TAGS) & set(write.profile)
+    assert write.profile["_unavailable"].split(",") == list(LIFETIME_TAGS)
+    assert write.profile["_tags_version"] == str(CATALOGUE.version) and write.profile["days_since_last_order"] == "10"
+    assert UserState.from_bytes(old.to_bytes()).lifetime.since == T0 + 100 * DAY  # remembered
+    fresh = _buyer([(T0 + 100 * DAY, 50.0)])  # first seen on its oldest tile's day: complete
+    doc = fresh.to_doc()
+    del doc["lt"]
+    assert UserState.from_bytes(orjson.dumps(doc)).lifetime.since is None

@@ -81,11 +81,13 @@ def plan_write(uid: str, version: int, state: UserState, now: float, context: Pl
     if models is not None:
         if state.models is None:
             state.models = UserModelState()
-        scored = models.score_step(state.models, profile, qualifying_ts(state, models.config), now)
+        # a snapshot whose label window outlives the user's retention could never resolve
+        resolvable = now + models.config.churn.horizon <= retention_end(state)
+        scored = models.score_step(state.models, profile, qualifying_ts(state, models.config), now, resolvable)
         profile.update(scored.tags)
         learn = scored.learn
-        if scored.pending_deadline is not None and now < scored.pending_deadline < due:
-            due = scored.pending_deadline  # the churn label resolves then, event or not
+        if scored.next_due is not None and now < scored.next_due < due:
+            due = scored.next_due  # a churn label resolves or a snapshot is due then, event or not
         audience_tags = audience_tags | MODEL_AUDIENCE_TAGS
     add = [(t, v) for t, v in profile.items() if t in audience_tags and previous.get(t) != v]
     remove = [(t, v) for t, v in previous.items() if t in audience_tags and profile.get(t) != v]

@@ -12,14 +12,14 @@ from stream.models.churn import (
     PendingExample,
     churn_band,
     format_risk,
+    next_snapshot,
     resolve,
-    roc_auc,
-    snapshot_due,
     take_snapshot,
 )
 from stream.models.config import FeatureSpec, ModelsConfig, load_models_config, parse_models_config
 from stream.models.features import FeatureError, build_features, feature_columns
-from stream.models.runtime import MODEL_TAGS, Models, StepResult, qualifying_ts
+from stream.models.quality import brier, calibration_table, pr_auc, roc_auc
+from stream.models.runtime import MODEL_TAGS, Models, StepResult, next_model_time, qualifying_ts
 from stream.models.segments import SegmentDescription, SegmentModel, match_centroids, should_reassign
 from stream.tagging.memory import UserModelState
 
@@ -39,19 +39,23 @@ __all__ = [
     "SegmentModel",
     "StepResult",
     "UserModelState",
+    "brier",
     "build_features",
+    "calibration_table",
     "churn_band",
     "dump",
     "feature_columns",
     "format_risk",
     "load_models_config",
     "match_centroids",
+    "next_model_time",
+    "next_snapshot",
     "parse_models_config",
+    "pr_auc",
     "qualifying_ts",
     "resolve",
     "restore",
     "roc_auc",
     "should_reassign",
-    "snapshot_due",
     "take_snapshot",
 ]

@@ -28,8 +28,10 @@ from river import (
     preprocessing as _preprocessing,
 )
 
+from stream.models.calibration import IsotonicCalibrator
 from stream.models.config import ChurnBands, ChurnParams
 from stream.models.features import Vector
+from stream.models.quality import roc_auc
 from stream.tagging.memory import PendingExample
 
 # river is only partly annotated: use it through ``Any`` so mypy --strict accepts the calls.
@@ -41,8 +43,9 @@ preprocessing: Any = _preprocessing
 
 
 def take_snapshot(features: Mapping[str, float], now: float) -> PendingExample:
-    """Freeze ``features`` as a pending example at ``now`` (copied, so later changes don't leak in)."""
-    return PendingExample(features=dict(features), ts=float(now))
+    """Freeze ``features`` as a pending example at ``now`` (copied, rounded to 4 decimals: it is
+    stored in the user's state until the label resolves, and the model cannot use more)."""
+    return PendingExample(features={k: round(v, 4) for k, v in features.items()}, ts=float(now))
 
 
 def resolve(
@@ -66,12 +69,19 @@ def resolve(
     return None
 
 
-def snapshot_due(pending: PendingExample | None, last_snapshot_ts: float | None, now: float, interval: float) -> bool:
-    """Cadence: at most one pending example per user; a new one once the previous resolved and
-    at least ``interval`` passed since the previous snapshot. Pure."""
-    if pending is not None:
-        return False
-    return last_snapshot_ts is None or now - last_snapshot_ts >= interval
+def next_snapshot(last_snapshot_ts: float | None, now: float, interval: float) -> float | None:
+    """The cadence point of a snapshot due at ``now``, or ``None`` when none is due. Pure.
+
+    Snapshots follow a fixed cadence per user, whatever the user does: the first at the first
+    eligible evaluation, then every ``interval`` after it (a late evaluation takes the latest
+    cadence point it passed; the cadence does not shift). So the examples are the population that
+    is scored (every customer, active or lapsed, at arbitrary moments), not moments right after
+    activity."""
+    if last_snapshot_ts is None:
+        return now
+    if now - last_snapshot_ts < interval:
+        return None
+    return last_snapshot_ts + math.floor((now - last_snapshot_ts) / interval) * interval
 
 
 def churn_band(p: float, bands: ChurnBands) -> str:
@@ -100,15 +110,17 @@ class ChurnMetrics:
 
 
 class ChurnModel:
-    """StandardScaler → LogisticRegression (river) with progressive-validation metrics.
+    """StandardScaler → LogisticRegression (river), isotonic calibration, progressive metrics.
 
-    ``score(x)`` is the churn probability; ``learn(example, label)`` scores the example with the
-    current model, updates the metrics, the baseline and the drift detector, then learns.
+    ``score(x)`` is the calibrated churn probability; ``learn(example, label)`` scores the example
+    with the current model and calibration, updates the metrics, the baseline and the drift
+    detector, then the calibration learns the raw score (out of sample) and the model the example.
     ``version`` is the number of learned examples as a string (changes whenever the model does).
     """
 
     def __init__(self, params: ChurnParams) -> None:
         self.params = params
+        self.calibrator = IsotonicCalibrator() if params.calibration == "isotonic" else None
         self.pipeline: Any = preprocessing.StandardScaler() | linear_model.LogisticRegression(
             optimizer=optim.SGD(params.learning_rate), l2=params.l2
         )
@@ -127,11 +139,16 @@ class ChurnModel:
     def version(self) -> str:
         return str(self.n_learned)
 
-    def score(self, x: Mapping[str, float]) -> float:
-        """Probability of churn within the horizon (0.5 before anything was learned)."""
+    def raw_score(self, x: Mapping[str, float]) -> float:
+        """The logistic regression's probability (0.5 before anything was learned)."""
         proba = self.pipeline.predict_proba_one(dict(x))
         p = float(proba.get(True, 0.5)) if proba else 0.5
         return min(max(p, 0.0), 1.0)
+
+    def score(self, x: Mapping[str, float]) -> float:
+        """Probability of churn within the horizon: the raw score calibrated (``calibration``)."""
+        raw = self.raw_score(x)
+        return self.calibrator.calibrate(raw) if self.calibrator is not None else raw
 
     def baseline(self, x: Mapping[str, float]) -> float:
         """Recency-only score: the snapshot's ``baseline_feature`` value (monotone in days since last order)."""
@@ -140,7 +157,8 @@ class ChurnModel:
     def learn(self, example: PendingExample, label: int) -> float:
         """Progressive step: score ``example`` (before learning), update metrics, learn. Returns the score."""
         y = bool(label)
-        p = self.score(example.features)
+        raw = self.raw_score(example.features)
+        p = self.calibrator.calibrate(raw) if self.calibrator is not None else raw
         self.auc.update(y, p)
         self.baseline_auc.update(y, self.baseline(example.features))
         self.log_loss.update(y, {True: p, False: 1.0 - p})
@@ -151,6 +169,8 @@ class ChurnModel:
         self.positives += int(y)
         if self.record is not None:
             self.record.append((int(y), p, self.baseline(example.features), example.ts))
+        if self.calibrator is not None:
+            self.calibrator.learn(raw, label)
         self.pipeline.learn_one(dict(example.features), y)
         self.n_learned += 1
         return p
@@ -178,25 +198,6 @@ class ChurnModel:
         )
 
 
-def roc_auc(labels: list[int], scores: list[float]) -> float:
-    """Exact ROC AUC (ties count one half) by ranks; ``nan`` without both classes."""
-    pos = sum(1 for y in labels if y)
-    neg = len(labels) - pos
-    if not pos or not neg:
-        return math.nan
-    order = sorted(range(len(scores)), key=lambda i: scores[i])
-    rank_sum = 0.0
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
-            j += 1
-        avg_rank = (i + j) / 2 + 1
-        rank_sum += avg_rank * sum(1 for k in range(i, j + 1) if labels[order[k]])
-        i = j + 1
-    return (rank_sum - pos * (pos + 1) / 2) / (pos * neg)
-
-
 __all__ = [
     "ChurnMetrics",
     "ChurnModel",
@@ -204,8 +205,8 @@ __all__ = [
     "Vector",
     "churn_band",
     "format_risk",
+    "next_snapshot",
     "resolve",
     "roc_auc",
-    "snapshot_due",
     "take_snapshot",
 ]

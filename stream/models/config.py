@@ -9,6 +9,7 @@ same way ``stream/tags.yaml`` errors do.
 from __future__ import annotations
 
 import hashlib
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +37,10 @@ class FeatureSpec(BaseModel):
     ``high`` / ``low`` are the phrases used in segment descriptions when a segment's centroid is
     far above / below the population; for categories the mapping value is the "high" phrase;
     ``missing_phrase`` describes a segment where the tag is mostly absent (``missing_indicator``).
+    ``bins`` (number/money, increasing raw edges) adds one 0/1 column ``"<name><<edge>"`` per edge,
+    1 when the raw value (after ``cap``, before transform) is below it: a step function of the
+    value next to its linear term, so a linear model can bend (e.g. churn risk against days since
+    the last order).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -52,6 +57,7 @@ class FeatureSpec(BaseModel):
     high: str | None = None
     low: str | None = None
     missing_phrase: str | None = None
+    bins: list[float] = Field(default_factory=list)
 
     @field_validator("tag")
     @classmethod
@@ -68,12 +74,15 @@ class FeatureSpec(BaseModel):
             raise ValueError("'categories' is only valid with kind 'category'")
         if self.kind in ("bool", "category") and self.transform != "none":
             raise ValueError(f"kind {self.kind!r} takes no transform")
+        if self.bins and (self.kind not in ("number", "money") or self.bins != sorted(set(self.bins))):
+            raise ValueError("'bins' needs a number or money feature and strictly increasing edges")
         return self
 
     @property
     def columns(self) -> tuple[str, ...]:
         """Output column names in a fixed order."""
         cols = [f"{self.name}={c}" for c in self.categories] if self.kind == "category" else [self.name]
+        cols += [f"{self.name}<{edge:g}" for edge in self.bins]
         if self.missing_indicator:
             cols.append(f"{self.name}_missing")
         return tuple(cols)
@@ -134,10 +143,10 @@ class ChurnBands(BaseModel):
 class ChurnParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    horizon: Duration = 30 * DAY
+    horizon: Duration = 90 * DAY
     qualifying: Literal["order", "activity"] = "order"
-    eligible: Literal["any", "buyer"] = "any"
-    snapshot_interval: Duration = 7 * DAY
+    eligible: Literal["any", "buyer"] = "buyer"
+    snapshot_interval: Duration = 30 * DAY
     features: list[str] = Field(default_factory=list)
     baseline_feature: str = "days_since_last_order"
     learning_rate: float = Field(default=0.05, gt=0)
@@ -145,6 +154,12 @@ class ChurnParams(BaseModel):
     auc_window: int = Field(default=5000, ge=10)
     adwin_delta: float = Field(default=0.002, gt=0, lt=1)
     bands: ChurnBands = Field(default_factory=ChurnBands)
+    calibration: Literal["isotonic", "none"] = "isotonic"
+
+    @property
+    def max_pending(self) -> int:
+        """Snapshots a user can have waiting for their label at once (one per cadence point in a horizon)."""
+        return max(1, math.ceil(self.horizon / self.snapshot_interval))
 
     @field_validator("horizon", "snapshot_interval")
     @classmethod

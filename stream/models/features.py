@@ -59,6 +59,10 @@ def build_features(profile: Mapping[str, str], specs: Iterable[FeatureSpec]) -> 
         else:
             raw = spec.missing if text is None else _number(spec, text)
             out[spec.name] = _scaled(spec, raw)
+            if spec.bins:
+                capped = min(raw, spec.cap) if spec.cap is not None else raw
+                for edge in spec.bins:
+                    out[f"{spec.name}<{edge:g}"] = 1.0 if capped < edge else 0.0
         if spec.missing_indicator:
             out[f"{spec.name}_missing"] = 1.0 if text is None else 0.0
     return out

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from stream.models.churn import ChurnModel, PendingExample, resolve, snapshot_due, take_snapshot
+from stream.models.churn import ChurnModel, PendingExample, next_snapshot, resolve, take_snapshot
 from stream.models.config import ModelsConfig
 from stream.models.features import Vector, build_features
 from stream.models.segments import SegmentModel, should_reassign
@@ -42,7 +42,7 @@ class ScoreResult:
 
     tags: dict[str, str]
     learn: list[dict[str, Any]] = field(default_factory=list)
-    pending_deadline: float | None = None
+    next_due: float | None = None  # next_model_time after the step
 
 
 class Models:
@@ -56,18 +56,44 @@ class Models:
         self.churn = ChurnModel(config.churn)
 
     def eligible(self, profile: Mapping[str, str]) -> bool:
+        """Whether the user is in the churn population: ``buyer`` (has an order on record, the
+        customers a cutoff evaluation scores) or ``any`` (has activity on record)."""
         if self.config.churn.eligible == "buyer":
             return "days_since_last_order" in profile
         return "recency_days" in profile
 
+    def _resolve(self, user: UserModelState, qualifying: float | None, now: float) -> list[tuple[PendingExample, int]]:
+        """Take the user's pending examples whose label is known at ``now`` (oldest first)."""
+        done: list[tuple[PendingExample, int]] = []
+        kept: list[PendingExample] = []
+        for pending in user.pending:
+            label = resolve(pending, qualifying, now, self.config.churn.horizon)
+            if label is None:
+                kept.append(pending)
+            else:
+                done.append((pending, label))
+        if done:
+            user.pending = kept
+        return done
+
+    def _snapshot(self, user: UserModelState, profile: Mapping[str, str], x: Vector, now: float) -> bool:
+        """Take a snapshot when the user's cadence says so (see ``churn.next_snapshot``)."""
+        params = self.config.churn
+        point = next_snapshot(user.last_snapshot_ts, now, params.snapshot_interval)
+        if point is None or not self.eligible(profile):
+            return False
+        user.last_snapshot_ts = point
+        if len(user.pending) >= params.max_pending:
+            return False  # only after a late evaluation: the cadence moves on, memory stays bounded
+        user.pending.append(take_snapshot(x, now))
+        return True
+
     def resolve_pending(self, user: UserModelState, qualifying: float | None, now: float) -> int | None:
-        """Resolve and learn the user's pending example if its label is known at ``now``."""
-        if user.pending is None:
-            return None
-        label = resolve(user.pending, qualifying, now, self.config.churn.horizon)
-        if label is not None:
-            self.churn.learn(user.pending, label)
-            user.pending = None
+        """Resolve and learn the user's pending examples whose label is known at ``now``; returns
+        the label of the last one resolved (None: none)."""
+        label: int | None = None
+        for pending, label in self._resolve(user, qualifying, now):
+            self.churn.learn(pending, label)
         return label
 
     def step(
@@ -78,11 +104,11 @@ class Models:
         now: float,
         allow_snapshot: bool = True,
     ) -> StepResult:
-        """One model update for one user at ``now`` (see module docstring). Returns the model tags.
+        """One model update for one user at ``now``, learning in place (see module docstring).
 
         ``profile`` is the tag dict from ``stream.tagging.engine.evaluate`` at ``now``;
         ``qualifying`` is ``qualifying_ts(state, config)``. ``allow_snapshot=False`` suppresses new
-        snapshots (used by replays near the end of the data, whose labels could never resolve).
+        snapshots (their labels could not resolve: the data or the user's retention ends first).
         """
         result = StepResult(tags={})
         result.resolved = self.resolve_pending(user, qualifying, now)
@@ -98,14 +124,7 @@ class Models:
 
         x_churn = build_features(profile, self.churn_specs)
         result.churn_features = x_churn
-        if (
-            allow_snapshot
-            and self.eligible(profile)
-            and snapshot_due(user.pending, user.last_snapshot_ts, now, self.config.churn.snapshot_interval)
-        ):
-            user.pending = take_snapshot(x_churn, now)
-            user.last_snapshot_ts = now
-            result.snapshot = True
+        result.snapshot = allow_snapshot and self._snapshot(user, profile, x_churn, now)
         result.tags.update(self.churn.tags(x_churn))
         return result
 
@@ -122,13 +141,11 @@ class Models:
         Workers score with the last published model; learning happens in one place so every worker
         scores with the same versioned model. Items of ``learn``: ``{"kind": "churn", "x": ..., "ts":
         ..., "y": 0|1}`` for a resolved example, ``{"kind": "segment", "x": ...}`` for a segment vector.
+        ``next_due`` is ``next_model_time(user, now)`` after the step.
         """
         result = ScoreResult(tags={})
-        if user.pending is not None:
-            label = resolve(user.pending, qualifying, now, self.config.churn.horizon)
-            if label is not None:
-                result.learn.append({"kind": "churn", **user.pending.to_json(), "y": label})
-                user.pending = None
+        for pending, label in self._resolve(user, qualifying, now):
+            result.learn.append({"kind": "churn", **pending.to_json(), "y": label})
         x_seg = build_features(profile, self.segment_specs)
         if should_reassign(user.segment_vector, x_seg, user.segment_ts, now, self.config.segments.reassign):
             user.segment = self.segments.assign(x_seg)
@@ -138,15 +155,9 @@ class Models:
         if user.segment is not None:
             result.tags["behaviour_segment"] = user.segment
         x_churn = build_features(profile, self.churn_specs)
-        if (
-            allow_snapshot
-            and self.eligible(profile)
-            and snapshot_due(user.pending, user.last_snapshot_ts, now, self.config.churn.snapshot_interval)
-        ):
-            user.pending = take_snapshot(x_churn, now)
-            user.last_snapshot_ts = now
-        if user.pending is not None:
-            result.pending_deadline = user.pending.deadline(self.config.churn.horizon)
+        if allow_snapshot:
+            self._snapshot(user, profile, x_churn, now)
+        result.next_due = next_model_time(user, now, self.config)
         result.tags.update(self.churn.tags(x_churn))
         return result
 
@@ -156,3 +167,21 @@ class Models:
             self.churn.learn(PendingExample.from_json(item), int(item["y"]))
         elif item["kind"] == "segment":
             self.segments.learn({str(k): float(v) for k, v in item["x"].items()})
+
+
+def next_model_time(user: UserModelState, now: float, config: ModelsConfig) -> float | None:
+    """The next time after ``now`` at which the models need this user evaluated without an event:
+    the earliest label deadline of a pending snapshot, or the next snapshot cadence point
+    (``None``: nothing due, e.g. never snapshotted: the first snapshot comes with an event).
+
+    Pure. Between ``now`` and that time a model step changes nothing but the published score
+    (which moves only when the tags do), so the time-driven path may skip the user until then.
+    A new qualifying activity (an event) can resolve a pending example earlier; that comes with the
+    event's own evaluation.
+    """
+    params = config.churn
+    times = [p.deadline(params.horizon) for p in user.pending]
+    if user.last_snapshot_ts is not None:
+        times.append(user.last_snapshot_ts + params.snapshot_interval)
+    later = [t for t in times if t > now]
+    return min(later) if later else None

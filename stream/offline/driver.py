@@ -24,6 +24,12 @@ event-time mode (``clock="event"``) would process the export, and reports what i
   refreshes on wall time instead, which during a replay sweeps months between refreshes.
 * **Triggers** are written to the outbox by the worker's code and handed to ``send_triggers``:
   here captured, never produced. **Dead letters** go to ``send_dead_letters``: counted by reason.
+* **Pauses** (``pauses``, event times): before the first event at or after a pause, the clock is
+  advanced to it, the time-driven path drained there, the trainer learns and publishes, and
+  ``at_pause(at, profiles)`` gets the profile every stored user would have if evaluated at that
+  moment (``plan_write`` on the stored state with the scoring models: what the worker would
+  publish; nothing is written). Users whose profile was deleted (retention) are absent. This backs
+  the cutoff evaluation (``portrait evaluate``): one replay, several cutoffs.
 * **Models** (``models``): the processor scores with them; with ``learn=True`` the trainer
   (``stream.service.trainer.Trainer``) steps in-process: after every batch it learns the examples
   the writes appended to the stream, and publishes a checkpoint each ``model_checkpoint_interval_s``
@@ -40,7 +46,7 @@ import math
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,7 +56,7 @@ from pydantic import ValidationError
 from stream.contracts.deadletter import DeadLetter
 from stream.contracts.events import parse_event
 from stream.contracts.topics import Topics
-from stream.core.pipeline import Message
+from stream.core.pipeline import Message, PlanContext, plan_write
 from stream.core.writes import Decided, UserWrite
 from stream.kafka.replay import route
 from stream.metrics import Metrics
@@ -171,6 +177,8 @@ async def drive(
     horizon: float = 0.0,
     rfm_interval: float = DAY,
     inspect: Callable[[Store], Awaitable[None]] | None = None,
+    pauses: Sequence[float] = (),
+    at_pause: Callable[[float, dict[str, dict[str, str]]], None] | None = None,
 ) -> OfflineRun:
     """Replay ``items`` through the worker's code in a scratch namespace; see the module docstring."""
     if horizon < 0:
@@ -215,7 +223,8 @@ async def drive(
         trainer.models.churn.record = run.churn_record
     try:
         await store.ensure_outbox()
-        await _replay(run, feed, processor, store, trainer, scratch, horizon, rfm_interval)
+        paused = _Pauses(sorted(pauses), at_pause, processor, store, catalogue)
+        await _replay(run, feed, processor, store, trainer, scratch, horizon, rfm_interval, paused)
         run.stats = await store.stats()
         run.rfm_version = (await store.rfm_thresholds()).version
         if inspect is not None:
@@ -243,6 +252,7 @@ async def _replay(
     settings: Settings,
     horizon: float,
     rfm_interval: float,
+    pauses: _Pauses,
 ) -> None:
     read: dict[str, int] = {}  # source -> next offset: every partition read to its end after a batch
     period: int | None = None
@@ -281,15 +291,26 @@ async def _replay(
             published_at = clock
             run.checkpoints += 1
 
+    async def pause(at: float) -> None:
+        await enter(at)
+        await store.advance_clock(at)
+        await drain()
+        await train(at, final=True)
+        await pauses.take(at)
+
     timed = [ts for ts, _, _ in feed if ts != UNTIMED]
     if timed:
         run.start, run.end = timed[0], timed[-1]
     i = 0
     while i < len(feed):
         first = feed[i][0]
+        while first != UNTIMED and pauses.due(first):
+            await pause(pauses.times[0])
         if first != UNTIMED:
             await enter(first)
         limit = (math.floor(first / rfm_interval) + 1) * rfm_interval if first != UNTIMED else -math.inf
+        if first != UNTIMED and pauses.times:
+            limit = min(limit, pauses.times[0])
         j = i
         while j < len(feed) and j - i < settings.batch_size and (feed[j][0] < limit or feed[j][0] == first):
             j += 1
@@ -306,6 +327,8 @@ async def _replay(
         i = j
     if run.end is not None:
         run.clock_end = run.end + horizon
+        while pauses.times and pauses.times[0] <= run.clock_end:
+            await pause(pauses.times[0])
         t = run.end
         while t < run.clock_end:  # the horizon: the clock moves on, period by period
             t = min(run.clock_end, (math.floor(t / rfm_interval) + 1) * rfm_interval)
@@ -315,6 +338,59 @@ async def _replay(
         await drain()
         await train(run.clock_end, final=True)
         await drain()
+
+
+class _Pauses:
+    """The pauses still ahead, and what a pause hands to its callback."""
+
+    LOAD_CHUNK = 500
+
+    def __init__(
+        self,
+        times: list[float],
+        callback: Callable[[float, dict[str, dict[str, str]]], None] | None,
+        processor: Processor,
+        store: Store,
+        catalogue: TagCatalogue,
+    ) -> None:
+        self.times, self.callback = times, callback
+        self.processor, self.store, self.catalogue = processor, store, catalogue
+
+    def due(self, event_time: float) -> bool:
+        return bool(self.times) and event_time >= self.times[0]
+
+    async def take(self, at: float) -> None:
+        self.times.pop(0)
+        if self.callback is not None:
+            self.callback(at, await self.profiles_at(at))
+
+    async def profiles_at(self, at: float) -> dict[str, dict[str, str]]:
+        """The profile of every stored user evaluated at ``at`` by the worker's ``plan_write``."""
+        store = self.store
+        base = store.keys.base
+        keys = [key async for key in store.client.scan_iter(match=f"{base}:*:state", count=2000)]
+        uids = sorted(key.decode()[len(base) + 2 : -len("}:state")] for key in keys)
+        out: dict[str, dict[str, str]] = {}
+        for start in range(0, len(uids), self.LOAD_CHUNK):
+            chunk = uids[start : start + self.LOAD_CHUNK]
+            loaded, _, thresholds = await store.load(chunk)
+            await self.processor.sync_models()
+            context = PlanContext(
+                catalogue=self.catalogue,
+                thresholds=thresholds,
+                wall_now=at,
+                topics=self.processor.topics,
+                models=self.processor.scoring.models,
+                settled=at,
+            )
+            for uid in chunk:
+                user = loaded[uid]
+                if user.state is None or user.erased:
+                    continue
+                write = plan_write(uid, user.version, user.state, at, context)
+                if write.state is not None:
+                    out[uid] = write.profile
+        return out
 
 
 async def _delete_namespace(store: Store) -> None:

@@ -345,6 +345,15 @@ class Store:
         status: dict[str, Any] = orjson.loads(raw) if raw else {}
         return status
 
+    async def save_model_evaluation(self, doc: dict[str, Any]) -> None:
+        """Keep the latest offline cutoff evaluation (``portrait evaluate``) for ``models status``."""
+        await self.client.hset(self.keys.model_meta, "evaluation", orjson.dumps(doc))
+
+    async def model_evaluation(self) -> dict[str, Any] | None:
+        raw = await self.client.hget(self.keys.model_meta, "evaluation")
+        doc: dict[str, Any] | None = orjson.loads(raw) if raw else None
+        return doc
+
     async def audience_sizes(self) -> dict[tuple[str, str], int]:
         """(tag, value) -> members, for every audience set."""
         prefix = self.keys.audience_prefix

@@ -137,30 +137,41 @@ class PendingExample:
 
 @dataclass(slots=True)
 class UserModelState:
-    """What must persist per user between model steps (~0.5 KB as JSON)."""
+    """What must persist per user between model steps.
+
+    ``pending``: the churn snapshots waiting for their label, oldest first (at most
+    ``ceil(horizon / snapshot_interval)``; features rounded, ~0.2 KB each as JSON).
+    ``last_snapshot_ts``: the cadence point of the latest snapshot. Stored as ``p`` (the oldest
+    pending, the only one states had before) plus ``pq`` (the others).
+    """
 
     segment: str | None = None
     segment_vector: dict[str, float] | None = None
     segment_ts: float | None = None
-    pending: PendingExample | None = None
+    pending: list[PendingExample] = field(default_factory=list)
     last_snapshot_ts: float | None = None
 
     def to_doc(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "s": self.segment,
             "sv": self.segment_vector,
             "st": self.segment_ts,
-            "p": self.pending.to_json() if self.pending is not None else None,
+            "p": self.pending[0].to_json() if self.pending else None,
             "ls": self.last_snapshot_ts,
         }
+        if len(self.pending) > 1:
+            doc["pq"] = [p.to_json() for p in self.pending[1:]]
+        return doc
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> UserModelState:
-        pending = doc["p"]
+        first = doc["p"]
+        pending = [PendingExample(features=first["x"], ts=first["ts"])] if first is not None else []
+        pending += [PendingExample(features=p["x"], ts=p["ts"]) for p in doc.get("pq") or ()]
         return cls(
             segment=doc["s"],
             segment_vector=doc["sv"],
             segment_ts=doc["st"],
-            pending=PendingExample(features=pending["x"], ts=pending["ts"]) if pending is not None else None,
+            pending=pending,
             last_snapshot_ts=doc["ls"],
         )

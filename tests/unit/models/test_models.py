@@ -32,7 +32,8 @@ from stream.models import (
     restore,
     roc_auc,
     should_reassign,
-    snapshot_due,
+    next_model_time,
+    next_snapshot,
     take_snapshot,
 )
 from stream.models.checkpoint import MAGIC
@@ -53,7 +54,8 @@ def config() -> ModelsConfig:
 
 
 def test_shipped_config_loads(config: ModelsConfig) -> None:
-    assert config.churn.horizon == 30 * DAY
+    assert config.churn.horizon == 90 * DAY and config.churn.snapshot_interval == 30 * DAY
+    assert config.churn.max_pending == 3
     assert config.churn.baseline_feature in feature_columns(config.churn_specs)
     assert config.segments.n_clusters == 8
 
@@ -154,7 +156,9 @@ def test_shipped_features_from_engine_profile(config: ModelsConfig) -> None:
     x = build_features(profile, config.churn_specs)
     assert set(x) == set(feature_columns(config.churn_specs))
     assert all(math.isfinite(v) for v in x.values())
-    assert x["days_since_order_missing"] == 1.0
+    assert x["order_recency"] == pytest.approx(math.log1p(730) / 2.0)  # never ordered: the cap
+    assert [x[f"order_recency<{d}"] for d in (7, 365)] == [0.0, 0.0]
+    assert build_features({"days_since_last_order": "10"}, config.churn_specs)["order_recency<14"] == 1.0
 
 
 # ---- churn labels -------------------------------------------------------------------------------
@@ -187,15 +191,16 @@ def test_resolve_30d_vs_90d_differ() -> None:
 
 
 def test_snapshot_is_a_copy_and_cadence() -> None:
-    x = {"a": 1.0}
+    x = {"a": 1.0, "b": 0.123456789}
     snap = take_snapshot(x, T0)
     x["a"] = 2.0
-    assert snap.features == {"a": 1.0}
+    assert snap.features == {"a": 1.0, "b": 0.1235}  # a copy, rounded for storage
     assert PendingExample.from_json(snap.to_json()) == snap
-    assert snapshot_due(None, None, T0, 7 * DAY)
-    assert not snapshot_due(snap, None, T0 + 100 * DAY, 7 * DAY)  # at most one pending per user
-    assert not snapshot_due(None, T0, T0 + 7 * DAY - 1, 7 * DAY)
-    assert snapshot_due(None, T0, T0 + 7 * DAY, 7 * DAY)
+    assert next_snapshot(None, T0, 7 * DAY) == T0  # the first one at the first eligible evaluation
+    assert next_snapshot(T0, T0 + 7 * DAY - 1, 7 * DAY) is None
+    assert next_snapshot(T0, T0 + 7 * DAY, 7 * DAY) == T0 + 7 * DAY
+    # a late evaluation takes the latest cadence point it passed: the cadence never shifts
+    assert next_snapshot(T0, T0 + 23 * DAY, 7 * DAY) == T0 + 21 * DAY
 
 
 # ---- bands and scores ---------------------------------------------------------------------------
@@ -254,22 +259,24 @@ def _trained(config: ModelsConfig, n: int = 600, seed: int = 1) -> tuple[Models,
     for i, profile in enumerate(profiles):
         user = UserModelState()
         models.step(user, profile, None, T0 + i * 60)
-        assert user.pending is not None
         label = 1 if "days_since_last_order" not in profile or int(profile["days_since_last_order"]) > 30 else 0
-        models.churn.learn(user.pending, label)
+        models.churn.learn(take_snapshot(build_features(profile, models.churn_specs), T0 + i * 60), label)
     return models, profiles
 
 
 def test_step_assigns_segment_and_churn_tags(config: ModelsConfig) -> None:
     models, profiles = _trained(config)
     user = UserModelState()
-    result = models.step(user, profiles[0], T0 - DAY, T0)
+    buyer = next(p for p in profiles if "days_since_last_order" in p)
+    browser = {k: v for k, v in buyer.items() if k != "days_since_last_order"}
+    assert not models.step(UserModelState(), browser, None, T0).snapshot  # not a customer (eligible: buyer)
+    result = models.step(user, buyer, T0 - DAY, T0)
     assert result.reassigned and result.snapshot
     assert set(result.tags) == {"behaviour_segment", "churn_risk", "churn_band", "churn_model"}
     assert result.tags["churn_model"] == "600"
     assert 0.0 <= float(result.tags["churn_risk"]) <= 1.0 and len(result.tags["churn_risk"]) == 6
     # the order at T0 - DAY is before the snapshot; one 2 days later resolves it as retained
-    again = models.step(user, profiles[0], T0 + 2 * DAY, T0 + 2 * DAY)
+    again = models.step(user, buyer, T0 + 2 * DAY, T0 + 2 * DAY)
     assert again.resolved == 0 and not again.snapshot and not again.reassigned  # vector unchanged, < 7 days
     assert UserModelState.from_doc(orjson.loads(orjson.dumps(user.to_doc()))) == user
     descriptions = models.segments.describe()
@@ -310,7 +317,7 @@ def test_corrupt_or_incompatible_checkpoint_raises(config: ModelsConfig) -> None
     for bad in (bytes(flipped), raw[:-10], raw[:12], b"garbage" * 10, b""):
         with pytest.raises(CorruptCheckpoint):
             restore(bad, config)
-    other = config.model_copy(update={"churn": config.churn.model_copy(update={"horizon": 90 * DAY})})
+    other = config.model_copy(update={"churn": config.churn.model_copy(update={"horizon": 30 * DAY})})
     with pytest.raises(IncompatibleCheckpoint, match="model config"):
         restore(raw, other)
     newer = bytearray(raw)

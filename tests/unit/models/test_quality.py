@@ -1,0 +1,117 @@
+"""Metrics, calibration and BG/NBD against hand-computed values (stream/models/quality.py,
+stream/models/calibration.py, stream/offline/btyd.py), and the churn snapshot cadence."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from stream.models import Models, UserModelState, load_models_config, next_model_time
+from stream.models.calibration import IsotonicCalibrator, isotonic
+from stream.models.quality import brier, calibration_error, calibration_table, pr_auc, roc_auc
+from stream.offline import btyd
+
+DAY = 86400.0
+T0 = 1_790_000_000.0
+
+
+def test_roc_auc_by_hand() -> None:
+    # pairs (pos, neg): (0.35 vs 0.1) win, (0.35 vs 0.4) loss, (0.8 vs both) wins: 3 of 4
+    assert roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == 0.75
+    assert roc_auc([1, 0, 1, 0], [0.5, 0.5, 0.9, 0.1]) == (1 + 1 + 0.5 + 1) / 4  # one tied pair counts 1/2
+    assert math.isnan(roc_auc([1, 1], [0.1, 0.2]))
+
+
+def test_pr_auc_by_hand() -> None:
+    # ranks 0.9 (pos) 0.8 (neg) 0.7 (pos) 0.1 (neg): recall steps of 1/2 at precision 1 and 2/3
+    assert pr_auc([1, 0, 1, 0], [0.9, 0.8, 0.7, 0.1]) == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
+    # a tie is one threshold: {0.5, 0.5} holds one positive of two (precision 1/2), then 0.2 (2/3)
+    assert pr_auc([1, 0, 1], [0.5, 0.5, 0.2]) == pytest.approx(0.5 * 0.5 + 0.5 * 2 / 3)
+    assert math.isnan(pr_auc([0, 0], [0.1, 0.2]))
+
+
+def test_brier_and_calibration_table_by_hand() -> None:
+    assert brier([1, 0], [0.8, 0.4]) == pytest.approx((0.2**2 + 0.4**2) / 2)
+    table = calibration_table([0, 0, 1, 1, 1], [0.1, 0.2, 0.3, 0.8, 0.9], bins=2)
+    assert [b.n for b in table] == [3, 2]  # the first bins take the remainder
+    assert table[0].predicted == pytest.approx(0.2) and table[0].observed == pytest.approx(1 / 3)
+    assert table[1].predicted == pytest.approx(0.85) and table[1].observed == 1.0
+    assert (table[0].low, table[1].high) == (0.1, 0.9)
+    assert calibration_error(table) == pytest.approx((3 * (1 / 3 - 0.2) + 2 * 0.15) / 5)
+    assert len(calibration_table([1, 0], [0.3, 0.6], bins=10)) == 2
+
+
+def test_isotonic_pools_adjacent_violators() -> None:
+    assert isotonic([3.0, 1.0, 2.0], [1.0, 1.0, 1.0]) == [2.0, 2.0, 2.0]
+    assert isotonic([1.0, 3.0, 2.0], [1.0, 1.0, 2.0]) == pytest.approx([1.0, 7 / 3, 7 / 3])
+    assert isotonic([0.1, 0.2], [1.0, 1.0]) == [0.1, 0.2]
+
+
+def test_calibrator_maps_an_overconfident_score_to_the_observed_rate() -> None:
+    cal = IsotonicCalibrator(refit_every=1)
+    assert cal.calibrate(0.9) == 0.9  # nothing learned: the raw score
+    for i in range(1000):
+        cal.learn(0.9, 1 if i % 10 < 3 else 0)  # says 0.9, 30 % happen
+    # the bin's rate with 2 pseudo examples at its raw centre: (300 + 2 * c) / 1002, c ~ 0.9
+    assert cal.calibrate(0.9) == pytest.approx(0.3, abs=0.01)
+    ps = [cal.calibrate(p) for p in (0.01, 0.2, 0.5, 0.9, 0.99)]
+    assert ps == sorted(ps)  # monotone
+
+
+def test_bgnbd_probabilities_by_hand() -> None:
+    m = btyd.BgNbd(r=1.0, alpha=1.0, a=1.0, b=1.0)
+    one_time = btyd.Summary(frequency=0, recency=0, T=9)
+    assert m.p_alive(one_time) == 1.0
+    assert m.p_churn(one_time, 10) == pytest.approx(1 - (10 / 20) ** 1)
+    repeat = btyd.Summary(frequency=1, recency=1, T=3)
+    # 1 / (1 + a / (b + x - 1) * ((alpha + T) / (alpha + t_x)) ** (r + x)) = 1 / (1 + 4)
+    assert m.p_alive(repeat) == pytest.approx(0.2)
+    assert m.p_churn(repeat, 4) == pytest.approx(1 - 0.2 + 0.2 * (4 / 8) ** 2)
+
+
+def test_summaries_count_distinct_days_before_the_cutoff() -> None:
+    orders = [T0, T0 + 3600, T0 + 5 * DAY, T0 + 20 * DAY]
+    day0 = math.floor(T0 / DAY)
+    s = btyd.summarise(orders, (day0 + 10) * DAY)
+    assert s == btyd.Summary(frequency=1, recency=5, T=10)
+    assert btyd.summarise(orders, T0 - 1) is None
+
+
+def test_bgnbd_p_alive_equals_the_lifetimes_implementation() -> None:
+    lifetimes = pytest.importorskip("lifetimes", reason="the evaluation extra (lifetimes) is not installed")
+    from lifetimes.datasets import load_cdnow_summary
+
+    data = load_cdnow_summary(index_col=[0])
+    fitter = lifetimes.BetaGeoFitter(penalizer_coef=0.001).fit(data["frequency"], data["recency"], data["T"])
+    p = fitter.params_
+    model = btyd.BgNbd(r=p["r"], alpha=p["alpha"], a=p["a"], b=p["b"])
+    rows = data.head(50)
+    theirs = fitter.conditional_probability_alive(rows["frequency"], rows["recency"], rows["T"])
+    ours = [model.p_alive(btyd.Summary(f, r, t)) for f, r, t in zip(rows["frequency"], rows["recency"], rows["T"])]
+    assert ours == pytest.approx(list(theirs), rel=1e-6)
+
+
+def test_snapshots_follow_a_cadence_for_lapsed_customers_too() -> None:
+    config = load_models_config()
+    models = Models(config)
+    user = UserModelState()
+    profile = {"days_since_last_order": "0"}
+    horizon, every = config.churn.horizon, config.churn.snapshot_interval
+    ordered = T0 - 1.0
+    models.score_step(user, profile, ordered, T0)
+    assert [p.ts for p in user.pending] == [T0] and next_model_time(user, T0, config) == T0 + every
+    learned = []
+    t = T0
+    for _ in range(4):  # the customer never comes back: a snapshot every interval, churned at each deadline
+        t += every
+        learned += [i for i in models.score_step(user, profile, ordered, t).learn if i["kind"] == "churn"]
+    assert [p.ts for p in user.pending] == [T0 + 2 * every, T0 + 3 * every, T0 + 4 * every]
+    assert [(item["ts"], item["y"]) for item in learned] == [(T0, 1), (T0 + every, 1)]
+    assert T0 + horizon == T0 + 3 * every  # (the shipped cadence: three pending at most)
+    # an order resolves every pending snapshot before it as retained
+    back = t + 1.0
+    result = models.score_step(user, profile, back, back)
+    assert sorted(i["y"] for i in result.learn if i["kind"] == "churn") == [0, 0, 0] and user.pending == []
+    assert next_model_time(user, back, config) == T0 + 5 * every  # the cadence goes on
+    assert models.score_step(UserModelState(), {}, None, T0).next_due is None  # not a customer: no snapshot

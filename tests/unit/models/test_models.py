@@ -27,13 +27,12 @@ from stream.models import (
     format_risk,
     load_models_config,
     match_centroids,
+    next_snapshot,
     parse_models_config,
     resolve,
     restore,
     roc_auc,
     should_reassign,
-    next_model_time,
-    next_snapshot,
     take_snapshot,
 )
 from stream.models.checkpoint import MAGIC

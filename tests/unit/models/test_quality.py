@@ -8,8 +8,8 @@ import math
 import pytest
 
 from stream.models import Models, UserModelState, load_models_config, next_model_time
-from stream.models.churn import first_cadence_point
 from stream.models.calibration import PlattCalibrator
+from stream.models.churn import first_cadence_point
 from stream.models.quality import brier, calibration_error, calibration_table, pr_auc, roc_auc
 from stream.offline import btyd
 

@@ -82,7 +82,7 @@ def plan_write(uid: str, version: int, state: UserState, now: float, context: Pl
         if state.models is None:
             state.models = UserModelState()
         # a snapshot whose label window outlives the user's retention could never resolve
-        resolvable = now + models.config.churn.horizon <= retention_end(state)
+        resolvable = now + models.config.churn.horizon <= retention_end(state, retention)
         scored = models.score_step(state.models, profile, qualifying_ts(state, models.config), now, resolvable)
         profile.update(scored.tags)
         learn = scored.learn

@@ -382,6 +382,7 @@ class _Pauses:
                 topics=self.processor.topics,
                 models=self.processor.scoring.models,
                 settled=at,
+                retention_days=self.processor.settings.lifecycle_retention_days,
             )
             for uid in chunk:
                 user = loaded[uid]

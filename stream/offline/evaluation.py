@@ -20,10 +20,13 @@ Brier score and a decile calibration table (probabilities only), from ``stream.m
 Cutoffs must leave a full horizon of data after them; by default they are at 50 % and 75 % of
 ``[first event, last event - horizon]``, at UTC midnight.
 
+The replay stops at the last cutoff (nothing after it is needed: labels are read from the data).
+
 **Progressive** (what ``portrait models status`` shows live): each resolved example is scored by
-the trainer's model just before it learns it. Only examples whose label window ends within the data
-count. These examples are snapshots on the model's cadence, a different population from a cutoff's
-customers: the number is a learning curve, not the score's quality for a campaign.
+the trainer's model just before it learns it, up to the last cutoff. Only examples whose label
+window ends within the replayed data count. These examples are snapshots on the model's cadence,
+a different population from a cutoff's customers: the number is a learning curve, not the
+score's quality for a campaign.
 
 Segment purity is measured on the segments the worker published against a ``user id -> persona``
 mapping when one is given (synthetic data).
@@ -138,8 +141,8 @@ class EvaluationReport(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     source: str
-    events: int
-    users: int
+    events: int  # valid events in the data
+    users: int  # users replayed (up to the last cutoff)
     start: str | None
     end: str | None
     horizon_days: float
@@ -235,11 +238,13 @@ def purity(assignments: Mapping[str, str], truth: Mapping[str, str]) -> tuple[fl
 
 @dataclass
 class History:
-    """Qualifying event times per subject, read from the export independently of the replay."""
+    """Qualifying event times per subject, read from the export independently of the replay, and
+    every item's event time (``None``: not a valid event)."""
 
     times: dict[str, list[float]] = field(default_factory=dict)
     start: float | None = None
     end: float | None = None
+    epochs: list[float | None] = field(default_factory=list)
 
 
 def history_of(items: Sequence[dict[str, Any] | bytes], qualifying: str, topics: Topics) -> History:
@@ -251,8 +256,10 @@ def history_of(items: Sequence[dict[str, Any] | bytes], qualifying: str, topics:
         try:
             event = parse_event(value)
         except ValidationError:
+            out.epochs.append(None)
             continue
         ts = event.epoch
+        out.epochs.append(ts)
         out.start = ts if out.start is None else min(out.start, ts)
         out.end = ts if out.end is None else max(out.end, ts)
         if event.type == "order_paid" if qualifying == "order" else event.type != "identify":
@@ -411,20 +418,25 @@ def evaluate_events(
     def paused(at: float, profiles: dict[str, dict[str, str]]) -> None:
         at_cutoff[at] = {u: {k: p[k] for k in ("churn_risk",) if k in p} for u, p in profiles.items()}
 
+    # nothing after the last cutoff is needed (labels are read from the data): the replay stops there
+    last = points[-1]
+    before = [item for item, ts in zip(materialised, history.epochs, strict=True) if ts is None or ts < last]
+    replayed_end = max((ts for ts in history.epochs if ts is not None and ts < last), default=last)
     run = asyncio.run(
         drive(
             settings,
-            materialised,
+            before,
             catalogue=catalogue,
             models=config,
             learn=True,
+            horizon=last - replayed_end,
             inspect=inspect,
             pauses=points,
             at_pause=paused,
         )
     )
     results = [score_cutoff(c, history, at_cutoff.get(c, {}), config, with_bgnbd) for c in points]
-    end = run.end if run.end is not None else -math.inf
+    end = last  # the replay's clock reached the last cutoff
     counted = [r for r in run.churn_record if r[3] + h <= end]
     labels = [y for y, _, _, _ in counted]
     churn = final.status.get("churn", {})
@@ -432,10 +444,10 @@ def evaluate_events(
     score, composition = purity(final.segments, personas) if personas is not None else (math.nan, {})
     return EvaluationReport(
         source=source,
-        events=run.applied,
+        events=sum(1 for ts in history.epochs if ts is not None),
         users=run.users,
-        start=_iso(run.start),
-        end=_iso(run.end),
+        start=_iso(history.start),
+        end=_iso(history.end),
         horizon_days=h / DAY,
         qualifying=config.churn.qualifying,
         cutoffs=results,

@@ -11,6 +11,7 @@ The full-size run is a documented command (docs/models.md, "Measured").
 from __future__ import annotations
 
 import csv
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -56,3 +57,28 @@ def test_cutoff_evaluation_on_cdnow(make_settings: Any, tmp_path: Path) -> None:
         assert c.bgnbd is not None and c.bgnbd.roc_auc is not None and c.bgnbd.brier is not None
         assert c.portrait.roc_auc is not None and c.recency.roc_auc is not None and c.portrait.brier is not None
         assert c.portrait.roc_auc >= c.recency.roc_auc + MIN_MARGIN_OVER_RECENCY, report.to_text()
+
+
+def test_evaluate_command_saves_what_models_status_shows(
+    make_settings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stream.cli.main import main
+
+    settings: Settings = make_settings()
+    data = write_cdnow(tmp_path / "cdnow.csv", customers=40)
+    monkeypatch.setenv("PORTRAIT_REDIS_URL", settings.resolved_redis_url())
+    monkeypatch.setenv("PORTRAIT_KEY_PREFIX", settings.key_prefix)
+    argv = ["evaluate", str(data), "--map", CDNOW_MAP, "--cutoff", "1997-10-01", "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    (cutoff,) = report["cutoffs"]
+    assert cutoff["cutoff"] == "1997-10-01T00:00:00+00:00" and cutoff["customers"] == 40
+    assert set(cutoff["portrait"]) >= {"roc_auc", "pr_auc", "brier", "calibration"}
+    assert cutoff["recency"]["brier"] is None and cutoff["bgnbd"]["brier"] is not None
+    assert main(["models", "status"]) == 0
+    out = capsys.readouterr().out
+    assert "latest cutoff evaluation (cdnow.csv" in out and "cutoff 1997-10-01T00:00:00+00:00, 40 customers" in out
+    assert f"portrait  ROC AUC {cutoff['portrait']['roc_auc']:.4f}" in out
+    assert "(the trainer's own snapshots" in out or "no model checkpoint published yet" in out
+    assert main(["models", "status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["evaluation"]["cutoffs"][0]["customers"] == 40

@@ -224,7 +224,10 @@ class Definitions:
         if catalogue != active and catalogue.version <= active.version:
             raise ConfigError(f"{path}: version: {catalogue.version} must be above the active version {active.version}")
         if self.rules_file is not None:
-            load_rules(self.rules_file, catalogue)  # the active rules must still be valid
+            try:
+                load_rules(self.rules_file, catalogue)  # the active rules must still be valid
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: the active rules do not fit it: {exc}") from exc
         return catalogue
 
     def poll_rules(self) -> None:

@@ -144,7 +144,7 @@ def create_app(settings: Settings, catalogue: TagCatalogue | None = None) -> Ser
         ping=store.client.ping,
     )
     effective = settings.effective()
-    register_views(app, store, metrics, health, effective, catalogue)
+    register_views(app, store, metrics, health, effective, lambda: processor.catalogue)
 
     @app.task  # type: ignore[untyped-decorator]
     async def publish_catalogue() -> None:

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -32,9 +33,15 @@ JSON = "application/json"
 
 
 def register_views(
-    app: Any, store: Store, metrics: Metrics, health: Health, config: dict[str, Any], catalogue: TagCatalogue
+    app: Any,
+    store: Store,
+    metrics: Metrics,
+    health: Health,
+    config: dict[str, Any],
+    catalogue: Callable[[], TagCatalogue],
 ) -> None:
-    """``config``: what ``/config`` serves (computed once at start: ``Settings.effective()``)."""
+    """``config``: what ``/config`` serves (computed once at start: ``Settings.effective()``);
+    ``catalogue``: the catalogue in force (it changes on a hot reload), for typing profiles."""
     config_body = orjson.dumps(config)
     reads = Reads(store.client, store.keys)
 
@@ -44,7 +51,7 @@ def register_views(
     class ProfileView(View):
         async def get(self, request: Request, user_id: str) -> Response:
             # typed like the CLI's --json and the read API: numbers, booleans, ISO 8601 times
-            profile = await typed_profile(reads, user_id, catalogue)
+            profile = await typed_profile(reads, user_id, catalogue())
             if profile is None:
                 return self.json({"error": "unknown user", "user_id": user_id}, status=404)
             return self.bytes(orjson.dumps(profile), content_type=JSON)

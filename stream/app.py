@@ -33,6 +33,7 @@ from stream.service.privacy import PrivacyService
 from stream.service.processor import Processor
 from stream.service.reload import FileWatcher, Sweep
 from stream.service.trainer import Trainer
+from stream.service.training import train_once
 from stream.service.web import register_views
 from stream.settings import ConfigError, Settings
 from stream.storage.store import OutboxEntry, Store
@@ -113,16 +114,12 @@ def create_app(settings: Settings, catalogue: TagCatalogue | None = None) -> Ser
         send_triggers=send_triggers,
         models=Models(models_config) if models_config is not None else None,
     )
-    if models_config is not None:
+    if models_config is not None and settings.trainer == "embedded":  # external: `portrait trainer` learns
         trainer = Trainer(store, models_config, metrics, settings.model_checkpoint_interval_s)
 
         @app.timer(settings.timer_interval_s)  # type: ignore[untyped-decorator]
         async def train() -> None:
-            try:
-                await trainer.tick()
-            except Exception:  # the trainer must not stop scoring or ingest; its lease lapses
-                metrics.processing_errors.labels("trainer").inc()
-                log.exception("model trainer failed")
+            await train_once(trainer, metrics)
 
     ingest_state = IngestState()
     register_ingest(app, input_topic, processor, settings, ingest_state)

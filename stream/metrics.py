@@ -94,6 +94,14 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.trainer_lease_held = Gauge(
+            "portrait_trainer_lease_held",
+            "1 while this process holds the model trainer's lease (it learns and publishes), else 0",
+            registry=r,
+        )
+        self.model_items_learned = Counter(
+            "portrait_model_items_learned", "Model items (churn examples, segment vectors) learned", registry=r
+        )
         self.model_version = Gauge(
             "portrait_model_version", "Model checkpoint version this worker scores with", registry=r
         )

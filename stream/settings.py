@@ -206,6 +206,11 @@ class Settings(BaseSettings):
     models_enabled: bool = True
     models_file: Path | None = Field(default=None, description="model config YAML; default is shipped")
     model_checkpoint_interval_s: float = Field(default=10.0, gt=0)
+    # where the model trainer runs: "embedded" in a worker (a timer on the worker's event loop, for
+    # the demo and a single-process setup) or "external": only `portrait trainer` processes learn,
+    # the workers never do (the production deploy: ingest never waits on learning or checkpoints)
+    trainer: Literal["embedded", "external"] = "embedded"
+    trainer_web_port: Port = Field(default=6068, description="port of `portrait trainer`'s /livez /readyz /metrics")
     clock: Literal["wall", "event"] = "wall"
     batch_size: int = Field(default=500, ge=1)
     # a batch closes when full or after this long: 20 ms keeps latency low at moderate rates

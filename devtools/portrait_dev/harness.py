@@ -30,11 +30,13 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+def start_worker(settings: Settings, log_path: Path, command: str = "worker") -> subprocess.Popen[bytes]:
+    """``portrait <command>`` (``worker``; ``trainer`` for the trainer process) as a child process
+    with ``settings``, its output appended to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "stream", "worker"],
+        [sys.executable, "-m", "stream", command],
         env=settings_env(settings),
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -53,12 +55,15 @@ def stop_worker(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
         proc.wait(5)
 
 
-def wait_healthy(settings: Settings, proc: subprocess.Popen[bytes] | None = None, timeout: float = 90.0) -> None:
-    url = f"http://{settings.web_host}:{settings.web_port}/healthz"
+def wait_healthy(
+    settings: Settings, proc: subprocess.Popen[bytes] | None = None, timeout: float = 90.0, port: int | None = None
+) -> None:
+    """Wait until ``/healthz`` on ``port`` (default: the worker's ``web_port``) answers 200."""
+    url = f"http://{settings.web_host}:{port or settings.web_port}/healthz"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"worker exited with {proc.returncode} before becoming healthy")
+            raise RuntimeError(f"process {proc.pid} exited with {proc.returncode} before becoming healthy")
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status == 200:
@@ -66,7 +71,7 @@ def wait_healthy(settings: Settings, proc: subprocess.Popen[bytes] | None = None
         except OSError:
             pass
         time.sleep(0.3)
-    raise TimeoutError(f"worker not healthy at {url} after {timeout}s")
+    raise TimeoutError(f"not healthy at {url} after {timeout}s")
 
 
 @dataclass

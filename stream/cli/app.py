@@ -19,7 +19,7 @@ from typing import Annotated
 import typer
 
 from stream import __version__
-from stream.cli import api, kafka, models, operations, privacy, profiles, rules, schemas
+from stream.cli import api, kafka, models, operations, privacy, profiles, rules, schemas, trainer
 from stream.cli.common import CliState, UserError, quiet_clients
 from stream.settings import ConfigError
 
@@ -55,7 +55,7 @@ def _root(
 ) -> None:
     """Real-time user portraits: behaviour tags from Kafka events, kept in Redis."""
     ctx.obj = CliState(state_file=state_file)
-    if not debug and ctx.invoked_subcommand != "worker":
+    if not debug and ctx.invoked_subcommand not in ("worker", "trainer"):
         # the Kafka/Redis clients log every failed connection attempt; the user gets one line instead
         ctx.with_resource(quiet_clients())
 
@@ -70,7 +70,7 @@ def build_app() -> typer.Typer:
         context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     )
     app.callback()(_root)
-    for area in (profiles, operations, kafka, rules, models, privacy, schemas, api):
+    for area in (profiles, operations, kafka, rules, models, privacy, schemas, api, trainer):
         area.register(app)
     for plugin in entry_points(group=PLUGIN_GROUP):
         plugin.load()(app)

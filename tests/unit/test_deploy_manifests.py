@@ -57,6 +57,7 @@ EXPECTED_ALERTS = {
     "PortraitModelAucDropping",
     "PortraitModelDrift",
     "PortraitModelCheckpointStale",
+    "PortraitNoTrainer",
     "PortraitTriggerOutboxBacklog",
 }
 
@@ -212,6 +213,24 @@ def test_prometheus_config_scrapes_the_workers() -> None:
     assert worker_job["metrics_path"] == "/metrics"
 
 
+def test_compose_trainer_runs_apart_and_the_workers_never_learn(monkeypatch: pytest.MonkeyPatch) -> None:
+    services = _compose()["services"]
+    trainer, worker = services["trainer"], services["worker"]
+    assert trainer["command"] == ["trainer"] and trainer["image"] == worker["image"]
+    assert trainer["build"] == worker["build"]
+    env = {k: _resolve(v) for k, v in trainer["environment"].items()}
+    settings = _settings_from_env(env, monkeypatch)
+    assert settings.web_host == "0.0.0.0" and [str(settings.trainer_web_port)] == trainer["expose"]
+    assert f":{settings.trainer_web_port}/readyz" in " ".join(trainer["healthcheck"]["test"])
+    assert settings.models_enabled and settings.key_prefix == "portrait"
+    assert trainer["depends_on"] == {"valkey": {"condition": "service_healthy"}}  # Redis only
+    worker_env = {k: _resolve(v) for k, v in worker["environment"].items()}
+    assert _settings_from_env(worker_env, monkeypatch).trainer == "external"
+    jobs = {job["job_name"]: job for job in yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"]}
+    sd = jobs["portrait-trainer"]["dns_sd_configs"][0]
+    assert sd["names"] == ["trainer"] and sd["port"] == settings.trainer_web_port
+
+
 # -- Dockerfile -----------------------------------------------------------------------------------
 def test_dockerfile() -> None:
     text = DOCKERFILE.read_text()
@@ -276,6 +295,33 @@ def test_k8s_probes_lifecycle_resources() -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == str(port) and annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_k8s_trainer_is_one_leased_instance_and_the_workers_never_learn(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _k8s_env()["PORTRAIT_TRAINER"]["value"] == "external"
+    deployment = _one("Deployment", "portrait-trainer")
+    assert deployment["spec"]["replicas"] == 1
+    pod = deployment["spec"]["template"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    [container] = pod["spec"]["containers"]
+    assert container["args"] == ["trainer"] and container["image"] == _worker_container()["image"]
+    env = {e["name"]: e for e in container["env"]}
+    assert set(env) <= SETTINGS_ENV
+    assert env["PORTRAIT_REDIS_URL"]["valueFrom"] == _k8s_env()["PORTRAIT_REDIS_URL"]["valueFrom"]
+    plain = {k: e["value"] for k, e in env.items() if "value" in e}
+    plain["PORTRAIT_REDIS_URL"] = _one("Secret", "portrait-credentials")["stringData"]["redis-url"]
+    settings = _settings_from_env(plain, monkeypatch)
+    worker_plain = {k: e["value"] for k, e in _k8s_env().items() if "value" in e}
+    assert settings.key_prefix == worker_plain["PORTRAIT_KEY_PREFIX"]  # the same models keys
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["http"] == settings.trainer_web_port
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(settings.trainer_web_port)
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    service = _one("Service", "portrait-trainer-metrics")
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
 
 
 def test_k8s_selectors_match() -> None:

@@ -197,6 +197,29 @@ def test_alerts_fire_on_synthetic_series(prometheus_bins: tuple[str, str], tmp_p
                     },
                 ],
             },
+            {  # the trainer holds the lease for 5 minutes, then dies: only the workers' 0 remain
+                "interval": "1m",
+                "input_series": [
+                    {"series": 'portrait_trainer_lease_held{instance="w1"}', "values": "0+0x40"},
+                    {"series": 'portrait_trainer_lease_held{instance="t1"}', "values": "1 1 1 1 1 1"},
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "5m", "alertname": "PortraitNoTrainer", "exp_alerts": []},
+                    # its last sample counts for 5 more minutes (staleness), then the 10 minutes of "for"
+                    {"eval_time": "14m", "alertname": "PortraitNoTrainer", "exp_alerts": []},
+                    {
+                        "eval_time": "30m",
+                        "alertname": "PortraitNoTrainer",
+                        "exp_alerts": [
+                            _exp(
+                                "PortraitNoTrainer",
+                                "No model trainer has held the lease for 10 minutes: models learn nothing, "
+                                "checkpoints age",
+                            )
+                        ],
+                    },
+                ],
+            },
         ],
     }
     path = tmp_path / "alerts_test.yml"

@@ -93,6 +93,20 @@ def cdnow(
     echo(f"wrote {out} (replay or evaluate it with --map {CDNOW_MAP})")
 
 
+@datasets_app.command("lifetimes-example")
+def lifetimes_example(out: Annotated[Path, typer.Argument(dir_okay=False, help="CSV file to write.")]) -> None:
+    """lifetimes' example purchase log (5,000 customers, 2014; columns user,date,amount)."""
+    from portrait_dev.datasets import CDNOW_MAP, write_lifetimes_example
+    from stream.offline.btyd import MissingExtra
+
+    try:
+        write_lifetimes_example(out)
+    except MissingExtra as exc:
+        echo(f"error: {exc}")
+        raise typer.Exit(2) from None
+    echo(f"wrote {out} (replay or evaluate it with --map {CDNOW_MAP})")
+
+
 def demo(
     users: Annotated[int, typer.Option(min=1, help="Synthetic users.")] = 2000,
     events: Annotated[int, typer.Option(min=1, help="Synthetic events.")] = 50000,

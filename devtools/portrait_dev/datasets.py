@@ -6,6 +6,9 @@ and ``evaluate`` (columns ``user,date,amount``: ``--map user=user_id,date=ts``).
   1998 (69,659 purchases; ``CDNOW_master.txt``), and the 1/10 sample of those customers
   (2,357 customers, 6,919 purchases; ``CDNOW_sample.txt``). Dates are days; one row per purchase
   (several on a day stay separate rows).
+* **lifetimes' example transactions** (``example_transactions.csv``, same package): 15,273
+  purchases of 5,000 customers in 2014, without amounts (written as 1.00). The package does not say
+  where it comes from; treat it as a second, likely simulated, log.
 """
 
 from __future__ import annotations
@@ -50,6 +53,19 @@ def write_cdnow(out: Path, full: bool = False, customers: int | None = None) -> 
     if customers is not None:
         kept = set(sorted({r[0] for r in rows})[:customers])
         rows = [r for r in rows if r[0] in kept]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["user", "date", "amount"])
+        writer.writerows(rows)
+    return out
+
+
+def write_lifetimes_example(out: Path) -> Path:
+    """Write lifetimes' example transactions as ``user,date,amount`` CSV (amount 1.00). Returns ``out``."""
+    path = _lifetimes_data("example_transactions.csv")
+    with path.open() as f:
+        rows = [(f"x{r['id']}", r["date"][:10], "1.00") for r in csv.DictReader(f)]
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as f:
         writer = csv.writer(f)

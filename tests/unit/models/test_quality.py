@@ -137,3 +137,30 @@ def test_snapshots_follow_a_cadence_for_lapsed_customers_too() -> None:
     assert [p.returned for p in user.pending] == [True, True, False]  # the new one at the closing point
     assert UserModelState.from_doc(user.to_doc()) == user
     assert models.score_step(UserModelState(), {}, None, T0).next_due is None  # not a customer: no snapshot
+
+
+def test_score_cutoff_labels_customers_from_the_data_after_the_cutoff() -> None:
+    from stream.offline.evaluation import CutoffError, History, check_cutoffs, default_cutoffs, score_cutoff
+
+    cut = 100 * DAY
+    history = History(
+        times={
+            "a": [10 * DAY, 120 * DAY],  # ordered again within 90 days: retained
+            "b": [50 * DAY],  # never again: churned
+            "c": [20 * DAY, 95 * DAY + 190 * DAY],  # back only after the horizon: churned
+            "d": [150 * DAY],  # first order after the cutoff: not a customer yet
+        },
+        start=10 * DAY,
+        end=300 * DAY,
+    )
+    profiles = {"a": {"churn_risk": "0.2000"}, "b": {"churn_risk": "0.7000"}}  # c has no profile
+    result = score_cutoff(cut, history, profiles, load_models_config(), with_bgnbd=False)
+    assert (result.customers, result.churned, result.without_profile) == (3, 2, 1)
+    # a (0.2, retained), b (0.7, churned), c (1.0 for no profile, churned)
+    assert result.portrait.roc_auc == 1.0 and result.portrait.brier == pytest.approx((0.04 + 0.09 + 0.0) / 3, abs=1e-6)
+    assert result.recency.roc_auc == 0.0  # days since the last order: a 90 (retained), b 50, c 80
+    assert result.bands["low"].customers == 1 and result.bands["high"].customers == 2
+    assert result.bgnbd is None
+    assert default_cutoffs(0.0, 400 * DAY, 90 * DAY) == [155 * DAY, 232 * DAY]
+    with pytest.raises(CutoffError, match="label window ends after the last event"):
+        check_cutoffs([250 * DAY], 0.0, 300 * DAY, 90 * DAY)

@@ -4,7 +4,8 @@ Read-only: every endpoint is a GET (``POST /v1/profiles:batchGet`` only reads). 
 problem details (``stream.api.problems``). When ``PORTRAIT_API_TOKEN`` is set, every ``/v1``
 request needs ``Authorization: Bearer <token>``; without a token the API must bind to a loopback
 address (``check_exposure``). The OpenAPI document is ``/openapi.json`` (browsable at ``/docs``);
-the dashboard's static files (``stream/api/dashboard``) are served at ``/`` when present.
+the dashboard's static files (``stream/api/dashboard``) are served at ``/`` when present. A changed
+tag catalogue file is loaded again as the workers do (``stream.service.reload.FileWatcher``).
 """
 
 from __future__ import annotations
@@ -27,14 +28,17 @@ from stream.api import audiences, insights, problems, profiles
 from stream.api.context import ApiContext, api_of
 from stream.api.refresher import Refresher
 from stream.errors import ConfigError
+from stream.metrics import Metrics
 from stream.models.config import load_models_config
+from stream.service.reload import FileWatcher
 from stream.settings import Settings
 from stream.storage.reads import Reads
-from stream.tagging.definitions import TagCatalogue, load_catalogue
+from stream.tagging.definitions import TagCatalogue, default_tags_path, load_catalogue
 
 log = logging.getLogger(__name__)
 
 DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboard"
+CATALOGUE_POLL_S = 2.0
 
 
 def is_loopback(host: str) -> bool:
@@ -90,9 +94,26 @@ def create_app(
     store = reads or Reads.from_settings(settings)
     api = ApiContext(settings, store, catalogue, models, Refresher(store, settings, catalogue, models))
 
+    watcher = FileWatcher(
+        settings.tags_file or default_tags_path(),
+        "tag catalogue",
+        "previous catalogue stays active",
+        load_catalogue,
+        Metrics().catalogue_reloads,  # the API serves no /metrics: a private registry
+    )
+
+    async def follow_catalogue() -> None:
+        """The catalogue the workers reload (stream/service/reload.py), swapped in here too."""
+        while True:
+            await asyncio.sleep(CATALOGUE_POLL_S)
+            loaded = watcher.poll()
+            if loaded is not None:
+                api.catalogue = api.refresher.catalogue = loaded
+                log.info("tag catalogue reloaded: version %d", loaded.version)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        tasks = list(api.refresher.tasks()) if background else []
+        tasks = [*api.refresher.tasks(), asyncio.create_task(follow_catalogue())] if background else []
         try:
             yield
         finally:

@@ -481,6 +481,30 @@ def test_trend_retention(replayed: Replayed) -> None:
     assert asyncio.run(go()) == [1_800_000_000 // 3600 * 3600 + 86400, 1_800_000_000 // 3600 * 3600 + 2 * 86400 + 3600]
 
 
+def test_catalogue_change_followed(replayed: Replayed, tmp_path) -> None:
+    """A changed tag catalogue file is loaded again, as the workers do; an invalid one is not."""
+    import time
+
+    from stream.tagging.definitions import default_tags_path
+
+    tags = tmp_path / "tags.yaml"
+    text = default_tags_path().read_text()
+    tags.write_text(text)
+    settings = replayed.settings.model_copy(update={"tags_file": tags, "api_insights_interval_s": 3600.0})
+    with TestClient(create_app(settings)) as http:
+        assert http.get("/v1/tags").json()["version"] == 1
+        tags.write_text("version: [broken")
+        time.sleep(2.5)
+        assert http.get("/v1/tags").json()["version"] == 1  # rejected: the previous one stays
+        tags.write_text(text.replace("version: 1\n", "version: 2\n", 1).replace('en: "Region"', 'en: "Area"', 1))
+        deadline = time.monotonic() + 10
+        while http.get("/v1/tags").json()["version"] != 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        doc = http.get("/v1/tags").json()
+    assert doc["version"] == 2
+    assert next(t for t in doc["tags"] if t["name"] == "region")["label"]["en"] == "Area"
+
+
 def test_errors_are_problem_details(client: TestClient) -> None:
     unknown = client.get("/v1/profiles/nobody%2Fhere")
     assert unknown.status_code == 404 and unknown.headers["content-type"] == "application/problem+json"

@@ -19,8 +19,7 @@ def api(
 ) -> None:
     """Serve the read API (OpenAPI at /docs) and the dashboard until Ctrl-C or SIGTERM.
 
-    Binds to loopback unless told otherwise; another address needs PORTRAIT_API_TOKEN, a bearer
-    token every request must send.
+    Binds to loopback unless told otherwise; another address needs PORTRAIT_API_TOKEN (a bearer token).
     """
     import uvicorn
 

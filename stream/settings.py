@@ -237,6 +237,15 @@ class Settings(BaseSettings):
     # is deleted; until then the profile keeps lifetime tags and monthly tiles (docs/tags.md).
     # At least the 90-day window of the daily tiles.
     lifecycle_retention_days: int = Field(default=400, ge=90, le=3660)
+    # Rule triggers (docs/rules.md, "Delivery"): live sends; dry-run decides and records every
+    # firing, sends none; off decides none. In live, a firing whose event time is more than the
+    # horizon behind the wall clock (a backfill of history) is withheld as a `backfill` suppression.
+    delivery: Literal["live", "dry-run", "off"] = "live"
+    delivery_horizon_s: float = Field(default=86400.0, ge=0, description="0: no horizon")
+    # Event time: evaluate users only at the change points a rule, label, model or the RFM
+    # population needs (needed; profiles are brought to the clock when the input stops), or at
+    # every change of any tag (every: the per-day path). Wall time always evaluates every one.
+    time_steps: Literal["needed", "every"] = "needed"
     web_host: str = "127.0.0.1"
     web_port: Port = 6066
     # the read API and dashboard (`portrait api`, stream/api): loopback unless set; any other bind

@@ -27,6 +27,8 @@ def register_timers(app: Any, processor: Processor, settings: Settings) -> None:
             for _ in range(100):
                 if await processor.reevaluate_due() == 0:
                     break
+            if settings.clock == "event":
+                await processor.freshen(await processor.now())
             await processor.observe_due()
         except Exception:  # a bug here must not kill the timer: log, count, try next tick
             processor.metrics.processing_errors.labels("reevaluate").inc()

@@ -3,7 +3,7 @@
 import ast
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
 
@@ -90,6 +90,16 @@ def replay(
     stall_timeout: StallOption = 120.0,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
     json: JsonOption = False,
+    sort: Annotated[
+        bool,
+        typer.Option(
+            "--sort/--no-sort",
+            help=(
+                "Send the rows in event-time order, sorting the file in memory when it is not "
+                "(in event time a row 90 days behind its partition's latest is dead-lettered as too_old)."
+            ),
+        ),
+    ] = True,
 ) -> None:
     """Stream a JSONL or CSV export into the input topics (key = user id), as the collectors would.
 
@@ -100,7 +110,13 @@ def replay(
 
     settings = settings_of(ctx)
     waiting = sys.stdout.isatty() if wait is None else wait
+    source: Iterable[replaying.Message]
     source = replaying.read_events(file, fmt=fmt, mapping=mapping_of(map_), default_type=type_, tz=tz)
+    resorted = False
+    if sort:
+        source, resorted = replaying.in_time_order(source)
+        if resorted and not json:
+            sys.stderr.write("the file is not in event-time order: sending it sorted by event time\n")
 
     async def send() -> replaying.ReplayReport:
         return await replaying.replay(settings, source, progress=not quiet, rate=rate)
@@ -126,17 +142,19 @@ def replay(
         except replaying.Stalled as exc:
             raise UserError(str(exc)) from exc
     if json:
-        print_json(_replay_doc(str(file), report, outcome))
+        print_json(_replay_doc(str(file), report, outcome, resorted))
         return
     echo(wrap(str(report), 2))
     if outcome is not None:
         echo(_outcome_text(report, outcome))
 
 
-def _replay_doc(file: str, report: Any, outcome: Any) -> dict[str, Any]:
-    """``replay --json``: one document; the workers' part is null without --wait."""
+def _replay_doc(file: str, report: Any, outcome: Any, resorted: bool = False) -> dict[str, Any]:
+    """``replay --json``: one document; the workers' part is null without --wait. ``sorted``: the
+    file was not in event-time order and was sent sorted."""
     doc: dict[str, Any] = {
         "file": file,
+        "sorted": resorted,
         "read": report.read,
         "sent": report.total,
         "without_type": report.undetermined,

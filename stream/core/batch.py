@@ -251,9 +251,10 @@ def plan_due(
 ) -> tuple[list[UserWrite], list[str]]:
     """Time-driven path: (writes, users a bug kept from being evaluated) for the claimed users.
 
-    Each user is evaluated at their due time (not the possibly much later ``now``), so a replay in
-    event time passes through the same states, and fires the same rules, as live processing. A
-    user erased since the claim is skipped; a user without state is deleted.
+    Each user is evaluated at their due time (not the possibly much later ``now``), then at each
+    further due point up to ``now`` (``catch_up``), written once, so a replay in event time passes
+    through the same states, and fires the same rules, as live processing. A user erased since the
+    claim is skipped; a user without state is deleted.
     """
     writes: list[UserWrite] = []
     failed: list[str] = []
@@ -267,7 +268,14 @@ def plan_due(
         due = due_at[uid]
         at = now if due <= 0 else min(now, max(due, user.state.evaluated_at or 0.0))
         try:
-            writes.append(plan_write(uid, user.version, user.state, at, context))
+            steps = Steps(dict(user.state.published))
+            steps.add(plan_write(uid, user.version, user.state, at, context))
+            if steps.writes[-1].state is not None:
+                # the user's further change points up to ``now`` in the same claim: one write
+                catch_up(steps, uid, user.version, user.state, now, context)
+            write = steps.combined()
+            write.encode()
+            writes.append(write)
         except Exception:
             failed.append(uid)
             log.exception("bug re-evaluating user %s", uid)

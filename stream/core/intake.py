@@ -9,6 +9,8 @@ merges the valid events across partitions by event time (``in_event_time_order``
 from __future__ import annotations
 
 import heapq
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import orjson
@@ -63,11 +65,18 @@ def intake(
     processor_version: str,
     event_time: bool,
     max_message_bytes: int,
+    partition_clock: Mapping[str, float] | None = None,
 ) -> tuple[list[Valid], list[DeadLetter]]:
     """A batch's valid events (in event-time order when ``event_time``) and its dead letters (those
-    of envelopes first, then those of events, each in the batch's order). ``clock_now``: the
-    clock events are checked against for ``too_old`` (the event-time clock before the batch).
-    A message over ``max_message_bytes`` is dead-lettered as ``too_large`` before it is parsed."""
+    of envelopes first, then those of events, each in the batch's order).
+
+    ``clock_now``: the clock events are checked against for ``too_old`` (wall time; in event time
+    the time up to which the input is settled). ``partition_clock``, when given: per input
+    partition ("topic/partition"), the time that partition itself has reached; an event is then
+    checked against that time instead, and an event of a partition absent from it is not too old
+    (event time: only a partition's own earlier events can make its event late, never another
+    partition that ran ahead). A message over ``max_message_bytes`` is dead-lettered as
+    ``too_large`` before it is parsed."""
     dead: list[DeadLetter] = []
     events: list[Message] = []
     for message in messages:
@@ -82,7 +91,8 @@ def intake(
             events.extend(unpacked)
     valid: list[Valid] = []
     for message in events:
-        outcome = classify(message, catalogue, wall_now, clock_now, max_future_skew_s, processor_version)
+        reference = clock_now if partition_clock is None else partition_clock.get(message.source, -math.inf)
+        outcome = classify(message, catalogue, wall_now, reference, max_future_skew_s, processor_version)
         if isinstance(outcome, Valid):
             valid.append(outcome)
         else:
@@ -157,7 +167,7 @@ def classify(
     ts = event.epoch
     if ts > wall_now + max_future_skew_s:
         return dead("future_timestamp", f"ts {event.ts.isoformat()} is more than {max_future_skew_s:.0f}s ahead")
-    if day_of(ts) < day_of(clock_now) - LONGEST_WINDOW_DAYS + 1:
+    if math.isfinite(clock_now) and day_of(ts) < day_of(clock_now) - LONGEST_WINDOW_DAYS + 1:
         return dead("too_old", f"ts {event.ts.isoformat()} is older than the {LONGEST_WINDOW_DAYS}-day window")
     try:
         check_event(event, catalogue.params)

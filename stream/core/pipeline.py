@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -17,10 +17,11 @@ from stream.contracts.topics import Topics
 
 # Moved to stream.core.intake; importable from here as before.
 from stream.core.intake import Message as Message
+from stream.core.steps import next_needed
 from stream.core.writes import Decided, UserWrite
 from stream.models import Models, UserModelState
 from stream.models.runtime import qualifying_ts
-from stream.rules import RuleSet, evaluate_rules, tags_referenced
+from stream.rules import Delivery, RuleSet, evaluate_rules, tags_referenced
 from stream.rules.effect import count_decisions, exposure_due, open_exposures, track_conversions
 from stream.tagging.definitions import TagCatalogue
 from stream.tagging.engine import (
@@ -46,6 +47,8 @@ class PlanContext:
     ``settled`` (default: the evaluation time): the time up to which every input is known to have
     been read (the event-time watermark). Conversion windows stay open until it passes their end,
     so an order read late from a slower partition still converts the exposure it falls in.
+    ``delivery``: what becomes of rule firings (sent, withheld as ``backfill``/``dry_run``, or
+    none decided: ``stream.rules.Delivery``).
     """
 
     catalogue: TagCatalogue
@@ -56,6 +59,10 @@ class PlanContext:
     models: Models | None = None
     settled: float | None = None
     retention_days: int = DEFAULT_RETENTION_DAYS  # PORTRAIT_LIFECYCLE_RETENTION_DAYS
+    delivery: Delivery = field(default_factory=Delivery)
+    # "every" change point of a tag is evaluated (wall time: the CRM reads profiles), or only
+    # those a decision needs ("needed": event-time backfills, see stream.core.steps)
+    time_steps: Literal["every", "needed"] = "every"
 
 
 def plan_write(uid: str, version: int, state: UserState, now: float, context: PlanContext) -> UserWrite:
@@ -67,7 +74,7 @@ def plan_write(uid: str, version: int, state: UserState, now: float, context: Pl
     sending.
     """
     catalogue, thresholds, wall_now = context.catalogue, context.thresholds, context.wall_now
-    rules, topics, models, settled = context.rules, context.topics, context.models, context.settled
+    models, settled = context.models, context.settled
     previous = state.published
     audience_tags = catalogue.audience_tags
     retention = context.retention_days
@@ -77,7 +84,10 @@ def plan_write(uid: str, version: int, state: UserState, now: float, context: Pl
     wanted = catalogue.names
     profile = {k: v for k, v in evaluate(state, now, thresholds, catalogue.params).items() if k in wanted}
     learn: list[dict[str, Any]] = []
-    due = next_due(state, now, catalogue.params, retention)
+    if context.time_steps == "needed":
+        due = next_needed(state, now, profile, context.rules, thresholds, catalogue.params, retention)
+    else:
+        due = next_due(state, now, catalogue.params, retention)
     if models is not None:
         if state.models is None:
             state.models = UserModelState()
@@ -95,7 +105,7 @@ def plan_write(uid: str, version: int, state: UserState, now: float, context: Pl
     state.evaluated_at = now
     counters: dict[str, int] = {}
     track_conversions(state, now if settled is None else min(settled, now), counters)
-    triggers, decisions = _apply_rules(uid, version, state, profile, now, rules, topics or Topics(), counters)
+    triggers, decisions = _apply_rules(uid, version, state, profile, now, context, counters)
     ends = exposure_due(state, now)
     if ends is not None and ends < due:
         due = ends
@@ -144,11 +154,11 @@ def _apply_rules(
     state: UserState,
     profile: dict[str, str],
     now: float,
-    rules: RuleSet | None,
-    topics: Topics,
+    context: PlanContext,
     counters: dict[str, int],
 ) -> tuple[list[tuple[str, str]], list[Decided]]:
     """(outbox entries (topic, trigger JSON), decisions) for this step."""
+    rules, topics, delivery = context.rules, context.topics or Topics(), context.delivery
     if rules is None:
         return [], []
     tracked, tracked_hash = _tracked_tags(rules)
@@ -160,7 +170,10 @@ def _apply_rules(
         # Rules changed to read tags not recorded before: their unknown previous values are taken
         # as unchanged, so a reload cannot make every user "enter" a value at once.
         previous = {**{t: profile[t] for t in tracked if t in profile and t not in baseline.values}, **baseline.values}
-    found = evaluate_rules(rules, uid, previous, profile, now, state.delivery)
+    # delivery off: nothing is decided, but the baseline follows the tags (no burst when back on)
+    found = (
+        [] if delivery.mode == "off" else evaluate_rules(rules, uid, previous, profile, now, state.delivery, delivery)
+    )
     state.rule_baseline = RuleBaseline({t: profile[t] for t in tracked if t in profile}, tracked_hash)
     count_decisions(found, counters)
     open_exposures(state, found, now, rules, counters)

@@ -19,9 +19,29 @@ class InputProgress:
         self.read_to: dict[str, int] = {}
         self.applied_ts: dict[str, float] = {}
 
-    def update(self, messages: list[Message], valid: list[Valid], highwaters: Mapping[str, int | None]) -> Progress:
+    def reached(self, stored: Mapping[bytes, bytes] | None = None) -> dict[str, float]:
+        """Per input partition: the highest event time applied from it so far, by this worker or
+        (``stored``: the shared progress hash as last read) by its previous owner. What an event's
+        age is judged against in event time: only its own partition's earlier events can make it
+        late, however far another partition (or worker) ran ahead."""
+        times: dict[str, float] = {}
+        for key, value in (stored or {}).items():
+            try:
+                ts = float(value)
+            except ValueError:
+                continue  # "caught": no time recorded
+            if ts > 0:
+                times[key.decode() if isinstance(key, bytes) else str(key)] = ts
+        for source, ts in self.applied_ts.items():
+            times[source] = max(times.get(source, ts), ts)
+        return times
+
+    def update(
+        self, messages: list[Message], valid: list[Valid], highwaters: Mapping[str, int | None] | None
+    ) -> Progress | None:
         """Record a batch and return, per assigned input partition this worker has read: (highest
-        event time applied from it, whether everything written to it so far has been read).
+        event time applied from it, whether everything written to it so far has been read); None
+        when ``highwaters`` is None (the caller cannot tell; the applied times are still recorded).
         Includes partitions absent from the batch: new messages on a partition read to its end make
         it hold the watermark back again. ``highwaters``: "topic/partition" -> next offset to be
         written (None: unknown, taken as read to its end)."""
@@ -30,6 +50,8 @@ class InputProgress:
         for v in valid:
             source = v.message.source
             self.applied_ts[source] = max(self.applied_ts.get(source, v.event.epoch), v.event.epoch)
+        if highwaters is None:
+            return None
         progress: Progress = {}
         for source, last in self.read_to.items():
             if source not in highwaters:

@@ -139,9 +139,13 @@ class _RecordingStore(Store):
 
 
 def scratch_settings(settings: Settings) -> Settings:
-    """``settings`` in event-time mode with a key prefix of its own (unique per call)."""
+    """``settings`` in event-time mode with a key prefix of its own (unique per call), deciding
+    firings as live delivery would (no backfill horizon: a backtest shows what would be sent;
+    its triggers go nowhere)."""
     prefix = f"{settings.key_prefix}-offline-{uuid.uuid4().hex[:12]}"
-    return settings.model_copy(update={"clock": "event", "key_prefix": prefix})
+    return settings.model_copy(
+        update={"clock": "event", "key_prefix": prefix, "delivery": "live", "delivery_horizon_s": 0.0}
+    )
 
 
 def _sorted_messages(items: Iterable[dict[str, Any] | bytes], topics: Topics) -> list[tuple[float, Message, str]]:
@@ -337,6 +341,10 @@ async def _replay(
             await enter(t)  # a refresh when t starts a new period
         await drain()
         await train(run.clock_end, final=True)
+        await drain()
+    if settings.time_steps == "needed":
+        # every profile at the final clock (the worker does this when its input stops: freshen)
+        await store.mark_all_due()
         await drain()
 
 

@@ -24,7 +24,7 @@ from stream.rules.config import (
     tags_referenced,
 )
 from stream.rules.effect import Exposure, GroupStats, RuleEffect, effects
-from stream.rules.evaluate import REASONS, Decision, Outcome, Reason, evaluate_rules
+from stream.rules.evaluate import REASONS, WITHHELD, Decision, Delivery, DeliveryMode, Outcome, Reason, evaluate_rules
 from stream.rules.trigger import holdout, trigger_id
 from stream.tagging.memory import DeliveryMemory, DeliveryRecord
 
@@ -33,12 +33,15 @@ __all__ = [
     "MODEL_TAGS",
     "MODEL_TAG_DOMAINS",
     "REASONS",
+    "WITHHELD",
     "ActionParams",
     "ActionSpec",
     "ActionType",
     "Condition",
     "Decision",
+    "Delivery",
     "DeliveryMemory",
+    "DeliveryMode",
     "DeliveryRecord",
     "DeliverySettings",
     "Exposure",

@@ -206,6 +206,25 @@ def holds(cond: Condition, previous: Profile, current: Profile) -> bool:
     return _compare(op, cond.operand(op), current.get(cond.tag))
 
 
+def leaf_truth(leaf: Condition, value: str | None) -> bool:
+    """What a tag test says about one value: its comparison, or for a transition the side of the
+    edge (``crosses_above t``: above t; ``crosses_below t``: below t; ``enters``/``leaves S``: in S).
+
+    The basis of skipping evaluations (``stream.core.steps``): ``holds(C, p, c)`` depends on the
+    profiles only through ``leaf_truth`` of each leaf on ``p`` and ``c``, so when no leaf's truth
+    differs between the previous profile and the current one, no rule fires, and skipping the step
+    leaves every later step's decision unchanged.
+    """
+    assert leaf.tag is not None and leaf.operator is not None
+    op, operand = leaf.operator, leaf.operand(leaf.operator)
+    if op in ("enters", "leaves"):
+        return _is_in(value, operand)
+    if op in ("crosses_above", "crosses_below"):
+        x = as_number(value)
+        return x is not None and (x > operand if op == "crosses_above" else x < operand)
+    return _compare(op, operand, value)
+
+
 def fires(cond: Condition, previous: Profile, current: Profile) -> bool:
     """Edge trigger: holds for ``previous`` → ``current`` but not for ``previous`` → ``previous``."""
     return holds(cond, previous, current) and not holds(cond, previous, previous)

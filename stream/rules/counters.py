@@ -21,7 +21,7 @@ from typing import Literal, get_args
 Group = Literal["treated", "control"]
 EffectWhat = Literal["exposed", "converted", "expired"]
 # ``send``, or the suppression reason (stream.rules.evaluate.REASONS)
-RuleOutcome = Literal["send", "cooldown", "quiet_hours", "cap", "holdout"]
+RuleOutcome = Literal["send", "cooldown", "quiet_hours", "cap", "holdout", "backfill", "dry_run"]
 GROUPS: tuple[Group, ...] = get_args(Group)
 EFFECT_WHATS: tuple[EffectWhat, ...] = get_args(EffectWhat)
 RULE_OUTCOMES: tuple[RuleOutcome, ...] = get_args(RuleOutcome)

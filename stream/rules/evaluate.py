@@ -8,10 +8,18 @@ channel and local day) → ``holdout`` (control group). Outcomes:
 * ``suppressed``/``cooldown|quiet_hours|cap``: dropped and recorded; nothing is deferred. Because
   rules are edge-triggered, such a firing is not retried: it fires again only when its condition
   becomes false and then true again.
+
+Then the delivery setting (``Delivery``) may withhold a firing the checks let through (``send`` or
+``holdout``): ``backfill`` when its event time is older than the horizon behind the wall clock (a
+replay of history must not message customers about the past), ``dry_run`` when nothing is sent.
+A withheld firing is recorded with that reason and otherwise remembered as the live decision
+(cooldown, daily cap), so the firings after a backfill are exactly those of a live run; it opens no
+exposure (no message reached anyone, and control must mirror treated).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,8 +41,36 @@ from stream.rules.trigger import (
 from stream.tagging.memory import DeliveryMemory, DeliveryRecord
 
 Outcome = Literal["send", "suppressed"]
-Reason = Literal["cooldown", "quiet_hours", "cap", "holdout"]
+Reason = Literal["cooldown", "quiet_hours", "cap", "holdout", "backfill", "dry_run"]
+# the suppression checks of the rules (a backtest's columns); WITHHELD: the delivery setting's
 REASONS: tuple[Reason, ...] = ("cooldown", "quiet_hours", "cap", "holdout")
+WITHHELD: tuple[Reason, ...] = ("backfill", "dry_run")
+DeliveryMode = Literal["live", "dry-run", "off"]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What becomes of a firing once decided (``PORTRAIT_DELIVERY``, ``PORTRAIT_DELIVERY_HORIZON_S``).
+
+    ``live``: sent, unless its event time is before ``send_from`` (the wall clock minus the
+    horizon): then withheld as ``backfill``. ``dry-run``: every firing is decided and recorded as
+    ``dry_run``, none is sent. ``off``: rules fire nothing (they keep their memory of tag values, so
+    turning delivery back on fires on new changes only).
+    """
+
+    mode: DeliveryMode = "live"
+    send_from: float = -math.inf
+
+    @classmethod
+    def at(cls, mode: DeliveryMode, wall_now: float, horizon_s: float) -> Delivery:
+        """The policy at wall time ``wall_now`` (``horizon_s`` 0: no horizon)."""
+        return cls(mode, wall_now - horizon_s if horizon_s > 0 else -math.inf)
+
+    def withheld(self, event_time: float) -> Reason | None:
+        """Why a firing at ``event_time`` that would be sent (or held out) is withheld, if it is."""
+        if self.mode == "dry-run":
+            return "dry_run"
+        return "backfill" if event_time < self.send_from else None
 
 
 @dataclass(frozen=True)
@@ -53,7 +89,8 @@ class Decision:
 
     @property
     def group(self) -> Literal["treated", "control"] | None:
-        """Experiment group for effect tracking: sent → treated, held out → control, else None."""
+        """Experiment group for effect tracking: sent → treated, held out → control, else None
+        (withheld by the delivery setting included)."""
         if self.outcome == "send":
             return "treated"
         return "control" if self.reason == "holdout" else None
@@ -93,6 +130,9 @@ def build_trigger(rule: Rule, user_id: str, previous: Profile, current: Profile,
     )
 
 
+LIVE = Delivery()
+
+
 def suppression(
     rules: RuleSet, rule: Rule, user_id: str, local: datetime, now: float, memory: DeliveryMemory
 ) -> Reason | None:
@@ -111,11 +151,20 @@ def suppression(
     return None
 
 
-def _remember(rule: Rule, trigger: Trigger, reason: Reason | None, local_date: str, memory: DeliveryMemory) -> None:
+def _remember(
+    rule: Rule,
+    trigger: Trigger,
+    reason: Reason | None,
+    local_date: str,
+    memory: DeliveryMemory,
+    withheld: Reason | None,
+) -> None:
+    """Cooldown and cap follow the live decision ``reason``; the record shows why nothing was sent."""
     if reason in (None, "holdout") and rule.cooldown is not None:
         memory.last_fired[rule.id] = trigger.event_time
     if reason is None:
         memory.count_send(local_date, rule.channel)
+    reason = withheld or reason
     memory.record(
         DeliveryRecord(
             at=trigger.event_time,
@@ -136,6 +185,7 @@ def evaluate_rules(
     current: Mapping[str, str],
     now: float,
     memory: DeliveryMemory,
+    delivery: Delivery | None = None,
 ) -> list[Decision]:
     """Decisions for every enabled rule whose condition fires from ``previous`` to ``current``.
 
@@ -143,7 +193,9 @@ def evaluate_rules(
     re-evaluations. ``previous`` is the user's previous values of ``tags_referenced(rules)``: ``{}``
     for a brand-new user; ``None`` when unknown (e.g. first evaluation after rules were deployed),
     which only establishes the baseline and fires nothing. ``memory`` is updated and pruned.
+    ``delivery`` (default: live, no horizon) may withhold what would be sent (module doc).
     """
+    delivery = delivery or LIVE
     local = local_time(now, current)
     local_date = local.date().isoformat()
     decisions: list[Decision] = []
@@ -153,8 +205,10 @@ def evaluate_rules(
                 continue
             trigger = build_trigger(rule, user_id, previous, current, now)
             reason = suppression(rules, rule, user_id, local, now, memory)
-            _remember(rule, trigger, reason, local_date, memory)
-            decisions.append(Decision(rule, trigger, "send" if reason is None else "suppressed", reason))
+            withheld = delivery.withheld(now) if reason in (None, "holdout") else None
+            _remember(rule, trigger, reason, local_date, memory, withheld)
+            shown = withheld or reason
+            decisions.append(Decision(rule, trigger, "send" if shown is None else "suppressed", shown))
     cooldowns = {r.id: r.cooldown for r in rules.active if r.cooldown is not None}
     memory.prune(now, local_date, cooldowns)
     return decisions

@@ -218,13 +218,40 @@ def is_expired(state: UserState, now: float, retention_days: int = DEFAULT_RETEN
     return state.last_seen is None or now >= retention_end(state, retention_days)
 
 
-def next_due(state: UserState, now: float, params: TagParams, retention_days: int = DEFAULT_RETENTION_DAYS) -> float:
-    """The earliest time after ``now`` at which any tag of this user can change without an event."""
+# Tags that change every day without an event (the daily ticks of ``next_due``), by the time
+# they count the days from. Every other tag changes only at ``next_due(..., ticks=False)``.
+DAY_COUNTERS = {"recency_days": "last_activity", "days_since_last_order": "last_order"}
+# Tags of ``evaluate`` that change without an event only at ``next_due(..., ticks=False)`` (window
+# edges, cart and NPS timers, retention): a tag that is in neither set is assumed to change at any
+# time (``stream.core.steps`` then evaluates every change point of a user whose rules read it).
+TICK_FREE_TAGS = frozenset(
+    {
+        *TRAIT_NAMES,
+        *("first_seen", "last_seen", "events_7d", "events_30d", "active_days_7d", "active_days_30d"),
+        *("activity_level", "activity_trend", "preferred_daypart", "night_owl", "top_categories"),
+        *("funnel_stage_7d", "cart_abandoned", "frequency_30d", "frequency_90d", "monetary_30d"),
+        *("monetary_90d", "avg_order_value_90d", "refund_rate_90d", "value_tier", "r_score", "f_score"),
+        *("m_score", "rfm_segment", "avg_rating_90d", "complaints_90d", "nps_class", "satisfaction"),
+    }
+)
+
+
+def next_due(
+    state: UserState,
+    now: float,
+    params: TagParams,
+    retention_days: int = DEFAULT_RETENTION_DAYS,
+    ticks: bool = True,
+) -> float:
+    """The earliest time after ``now`` at which any tag of this user can change without an event.
+
+    ``ticks=False``: leave out the daily ticks of the day counters (``DAY_COUNTERS``), i.e. the
+    earliest time any other tag can change."""
     candidates = [retention_end(state, retention_days)]
     for day in state.tiles:
         for width in (7, 30, 35, LONGEST_WINDOW_DAYS):
             candidates.append(float((day + width) * DAY))
-    for last in (state.last_activity, state.last_order):
+    for last in (state.last_activity, state.last_order) if ticks else ():
         if last is not None:
             candidates.append(last + (math.floor((now - last) / DAY) + 1) * DAY)
     if state.last_cart_add is not None and (state.last_order is None or state.last_cart_add > state.last_order):

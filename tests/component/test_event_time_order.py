@@ -80,7 +80,9 @@ def _firings(make_settings, names, tmp_path: Path, report_highwaters: bool) -> l
     consumer applies that order before u1's day-27 page view. Returns u1's rule decisions."""
     rules_file = tmp_path / f"rules-{report_highwaters}.yaml"
     rules_file.write_text(RULES)
-    settings = make_settings(clock="event", key_prefix=f"{names.key_prefix}-{int(report_highwaters)}")
+    settings = make_settings(
+        clock="event", key_prefix=f"{names.key_prefix}-{int(report_highwaters)}", delivery_horizon_s=0
+    )
     topics = Topics(settings.topic_prefix)
     clicks, orders = f"{topics.clickstream}/0", f"{topics.transactions}/0"
 
@@ -120,7 +122,7 @@ def test_a_change_point_between_two_events_is_evaluated_before_the_second(make_s
     empties on day 30 all the same, so the day-40 visit is a return and the rule fires again."""
     rules_file = tmp_path / "rules.yaml"
     rules_file.write_text(RULES)
-    settings = make_settings(clock="event")
+    settings = make_settings(clock="event", delivery_horizon_s=0)
     topics = Topics(settings.topic_prefix)
 
     async def run() -> tuple[list[dict[str, object]], dict[str, str]]:
@@ -161,7 +163,7 @@ def test_one_batch_gives_the_steps_of_one_event_at_a_time(make_settings, names, 
     in_time = [clicks[0], orders[0], clicks[1], orders[1]]
 
     def run(batches: list[list[Message]], tag: str, marks: dict[str, int] | None):  # type: ignore[no-untyped-def]
-        settings = make_settings(clock="event", key_prefix=f"{names.key_prefix}-{tag}")
+        settings = make_settings(clock="event", key_prefix=f"{names.key_prefix}-{tag}", delivery_horizon_s=0)
 
         async def go() -> tuple[list[tuple[str, float]], dict[str, int], dict[str, str]]:
             store, proc, writes = _spied_processor(settings, rules_file)

@@ -20,7 +20,12 @@ pytestmark = pytest.mark.integration
 def test_sigkill_three_times_loses_and_duplicates_nothing(make_settings, tmp_path: Path) -> None:
     # small batches and a slow commit interval make each kill land with uncommitted work in flight
     settings = make_settings(
-        clock="event", web_port=free_port(), batch_size=100, commit_interval_s=3.0, rules_file=RULES
+        clock="event",
+        web_port=free_port(),
+        batch_size=100,
+        commit_interval_s=3.0,
+        rules_file=RULES,
+        delivery_horizon_s=0,  # triggers of a history are sent (the horizon: test_backfill.py)
     )
     # (make chaos runs the long version: 100k events, 20 kills across 2 workers)
     events = synth.generate(users=300, events=10000, seed=23, days=85)

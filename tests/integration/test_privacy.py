@@ -70,7 +70,7 @@ async def _traces(settings: Settings, uid: str) -> list[str]:
 def test_erase_a_user_mid_replay(make_settings, tmp_path: Path) -> None:
     rules = tmp_path / "rules.yaml"
     rules.write_text(WELCOME)
-    settings = make_settings(clock="event", rules_file=rules)
+    settings = make_settings(clock="event", rules_file=rules, delivery_horizon_s=0)
     events = synth.generate(users=120, events=4000, seed=31, days=60)
     half = len(events) // 2
     split = event_time(events[half])

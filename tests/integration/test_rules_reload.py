@@ -51,7 +51,7 @@ def _activity(events: list[dict]) -> dict[str, list[float]]:
 def test_rules_hot_reload(make_settings, tmp_path: Path) -> None:
     rules = tmp_path / "rules.yaml"
     rules.write_text("version: 1\nrules:" + COMPLAINT)
-    settings = make_settings(clock="event", rules_file=rules)
+    settings = make_settings(clock="event", rules_file=rules, delivery_horizon_s=0)
     events = synth.generate(users=200, events=5000, seed=29, days=85)
     half = len(events) // 2
     log = tmp_path / "worker.log"

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_replay_fires_expected_triggers_once_each(make_settings, tmp_path: Path) -> None:
-    settings = make_settings(clock="event", rules_file=RULES)
+    settings = make_settings(clock="event", rules_file=RULES, delivery_horizon_s=0)
     events = synth.generate(users=200, events=5000, seed=17, days=85)
     with worker(settings, tmp_path / "worker.log"):
         replay_and_settle(settings, events)

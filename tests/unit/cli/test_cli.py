@@ -77,6 +77,8 @@ def assert_one_line_error(code: int, err: str, *needles: str) -> None:
         ("PORTRAIT_IDENTITY_BLOCKED_IDS", "[guest, null", ("PORTRAIT_IDENTITY_BLOCKED_IDS", "comma-separated")),
         ("PORTRAIT_MODELS_ENABLED", "maybe", ("PORTRAIT_MODELS_ENABLED", "true or false")),
         ("PORTRAIT_CLOCK", "evnt", ("PORTRAIT_CLOCK", "one of wall, event")),
+        ("PORTRAIT_DELIVERY", "dryrun", ("PORTRAIT_DELIVERY='dryrun'", "one of live, dry-run, off")),
+        ("PORTRAIT_DELIVERY_HORIZON_S", "-1", ("PORTRAIT_DELIVERY_HORIZON_S", ">= 0")),
         ("PORTRAIT_BATCH_SIZE", "0", ("PORTRAIT_BATCH_SIZE", ">= 1")),
     ],
 )

@@ -318,3 +318,22 @@ def test_wait_handled_gives_up_only_without_progress() -> None:
 
     with pytest.raises(replay.Stalled, match="handled 2 of the 5 messages sent"):
         asyncio.run(replay.wait_handled(stats, {}, 5, stall_s=0.2, poll_s=0.01))
+
+
+def test_an_unsorted_export_is_sent_in_event_time_order() -> None:
+    rows = [
+        {"type": "order_paid", "user_id": "b", "ts": "2026-03-01T00:00:00+00:00"},
+        b'{"type": "page_view", "user_id": "a", "ts": "2026-01-01T00:00:00+00:00"}',
+        b"not json",
+        {"type": "order_paid", "user_id": "a", "ts": "2026-03-01T00:00:00+00:00"},  # ties keep file order
+        b'{"batch": [{"ts": "2026-02-01T00:00:00+00:00"}, {"ts": "2025-12-31T23:00:00-02:00"}]}',
+    ]
+    ordered, was_sorted = replay.in_time_order(rows)
+    assert was_sorted
+    # the envelope's earliest item is 2026-01-01T01:00Z, after the page view at midnight
+    assert ordered == [rows[2], rows[1], rows[4], rows[0], rows[3]]
+
+
+def test_a_sorted_export_is_left_as_it_is() -> None:
+    rows = [{"ts": "2026-01-01T00:00:00+00:00"}, {"ts": "2026-01-01T00:00:00+00:00"}, {"ts": "2026-01-02T00:00:00Z"}]
+    assert replay.in_time_order(rows) == (rows, False)

@@ -1,0 +1,129 @@
+"""Which of a user's change points must be evaluated: the fast path of event-time backfills.
+
+A user's tags change without an event at known points (``next_due``: window edges, the daily ticks
+of ``recency_days``/``days_since_last_order``, cart and NPS timers, retention). In wall-clock time
+every one is evaluated (the CRM reads the profile). In an event-time replay nobody reads a profile
+between two change points; what must happen exactly where live processing puts it is every
+*decision*: rule firings, churn snapshots and labels (the models' own times), exposures closing,
+the RFM population (rank metrics), deletion. ``next_needed`` is the earliest change point at which
+one of those can differ from the evaluation just made; the change points before it are skipped,
+and every profile is brought to the clock when the input stops (``Processor.freshen``).
+
+Why skipping is exact for rules over tags: a condition fires on a step only if some leaf's
+``leaf_truth`` differs between the previous and the current profile (``stream.rules.conditions``),
+and the previous profile matters only through those truths. So when no leaf's truth changes at a
+change point, evaluating it fires nothing and leaves every later decision as it was. Leaves on day
+counters flip at a day found from their operands; leaves on other tags of ``TICK_FREE_TAGS`` can
+only flip at ``next_due(..., ticks=False)``, probed in order. A leaf on a tag of neither kind makes
+every change point needed (exact, not fast).
+
+The one approximation: leaves on model outputs (``churn_band``, ``churn_risk``,
+``behaviour_segment``) are not probed, so such rules see the model's score at the needed points
+only (in the per-day path it is re-scored daily); model scores also depend on which checkpoint a
+worker holds, which is not deterministic in a replay either.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from stream.models import MODEL_TAGS
+from stream.rules import RuleSet
+from stream.rules.conditions import Condition, as_number, leaf_truth, leaves_of
+from stream.tagging.definitions import TagParams
+from stream.tagging.engine import (
+    DAY_COUNTERS,
+    TICK_FREE_TAGS,
+    RfmThresholds,
+    evaluate,
+    next_due,
+    rank_metrics,
+    retention_end,
+)
+from stream.tagging.lifecycle import DEFAULT_RETENTION_DAYS
+from stream.tagging.state import DAY, UserState
+
+
+@dataclass(frozen=True)
+class _Leaves:
+    counters: tuple[Condition, ...]  # leaves on day counters
+    others: tuple[Condition, ...]  # leaves on tick-free tags
+    every: bool  # a leaf reads a tag that may change at any time: every change point is needed
+
+
+_CACHE: dict[int, tuple[RuleSet | None, _Leaves]] = {}
+
+
+def _leaves(rules: RuleSet | None) -> _Leaves:
+    cached = _CACHE.get(id(rules))
+    if cached is not None and cached[0] is rules:
+        return cached[1]
+    counters: list[Condition] = []
+    others: list[Condition] = []
+    every = False
+    for rule in rules.active if rules is not None else ():
+        for leaf in leaves_of(rule.when):
+            tag = leaf.tag or ""
+            if tag in DAY_COUNTERS:
+                counters.append(leaf)
+            elif tag in TICK_FREE_TAGS:
+                others.append(leaf)
+            elif tag not in MODEL_TAGS:
+                every = True
+    found = _Leaves(tuple(counters), tuple(others), every)
+    _CACHE[id(rules)] = (rules, found)
+    return found
+
+
+def next_flip(leaf: Condition, anchor: float, now: float) -> float:
+    """When a leaf on a day counter counting from ``anchor`` next changes truth after ``now``
+    (the counter is ``floor((t - anchor) / DAY)``; ``inf``: never)."""
+    operand = leaf.operand(leaf.operator or "")
+    values = operand if isinstance(operand, tuple) else (operand,)
+    numbers = [as_number(str(v)) for v in values]
+    today = math.floor((now - anchor) / DAY)
+    if any(n is None for n in numbers):  # compared as text: any day may flip it
+        return anchor + (today + 1) * DAY
+    days = sorted({int(f(n)) + d for n in numbers if n is not None for f in (math.floor, math.ceil) for d in (0, 1)})
+    for day in days:
+        if day > today and leaf_truth(leaf, str(day)) != leaf_truth(leaf, str(day - 1)):
+            return anchor + day * DAY
+    return math.inf
+
+
+def next_needed(
+    state: UserState,
+    now: float,
+    profile: dict[str, str],
+    rules: RuleSet | None,
+    thresholds: RfmThresholds,
+    params: TagParams,
+    retention_days: int = DEFAULT_RETENTION_DAYS,
+) -> float:
+    """The earliest change point after ``now`` that a rule or the RFM population needs evaluated
+    (or deletion, at the latest); ``profile`` is the user's tags at ``now``. The caller adds the
+    models' and the exposures' own times."""
+    leaves = _leaves(rules)
+    if leaves.every:
+        return next_due(state, now, params, retention_days)
+    bound = retention_end(state, retention_days)
+    for leaf in leaves.counters:
+        anchor = getattr(state, DAY_COUNTERS[leaf.tag or ""])
+        if anchor is not None:
+            bound = min(bound, next_flip(leaf, anchor, now))
+    truths = [leaf_truth(leaf, profile.get(leaf.tag or "")) for leaf in leaves.others]
+    ranks = rank_metrics(state, now)
+    at = now
+    while True:
+        at = next_due(state, at, params, retention_days, ticks=False)
+        if at >= bound:
+            return bound
+        if rank_metrics(state, at) != ranks:
+            return at
+        if leaves.others:
+            tags = evaluate(state, at, thresholds, params)
+            if any(
+                leaf_truth(leaf, tags.get(leaf.tag or "")) != t for leaf, t in zip(leaves.others, truths, strict=True)
+            ):
+                return at

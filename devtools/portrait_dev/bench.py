@@ -20,6 +20,9 @@ the consumer starts and the rate is measured from the first processed message to
                  (not through Kafka);
 7. ``api``       p50/p95/p99 of every read-API endpoint over HTTP with ``--api-users`` users
                  (1,000,000 by default) in Valkey, cloned the same way (``portrait_dev.bench_api``).
+8. ``backfill``  an event-time backfill of a purchase history (100,000 orders of 25,000
+                 customers over 18 months by default) until every profile is at the final clock
+                 (``portrait_dev.bench_backfill``).
 
 Results: a table on stdout, ``results/bench-<stamp>.json`` and ``results/bench-<stamp>.png``.
 Everything started is stopped at the end, also on Ctrl-C or an error.
@@ -490,6 +493,7 @@ class Bench:
     clock: str = "wall"  # clock of the pipeline runs (3) and (4)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     service_pids: list[int] = field(default_factory=list)  # broker and Valkey
+    backfill: dict[str, Any] | None = None  # the result of scenario (8)
     seq: int = 0
 
     def fresh_settings(self, scenario: str, **overrides: Any) -> Settings:
@@ -1075,8 +1079,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-requests", type=int, default=200, help="calls per endpoint in (7)")
     parser.add_argument(
         "--only",
-        default="noop,raw,pipeline1,pipeline2,envelope,latency,memory,api",
-        help="comma-separated scenarios to run (noop,raw,pipeline1,pipeline2,envelope,latency,memory,api)",
+        default="noop,raw,pipeline1,pipeline2,envelope,latency,memory,api,backfill",
+        help="comma-separated scenarios to run (noop,raw,pipeline1,pipeline2,envelope,latency,memory,api,backfill)",
+    )
+    parser.add_argument("--backfill-customers", type=int, default=25_000, help="customers of the backfill (8)")
+    parser.add_argument("--backfill-orders", type=int, default=100_000, help="orders of the backfill (8)")
+    parser.add_argument("--backfill-months", type=int, default=18, help="months of history of the backfill (8)")
+    parser.add_argument(
+        "--backfill-steps",
+        choices=["needed", "every"],
+        default="needed",
+        help="PORTRAIT_TIME_STEPS of the backfill (8): needed (fast) or every (the per-day path)",
     )
     parser.add_argument("--profile", action="store_true", help="py-spy record the worker during pipeline1 rep 1")
     parser.add_argument("--out", default="results", help="directory for the JSON and PNG")
@@ -1103,7 +1116,7 @@ def run(args: argparse.Namespace) -> int:
     from portrait_dev import infra, synth
 
     only = {s.strip() for s in args.only.split(",") if s.strip()}
-    unknown = only - {k for k, _ in THROUGHPUT_SCENARIOS} - {"latency", "memory", "api"}
+    unknown = only - {k for k, _ in THROUGHPUT_SCENARIOS} - {"latency", "memory", "api", "backfill"}
     if unknown:
         print(f"unknown scenarios: {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
@@ -1158,6 +1171,7 @@ def run(args: argparse.Namespace) -> int:
             bench.stop_all()
     doc = result_document(config=config, environment=environment, runs=runs, latency=latency, memory=memory)
     doc["api"] = api
+    doc["backfill"] = bench.backfill
     doc["seconds"] = time.monotonic() - began
     json_path = out_dir / f"bench-{stamp}.json"
     json_path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
@@ -1208,6 +1222,19 @@ async def _run_all(
         for name, share in shares:
             print(f"    {100 * share:5.1f} %  {name}", flush=True)
     latency = memory = None
+    if "backfill" in only:
+        from portrait_dev.bench_backfill import run_backfill
+
+        bench.backfill = await run_backfill(
+            bench, args.backfill_customers, args.backfill_orders, args.backfill_months, args.backfill_steps, args.seed
+        )
+        b = bench.backfill
+        print(
+            f"  backfill ({b['steps']}): {b['orders']:,} orders of {b['customers']:,} customers over "
+            f"{b['months']} months in {b['seconds']:.1f} s ({b['rate']:,.0f} ev/s), "
+            f"{b['reevaluations']:,} time-driven writes, firings {b['firings']}, dead letters {b['dead_letters']}",
+            flush=True,
+        )
     if "latency" in only:
         rates = [r["rate"] for r in runs["pipeline1"]]
         rate = args.latency_rate or (statistics.median(rates) if rates else 4000.0) / 2

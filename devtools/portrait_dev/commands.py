@@ -156,14 +156,21 @@ def bench(
     only: Annotated[
         str,
         typer.Option(
-            help="Comma-separated scenarios to run (noop,raw,pipeline1,pipeline2,envelope,latency,memory,api)."
+            help="Comma-separated scenarios to run (noop,raw,pipeline1,pipeline2,envelope,latency,memory,api,backfill)."
         ),
-    ] = "noop,raw,pipeline1,pipeline2,envelope,latency,memory,api",
+    ] = "noop,raw,pipeline1,pipeline2,envelope,latency,memory,api,backfill",
     profile: Annotated[
         bool, typer.Option("--profile", help="py-spy record the worker during pipeline1 rep 1.")
     ] = False,
     out: Annotated[Path, typer.Option(file_okay=False, help="Directory for the JSON and PNG.")] = Path("results"),
     timeout: Annotated[float, typer.Option(help="Max seconds to wait for one run.")] = 300.0,
+    backfill_customers: Annotated[int, typer.Option(help="Customers of the backfill (8).")] = 25_000,
+    backfill_orders: Annotated[int, typer.Option(help="Orders of the backfill (8).")] = 100_000,
+    backfill_months: Annotated[int, typer.Option(help="Months of history of the backfill (8).")] = 18,
+    backfill_steps: Annotated[
+        Literal["needed", "every"],
+        typer.Option(help="PORTRAIT_TIME_STEPS of the backfill (8): needed (fast) or every (the per-day path)."),
+    ] = "needed",
 ) -> None:
     """Throughput, latency, memory and read-API benchmark on embedded infrastructure (results in --out)."""
     from portrait_dev.bench import run
@@ -187,6 +194,10 @@ def bench(
         profile=profile,
         out=str(out),
         timeout=timeout,
+        backfill_customers=backfill_customers,
+        backfill_orders=backfill_orders,
+        backfill_months=backfill_months,
+        backfill_steps=backfill_steps,
     )
     code = run(args)
     if code:

@@ -220,6 +220,20 @@ async def serve_until_ctrl_c(url: str, settings: Settings, users: int, seed: int
         await streaming
 
 
+def delivery_note(settings: Settings) -> str:
+    """Which delivery setting applies to the replayed history (docs/rules.md, "Backfills")."""
+    if settings.delivery == "off":
+        return "delivery: off (PORTRAIT_DELIVERY): no firing is decided"
+    if settings.delivery == "dry-run":
+        return "delivery: dry-run (PORTRAIT_DELIVERY): every firing is recorded as dry_run, none sent"
+    if settings.delivery_horizon_s <= 0:
+        return "delivery: live, no horizon: firings of the history are sent"
+    return (
+        f"delivery: live; firings more than {settings.delivery_horizon_s / 3600:g} h behind the wall clock "
+        "(this whole history) are recorded as backfill suppressions, not sent"
+    )
+
+
 async def _run(
     settings: Settings, users: int, events: int, seed: int, workdir: Path, stall_s: float, serve: bool
 ) -> None:
@@ -272,6 +286,7 @@ async def _run(
             counts = audiences[tag]
             print(f"{tag:<18} " + ", ".join(f"{v}={n}" for v, n in counts.most_common()))
         print("\n=== triggers by rule (sent / suppressed by reason) ===")
+        print(delivery_note(settings))
         for line in _trigger_summary(settings):
             print(line)
         status = await store.model_status()

@@ -778,3 +778,64 @@ def write_jsonl(events: Iterable[dict[str, Any]], path: Path | str) -> int:
             fh.write(b"\n")
             n += 1
     return n
+
+
+def purchase_history(
+    customers: int = 25_000,
+    orders: int = 100_000,
+    months: int = 18,
+    seed: int = 7,
+    end: datetime = DEFAULT_END,
+) -> list[dict[str, Any]]:
+    """A deterministic purchase log of exactly ``orders`` ``order_paid`` events from ``customers``
+    customers over ``months`` (30-day) months ending at ``end``, sorted by time: the shape of a
+    shop's export replayed as a backfill (``portrait bench --only backfill``).
+
+    Every customer orders at least once; the rest of the orders go to customers in proportion to a
+    heavy-tailed propensity (a few loyal customers order often, most once or twice). A customer's
+    orders follow their first one at gamma-distributed gaps around their own typical interval;
+    amounts are log-normal around the customer's own basket. Every event validates.
+    """
+    if customers < 1 or orders < customers:
+        raise ValueError("need customers >= 1 and orders >= customers (everyone orders once)")
+    if end.tzinfo is None:
+        raise ValueError("end must be timezone-aware")
+    rng = random.Random(seed)
+    end_s = int(end.timestamp())
+    span = months * 30 * DAY
+    start_s = end_s - span
+    propensity = [min(rng.paretovariate(2.0), 30.0) for _ in range(customers)]
+    counts = [1] * customers
+    extra = rng.choices(range(customers), weights=propensity, k=orders - customers)
+    for index in extra:
+        counts[index] += 1
+    rows: list[tuple[int, str, float]] = []
+    for index, count in enumerate(counts):
+        uid = f"c{index:06d}"
+        typical = rng.uniform(10, 90) * DAY
+        basket = rng.uniform(15, 150)
+        t = start_s + rng.random() * span
+        times = [t]
+        for _ in range(count - 1):
+            t += rng.gammavariate(2.0, typical / 2.0)
+            if t >= end_s:  # wrap into the history: the count of orders is exact
+                t = start_s + rng.random() * span
+            times.append(t)
+        for ts in times:
+            rows.append((int(ts), uid, round(basket * rng.lognormvariate(0.0, 0.4), 2)))
+    rows.sort()
+    out: list[dict[str, Any]] = []
+    for n, (ts, uid, amount) in enumerate(rows):
+        out.append(
+            {
+                "schema_version": 1,
+                "event_id": f"p{n:08d}",
+                "type": "order_paid",
+                "user_id": uid,
+                "ts": datetime.fromtimestamp(ts, UTC).isoformat(),
+                "order_id": f"o{n:08d}",
+                "amount": amount,
+                "currency": "USD",
+            }
+        )
+    return out

@@ -167,6 +167,7 @@ def _replay_doc(file: str, report: Any, outcome: Any, resorted: bool = False) ->
         "redelivered": None,
         "dead_lettered": None,
         "dead_lettered_total": None,
+        "firings": None,
     }
     if outcome is not None:
         doc.update(
@@ -176,6 +177,7 @@ def _replay_doc(file: str, report: Any, outcome: Any, resorted: bool = False) ->
             redelivered=outcome.redelivered,
             dead_lettered=dict(outcome.dead_lettered),
             dead_lettered_total=outcome.dead_lettered_total,
+            firings=dict(outcome.firings),
         )
     return doc
 
@@ -189,8 +191,24 @@ def _outcome_text(report: Any, outcome: Any) -> str:
         ("applied", f"{outcome.applied} events"),
         ("skipped", f"{outcome.duplicates} duplicates, {outcome.redelivered} redeliveries"),
         ("dead-lettered", f"{outcome.dead_lettered_total}" + (f" ({reasons})" if reasons else "")),
+        ("rule firings", _firings_text(outcome.firings)),
     ]
     return "\n".join(f"{name:<14}{wrap(value, 14)}" for name, value in rows)
+
+
+def _firings_text(firings: dict[str, int]) -> str:
+    """``3 sent, 120 withheld as backfill (older than the workers' delivery horizon), ...``."""
+    if not firings:
+        return "none"
+    parts = [f"{firings['send']} sent"] if "send" in firings else []
+    for outcome, n in firings.items():
+        if outcome == "backfill":
+            parts.append(f"{n} withheld as backfill (history: older than the delivery horizon)")
+        elif outcome == "dry_run":
+            parts.append(f"{n} withheld (PORTRAIT_DELIVERY=dry-run)")
+        elif outcome != "send":
+            parts.append(f"{n} suppressed ({outcome})")
+    return ", ".join(parts)
 
 
 def _start(from_beginning: bool, offset: int | None, partition: int | None) -> Any:

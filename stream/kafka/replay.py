@@ -29,6 +29,7 @@ import orjson
 
 from stream.contracts.events import EVENT_TYPES
 from stream.contracts.topics import Topics
+from stream.rules.counters import RuleCounter, parse
 from stream.settings import Settings
 
 Format = Literal["auto", "jsonl", "csv"]
@@ -431,6 +432,9 @@ class Outcome:
     duplicates: int  # events skipped: same event id seen recently (``events_duplicate``)
     redelivered: int  # events skipped: already applied at that offset (``events_redelivered``)
     dead_lettered: dict[str, int]  # messages by reason (``dlq_<reason>``), reasons that grew only
+    # rule firings by outcome (``send`` or the suppression reason, e.g. ``backfill``: withheld by
+    # the workers' delivery setting), outcomes that grew only
+    firings: dict[str, int] = field(default_factory=dict)
 
     @property
     def dead_lettered_total(self) -> int:
@@ -442,12 +446,18 @@ class Outcome:
             return after.get(name, 0) - before.get(name, 0)
 
         reasons = sorted(k.removeprefix("dlq_") for k in after if k.startswith("dlq_") and grew(k) > 0)
+        firings: Counter[str] = Counter()
+        for key in after:
+            counter = parse(key)
+            if isinstance(counter, RuleCounter) and grew(key) > 0:
+                firings[counter.outcome] += grew(key)
         return cls(
             handled=grew("messages"),
             applied=grew("events_applied"),
             duplicates=grew("events_duplicate"),
             redelivered=grew("events_redelivered"),
             dead_lettered={reason: grew(f"dlq_{reason}") for reason in reasons},
+            firings=dict(sorted(firings.items())),
         )
 
 

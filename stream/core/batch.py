@@ -24,7 +24,7 @@ from stream.core.pipeline import PlanContext, plan_write
 from stream.core.writes import LoadedUser, UserWrite
 from stream.identity.merge import anon_subject
 from stream.tagging.definitions import TagParams
-from stream.tagging.engine import Applied, apply_event
+from stream.tagging.engine import LONGEST_WINDOW_DAYS, Applied, apply_event, day_of
 from stream.tagging.state import UserState
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,15 @@ def catch_up(steps: Steps, uid: str, version: int, state: UserState, until: floa
             break
 
 
+def too_late(state: UserState, epoch: float) -> bool:
+    """Event time: the user was already evaluated (and their tiles pruned) more than the longest
+    window after ``epoch``, so an event then can no longer count in any of their windows (and the
+    lifecycle memory has settled that day): it is dead-lettered as ``too_old``. Only the user's own
+    timeline decides, never how far other users' partitions ran ahead."""
+    at = state.evaluated_at
+    return at is not None and day_of(epoch) < day_of(at) - LONGEST_WINDOW_DAYS + 1
+
+
 def sum_counters(stats: dict[str, int], writes: Iterable[UserWrite]) -> dict[str, int]:
     """``stats`` with every write's counters added (for P:v1:stats)."""
     for w in writes:
@@ -101,6 +110,7 @@ class BatchPlan:
     touched: dict[str, None]  # users whose state the batch changes (ordered set, broken ones included)
     outcomes: Counter[str]  # events applied / redelivered / duplicate, of users not broken
     identity: dict[str, int]  # identity counters (merges, refusals)
+    late: list[Valid] = field(default_factory=list)  # event time: too old for their user's windows
 
     def stats(self, messages: int, dead_letters: Mapping[str, int]) -> dict[str, int]:
         """The counters the batch adds to P:v1:stats, with its message and dead-letter counts."""
@@ -161,7 +171,7 @@ def plan_batch(
     broken = planner.broken
     outcomes = Counter(a.value for uid, a in planner.results if uid not in broken)
     writes = [w for w in writes if w.alias_to not in broken]
-    return BatchPlan(writes, broken, touched, outcomes, merges.counters)
+    return BatchPlan(writes, broken, touched, outcomes, merges.counters, planner.late)
 
 
 class _Planner:
@@ -192,6 +202,7 @@ class _Planner:
         self.results: list[tuple[str, Applied]] = []
         self.applied: set[int] = set()  # id() of the events applied now
         self.broken: dict[str, str] = {}
+        self.late: list[Valid] = []
 
     def step(self, item: Valid) -> None:
         """Event time: evaluate what is due before the event; then apply it."""
@@ -205,6 +216,9 @@ class _Planner:
         except Exception as exc:
             self.broken[uid] = f"evaluate: {exc!r}"
             log.exception("bug evaluating user %s", uid)
+            return
+        if self.event_time and too_late(self.states[uid], epoch):
+            self.late.append(item)
             return
         try:
             m = item.message

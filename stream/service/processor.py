@@ -172,6 +172,11 @@ class Processor:
         # the fold is this module's apply_event, read per batch (a component test substitutes a buggy one)
         context = self._context(thresholds, wall, mark)
         plan = plan_batch(valid, owner, loaded, merges, context, now=now, event_time=event_time, apply=apply_event)
+        if plan.late:
+            late = {id(v) for v in plan.late}
+            why = "older than the longest window before its user's latest evaluation"
+            await self.dead_letters.reject("too_old", [(v.message, why) for v in plan.late], report.dead_letters)
+            valid = [v for v in valid if id(v) not in late]
         if plan.broken:
             # Nothing of these users is written; their events go to the DLQ to be replayed after a fix.
             failed = [(v.message, plan.broken[owner(v)]) for v in valid if owner(v) in plan.broken]

@@ -76,3 +76,14 @@ def test_reached_takes_this_workers_applied_times_and_the_stored_progress() -> N
     stored[b"t.clickstream/2"] = b"caught"
     stored[b"t.clickstream/3"] = b"0"
     assert progress.reached(stored) == {"t.clickstream/0": T0 + DAY, "t.clickstream/1": T0 + 5 * DAY}
+
+
+def test_an_event_too_old_for_its_own_users_windows_is_not_applied() -> None:
+    from stream.core.batch import too_late
+    from stream.tagging.state import UserState
+
+    state = UserState()
+    state.evaluated_at = T0 + 100 * DAY  # day D: the windows keep days >= D - 89
+    assert not too_late(state, T0 + 11 * DAY)  # day D - 89
+    assert too_late(state, T0 + 10 * DAY)  # day D - 90
+    assert not too_late(UserState(), T0 - 1000 * DAY)  # never evaluated: nothing was pruned

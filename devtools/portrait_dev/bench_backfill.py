@@ -13,29 +13,30 @@ done, events/s over that time, time-driven re-evaluations written, and rule firi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from typing import TYPE_CHECKING, Any
-
-import orjson
+from typing import Any
 
 from stream.rules.counters import RuleCounter, parsed
-
-if TYPE_CHECKING:
-    from portrait_dev.bench import Bench
 
 QUIET_S = 3.0  # the time-driven path wrote nothing for this long: the backfill has settled
 
 
-async def run_backfill(bench: Bench, customers: int, orders: int, months: int, steps: str, seed: int) -> dict[str, Any]:
+async def run_backfill(bench: Any, customers: int, orders: int, months: int, steps: str, seed: int) -> dict[str, Any]:
+    """Scenario (7) on ``bench`` (a ``portrait_dev.bench.Bench``: its services and processes)."""
     from portrait_dev import synth
-    from portrait_dev.bench import _prepare_topics, _stop, _store, produce
+    from portrait_dev.harness import stop_worker
+    from stream.contracts.topics import Topics
+    from stream.kafka.admin import create_topics
+    from stream.kafka.replay import replay
+    from stream.storage.store import Store
 
     history = synth.purchase_history(customers=customers, orders=orders, months=months, seed=seed)
-    payloads = [(str(e["type"]), str(e["user_id"]).encode(), orjson.dumps(e)) for e in history]
+    payloads = history
     settings = bench.fresh_settings("bf", clock="event", time_steps=steps)
-    _prepare_topics(bench, settings)
-    await produce(settings, payloads)
-    store = _store(settings)
+    create_topics(bench.bootstrap, Topics(settings.topic_prefix).all, settings.partitions)
+    await replay(settings, history, progress=False)
+    store = Store.from_settings(settings)
     proc = bench.start_worker(settings, f"backfill-{steps}.log")
     try:
         first_at: float | None = None
@@ -63,7 +64,9 @@ async def run_backfill(bench: Bench, customers: int, orders: int, months: int, s
             await asyncio.sleep(0.2)
     finally:
         await store.close()
-        _stop(bench, proc)
+        stop_worker(proc, timeout=15)
+        with contextlib.suppress(ValueError):
+            bench.procs.remove(proc)
     assert first_at is not None and quiet_since is not None
     seconds = quiet_since - first_at
     firings: dict[str, int] = {}

@@ -1,8 +1,9 @@
 """Which change points event-time backfills evaluate (stream.core.steps), by hand.
 
 A user with one order at T0 (noon): ``days_since_last_order`` ticks at T0 + k days; the order's
-tile leaves the 90-day window at midnight 90 days after its day (frequency_90d and the RFM rank
-metrics change then); the profile is deleted at that same midnight (retention).
+tile leaves the 7-day window at midnight 7 days after its day (funnel_stage_7d changes then) and
+the 90-day one 90 days after (frequency_90d); the RFM rank metrics are lifetime figures, which only
+events move; the profile is deleted 400 days after the order's day (the lifecycle retention).
 """
 
 from __future__ import annotations
@@ -62,23 +63,22 @@ def test_a_day_counter_leaf_flips_on_the_day_its_operand_is_reached() -> None:
 
 def test_only_the_points_a_rule_or_the_rfm_population_needs() -> None:
     state = _buyer()
-    window_end = DAY0 + 90 * DAY  # the order's tile leaves the window: also retention (deletion)
-    # no rule: the RFM rank metrics (90-day orders) change at the window end, nothing before
-    assert _needed(state, T0, None) == window_end
-    # a rule on days since the last order: day 14, then the window end
+    deletion = DAY0 + 400 * DAY
+    # no rule: nothing is needed before the deletion
+    assert _needed(state, T0, None) == deletion
+    # a rule on days since the last order: day 14, then nothing until the deletion
     lapsing = _rules({"tag": "days_since_last_order", "ge": 14})
     assert _needed(state, T0, lapsing) == T0 + 14 * DAY
-    assert _needed(state, T0 + 14 * DAY, lapsing) == window_end
+    assert _needed(state, T0 + 14 * DAY, lapsing) == deletion
+    # a rule on the 90-day order count: the order's tile leaves that window
+    assert _needed(state, T0, _rules({"tag": "frequency_90d", "ge": 1})) == DAY0 + 90 * DAY
     # a 7-day funnel leaf flips when the order leaves the 7-day window (midnight after day 7)
     funnel = _rules({"tag": "funnel_stage_7d", "eq": "paid"})
     assert _needed(state, T0, funnel) == DAY0 + 7 * DAY
 
 
-def test_model_outputs_are_not_probed_and_a_tag_of_unknown_timing_needs_every_change_point() -> None:
+def test_model_outputs_are_not_probed_and_a_tag_of_unclassified_timing_needs_every_change_point() -> None:
     state = _buyer()
-    assert _needed(state, T0, _rules({"tag": "churn_band", "enters": "high"})) == DAY0 + 90 * DAY
+    assert _needed(state, T0, _rules({"tag": "churn_band", "enters": "high"})) == DAY0 + 400 * DAY
     # a tag the engine does not classify (a new one) may change at any time: the next daily tick
-    rule = {"id": "r", "version": 1, "when": {"tag": "lifecycle_x", "eq": "a"}, "action": {"type": "care_sms"}}
-    rule["action"]["params"] = {"template": "t"}  # type: ignore[index]
-    unknown = parse_rules({"version": 1, "rules": [rule]}, Path("t.yaml"), default_known_tags() | {"lifecycle_x"})
-    assert _needed(state, T0, unknown) == T0 + DAY
+    assert _needed(state, T0, _rules({"tag": "lifecycle_stage", "eq": "lapsed"})) == T0 + DAY

@@ -89,6 +89,6 @@ def test_needed_change_points_give_the_per_day_paths_firings_labels_and_profiles
     assert all(abs(a - b) < 86400 for (a, _), (b, _) in zip(fast_labels, slow_labels, strict=True))
     exact = sum(a == b for a, b in zip(fast_labels, slow_labels, strict=True))
     assert exact >= 0.98 * len(slow_labels)
-    assert len(slow.churn_record) > 30
+    assert len(slow.churn_record) > 15
     assert fast_profiles == slow_profiles and len(slow_profiles) > 30
     assert fast.reevaluations < slow.reevaluations

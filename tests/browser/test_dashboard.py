@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import httpx
+import httpx2 as httpx  # the HTTP client of the dev extra (what TestClient uses)
 import pytest
 import uvicorn
 from portrait_dev import synth

@@ -1,5 +1,6 @@
 """``portrait models status|segments`` (the live models) and ``portrait evaluate`` (offline, on an export)."""
 
+import logging
 import math
 from typing import Annotated, Any
 
@@ -160,6 +161,10 @@ def evaluate(
     from stream.tagging.definitions import parse_duration
 
     settings = settings_of(ctx)
+    # the in-process trainer's per-checkpoint drift warnings are the progressive metric's, reported below
+    trainer_log = logging.getLogger("stream.service.trainer")
+    level = trainer_log.level
+    trainer_log.setLevel(logging.ERROR)
     with redis_errors(settings):  # the offline driver runs on a scratch namespace of the Redis
         try:
             report = evaluate_file(
@@ -174,6 +179,8 @@ def evaluate(
             )
         except (CutoffError, MissingExtra) as exc:
             raise UserError(str(exc)) from None
+        finally:
+            trainer_log.setLevel(level)
         if save:
 
             async def keep(store: Any) -> None:

@@ -49,7 +49,11 @@ MASK = "**********"
 # PORTRAIT_* variables that are not settings: read by the development tools and the test suite
 OTHER_VARIABLES = frozenset({"PORTRAIT_CACHE_DIR", "PORTRAIT_KAFKA_VERSION", "PORTRAIT_TEST_BROKER"})
 BROKER_FORM = "kafka://host:port[;host:port...]"
-REDIS_FORM = "redis://[user:password@]host[:port][/db] (rediss:// for TLS, unix:///path/to.sock)"
+REDIS_FORM = (
+    "redis://[user:password@]host[:port][/db] (rediss:// for TLS, unix:///path/to.sock; "
+    "redis+cluster:// or rediss+cluster:// for a Redis/Valkey Cluster)"
+)
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 _SECRET_WORDS = ("pass", "secret", "token", "key")
 
 
@@ -105,7 +109,7 @@ def _check_redis_url(value: Any) -> Any:
     parts = urlsplit(text)
     if "://" not in text:
         raise ValueError("not a URL")
-    if parts.scheme not in ("redis", "rediss", "unix"):
+    if parts.scheme not in ("redis", "rediss", "unix", *CLUSTER_SCHEMES):
         raise ValueError(f"unknown scheme {parts.scheme + '://'!r}")
     if parts.scheme == "unix":
         if not parts.path:
@@ -123,6 +127,8 @@ def _check_redis_url(value: Any) -> Any:
     db = parts.path.strip("/")
     if db and not db.isdigit():
         raise ValueError(f"database {db!r} is not a number")
+    if db and db != "0" and parts.scheme in CLUSTER_SCHEMES:
+        raise ValueError(f"a cluster has only database 0 (got /{db})")
     return text
 
 
@@ -183,6 +189,13 @@ class Settings(BaseSettings):
     redis_username: str | None = None
     redis_password: SecretStr | None = None
     redis_tls_ca_file: Path | None = None
+    # a Redis/Valkey Cluster (also implied by a redis+cluster:// URL): redis-py's cluster client
+    redis_cluster: bool = False
+    # state shards of a new store (its keys' hash tags); a store keeps the count it was created with
+    redis_shards: int = Field(default=128, ge=1, le=16384)
+    # replicas that must hold a batch's writes before it is acknowledged (WAIT; 0: do not wait)
+    redis_wait_replicas: int = Field(default=0, ge=0)
+    redis_wait_timeout_ms: int = Field(default=1000, ge=1)
     # Kafka security: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; SASL PLAIN or SCRAM-SHA-256/512
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
@@ -373,6 +386,17 @@ class Settings(BaseSettings):
 
     def resolved_redis_url(self) -> str:
         return self.redis_url or self._from_state("redis_url", "Redis", "PORTRAIT_REDIS_URL")
+
+    def redis_target(self) -> tuple[str, bool]:
+        """(the URL redis-py takes, whether it is a cluster): ``redis+cluster://h:p`` is the cluster
+        ``redis://h:p``; ``PORTRAIT_REDIS_CLUSTER=true`` makes a plain URL a cluster seed too."""
+        url = self.resolved_redis_url()
+        scheme, sep, rest = url.partition("://")
+        if scheme in CLUSTER_SCHEMES:
+            return f"{CLUSTER_SCHEMES[scheme]}{sep}{rest}", True
+        if self.redis_cluster and scheme == "unix":
+            raise ConfigError("PORTRAIT_REDIS_CLUSTER=true needs a redis:// or rediss:// seed, not a unix socket")
+        return url, self.redis_cluster
 
     def bootstrap_servers(self) -> str:
         """The broker URL as a plain ``host:port,host:port`` list for Kafka clients."""

@@ -7,6 +7,10 @@
 * ``names``: unique topic/key prefixes and app id per test, so tests share the services safely.
 * ``make_settings(**overrides)``: Settings pointing at the session services with the test's
   names, after creating that test's topics (``partitions`` defaults to 4).
+* ``valkey_cluster`` (session): a local Valkey Cluster (3 masters + 3 replicas, the same binary)
+  started only when a test asks for it. A test marked ``@pytest.mark.both_stores`` runs twice,
+  on the standalone Valkey and on the cluster (``make_settings`` then points there): the same
+  test, unchanged.
 
 Everything is lazy: a run that only collects ``tests/unit`` never starts a process. Tests that use
 ``infra`` (directly or through ``make_settings``) are marked ``integration`` automatically.
@@ -29,9 +33,15 @@ from stream.settings import Settings
 
 if TYPE_CHECKING:
     from portrait_dev.infra import InfraHandle
+    from portrait_dev.valkey_cluster import ValkeyCluster
 
 BROKER_ENV = "PORTRAIT_TEST_BROKER"
 _SUMMARY: list[str] = []
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("both_stores") is not None:
+        metafunc.parametrize("redis_backend", ["standalone", "cluster"], indirect=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -90,6 +100,24 @@ def infra(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         yield handle
 
 
+@pytest.fixture(scope="session")
+def valkey_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyCluster]:
+    from portrait_dev.infra import valkey_binary
+    from portrait_dev.valkey_cluster import running_cluster
+
+    with running_cluster(tmp_path_factory.mktemp("valkey-cluster"), valkey_binary()) as cluster:
+        _announce(
+            request.config, f"valkey cluster: {cluster.url} (3 masters + 3 replicas) in {cluster.start_seconds:.1f}s"
+        )
+        yield cluster
+
+
+@pytest.fixture
+def redis_backend(request: pytest.FixtureRequest) -> str:
+    """Which Redis ``make_settings`` points at: ``standalone`` unless the test is ``both_stores``."""
+    return str(getattr(request, "param", "standalone"))
+
+
 @dataclass(frozen=True)
 class Names:
     """Per-test unique names so tests can share one broker and one Valkey."""
@@ -119,13 +147,19 @@ def names() -> Names:
 
 
 @pytest.fixture
-def make_settings(infra: InfraHandle, names: Names, tmp_path: Path) -> Callable[..., Settings]:
+def make_settings(
+    infra: InfraHandle, names: Names, tmp_path: Path, redis_backend: str, request: pytest.FixtureRequest
+) -> Callable[..., Settings]:
     from portrait_dev.infra import free_port
+
+    redis_url = infra.redis_url
+    if redis_backend == "cluster":
+        redis_url = request.getfixturevalue("valkey_cluster").url
 
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
             "broker_url": infra.broker_url,
-            "redis_url": infra.redis_url,
+            "redis_url": redis_url,
             "topic_prefix": names.topic_prefix,
             "key_prefix": names.key_prefix,
             "app_id": names.app_id,

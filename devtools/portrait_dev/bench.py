@@ -54,7 +54,7 @@ from typing import Any
 
 import orjson
 
-from portrait_dev.bench_data import build_templates, delete_prefix as _delete_prefix, percentile
+from portrait_dev.bench_data import build_templates, percentile
 from stream.settings import Settings
 from stream.tagging.engine import LONGEST_WINDOW_DAYS
 from stream.tagging.state import UserState as UserStateBase
@@ -604,10 +604,9 @@ class ForeignLoad:
 
 
 def _store(settings: Settings) -> Any:
-    from stream.storage.keys import Keys
     from stream.storage.store import Store
 
-    return Store.from_url(settings.resolved_redis_url(), Keys(settings.key_prefix))
+    return Store.from_settings(settings)
 
 
 async def produce(settings: Settings, payloads: list[tuple[str, bytes, bytes]]) -> float:
@@ -725,11 +724,18 @@ async def run_raw(bench: Bench, rep: int) -> dict[str, Any]:
 
 
 async def run_pipeline(
-    bench: Bench, rep: int, workers: int, profile_dir: Path | None = None, envelope: int = 0
+    bench: Bench,
+    rep: int,
+    workers: int,
+    profile_dir: Path | None = None,
+    envelope: int = 0,
+    redis_url: str | None = None,
 ) -> dict[str, Any]:
     """``workers`` worker processes started together on a pre-produced backlog; with ``envelope``,
-    the same events packed that many to a message (rates stay in events/s)."""
-    settings = bench.fresh_settings(f"p{workers}{'e' if envelope else ''}", clock=bench.clock)
+    the same events packed that many to a message (rates stay in events/s); ``redis_url``: another
+    Redis than the bench's (a cluster: scenario ``cluster``)."""
+    extra = {"redis_url": redis_url} if redis_url else {}
+    settings = bench.fresh_settings(f"p{workers}{'e' if envelope else ''}", clock=bench.clock, **extra)
     _prepare_topics(bench, settings)
     produced = await produce(settings, pack(bench.payloads, envelope) if envelope else bench.payloads)
     if envelope:
@@ -820,8 +826,8 @@ class _ProfileWrites:
 
     async def _listen(self) -> None:
         pubsub = self.client.pubsub()
-        prefix = f"__keyspace@0__:{self.base}:{{"
-        await pubsub.psubscribe(f"__keyspace@0__:{self.base}:*:profile")
+        prefix = f"__keyspace@0__:{self.base}:"
+        await pubsub.psubscribe(f"__keyspace@0__:{self.base}:{{s*}}:profile:*")
         self._ready.set()
         try:
             while True:
@@ -832,7 +838,7 @@ class _ProfileWrites:
                 if msg.get("data") != b"hset":
                     continue
                 channel = msg["channel"].decode()
-                uid = channel[len(prefix) : channel.rindex("}")]
+                uid = channel[len(prefix) :].partition("}:profile:")[2]
                 self.times.setdefault(uid, []).append(now)
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -1033,12 +1039,12 @@ async def _measure_memory(store: Any, templates: list[Any], users: int, now: flo
     families: dict[str, int] = {}  # shared bytes by key family (aud, rank, due, outbox, ...)
     async for key in store.client.scan_iter(match=f"{store.keys.base}:*", count=1000):
         name = key.decode()
-        if "{" not in name:
+        family = name.partition("}:")[2].split(":")[0]  # after the shard's (or {g}'s) hash tag
+        if family not in ("state", "profile", "alias"):
             size = int(await store.client.memory_usage(name) or 0)
             shared += size
-            family = name[len(store.keys.base) + 1 :].split(":")[0]
             families[family] = families.get(family, 0) + size
-    await _delete_prefix(store.client, store.keys.base)
+    await store.delete_namespace()
     return {
         "shared_bytes_per_user_by_family": {k: v / users for k, v in sorted(families.items())},
         "used_memory_before": before,
@@ -1080,7 +1086,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--only",
         default="noop,raw,pipeline1,pipeline2,envelope,latency,memory,api,backfill",
-        help="comma-separated scenarios to run (noop,raw,pipeline1,pipeline2,envelope,latency,memory,api,backfill)",
+        help="comma-separated scenarios to run (noop,raw,pipeline1,pipeline2,envelope,latency,memory,api,backfill; "
+        "also cluster: 2 workers on a 3-master cluster vs standalone, commands per event)",
     )
     parser.add_argument("--backfill-customers", type=int, default=25_000, help="customers of the backfill (8)")
     parser.add_argument("--backfill-orders", type=int, default=100_000, help="orders of the backfill (8)")
@@ -1116,7 +1123,7 @@ def run(args: argparse.Namespace) -> int:
     from portrait_dev import infra, synth
 
     only = {s.strip() for s in args.only.split(",") if s.strip()}
-    unknown = only - {k for k, _ in THROUGHPUT_SCENARIOS} - {"latency", "memory", "api", "backfill"}
+    unknown = only - {k for k, _ in THROUGHPUT_SCENARIOS} - {"latency", "memory", "api", "backfill", "cluster"}
     if unknown:
         print(f"unknown scenarios: {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
@@ -1146,6 +1153,7 @@ def run(args: argparse.Namespace) -> int:
     latency: dict[str, Any] | None = None
     memory: dict[str, Any] | None = None
     api: dict[str, Any] | None = None
+    cluster: list[dict[str, Any]] | None = None
     with infra.embedded(workdir, broker=args.broker) as handle:
         print(f"broker {handle.describe()} at {handle.bootstrap}; Valkey {handle.redis_url}", flush=True)
         environment = _environment(handle)
@@ -1167,11 +1175,13 @@ def run(args: argparse.Namespace) -> int:
                 from portrait_dev.bench_api import run_api
 
                 api = asyncio.run(run_api(bench, args.api_users, args.api_requests, args.seed))
+            cluster = asyncio.run(_run_cluster(bench, args)) if "cluster" in only else None
         finally:
             bench.stop_all()
     doc = result_document(config=config, environment=environment, runs=runs, latency=latency, memory=memory)
     doc["api"] = api
     doc["backfill"] = bench.backfill
+    doc["cluster"] = cluster
     doc["seconds"] = time.monotonic() - began
     json_path = out_dir / f"bench-{stamp}.json"
     json_path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
@@ -1252,6 +1262,23 @@ async def _run_all(
             flush=True,
         )
     return latency, memory
+
+
+async def _run_cluster(bench: Bench, args: argparse.Namespace) -> list[dict[str, Any]]:
+    from portrait_dev.bench_cluster import run_cluster
+
+    out = []
+    for rep in range(1, args.reps + 1):
+        result = await run_cluster(bench, rep, run_pipeline)
+        out.append(result)
+        for kind in ("standalone", "cluster"):
+            r = result[kind]
+            print(
+                f"  rep {rep} (7) 2 workers on {kind:<10} {r['rate']:>9,.0f} ev/s, "
+                f"{r['commands_per_event']:.2f} Redis commands per event",
+                flush=True,
+            )
+    return out
 
 
 def write_chart(doc: dict[str, Any], stem: Path) -> Path:

@@ -55,9 +55,9 @@ async def build_templates(settings: Settings, templates_n: int, seed: int) -> Te
     driver_state_bytes: list[int] = []
 
     async def collect(store: Any) -> None:
-        base = store.keys.base
-        async for key in store.client.scan_iter(match=f"{base}:*:state", count=1000):
-            uid = key.decode()[len(base) + 2 : -len("}:state")]
+        async for raw in store.client.scan_iter(match=store.keys.state_pattern, count=1000):
+            key = raw.decode()
+            uid = store.keys.parse_state(key)
             blob = await store.client.hget(key, "blob")
             if not blob:
                 continue
@@ -84,20 +84,19 @@ async def build_templates(settings: Settings, templates_n: int, seed: int) -> Te
 
 
 async def delete_prefix(client: Any, base: str) -> None:
-    """Delete every key under ``base`` (a bench namespace), in batches."""
-    batch: list[Any] = []
+    """Delete every key under ``base`` (a bench namespace), pipelined in batches (one key per
+    UNLINK: a cluster refuses a multi-slot one)."""
+    pipe = client.pipeline(transaction=False)
     async for key in client.scan_iter(match=f"{base}:*", count=2000):
-        batch.append(key)
-        if len(batch) >= 1000:
-            await client.unlink(*batch)
-            batch = []
-    if batch:
-        await client.unlink(*batch)
+        pipe.execute_command("UNLINK", key)
+        if len(pipe) >= 1000:
+            await pipe.execute()
+    if len(pipe):
+        await pipe.execute()
 
 
 def store_for(settings: Settings) -> Any:
     """A ``Store`` on the settings' Redis and key prefix (close it after use)."""
-    from stream.storage.keys import Keys
     from stream.storage.store import Store
 
-    return Store.from_url(settings.resolved_redis_url(), Keys(settings.key_prefix))
+    return Store.from_settings(settings)

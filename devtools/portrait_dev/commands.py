@@ -34,13 +34,16 @@ infra_app = typer.Typer(
 def infra_up(
     ctx: typer.Context,
     broker: Annotated[Literal["tansu", "kafka"], typer.Option(help="Embedded broker to start.")] = "tansu",
+    redis_cluster: Annotated[
+        bool, typer.Option("--redis-cluster", help="A local Valkey Cluster (3 masters + 3 replicas) instead.")
+    ] = False,
     json: Annotated[bool, typer.Option("--json", help="Print the state as JSON.")] = False,
 ) -> None:
     """Start the broker and Valkey (idempotent), create the topics and write the state file."""
     from portrait_dev import infra
 
     settings = settings_of(ctx)
-    state = infra.up(settings, broker=broker)
+    state = infra.up(settings, broker=broker, redis_cluster=redis_cluster)
     if json:
         print_json(state)
         return

@@ -123,12 +123,9 @@ def _trigger_summary(settings: Settings) -> list[str]:
 
 async def _audiences(store: Store, tags: tuple[str, ...]) -> dict[str, Counter[str]]:
     out: dict[str, Counter[str]] = {t: Counter() for t in tags}
-    base = store.keys.base
-    async for key in store.client.scan_iter(match=f"{base}:aud:*", count=1000):
-        name = key.decode() if isinstance(key, bytes) else key
-        tag, value = name[len(base) + 5 :].split(":", 1)
+    for (tag, value), size in (await store.audience_sizes()).items():
         if tag in out:
-            out[tag][value] = await store.client.scard(key)
+            out[tag][value] = size
     return out
 
 

@@ -161,8 +161,10 @@ def _pid(state: Mapping[str, str], key: str) -> int:
         return 0
 
 
-def up(settings: Settings, broker: BrokerKind = "tansu") -> dict[str, str]:
+def up(settings: Settings, broker: BrokerKind = "tansu", redis_cluster: bool = False) -> dict[str, str]:
     """Start a detached broker + Valkey, create the project's topics and write the state file.
+    ``redis_cluster``: a local Valkey Cluster (3 masters + 3 replicas) instead of one Valkey; the
+    state's ``redis_url`` is then ``redis+cluster://...``.
 
     Idempotent: when the state file names two live processes it is returned unchanged. Values in
     the state (and the returned dict) are strings, pids included. ``broker="kafka"`` runs the real
@@ -196,8 +198,18 @@ def up(settings: Settings, broker: BrokerKind = "tansu") -> dict[str, str]:
             version = f"tansu {tansu_version()}"
             broker_log = b_proc.log_path
         started.append(b_proc)
-        r_proc, redis_url = start_valkey(run_dir / "valkey-data", run_dir / "valkey.log", die_with_parent=False)
-        started.append(r_proc)
+        cluster_pids = ""
+        if redis_cluster:
+            from portrait_dev.valkey_cluster import start_cluster
+
+            shutil.rmtree(run_dir / "valkey-cluster", ignore_errors=True)
+            cluster = start_cluster(run_dir / "valkey-cluster", valkey_binary(), die_with_parent=False)
+            started.extend(n.process for n in cluster.nodes)
+            r_proc, redis_url = cluster.nodes[0].process, cluster.url
+            cluster_pids = ",".join(str(n.process.pid) for n in cluster.nodes)
+        else:
+            r_proc, redis_url = start_valkey(run_dir / "valkey-data", run_dir / "valkey.log", die_with_parent=False)
+            started.append(r_proc)
         create_topics(bootstrap, Topics(settings.topic_prefix).all, settings.partitions)
     except BaseException:
         for proc in reversed(started):
@@ -208,6 +220,7 @@ def up(settings: Settings, broker: BrokerKind = "tansu") -> dict[str, str]:
         "redis_url": redis_url,
         "broker_pid": str(b_proc.pid),
         "redis_pid": str(r_proc.pid),
+        "redis_cluster_pids": cluster_pids,
         "broker_kind": broker,
         "broker_version": version,
         "broker_log": str(broker_log),
@@ -223,6 +236,8 @@ def up(settings: Settings, broker: BrokerKind = "tansu") -> dict[str, str]:
 def _stop_state(state: Mapping[str, str]) -> bool:
     kind = state.get("broker_kind", "tansu")
     stopped = stop_pid(_pid(state, "broker_pid"), expect=_EXPECT.get(kind), timeout=30.0)
+    for pid in filter(None, state.get("redis_cluster_pids", "").split(",")):
+        stopped = stop_pid(int(pid), expect=_EXPECT["valkey"]) or stopped
     return stop_pid(_pid(state, "redis_pid"), expect=_EXPECT["valkey"]) or stopped
 
 

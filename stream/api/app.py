@@ -113,6 +113,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await store.adopt_layout()  # the store's shard count (docs/redis-keys.md)
         tasks = [*api.refresher.tasks(), asyncio.create_task(follow_catalogue())] if background else []
         try:
             yield

@@ -19,7 +19,7 @@ from typing import Annotated
 import typer
 
 from stream import __version__
-from stream.cli import api, kafka, models, operations, privacy, profiles, rules, schemas, trainer
+from stream.cli import api, kafka, models, operations, privacy, profiles, rules, schemas, trainer, migrate
 from stream.cli.common import CliState, UserError, quiet_clients
 from stream.settings import ConfigError
 
@@ -70,7 +70,7 @@ def build_app() -> typer.Typer:
         context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     )
     app.callback()(_root)
-    for area in (profiles, operations, kafka, rules, models, privacy, schemas, api, trainer):
+    for area in (profiles, operations, kafka, rules, models, privacy, schemas, api, trainer, migrate):
         area.register(app)
     for plugin in entry_points(group=PLUGIN_GROUP):
         plugin.load()(app)

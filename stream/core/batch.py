@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 # Change points evaluated before one user's next event, per batch: day-granular tags (recency)
 # change daily, so this covers a gap of more than a year; the time-driven path would do the same.
 MAX_CATCH_UP_STEPS = 400
+APPLIED_COUNTER = f"events_{Applied.APPLIED.value}"
 
 Apply = Callable[[UserState, Event, str, int, TagParams], Applied]
 
@@ -111,13 +112,19 @@ class BatchPlan:
     outcomes: Counter[str]  # events applied / redelivered / duplicate, of users not broken
     identity: dict[str, int]  # identity counters (merges, refusals)
     late: list[Valid] = field(default_factory=list)  # event time: too old for their user's windows
+    by_user: dict[str, Counter[str]] = field(default_factory=dict)  # outcomes per event owner
+    unattributed: dict[str, int] = field(default_factory=dict)  # counters of users without a write
+    # writes an earlier attempt of the same batch already stored (their shard did not conflict)
+    written_earlier: list[UserWrite] = field(default_factory=list)
 
     def stats(self, messages: int, dead_letters: Mapping[str, int]) -> dict[str, int]:
         """The counters the batch adds to P:v1:stats, with its message and dead-letter counts."""
-        stats = sum_counters({f"events_{k}": n for k, n in self.outcomes.items()}, self.writes)
+        # events_applied is in the writes' counters (``plan_batch``)
+        outcomes = {f"events_{k}": n for k, n in self.outcomes.items() if f"events_{k}" != APPLIED_COUNTER}
+        stats = sum_counters(outcomes, self.writes)
         stats.update({f"dlq_{k}": n for k, n in dead_letters.items()})
         stats["messages"] = messages
-        for key, n in self.identity.items():
+        for key, n in self.unattributed.items():  # identity counters are in the writes' counters
             stats[key] = stats.get(key, 0) + n
         return stats
 
@@ -171,7 +178,22 @@ def plan_batch(
     broken = planner.broken
     outcomes = Counter(a.value for uid, a in planner.results if uid not in broken)
     writes = [w for w in writes if w.alias_to not in broken]
-    return BatchPlan(writes, broken, touched, outcomes, merges.counters, planner.late)
+    by_user: dict[str, Counter[str]] = {}
+    for uid, a in planner.results:
+        if uid not in broken:
+            by_user.setdefault(uid, Counter())[a.value] += 1
+    # a user's applied events and identity counters are counted with their write (a store written
+    # per shard counts exactly what each shard's write applied, also when another shard conflicts)
+    owners = {w.uid: w for w in writes if w.alias_to is None}
+    rest: dict[str, int] = {}
+    for uid, counters in [
+        *((u, {APPLIED_COUNTER: c[Applied.APPLIED.value]}) for u, c in by_user.items() if c[Applied.APPLIED.value]),
+        *merges.by_user.items(),
+    ]:
+        target = owners[uid].counters if uid in owners else rest
+        for key, n in counters.items():
+            target[key] = target.get(key, 0) + n
+    return BatchPlan(writes, broken, touched, outcomes, merges.counters, planner.late, by_user, rest)
 
 
 class _Planner:
@@ -200,7 +222,7 @@ class _Planner:
         self.steps: dict[str, Steps] = {}
         self.unevaluated: dict[str, float] = {}  # user -> their latest applied, not yet evaluated event
         self.results: list[tuple[str, Applied]] = []
-        self.applied: set[int] = set()  # id() of the events applied now
+        self.applied: dict[int, str] = {}  # id() of the events applied now -> their owner
         self.broken: dict[str, str] = {}
         self.late: list[Valid] = []
 
@@ -229,7 +251,7 @@ class _Planner:
             return
         self.results.append((uid, applied))
         if applied is Applied.APPLIED:
-            self.applied.add(id(item))
+            self.applied[id(item)] = uid
             self.unevaluated[uid] = max(self.unevaluated.get(uid, epoch), epoch)
 
     def _before(self, uid: str, epoch: float) -> None:

@@ -31,12 +31,17 @@ class Resolution:
     refused: list[tuple[int, Refusal]]  # (id(link event), why)
     owners: list[str] = field(default_factory=list)  # events' owners before this batch's merges
     redirect: dict[str, str] = field(default_factory=dict)  # anonymous subject -> user, merged in this batch
+    # anonymous subject -> user: linked again by an event of this batch although an alias exists;
+    # the store fences a merge across state shards (alias first), so the anonymous state may still
+    # be there (a crash or a conflict after the fence): ``merge`` completes it
+    pending: dict[str, tuple[str, float]] = field(default_factory=dict)  # -> (user, link time)
 
     @property
     def subjects(self) -> list[str]:
         """Everyone to load: the events' owners and both sides of every candidate link."""
         linked = [u for u, _, _ in self.links.values()]
-        return list(dict.fromkeys([*self.owners, *self.links, *linked]))
+        fenced = [u for u, _ in self.pending.values()]
+        return list(dict.fromkeys([*self.owners, *self.links, *linked, *self.pending, *fenced]))
 
     def owner(self, v: Valid) -> str:
         subject = self.initial(v)
@@ -60,13 +65,22 @@ class Merges:
     writes: list[UserWrite] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
     refused: list[tuple[int, Refusal]] = field(default_factory=list)  # (id(link event), why)
+    # the same counters by the user whose write records them (the merged-into user, the link
+    # event's owner): they are stored with that user's write, so a store written per shard
+    # counts each exactly once
+    by_user: dict[str, dict[str, int]] = field(default_factory=dict)
 
-    def count_refusals(self, applied: set[int]) -> None:
-        """Count the refusals of link events applied now (a redelivered link was counted before)."""
+    def count(self, uid: str, key: str) -> None:
+        self.counters[key] = self.counters.get(key, 0) + 1
+        mine = self.by_user.setdefault(uid, {})
+        mine[key] = mine.get(key, 0) + 1
+
+    def count_refusals(self, applied: Mapping[int, str]) -> None:
+        """Count the refusals of link events applied now (a redelivered link was counted before);
+        ``applied``: id() of each event applied now -> its owner."""
         for link, reason in self.refused:
             if link in applied:
-                key = f"identity_refused_{reason}"
-                self.counters[key] = self.counters.get(key, 0) + 1
+                self.count(applied[link], f"identity_refused_{reason}")
 
 
 def refuse_blocked(valid: list[Valid], policy: IdentityPolicy) -> tuple[list[Valid], list[tuple[Valid, str]]]:
@@ -93,6 +107,7 @@ def resolve(valid: list[Valid], aliases: dict[str, str], policy: IdentityPolicy)
     anonymous id wins)."""
     links: dict[str, tuple[str, float, int]] = {}
     refused: list[tuple[int, Refusal]] = []
+    pending: dict[str, tuple[str, float]] = {}
     for v in valid:
         e = v.event
         if e.user_id is None or e.anonymous_id is None:
@@ -103,12 +118,14 @@ def resolve(valid: list[Valid], aliases: dict[str, str], policy: IdentityPolicy)
         subject = anon_subject(e.anonymous_id)
         linked = aliases.get(subject) or links.get(subject, (None, 0.0, 0))[0]
         if linked == e.user_id:
+            if aliases.get(subject) == e.user_id:
+                pending.setdefault(subject, (e.user_id, e.epoch))  # merged already, unless its state is still there
             continue  # merged already (or earlier in this batch)
         if linked is not None:
             refused.append((id(v), "already_linked"))
             continue
         links[subject] = (e.user_id, e.epoch, id(v))
-    resolution = Resolution(aliases, links, refused)
+    resolution = Resolution(aliases, links, refused, pending=pending)
     resolution.owners = list(dict.fromkeys(resolution.initial(v) for v in valid))
     return resolution
 
@@ -139,5 +156,34 @@ def merge(identity: Resolution, loaded: Mapping[str, LoadedUser], policy: Identi
         merges.writes.append(
             UserWrite(subject, loaded[subject].version, None, audience_remove=list(published.items()), alias_to=uid)
         )
-        merges.counters["identity_merged"] = merges.counters.get("identity_merged", 0) + 1
+        merges.count(uid, "identity_merged")
+    for subject, (uid, at) in identity.pending.items():
+        _complete(merges, subject, uid, at, loaded, keep_ids)
     return merges
+
+
+def _complete(
+    merges: Merges, subject: str, uid: str, at: float, loaded: Mapping[str, LoadedUser], keep_ids: int
+) -> None:
+    """A fenced merge (its alias set by an earlier attempt) that the user's state does not record
+    yet: fold the anonymous state, if there is one, and delete it. A merge the user's state
+    records is complete once the anonymous state is gone. The link was accepted when fenced."""
+    if loaded[uid].erased or loaded[subject].erased:
+        return
+    source = loaded[subject].state
+    target = merges.states.get(uid) or loaded[uid].state or UserState()
+    recorded = any(m.subject == subject for m in target.merged)
+    if recorded and source is None:
+        return  # complete
+    if not recorded:
+        if source is not None:
+            merge_into(target, source, subject, at, keep_ids)
+        else:
+            target.merged = [*target.merged, MergedId(subject, at)]
+        merges.count(uid, "identity_merged")  # else counted with the user's write that folded it
+    merges.states[uid] = target
+    merges.into[uid] = None
+    if source is not None:
+        published = list(source.published.items())
+        merges.writes.append(UserWrite(subject, loaded[subject].version, None, audience_remove=published, alias_to=uid))
+    log.info("completed a merge fenced by an earlier attempt")

@@ -65,7 +65,6 @@ from stream.rules import RuleSet
 from stream.service.processor import Processor
 from stream.service.trainer import Trainer
 from stream.settings import Settings
-from stream.storage.keys import Keys
 from stream.storage.store import OutboxEntry, Progress, Store
 from stream.tagging.definitions import TagCatalogue
 
@@ -205,9 +204,7 @@ async def drive(
     async def send_triggers(entries: list[OutboxEntry]) -> None:
         run.triggers.extend(entries)
 
-    store = _RecordingStore.from_url(
-        scratch.resolved_redis_url(), Keys(scratch.key_prefix), **scratch.redis_client_kwargs()
-    )
+    store = _RecordingStore.from_settings(scratch)
     assert isinstance(store, _RecordingStore)
     metrics = Metrics()
     processor = Processor(
@@ -235,7 +232,7 @@ async def drive(
             await inspect(store)
     finally:
         try:
-            await _delete_namespace(store)
+            await store.delete_namespace()
         finally:
             await store.close()
     events_of = {(subject, ts) for ts, _, subject in feed}
@@ -273,10 +270,10 @@ async def _replay(
         if period is not None and current <= period:
             return
         if period is not None:
-            await store.advance_clock(current * rfm_interval)
+            await processor.retry("clock", store.advance_clock, current * rfm_interval)
             await drain()
         period = current
-        await store.refresh_rfm(current * rfm_interval)
+        await processor.retry("rfm_refresh", store.refresh_rfm, current * rfm_interval)
         run.rfm_refreshes += 1
 
     async def train(clock: float, final: bool = False) -> None:
@@ -336,7 +333,7 @@ async def _replay(
         t = run.end
         while t < run.clock_end:  # the horizon: the clock moves on, period by period
             t = min(run.clock_end, (math.floor(t / rfm_interval) + 1) * rfm_interval)
-            await store.advance_clock(t)
+            await processor.retry("clock", store.advance_clock, t)
             await drain()
             await enter(t)  # a refresh when t starts a new period
         await drain()
@@ -375,9 +372,9 @@ class _Pauses:
     async def profiles_at(self, at: float) -> dict[str, dict[str, str]]:
         """The profile of every stored user evaluated at ``at`` by the worker's ``plan_write``."""
         store = self.store
-        base = store.keys.base
-        keys = [key async for key in store.client.scan_iter(match=f"{base}:*:state", count=2000)]
-        uids = sorted(key.decode()[len(base) + 2 : -len("}:state")] for key in keys)
+        pattern = store.keys.state_pattern
+        keys = [key async for key in store.client.scan_iter(match=pattern, count=2000)]
+        uids = sorted(store.keys.parse_state(key.decode()) for key in keys)
         out: dict[str, dict[str, str]] = {}
         for start in range(0, len(uids), self.LOAD_CHUNK):
             chunk = uids[start : start + self.LOAD_CHUNK]
@@ -400,17 +397,6 @@ class _Pauses:
                 if write.state is not None:
                     out[uid] = write.profile
         return out
-
-
-async def _delete_namespace(store: Store) -> None:
-    batch: list[Any] = []
-    async for key in store.client.scan_iter(match=f"{store.keys.base}:*", count=2000):
-        batch.append(key)
-        if len(batch) >= 1000:
-            await store.client.unlink(*batch)
-            batch = []
-    if batch:
-        await store.client.unlink(*batch)
 
 
 def triggers_json(run: OfflineRun) -> list[dict[str, Any]]:

@@ -55,6 +55,7 @@ from stream.models.segments import SegmentDescription
 from stream.offline import btyd
 from stream.offline.driver import drive
 from stream.settings import Settings
+from stream.storage.audiences import stored_users
 from stream.storage.store import Store
 from stream.tagging.definitions import TagCatalogue, load_catalogue
 from stream.tagging.state import DAY, UserState
@@ -359,9 +360,7 @@ class _Final:
 
 
 async def _read_final(store: Store, final: _Final) -> None:
-    base = store.keys.base
-    async for key in store.client.scan_iter(match=f"{base}:*:state", count=1000):
-        uid = key.decode()[len(base) + 2 : -len("}:state")]
+    async for uid in stored_users(store.client, store.keys):
         loaded, _, _ = await store.load([uid])
         state: UserState | None = loaded[uid].state
         if state is None or state.models is None:

@@ -66,12 +66,13 @@ async def erase(store: Store, request: EraseRequest) -> ErasureConfirmation:
 async def export(store: Store, uid: str) -> dict[str, Any]:
     """Everything stored about ``uid`` (right of access), as plain JSON-able data."""
     keys = store.keys
+    shard = keys.shard(uid)
     pipe = store.client.pipeline(transaction=False)
     pipe.hgetall(keys.state(uid))
     pipe.hgetall(keys.profile(uid))
-    pipe.zscore(keys.due, uid)
+    pipe.zscore(keys.due(shard), uid)
     for metric in ("r", "f", "m"):
-        pipe.zscore(keys.rank(metric), uid)
+        pipe.zscore(keys.rank(shard, metric), uid)
     state_raw, profile_raw, due, *ranks = await pipe.execute()
     state = UserState.from_bytes(state_raw[b"blob"]) if state_raw.get(b"blob") else None
     published = state.published if state is not None else {}
@@ -79,9 +80,11 @@ async def export(store: Store, uid: str) -> dict[str, Any]:
     if published:
         pipe = store.client.pipeline(transaction=False)
         for tag, value in published.items():
-            pipe.sismember(keys.audience(tag, value), uid)
+            pipe.sismember(keys.audience(shard, tag, value), uid)
         flags = await pipe.execute()
-        memberships = [keys.audience(t, v) for (t, v), member in zip(published.items(), flags, strict=True) if member]
+        memberships = [
+            keys.audience(shard, t, v) for (t, v), member in zip(published.items(), flags, strict=True) if member
+        ]
     return {
         "user_id": uid,
         "erased": bool(await store.erased([uid])),
@@ -102,11 +105,8 @@ async def erase_and_confirm(settings: Settings, uid: str, request_id: str | None
     from aiokafka import AIOKafkaProducer
 
     request = EraseRequest(user_id=uid, **({"request_id": request_id} if request_id else {}))
-    store = Store.from_settings(settings)
-    try:
+    async with Store.open(settings) as store:
         confirmation = await erase(store, request)
-    finally:
-        await store.close()
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap_servers(), acks="all", **settings.kafka_client_kwargs()
     )
@@ -120,8 +120,5 @@ async def erase_and_confirm(settings: Settings, uid: str, request_id: str | None
 
 
 async def export_json(settings: Settings, uid: str) -> dict[str, Any]:
-    store = Store.from_settings(settings)
-    try:
+    async with Store.open(settings) as store:
         return await export(store, uid)
-    finally:
-        await store.close()

@@ -19,7 +19,14 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 
 from stream.contracts.topics import Topics
-from stream.core.batch import BatchPlan, BatchReport, plan_batch, plan_due, split_touching, sum_counters
+from stream.core.batch import (
+    BatchPlan,
+    BatchReport,
+    plan_batch,
+    plan_due,
+    split_touching,
+    sum_counters,
+)
 from stream.core.identity import anonymous_subjects, merge, refuse_blocked, resolve
 from stream.core.intake import Message, Valid, intake
 from stream.core.pipeline import PlanContext
@@ -46,6 +53,18 @@ MAX_CONFLICT_RETRIES = 20
 # rebalance any more: their events go to the DLQ so the rest of the batch is written.
 STORM_CONFLICTS = 5
 __all__ = ["BatchReport", "Processor"]
+
+
+def carry_written(plan: BatchPlan, written: list[UserWrite], outcomes: Mapping[str, Counter[str]]) -> None:
+    """Count in ``plan`` what earlier attempts of its batch already wrote (the store writes per
+    state shard, so a conflict on one shard leaves the others written): those users' events
+    keep the outcomes of the attempt that wrote them (the plan sees them as redelivered), and
+    their decisions are the batch's. ``outcomes``: user -> event outcomes when written."""
+    for uid, earlier in outcomes.items():
+        for key, n in plan.by_user.get(uid, Counter()).items():
+            plan.outcomes[key] -= n
+        plan.outcomes.update(earlier)
+    plan.written_earlier.extend(written)
 
 
 class Processor:
@@ -118,8 +137,11 @@ class Processor:
         batch_max_ts = max((v.event.epoch for v in valid), default=None)
         progress = self.progress.update(messages, valid, highwaters) if event_time else None
         conflicted: Counter[str] = Counter()
+        written: list[UserWrite] = []  # written by an attempt whose other shards conflicted
+        written_outcomes: dict[str, Counter[str]] = {}  # their users' event outcomes then
         for _attempt in range(MAX_CONFLICT_RETRIES):
             valid, plan, now = await self._plan(valid, wall, batch_max_ts, progress, report)
+            carry_written(plan, written, written_outcomes)
             stats = plan.stats(len(messages), report.dead_letters)
             clock = now if event_time else None
             conflicts = await self.retry("write", self.store.write, plan.writes, clock, stats, progress)
@@ -128,6 +150,11 @@ class Processor:
             self.metrics.write_conflicts.inc()
             log.info("version conflict on %d users; recomputing batch", len(conflicts))
             conflicted.update(conflicts)
+            lost = set(conflicts)
+            for w in plan.writes:
+                if w.uid not in lost and w.uid not in written_outcomes:
+                    written.append(w)
+                    written_outcomes[w.uid] = plan.by_user.get(w.uid, Counter())
             valid = await self._isolate_storm(valid, {u for u, n in conflicted.items() if n >= STORM_CONFLICTS}, report)
         else:
             raise RuntimeError(f"batch kept conflicting after {MAX_CONFLICT_RETRIES} attempts")
@@ -187,8 +214,8 @@ class Processor:
 
     async def _written(self, plan: BatchPlan, valid: list[Valid], report: BatchReport, received: float) -> None:
         """After the write: deliver the batch's triggers, fill in the report, record the metrics."""
-        self._count_decisions(plan.writes)
-        if any(w.triggers for w in plan.writes):
+        self._count_decisions([*plan.written_earlier, *plan.writes])
+        if any(w.triggers for w in [*plan.written_earlier, *plan.writes]):
             await self.deliver_triggers()
         report.record(plan)
         finished = self.wall_clock() if self.settings.clock == "wall" else None

@@ -1,7 +1,8 @@
 """Redis calls retried until they succeed: an outage turns health red but loses nothing.
 
-Connection errors, timeouts and OS errors are retried forever with exponential backoff (0.2 s,
-doubling, at most 10 s), by tenacity; anything else (a bug, a script error) propagates at once.
+Connection errors, timeouts, OS errors and a cluster's failover answers are retried forever with
+exponential backoff (0.2 s, doubling, at most 10 s), by tenacity; anything else (a bug, a script
+error) propagates at once.
 While a call keeps failing the worker reports unhealthy (``/healthz`` answers 503 with the error);
 each call's latency and errors are measured per operation.
 """
@@ -14,15 +15,35 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
+from redis.exceptions import (
+    ClusterDownError,
+    ConnectionError as RedisConnectionError,
+    ReadOnlyError,
+    SlotNotCoveredError,
+    TimeoutError as RedisTimeoutError,
+    TryAgainError,
+)
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential
 
 from stream.metrics import Metrics
+from stream.storage.exceptions import ReplicationLag
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-RETRIED = (RedisConnectionError, RedisTimeoutError, OSError)
+# a Redis Cluster failing over answers CLUSTERDOWN / TRYAGAIN, a demoted master READONLY, and a
+# slot may be briefly unserved: all pass once the replica is promoted (MOVED/ASK are followed by
+# the cluster client itself). The store's ReplicationLag (WAIT not met) is retried the same way.
+RETRIED = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    ClusterDownError,
+    TryAgainError,
+    ReadOnlyError,
+    SlotNotCoveredError,
+    ReplicationLag,
+)
 FIRST_DELAY_S = 0.2
 MAX_DELAY_S = 10.0
 

@@ -43,7 +43,7 @@ def register_views(
     """``config``: what ``/config`` serves (computed once at start: ``Settings.effective()``);
     ``catalogue``: the catalogue in force (it changes on a hot reload), for typing profiles."""
     config_body = orjson.dumps(config)
-    reads = Reads(store.client, store.keys)
+    reads = Reads(store.client, lambda: store.keys)  # the store's keys: the layout it adopted
 
     # aiohttp's default segment pattern refuses "{" and "}" (and matches the decoded path), so
     # /profiles/%7Bodd%7D would 404: take the rest of the path as the id instead.

@@ -1,5 +1,8 @@
 """Redis reads of the read API (``portrait api``) and the worker's ``/profiles``: the one module that
-reads published data outside the write path, built on ``Keys``.
+reads published data outside the write path, built on ``Keys`` (layout v2: state shards,
+docs/redis-keys.md 'Reading'). An audience is one set per shard: sizes are the shards' SCARD
+summed, an intersection the shards' SINTERCARD summed (a user is in one shard), members are
+scanned shard by shard.
 
 Every read here is O(1) or O(size of the answer) except the two marked *scan* (``audience_pairs``
 and ``scan_users``), which the API only runs in its background refresher, never per request
@@ -9,15 +12,15 @@ and ``scan_users``), which the API only runs in its background refresher, never 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 
 from stream.settings import Settings
+from stream.storage.client import Client, connect_settings
 from stream.storage.keys import Keys, erased_token
 
 Pair = tuple[str, str]  # (tag, value) of an audience
@@ -41,29 +44,41 @@ class UserRecord:
 
 
 class Reads:
-    """Read access to the published profiles, audience sets, counters and trend snapshots."""
+    """Read access to the published profiles, audience sets, counters and trend snapshots.
 
-    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+    ``keys``: the store's ``Keys``, or a callable returning them (the worker passes its store's,
+    which adopt the layout the store records)."""
+
+    def __init__(self, client: Client, keys: Keys | Callable[[], Keys]) -> None:
         self.client = client
-        self.keys = keys
-        head, _, tail = keys.profile("\0").partition("\0")
-        self._profile_head, self._profile_tail = head, tail
+        self._keys = keys
+
+    @property
+    def keys(self) -> Keys:
+        return self._keys() if callable(self._keys) else self._keys
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Reads:
-        client = aioredis.Redis.from_url(
-            settings.resolved_redis_url(), decode_responses=False, **settings.redis_client_kwargs()
-        )
-        return cls(client, Keys(settings.key_prefix))
+        return cls(connect_settings(settings), Keys(settings.key_prefix, settings.redis_shards))
 
     @classmethod
     @asynccontextmanager
     async def open(cls, settings: Settings) -> AsyncIterator[Reads]:
         reads = cls.from_settings(settings)
         try:
+            await reads.adopt_layout()
             yield reads
         finally:
             await reads.close()
+
+    async def adopt_layout(self) -> int:
+        """Read the shard count the store recorded (``Store.adopt_layout`` writes it); a store not
+        created yet keeps the settings' count."""
+        raw = await self.client.get(self.keys.layout)
+        text = _text(raw) if raw else ""
+        if text.startswith("shards=") and text[7:].isdigit() and not callable(self._keys):
+            self._keys = replace(self._keys, shards=int(text[7:]))
+        return self.keys.shards
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -98,7 +113,10 @@ class Reads:
         """Merged anonymous subjects (``anon:<id>``) -> the user they were merged into."""
         if not subjects:
             return {}
-        values = await self.client.mget([self.keys.alias(s) for s in subjects])
+        pipe = self.client.pipeline(transaction=False)
+        for s in subjects:  # one GET each: the aliases live in their subjects' shards
+            pipe.get(self.keys.alias(s))
+        values = await pipe.execute()
         return {s: _text(v) for s, v in zip(subjects, values, strict=True) if v is not None}
 
     async def state(self, uid: str) -> bytes | None:
@@ -107,59 +125,82 @@ class Reads:
         return bytes(blob) if blob is not None else None
 
     async def erased(self, uid: str) -> bool:
-        return bool(await self.client.sismember(self.keys.erased, erased_token(uid)))
+        return bool(await self.client.sismember(self.keys.erased(self.keys.shard(uid)), erased_token(uid)))
 
-    # -- audiences -------------------------------------------------------------------------
+    # -- audiences (one set per shard) ---------------------------------------------------------
     async def audience_size(self, pair: Pair) -> int:
-        """Members of one audience: ``SCARD``, O(1)."""
-        return int(await self.client.scard(self.keys.audience(*pair)))
+        """Members of one audience: the shards' ``SCARD`` summed (one round trip)."""
+        return (await self.audience_sizes([pair]))[0]
 
     async def audience_sizes(self, pairs: Sequence[Pair]) -> list[int]:
-        """Members of each audience (``SCARD`` each, one round trip)."""
+        """Members of each audience (``SCARD`` of each shard's set, one round trip)."""
         if not pairs:
             return []
+        shards = self.keys.shards
         pipe = self.client.pipeline(transaction=False)
         for pair in pairs:
-            pipe.scard(self.keys.audience(*pair))
-        return [int(n) for n in await pipe.execute()]
+            for shard in range(shards):
+                pipe.scard(self.keys.audience(shard, *pair))
+        counts = [int(n) for n in await pipe.execute()]
+        return [sum(counts[i * shards : (i + 1) * shards]) for i in range(len(pairs))]
 
     async def intersection_size(self, pairs: Sequence[Pair]) -> int:
-        """Users in every one of ``pairs`` (``SINTERCARD``: O(smallest set x sets))."""
+        """Users in every one of ``pairs``: the shards' ``SINTERCARD`` summed (a user is in one
+        shard, so the shards' intersections are disjoint)."""
         return (await self.intersection_sizes([pairs]))[0]
 
     async def intersection_sizes(self, groups: Sequence[Sequence[Pair]]) -> list[int]:
-        """``intersection_size`` of each group, in one round trip."""
+        """``intersection_size`` of each group, in one round trip (one SINTERCARD per shard)."""
+        shards = self.keys.shards
         pipe = self.client.pipeline(transaction=False)
         for pairs in groups:
-            pipe.sintercard(len(pairs), [self.keys.audience(*p) for p in pairs])
-        return [int(n) for n in await pipe.execute()]
+            for shard in range(shards):
+                pipe.sintercard(len(pairs), [self.keys.audience(shard, *p) for p in pairs])
+        counts = [int(n) for n in await pipe.execute()]
+        return [sum(counts[i * shards : (i + 1) * shards]) for i in range(len(groups))]
 
     async def scan_audience(self, pair: Pair, cursor: int, count: int) -> tuple[int, list[str]]:
-        """One ``SSCAN`` step over an audience: (next cursor, 0 at the end; members).
+        """One ``SSCAN`` step over an audience, shard after shard: (next cursor, 0 at the end;
+        members). The cursor is ``shard + shards * (that shard's SSCAN cursor)``.
 
         SSCAN returns every member present for the whole iteration at least once; a member may
         come twice when the set is resized in between (callers that need uniqueness dedupe)."""
-        nxt, members = await self.client.sscan(self.keys.audience(*pair), cursor=cursor, count=count)
-        return int(nxt), [_text(m) for m in members]
+        shards = self.keys.shards
+        shard, inner = cursor % shards, cursor // shards
+        nxt, members = await self.client.sscan(self.keys.audience(shard, *pair), cursor=inner, count=count)
+        if int(nxt):
+            return shard + shards * int(nxt), [_text(m) for m in members]
+        return (shard + 1 if shard + 1 < shards else 0), [_text(m) for m in members]
 
     async def memberships(self, uids: Sequence[str], pairs: Sequence[Pair]) -> list[list[bool]]:
-        """For each of ``pairs``, whether each of ``uids`` is a member (``SMISMEMBER``, one round trip)."""
+        """For each of ``pairs``, whether each of ``uids`` is a member (``SMISMEMBER`` per pair and
+        shard, one round trip)."""
         if not uids or not pairs:
             return [[] for _ in pairs]
+        by_shard: dict[int, list[int]] = {}
+        for i, uid in enumerate(uids):
+            by_shard.setdefault(self.keys.shard(uid), []).append(i)
         pipe = self.client.pipeline(transaction=False)
         for pair in pairs:
-            pipe.smismember(self.keys.audience(*pair), list(uids))
-        return [[bool(flag) for flag in row] for row in await pipe.execute()]
+            for shard, idx in by_shard.items():
+                pipe.smismember(self.keys.audience(shard, *pair), [uids[i] for i in idx])
+        replies = iter(await pipe.execute())
+        out: list[list[bool]] = []
+        for _ in pairs:
+            row = [False] * len(uids)
+            for idx in by_shard.values():
+                for i, flag in zip(idx, next(replies), strict=True):
+                    row[i] = bool(flag)
+            out.append(row)
+        return out
 
     async def audience_pairs(self) -> list[Pair]:
         """*Scan*: every audience set that exists, as (tag, value). Cost O(keys in the database):
         for the background refresher only."""
-        prefix = self.keys.audience_prefix
-        out: list[Pair] = []
-        async for key in self.client.scan_iter(match=prefix + "*", count=1000):
-            tag, _, value = _text(key)[len(prefix) :].partition(":")
-            out.append((tag, value))
-        return sorted(set(out))
+        out: set[Pair] = set()
+        async for key in self.client.scan_iter(match=self.keys.audience_pattern, count=1000):
+            out.add(self.keys.parse_audience(_text(key)))
+        return sorted(out)
 
     # -- the background pass -------------------------------------------------------------------
     async def scan_users(
@@ -169,8 +210,6 @@ class Reads:
         (absent ones left out) and the state blob, one round trip per batch. Cost O(keys in the
         database): for the background refresher only. Reading only the fields needed keeps the
         reply small (parsing it is most of a pass's cost)."""
-        pattern = self.keys.profile("*")
-        head, tail = self._profile_head, self._profile_tail
         names = list(fields)
         pending: list[str] = []
 
@@ -191,10 +230,8 @@ class Reads:
                     out.append(UserRecord(uid, profile, bytes(blob) if blob is not None else None))
             return out
 
-        async for key in self.client.scan_iter(match=pattern, count=1000):
-            name = _text(key)
-            if name.startswith(head) and name.endswith(tail):
-                pending.append(name[len(head) : len(name) - len(tail)])
+        async for key in self.client.scan_iter(match=self.keys.profile_pattern, count=1000):
+            pending.append(self.keys.parse_profile(_text(key)))
             if len(pending) >= batch:
                 yield await fetch(pending)
                 pending = []
@@ -203,8 +240,17 @@ class Reads:
 
     # -- counters, clock, models -------------------------------------------------------------
     async def stats(self) -> dict[str, int]:
-        raw = await self.client.hgetall(self.keys.stats)
-        return {_text(k): int(v) for k, v in raw.items() if k != b"_"}
+        """The counters: the batch-level hash plus every shard's (as ``Store.stats``)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(self.keys.stats)
+        for shard in range(self.keys.shards):
+            pipe.hgetall(self.keys.shard_stats(shard))
+        out: dict[str, int] = {}
+        for raw in await pipe.execute():
+            for k, v in raw.items():
+                if k != b"_":
+                    out[_text(k)] = out.get(_text(k), 0) + int(v)
+        return out
 
     async def clock(self) -> float | None:
         raw = await self.client.get(self.keys.clock)

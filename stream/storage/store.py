@@ -1,57 +1,68 @@
-"""Redis I/O: one round trip to load a batch's users, one atomic script to write them.
+"""Redis I/O: one round trip to load a batch's users, one pipelined script per state shard to
+write them, one small script for what a batch records once per store.
 
 The scripts are ``stream/storage/scripts/*.lua``; every key they touch is built by ``Keys`` and
-passed in ``KEYS`` (each file's header states its KEYS/ARGV contract).
+passed in ``KEYS`` (each file's header states its KEYS/ARGV contract). Standalone Redis and a
+Redis Cluster run the same code (``stream.storage.client``); the layout is in docs/redis-keys.md.
 
-The write script checks every user's state version first (compare-and-set) and writes nothing if
-any changed since it was read, so two workers briefly owning the same partition during a
-rebalance cannot interleave updates: the loser re-reads and recomputes.
+The write script checks every user's state version first (compare-and-set) and writes nothing of
+its shard if any changed since it was read, so two workers briefly owning the same partition
+during a rebalance cannot interleave updates: the loser re-reads and recomputes. A batch spanning
+shards is atomic per shard: on a conflict the other shards' users are written, and the retry
+finds their events applied (redelivered). A merge across shards is ordered so that nothing is
+lost whatever fails in between (``write``).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from importlib import resources
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 # re-exported: the types of Store.load and Store.write (defined in the pure core)
 from stream.core.progress import Progress as Progress
 from stream.core.writes import LoadedUser as LoadedUser, UserWrite
+from stream.errors import ConfigError
 from stream.settings import Settings
-from stream.storage.keys import Keys, erased_token
+from stream.storage.audiences import audience_sizes
+from stream.storage.client import (
+    SCRIPT_NAMES as SCRIPT_NAMES,
+    Call,
+    Client,
+    connect,
+    connect_settings,
+    run_script,
+    run_scripts,
+    script_source as script_source,
+)
+from stream.storage.keys import PREVIOUS_SCHEMAS, SCHEMA, Keys, erased_token, shard_of_token
+from stream.storage.quantiles import Request, score_text, select
 from stream.tagging.engine import RfmThresholds
 from stream.tagging.state import UserState
 
 log = logging.getLogger(__name__)
 
-SCRIPT_NAMES = ("write", "erase", "claim", "refresh_rfm", "lease", "advance_clock")
-
-
-@functools.cache
-def script_source(name: str) -> str:
-    """The Lua source of ``stream/storage/scripts/<name>.lua`` (package data), read once."""
-    return (resources.files("stream.storage") / "scripts" / f"{name}.lua").read_text()
-
-
 AUDIENCE_TTL_S = 92 * 86400
 RANK_METRICS = ("r", "f", "m")  # the population rank sets behind the RFM thresholds, in script order
 OUTBOX_GROUP = "senders"
 MAX_ERASE_ATTEMPTS = 20  # erase re-reads the state when a write moved its version in between
+# Every shard's due set and outbox are visited at least this often (wall seconds); in between,
+# claims visit the shards the due index says are due and deliveries the shards this worker wrote
+# triggers to. The sweep also returns expired claim leases and a dead sender's outbox entries.
+SWEEP_S = 5.0
 
 
 @dataclass(frozen=True)
 class OutboxEntry:
-    id: str
+    id: str  # "<shard>/<stream entry id>"
     topic: str
     key: str
     value: bytes
@@ -114,37 +125,66 @@ def watermark(clock: float, parts: Mapping[bytes, bytes], progress: Progress | N
     return min([clock, *(float(v) for v in values.values() if v != CAUGHT)])
 
 
+def _by_shard(keys: Keys, subjects: Iterable[str]) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = defaultdict(list)
+    for s in subjects:
+        out[keys.shard(s)].append(s)
+    return out
+
+
+def _examples_position(raw: str, shards: int) -> dict[int, str]:
+    """The per-shard model-example positions a trainer position string stands for ("0-0": none)."""
+    out: dict[int, str] = {}
+    for part in raw.split(","):
+        shard, sep, eid = part.partition("/")
+        if sep and shard.isdigit() and int(shard) < shards:
+            out[int(shard)] = eid
+    return out
+
+
+def _position_text(positions: Mapping[int, str]) -> str:
+    return ",".join(f"{s}/{eid}" for s, eid in sorted(positions.items())) or "0-0"
+
+
+def _entry_order(eid: str) -> tuple[int, int]:
+    ms, _, seq = eid.partition("-")
+    return int(ms), int(seq or 0)
+
+
 class Store:
     """Async Redis access for the worker. All writes go through ``write``."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+    def __init__(self, client: Client, keys: Keys, wait_replicas: int = 0, wait_timeout_ms: int = 1000) -> None:
         self.client = client
         self.keys = keys
-        self._write = client.register_script(script_source("write"))
-        self._claim = client.register_script(script_source("claim"))
-        self._refresh = client.register_script(script_source("refresh_rfm"))
-        self._lease = client.register_script(script_source("lease"))
-        self._erase = client.register_script(script_source("erase"))
-        self._advance_clock = client.register_script(script_source("advance_clock"))
+        # a batch's write returns only once this many replicas of every master it wrote hold it
+        self._wait = (wait_replicas, wait_timeout_ms) if wait_replicas else None
         self.models_version_seen = 0  # model checkpoint version seen by the last ``load``
         self.parts_seen: dict[bytes, bytes] = {}  # partition progress seen by the last ``load`` (watermark)
         self.epoch: bytes | None = None  # this store's epoch as first seen (``ensure_epoch``)
         self.data_lost = False  # the epoch vanished or changed under us: Redis lost its data
+        self._adopted = False
+        self._due_swept_at = float("-inf")  # wall time of the last claim over every shard
+        self._outbox_swept_at = float("-inf")  # monotonic time of the last read of every outbox
+        self._outbox_dirty: set[int] = set()  # shards this worker wrote triggers to since
 
     @classmethod
-    def from_url(cls, url: str, keys: Keys, **kwargs: Any) -> Store:
-        return cls(aioredis.Redis.from_url(url, decode_responses=False, **kwargs), keys)
+    def from_url(cls, url: str, keys: Keys, *, cluster: bool = False, **kwargs: Any) -> Store:
+        return cls(connect(url, cluster, **kwargs), keys)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
-        return cls.from_url(settings.resolved_redis_url(), Keys(settings.key_prefix), **settings.redis_client_kwargs())
+        keys = Keys(settings.key_prefix, settings.redis_shards)
+        return cls(connect_settings(settings), keys, settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
 
     @classmethod
     @asynccontextmanager
     async def open(cls, settings: Settings) -> AsyncIterator[Store]:
-        """``async with Store.open(settings) as store:`` a store that is closed on exit."""
+        """``async with Store.open(settings) as store:`` a store on the recorded layout (refusing
+        an older one), closed on exit."""
         store = cls.from_settings(settings)
         try:
+            await store.adopt_layout()
             yield store
         finally:
             await store.close()
@@ -152,32 +192,79 @@ class Store:
     async def close(self) -> None:
         await self.client.aclose()
 
-    async def load(self, uids: list[str]) -> tuple[dict[str, LoadedUser], float | None, RfmThresholds]:
-        """States of ``uids``, the event-time clock and the RFM thresholds, in one round trip."""
+    # -- layout and epoch ---------------------------------------------------------------
+    async def adopt_layout(self, refuse_previous: bool = True) -> int:
+        """Use the shard count this store was created with (recording ours if it is new); refuse a
+        Redis that holds an older layout under the same prefix. Returns the shard count."""
+        if self._adopted and refuse_previous:
+            return self.keys.shards
         pipe = self.client.pipeline(transaction=False)
-        for uid in uids:
-            pipe.hmget(self.keys.state(uid), "ver", "blob")
-        pipe.smismember(self.keys.erased, [erased_token(uid) for uid in uids] or ["-"])
-        pipe.get(self.keys.clock)
-        pipe.hgetall(self.keys.rfm_thresholds)
-        pipe.hget(self.keys.model_meta, "version")
-        pipe.hgetall(self.keys.clock_parts)
-        pipe.get(self.keys.epoch)
-        replies = await pipe.execute()
-        self._check_epoch(replies.pop())
-        self.parts_seen = replies.pop()
-        self.models_version_seen = int(replies.pop() or 0)
-        thresholds, clock = replies.pop(), replies.pop()
-        erased = replies.pop()
-        loaded: dict[str, LoadedUser] = {}
-        for uid, (ver, blob), gone in zip(uids, replies, erased, strict=False):
-            state = UserState.from_bytes(blob) if blob else None
-            loaded[uid] = LoadedUser(int(ver) if ver else 0, state, bool(gone))
-        return loaded, float(clock) if clock else None, _thresholds(thresholds)
+        for key in self.keys.previous_epochs():
+            pipe.exists(key)
+        pipe.set(self.keys.layout, f"shards={self.keys.shards}", nx=True)
+        pipe.get(self.keys.layout)
+        *old, _, recorded = await pipe.execute()
+        for schema_key, present in zip(self.keys.previous_epochs(), old, strict=True):
+            if present and refuse_previous:
+                schema = schema_key.split(":")[-3]
+                raise ConfigError(
+                    f"Redis holds a Portrait store of layout {schema} under prefix {self.keys.prefix!r}; this "
+                    f"version uses layout {SCHEMA}, which is rebuilt by a replay: see docs/redis-keys.md "
+                    f"'From v1' (`portrait migrate --drop-v1` removes the old keys)"
+                )
+        text = _text(recorded or b"")
+        shards = int(text.partition("=")[2]) if text.startswith("shards=") and text[7:].isdigit() else 0
+        if shards <= 0:
+            raise ConfigError(f"the store layout {self.keys.layout} is {text!r}, not shards=N")
+        if shards != self.keys.shards:
+            log.info(
+                "store %s has %d state shards (PORTRAIT_REDIS_SHARDS=%d applies to new stores)",
+                self.keys.base,
+                shards,
+                self.keys.shards,
+            )
+            self.keys = replace(self.keys, shards=shards)
+        self._adopted = refuse_previous
+        return shards
+
+    async def previous_layouts(self) -> dict[str, int]:
+        """Older layouts under this prefix: schema -> how many of its keys are stored."""
+        found: dict[str, int] = {}
+        for schema in PREVIOUS_SCHEMAS:
+            n = 0
+            async for _ in self.client.scan_iter(match=self.keys.previous_pattern(schema), count=2000):
+                n += 1
+            if n:
+                found[schema] = n
+        return found
+
+    async def drop_previous(self) -> int:
+        """Delete every key of the older layouts under this prefix; returns how many. Their
+        suppression lists (hashes of erased ids) are first carried into this layout's shards, so
+        a replay cannot bring an erased user back."""
+        await self.adopt_layout(refuse_previous=False)
+        carry = self.client.pipeline(transaction=False)
+        for schema in PREVIOUS_SCHEMAS:
+            async for token in self.client.sscan_iter(self.keys.previous_erased(schema), count=1000):
+                text = _text(token)
+                carry.sadd(self.keys.erased(shard_of_token(text, self.keys.shards)), text)
+        if len(carry):
+            await carry.execute()
+        deleted, pipe = 0, self.client.pipeline(transaction=False)
+        for schema in PREVIOUS_SCHEMAS:
+            async for key in self.client.scan_iter(match=self.keys.previous_pattern(schema), count=2000):
+                pipe.execute_command("UNLINK", key)
+                deleted += 1
+                if len(pipe) >= 1000:
+                    await pipe.execute()
+        if len(pipe):
+            await pipe.execute()
+        return deleted
 
     async def ensure_epoch(self) -> bool:
         """Write the store epoch if there is none; True when this call created it (a new or
         emptied store). Every ``load`` then checks that it is still there (``data_lost``)."""
+        await self.adopt_layout()
         created = bool(await self.client.set(self.keys.epoch, f"{uuid.uuid4()}@{time.time():.0f}", nx=True))
         epoch = await self.client.get(self.keys.epoch)
         self.epoch = epoch.encode() if isinstance(epoch, str) else epoch
@@ -193,6 +280,34 @@ class Store:
                 "gone" if current is None else "replaced",
             )
 
+    # -- the batch path -------------------------------------------------------------------
+    async def load(self, uids: list[str]) -> tuple[dict[str, LoadedUser], float | None, RfmThresholds]:
+        """States of ``uids``, the event-time clock and the RFM thresholds, in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for uid in uids:
+            pipe.hmget(self.keys.state(uid), "ver", "blob")
+        shards = _by_shard(self.keys, uids)
+        for shard, members in shards.items():
+            pipe.smismember(self.keys.erased(shard), [erased_token(u) for u in members])
+        pipe.get(self.keys.clock)
+        pipe.hgetall(self.keys.rfm_thresholds)
+        pipe.hget(self.keys.model_meta, "version")
+        pipe.hgetall(self.keys.clock_parts)
+        pipe.get(self.keys.epoch)
+        replies = await pipe.execute()
+        self._check_epoch(replies.pop())
+        self.parts_seen = replies.pop()
+        self.models_version_seen = int(replies.pop() or 0)
+        thresholds, clock = replies.pop(), replies.pop()
+        erased: set[str] = set()
+        for (_, members), flags in zip(shards.items(), replies[len(uids) :], strict=True):
+            erased.update(u for u, flag in zip(members, flags, strict=True) if flag)
+        loaded: dict[str, LoadedUser] = {}
+        for uid, (ver, blob) in zip(uids, replies[: len(uids)], strict=True):
+            state = UserState.from_bytes(blob) if blob else None
+            loaded[uid] = LoadedUser(int(ver) if ver else 0, state, uid in erased)
+        return loaded, float(clock) if clock else None, _thresholds(thresholds)
+
     async def write(
         self,
         writes: list[UserWrite],
@@ -200,40 +315,114 @@ class Store:
         stats: dict[str, int],
         progress: Progress | None = None,
     ) -> list[str]:
-        """Apply all writes atomically. Returns the user ids whose version changed (nothing written).
+        """Apply the writes, one atomic script per state shard. Returns the users that were not
+        written because a version changed (the whole of their shard's part is then unwritten).
 
-        ``progress`` maps an input partition ("topic/partition") to (highest event time applied
-        from it in this batch, whether the batch reached its end): see ``watermark``.
+        ``stats`` is the batch's counters: each write's ``counters`` are added by its shard's
+        script, the rest (``stats`` minus those) once per store after every shard was written,
+        with the clock and ``progress`` ("topic/partition" -> (highest event time applied from
+        it in this batch, whether the batch reached its end): see ``watermark``).
+
+        A merge across shards (a write with ``alias_to`` whose anonymous subject is in another
+        shard than its user) goes in three ordered steps, so that a failure or crash anywhere
+        loses nothing: the anonymous subject is fenced (its alias set, ``fence.lua``: no one can
+        write it any more), then the user's shard is written, then the anonymous state deleted.
+        A retry finds a fenced subject whose state is still there and completes the merge
+        (``stream.core.identity.resolve``: pending merges).
         """
         if not writes and clock is None and not stats and not progress:
             return []
-        keys = [
-            self.keys.due,
-            self.keys.inflight,
-            self.keys.outbox,
-            self.keys.model_examples,
-            *(self.keys.rank(m) for m in RANK_METRICS),
-            self.keys.clock,
-            self.keys.clock_parts,
-            self.keys.stats,
-            self.keys.erased,
-        ]  # the global keys, in the order write.lua reads them
+        remote = [w for w in writes if w.alias_to and self.keys.shard(w.uid) != self.keys.shard(w.alias_to)]
+        if remote:
+            fences: list[Call] = [
+                (
+                    "fence",
+                    [self.keys.state(w.uid), self.keys.alias(w.uid), self.keys.erased(self.keys.shard(w.uid))],
+                    [w.expected_version, erased_token(w.uid), w.alias_to, AUDIENCE_TTL_S],
+                )
+                for w in remote
+            ]
+            fenced = await run_scripts(self.client, fences, self._wait)
+            refused = [w.uid for w, ok in zip(remote, fenced, strict=True) if not ok]
+            if refused:  # nothing was written
+                return list(dict.fromkeys([*refused, *(w.uid for w in writes)]))
+        later = {id(w) for w in remote}
+        due: dict[int, float] = {}  # shard -> earliest due score written there (the due index)
+        conflicts = await self._write_shards([w for w in writes if id(w) not in later], due)
+        if conflicts:  # the remote deletions were not attempted: unwritten too
+            conflicts = list(dict.fromkeys([*conflicts, *(w.uid for w in remote)]))
+        elif remote:
+            conflicts = await self._write_shards(remote, due)  # fenced: only an erasure can intervene
+        if conflicts:
+            if due:  # the shards that were written still move the due index
+                await self.client.zadd(self.keys.due_index, {str(s): d for s, d in due.items()}, lt=True)
+            return conflicts
+        rest = dict(stats)
         for w in writes:
-            keys.extend((self.keys.state(w.uid), self.keys.profile(w.uid), self.keys.alias(w.uid)))
+            for key, n in w.counters.items():
+                rest[key] = rest.get(key, 0) - n
+        rest = {k: n for k, n in rest.items() if n}
+        parts: list[str] = []
+        # Partition progress is decided here (``progress_updates``, the one watermark rule) against
+        # the hash the last ``load`` read, and the script only stores it. A worker's batches are
+        # sequential (load, then write), so that read is current; only two owners of one partition
+        # during a rebalance can interleave, and then the later write wins for that partition
+        # until the owner's next batch.
+        for key, value in progress_updates(_decoded(self.parts_seen), progress).items():
+            parts.extend((key, value if isinstance(value, str) else f"{value:.6f}"))
+        if rest or parts or clock is not None or due:
+            flat_due = [x for s, d in sorted(due.items()) for x in (str(s), repr(d))]
+            meta = {
+                "clock": clock if clock is not None else False,
+                "stats": rest or {"_": 0},
+                "parts": parts,
+                "due": flat_due,
+            }
+            keys = [self.keys.clock, self.keys.clock_parts, self.keys.stats, self.keys.due_index]
+            await run_scripts(self.client, [("finish", keys, [orjson.dumps(meta)])], self._wait)
+        return []
+
+    async def _write_shards(self, writes: list[UserWrite], due: dict[int, float]) -> list[str]:
+        """Write ``writes``, one script per shard; returns the users of the shards that conflicted
+        and records in ``due`` the earliest due score of each shard that was written."""
+        by_shard: dict[int, list[UserWrite]] = defaultdict(list)
+        for w in writes:
+            by_shard[self.keys.shard(w.uid)].append(w)
+        parts = sorted(by_shard.items())
+        calls = [self._shard_call(shard, part) for shard, part in parts]
+        conflicts: list[str] = []
+        for (shard, part), reply in zip(parts, await run_scripts(self.client, calls, self._wait), strict=True):
+            if reply:
+                conflicts.extend(w.uid for w in part)
+                continue
+            scores = [w.due for w in part if w.state is not None]
+            if scores:
+                due[shard] = min(due.get(shard, scores[0]), *scores)
+            if any(w.triggers for w in part):
+                self._outbox_dirty.add(shard)
+        return conflicts
+
+    def _shard_call(self, shard: int, writes: list[UserWrite]) -> Call:
+        k = self.keys
+        keys = [k.due(shard), k.inflight(shard), k.outbox(shard), k.model_examples(shard)]
+        keys += [*(k.rank(shard, m) for m in RANK_METRICS), k.shard_stats(shard), k.erased(shard)]
+        for w in writes:
+            keys.extend((k.state(w.uid), k.profile(w.uid), k.alias(w.uid)))
         audiences: dict[tuple[str, str], int] = {}  # (tag, value) -> its index in KEYS (1-based)
 
         def audience(pair: tuple[str, str]) -> int:
             if pair not in audiences:
-                keys.append(self.keys.audience(*pair))
+                keys.append(k.audience(shard, *pair))
                 audiences[pair] = len(keys)
             return audiences[pair]
 
         users: list[dict[str, Any]] = []
         blobs: list[bytes] = []
+        counters: dict[str, int] = {}
         for w in writes:
             flat: list[str] = []
-            for k, v in w.profile.items():
-                flat.extend((k, v))
+            for f, v in w.profile.items():
+                flat.extend((f, v))
             users.append(
                 {
                     "u": w.uid,
@@ -253,35 +442,26 @@ class Store:
                 }
             )
             blobs.append(w.encode())
-        # Partition progress is decided here (``progress_updates``, the one watermark rule) against
-        # the hash the last ``load`` read, and the script only stores it. A worker's batches are
-        # sequential (load, then write), so that read is current; only two owners of one partition
-        # during a rebalance can interleave, and then the later write wins for that partition
-        # until the owner's next batch, as it did when the script merged the values itself.
-        parts: list[str] = []
-        for key, value in progress_updates(_decoded(self.parts_seen), progress).items():
-            parts.extend((key, value if isinstance(value, str) else f"{value:.6f}"))
-        meta = {
-            "users": users,
-            "clock": clock if clock is not None else False,
-            "stats": stats or {"_": 0},
-            # at least as long as any member written here is kept (lifecycle retention)
-            "aud_ttl": max([AUDIENCE_TTL_S, *(w.ttl_s for w in writes)]),
-            "parts": parts,
-        }
-        result = await self._write(keys=keys, args=[orjson.dumps(meta), *blobs])
-        return [_text(c) for c in result]
+            for key, n in w.counters.items():
+                counters[key] = counters.get(key, 0) + n
+        # sets live at least as long as any member written here is kept (lifecycle retention)
+        aud_ttl = max([AUDIENCE_TTL_S, *(w.ttl_s for w in writes)])
+        meta = {"users": users, "aud_ttl": aud_ttl, "stats": counters or {"_": 0}}
+        return ("write", keys, [orjson.dumps(meta), *blobs])
 
-    # -- trigger outbox: a Redis stream consumed by the workers' "senders" group ----------------
+    # -- trigger outbox: one Redis stream per shard, consumed by the workers' "senders" group --
     async def ensure_outbox(self) -> None:
-        try:
-            await self.client.xgroup_create(self.keys.outbox, OUTBOX_GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await self.adopt_layout()
+        pipe = self.client.pipeline(transaction=False)
+        for shard in range(self.keys.shards):
+            pipe.xgroup_create(self.keys.outbox(shard), OUTBOX_GROUP, id="0", mkstream=True)
+        for reply in await pipe.execute(raise_on_error=False):
+            if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
+                raise reply
 
     async def read_outbox(self, consumer: str, count: int, stale_ms: int) -> list[OutboxEntry]:
-        """New entries plus entries another sender claimed ``stale_ms`` ago without acking (it died).
+        """New entries plus entries another sender claimed ``stale_ms`` ago without acking (it died),
+        from every shard's outbox (up to ``count`` per shard).
 
         A Redis that lost its structures (restarted empty, flushed) has no consumer group any
         more: the group is created again in place instead of failing every batch that fires.
@@ -296,31 +476,73 @@ class Store:
             return await self._read_outbox(consumer, count, stale_ms)
 
     async def _read_outbox(self, consumer: str, count: int, stale_ms: int) -> list[OutboxEntry]:
-        reply: Any = await self.client.xautoclaim(
-            self.keys.outbox, OUTBOX_GROUP, consumer, min_idle_time=stale_ms, start_id="0-0", count=count
-        )
-        claimed = reply[1]
-        fresh: Any = await self.client.xreadgroup(OUTBOX_GROUP, consumer, {self.keys.outbox: ">"}, count=count)
-        entries = list(claimed) + [e for _, items in fresh for e in items]
-        return [OutboxEntry(_text(eid), _text(f[b"t"]), _text(f[b"k"]), f[b"v"]) for eid, f in entries if f is not None]
+        """The shards this worker wrote triggers to since its last read, and every shard at least
+        every ``SWEEP_S`` (entries of a sender that died, claimed after ``stale_ms``)."""
+        if time.monotonic() - self._outbox_swept_at >= SWEEP_S:
+            self._outbox_swept_at = time.monotonic()
+            shards: list[int] = list(range(self.keys.shards))
+        else:
+            shards = sorted(self._outbox_dirty)
+        self._outbox_dirty.clear()
+        if not shards:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for shard in shards:
+            key = self.keys.outbox(shard)
+            pipe.xautoclaim(key, OUTBOX_GROUP, consumer, min_idle_time=stale_ms, start_id="0-0", count=count)
+            pipe.xreadgroup(OUTBOX_GROUP, consumer, {key: ">"}, count=count)
+        replies = iter(await pipe.execute())
+        out: list[OutboxEntry] = []
+        for shard in shards:
+            claimed, fresh = next(replies)[1], next(replies)
+            entries = list(claimed) + [e for _, items in fresh or [] for e in items]
+            out.extend(
+                OutboxEntry(f"{shard}/{_text(eid)}", _text(f[b"t"]), _text(f[b"k"]), f[b"v"])
+                for eid, f in entries
+                if f is not None
+            )
+        return out
 
     async def ack_outbox(self, ids: list[str]) -> None:
-        if ids:
+        by_shard: dict[int, list[str]] = defaultdict(list)
+        for full in ids:
+            number, _, eid = full.partition("/")
+            by_shard[int(number)].append(eid)
+        if by_shard:
             pipe = self.client.pipeline(transaction=False)
-            pipe.xack(self.keys.outbox, OUTBOX_GROUP, *ids)
-            pipe.xdel(self.keys.outbox, *ids)
+            for shard, eids in by_shard.items():
+                pipe.xack(self.keys.outbox(shard), OUTBOX_GROUP, *eids)
+                pipe.xdel(self.keys.outbox(shard), *eids)
             await pipe.execute()
 
     async def outbox_pending(self) -> int:
-        return int(await self.client.xlen(self.keys.outbox))
+        pipe = self.client.pipeline(transaction=False)
+        for shard in range(self.keys.shards):
+            pipe.xlen(self.keys.outbox(shard))
+        return sum(int(n) for n in await pipe.execute())
 
-    # -- models: one trainer (lease) learns from the examples stream and publishes checkpoints ----
+    # -- models: one trainer (lease) learns from the examples streams and publishes checkpoints --
     async def acquire_trainer_lease(self, holder: str, lease_ms: int) -> bool:
-        return bool(await self._lease(keys=[self.keys.model_trainer], args=[holder, lease_ms]))
+        return bool(await run_script(self.client, "lease", [self.keys.model_trainer], [holder, lease_ms]))
 
     async def read_model_items(self, after: str, count: int) -> list[tuple[str, bytes]]:
-        entries: Any = await self.client.xrange(self.keys.model_examples, min=f"({after}", max="+", count=count)
-        return [(_text(eid), fields[b"i"]) for eid, fields in entries]
+        """Up to ``count`` model items after the position ``after``, merged from every shard's
+        stream in entry-id (time) order. Each item comes with the position that includes it (an
+        opaque string: "shard/entry id,..."; "0-0" is the start)."""
+        positions = _examples_position(after, self.keys.shards)
+        pipe = self.client.pipeline(transaction=False)
+        for shard in range(self.keys.shards):
+            start = positions.get(shard)
+            pipe.xrange(self.keys.model_examples(shard), min=f"({start}" if start else "-", max="+", count=count)
+        merged: list[tuple[tuple[int, int], int, str, bytes]] = []
+        for shard, entries in enumerate(await pipe.execute()):
+            merged.extend((_entry_order(_text(eid)), shard, _text(eid), fields[b"i"]) for eid, fields in entries)
+        merged.sort()
+        out: list[tuple[str, bytes]] = []
+        for _, shard, eid, item in merged[:count]:
+            positions[shard] = eid
+            out.append((_position_text(positions), item))
+        return out
 
     async def publish_checkpoint(self, raw: bytes, position: str, status: dict[str, Any]) -> int:
         """Store a checkpoint atomically with the stream position it covers; drop learned items."""
@@ -328,8 +550,13 @@ class Store:
         pipe.set(self.keys.model_checkpoint, raw)
         pipe.hset(self.keys.model_meta, mapping={"position": position, "status": orjson.dumps(status)})
         pipe.hincrby(self.keys.model_meta, "version", 1)
-        pipe.xtrim(self.keys.model_examples, minid=position)
         replies = await pipe.execute()
+        positions = _examples_position(position, self.keys.shards)
+        if positions:  # learned items are dropped after the checkpoint that covers them is stored
+            trim = self.client.pipeline(transaction=False)
+            for shard, eid in positions.items():
+                trim.xtrim(self.keys.model_examples(shard), minid=eid)
+            await trim.execute()
         return int(replies[2])
 
     async def model_checkpoint(self) -> tuple[bytes | None, str, int]:
@@ -354,60 +581,154 @@ class Store:
         doc: dict[str, Any] | None = orjson.loads(raw) if raw else None
         return doc
 
-    async def audience_sizes(self) -> dict[tuple[str, str], int]:
-        """(tag, value) -> members, for every audience set."""
-        prefix = self.keys.audience_prefix
-        keys = [k async for k in self.client.scan_iter(match=prefix + "*", count=1000)]
+    async def model_examples_pending(self) -> int:
         pipe = self.client.pipeline(transaction=False)
-        for key in keys:
-            pipe.scard(key)
-        sizes = await pipe.execute()
-        out: dict[tuple[str, str], int] = {}
-        for key, size in zip(keys, sizes, strict=True):
-            tag, value = _text(key)[len(prefix) :].split(":", 1)
-            out[(tag, value)] = int(size)
-        return out
+        for shard in range(self.keys.shards):
+            pipe.xlen(self.keys.model_examples(shard))
+        return sum(int(n) for n in await pipe.execute())
 
+    async def audience_sizes(self) -> dict[tuple[str, str], int]:
+        """(tag, value) -> members, for every audience set (summed over the shards)."""
+        return await audience_sizes(self.client, self.keys)
+
+    # -- time-driven path -------------------------------------------------------------------
     async def claim_due(self, now: float, limit: int, wall_now: float, lease_s: float) -> list[tuple[str, float]]:
-        """Claim up to ``limit`` users due at ``now`` (event or wall time) for ``lease_s`` wall seconds.
+        """Claim up to about ``limit`` users due at ``now`` (event or wall time) for ``lease_s`` wall
+        seconds, an equal share from each shard visited: the shards the due index says are due by
+        ``now``, and every shard at least every ``SWEEP_S`` (which also returns expired leases).
 
         Returns (user, due time); a due time of 0 means "re-evaluate now" (forced)."""
-        keys = [self.keys.due, self.keys.inflight]
-        flat = await self._claim(keys=keys, args=[repr(now), limit, repr(wall_now), repr(wall_now + lease_s)])
-        return [(_text(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
+        stored: Any = await self.client.zrange(self.keys.due_index, 0, -1, withscores=True)
+        index: dict[int, float] = {int(_text(m)): float(score) for m, score in stored}
+        if wall_now - self._due_swept_at >= SWEEP_S:
+            self._due_swept_at = wall_now
+            shards = list(range(self.keys.shards))
+        else:
+            shards = sorted(s for s, score in index.items() if score <= now)
+        if not shards:
+            return []
+        share = max(1, -(-limit // len(shards)))
+        args = [repr(now), share, repr(wall_now), repr(wall_now + lease_s)]
+        calls: list[Call] = [("claim", [self.keys.due(s), self.keys.inflight(s)], args) for s in shards]
+        out: list[tuple[str, float]] = []
+        updates: list[str] = []
+        for shard, (flat, head) in zip(shards, await run_scripts(self.client, calls), strict=True):
+            out.extend((_text(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2))
+            seen = index.get(shard)
+            updates.extend((str(shard), repr(seen) if seen is not None else "", _text(head)))
+        await run_script(self.client, "set_due_index", [self.keys.due_index], updates)
+        return out
 
     async def due_stats(self, now: float) -> tuple[int, float | None]:
         """(users due now or being re-evaluated, score of the oldest due entry)."""
         pipe = self.client.pipeline(transaction=False)
-        pipe.zcount(self.keys.due, "-inf", repr(now))
-        pipe.zcard(self.keys.inflight)
-        pipe.zrange(self.keys.due, 0, 0, withscores=True)
-        count, inflight, oldest = await pipe.execute()
-        return int(count) + int(inflight), (float(oldest[0][1]) if oldest else None)
+        for s in range(self.keys.shards):
+            pipe.zcount(self.keys.due(s), "-inf", repr(now))
+            pipe.zcard(self.keys.inflight(s))
+            pipe.zrange(self.keys.due(s), 0, 0, withscores=True)
+        replies = iter(await pipe.execute())
+        total, oldest = 0, None
+        for _ in range(self.keys.shards):
+            count, inflight, first = next(replies), next(replies), next(replies)
+            total += int(count) + int(inflight)
+            if first and (oldest is None or float(first[0][1]) < oldest):
+                oldest = float(first[0][1])
+        return total, oldest
 
     async def refresh_rfm(self, now: float) -> int:
-        """Recompute the RFM thresholds; users whose scores a changed threshold can move are made
-        due now (re-scored by the time-driven path). Returns the thresholds version."""
-        keys = [*(self.keys.rank(m) for m in RANK_METRICS), self.keys.rfm_thresholds, self.keys.due]
-        version, _marked = await self._refresh(keys=keys, args=[repr(now)])
+        """Recompute the RFM thresholds exactly from every shard's rank sets; when a cut point
+        moved, the users whose metric lies between its old and new value (the only users whose
+        score can change) are made due now (re-scored by the time-driven path). The version moves
+        only when a threshold changed. Returns the thresholds version.
+
+        The quintile rule lives here only: cut point k (1..4) of n ranked users is the score at
+        0-based rank ceil(k * n / 5) - 1 of the whole population (no cut points while it is empty).
+        """
+        shards = range(self.keys.shards)
+        pipe = self.client.pipeline(transaction=False)
+        for metric in RANK_METRICS:
+            for s in shards:
+                pipe.zcard(self.keys.rank(s, metric))
+        pipe.hmget(self.keys.rfm_thresholds, *RANK_METRICS, "pending")
+        replies = await pipe.execute()
+        *stored, pending = replies.pop()
+        old = [_text(v) if v else "" for v in stored]
+        if pending:  # an earlier refresh stopped before making its users due: finish that first
+            await self._mark_rescored(orjson.loads(pending))
+        sizes = [[int(n) for n in replies[j * len(shards) : (j + 1) * len(shards)]] for j in range(len(RANK_METRICS))]
+        requests: list[Request] = []
+        slots: list[tuple[int, int]] = []  # (metric index, cut point index)
+        request_sizes: list[list[int]] = []
+        for j, metric in enumerate(RANK_METRICS):
+            n = sum(sizes[j])
+            for k in range(1, 5) if n else ():
+                requests.append(Request([self.keys.rank(s, metric) for s in shards], -(-k * n // 5) - 1))
+                slots.append((j, k - 1))
+                request_sizes.append(sizes[j])
+        cuts: list[list[str]] = [[] for _ in RANK_METRICS]
+        for (j, _), score in zip(slots, await select(self.client, requests, request_sizes), strict=True):
+            cuts[j].append(score_text(score))
+        new = [",".join(c) for c in cuts]
+        ranges: list[str] = []
+        for j in range(len(RANK_METRICS)):
+            before, after = [x for x in old[j].split(",") if x], cuts[j]
+            for k in range(4):
+                a = before[k] if k < len(before) else None
+                b = after[k] if k < len(after) else None
+                if a is None or b is None:
+                    if a != b:  # a cut point appeared or vanished: every ranked user may change
+                        ranges.extend((str(j + 1), "-inf", "+inf"))
+                elif float(a) != float(b):  # the stored strings, exactly as ranked
+                    lo, hi = (a, b) if float(a) < float(b) else (b, a)
+                    ranges.extend((str(j + 1), lo, hi))
+        args = [*new, repr(now), orjson.dumps(ranges)]
+        version, changed = await run_script(self.client, "set_thresholds", [self.keys.rfm_thresholds], args)
+        if int(changed):
+            await self._mark_rescored(ranges)
         return int(version or 0)
+
+    async def _mark_rescored(self, ranges: list[str]) -> None:
+        """Make due now the users of every shard whose metric lies in ``ranges`` (mark_due.lua),
+        then drop the thresholds' ``pending`` record of them."""
+        ks = self.keys
+        if ranges:
+            shards = range(ks.shards)
+            marks: list[Call] = [
+                ("mark_due", [*(ks.rank(s, m) for m in RANK_METRICS), ks.due(s)], ranges) for s in shards
+            ]
+            marked = [s for s, n in zip(shards, await run_scripts(self.client, marks), strict=True) if int(n)]
+            if marked:  # due now: the claims visit these shards next
+                await self.client.zadd(ks.due_index, dict.fromkeys(map(str, marked), 0.0), lt=True)
+        await self.client.hdel(ks.rfm_thresholds, "pending")
 
     async def rfm_thresholds(self) -> RfmThresholds:
         return _thresholds(await self.client.hgetall(self.keys.rfm_thresholds))
 
     async def mark_due_chunk(self, cursor: int, count: int) -> tuple[int, int]:
-        """One step of a bounded pass over the due set (every live user): make about ``count``
+        """One step of a bounded pass over the due sets (every live user): make about ``count``
         users due now (score 0, as ``mark_all_due``); returns (next cursor, 0 when done; users
-        marked). ZSCAN returns every member present for the whole pass at least once."""
-        cursor, items = await self.client.zscan(self.keys.due, cursor, count=count)
+        marked). The cursor is ``shard + shards * (that shard's ZSCAN cursor)``; ZSCAN returns
+        every member present for the whole pass at least once."""
+        shards = self.keys.shards
+        shard, inner = cursor % shards, cursor // shards
+        nxt, items = await self.client.zscan(self.keys.due(shard), inner, count=count)
         if items:
             marks: dict[Any, float] = {member: 0.0 for member, _ in items}
-            await self.client.zadd(self.keys.due, marks, xx=True, lt=True)
-        return int(cursor), len(items)
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zadd(self.keys.due(shard), marks, xx=True, lt=True)
+            pipe.zadd(self.keys.due_index, {str(shard): 0.0}, lt=True)  # the claims visit it next
+            await pipe.execute()
+        if int(nxt):
+            return shard + shards * int(nxt), len(items)
+        return (shard + 1 if shard + 1 < shards else 0), len(items)
 
     async def mark_all_due(self) -> None:
         """Make every live user due now (all scores -> 0) for a full re-evaluation."""
-        await self.client.zunionstore(self.keys.due, {self.keys.due: 0})
+        pipe = self.client.pipeline(transaction=False)
+        for s in range(self.keys.shards):
+            pipe.zunionstore(self.keys.due(s), {self.keys.due(s): 0})
+        pipe.zadd(self.keys.due_index, {str(s): 0.0 for s in range(self.keys.shards)})
+        await pipe.execute()
 
     async def clock(self) -> float | None:
         raw = await self.client.get(self.keys.clock)
@@ -431,51 +752,91 @@ class Store:
 
     async def advance_clock(self, value: float) -> float:
         """Move the event-time clock forward to ``value`` (never backwards); returns the clock."""
-        return float(await self._advance_clock(keys=[self.keys.clock], args=[f"{value:.6f}"]))
+        return float(await run_script(self.client, "advance_clock", [self.keys.clock], [f"{value:.6f}"]))
 
     # -- privacy ----------------------------------------------------------------------------
     async def erase(self, uid: str) -> list[str]:
         """Remove every key and membership of ``uid`` and put it on the suppression list.
 
-        Returns what was removed. Idempotent: erasing again removes nothing more."""
+        Returns what was removed. Idempotent: erasing again removes nothing more. The aliases of
+        anonymous ids merged into the user (in their own shards) go first, so an erasure that
+        stops half-way is completed by running it again."""
+        k = self.keys
+        shard = k.shard(uid)
         for _attempt in range(MAX_ERASE_ATTEMPTS):
-            ver, blob = await self.client.hmget(self.keys.state(uid), "ver", "blob")
+            ver, blob = await self.client.hmget(k.state(uid), "ver", "blob")
             state = UserState.from_bytes(blob) if blob else None
-            audiences = [self.keys.audience(t, v) for t, v in state.published.items()] if state else []
+            audiences = [k.audience(shard, t, v) for t, v in state.published.items()] if state else []
+            removed: list[str] = []
             merged = [m.subject for m in state.merged] if state else []
+            if merged:
+                pipe = self.client.pipeline(transaction=False)
+                for anon in merged:
+                    pipe.sadd(k.erased(k.shard(anon)), erased_token(anon))
+                    pipe.delete(k.alias(anon))
+                replies = await pipe.execute()
+                removed += [k.alias(anon) for anon, gone in zip(merged, replies[1::2], strict=True) if gone]
             keys = [
-                self.keys.state(uid),
-                self.keys.profile(uid),
-                self.keys.alias(uid),
-                self.keys.erased,
-                self.keys.due,
-                self.keys.inflight,
-                *(self.keys.rank(m) for m in RANK_METRICS),
+                k.state(uid),
+                k.profile(uid),
+                k.alias(uid),
+                k.erased(shard),
+                k.due(shard),
+                k.inflight(shard),
+                *(k.rank(shard, m) for m in RANK_METRICS),
                 *audiences,
-                *(self.keys.alias(anon) for anon in merged),
             ]  # in the order erase.lua reads them
-            args = [uid, erased_token(uid), ver or b"", len(audiences), *(erased_token(anon) for anon in merged)]
-            removed = await self._erase(keys=keys, args=args)
-            if removed is not None:
-                return [_text(r) for r in removed]
+            result = await run_script(self.client, "erase", keys, [uid, erased_token(uid), ver or b""])
+            if result is not None:
+                return removed + [_text(r) for r in result]
         raise RuntimeError(f"erase of {uid}: the state kept changing during {MAX_ERASE_ATTEMPTS} attempts")
 
     async def aliases(self, subjects: list[str]) -> dict[str, str]:
         """Anonymous subjects already merged -> the user they were merged into."""
-        values = await self.client.mget([self.keys.alias(s) for s in subjects])
+        pipe = self.client.pipeline(transaction=False)
+        for s in subjects:
+            pipe.get(self.keys.alias(s))
+        values = await pipe.execute()
         return {s: _text(v) for s, v in zip(subjects, values, strict=True) if v is not None}
 
     async def erased(self, uids: list[str]) -> set[str]:
         """Which of ``uids`` are on the suppression list."""
         if not uids:
             return set()
-        flags = await self.client.smismember(self.keys.erased, [erased_token(u) for u in uids])
-        return {u for u, flag in zip(uids, flags, strict=True) if flag}
+        shards = _by_shard(self.keys, uids)
+        pipe = self.client.pipeline(transaction=False)
+        for shard, members in shards.items():
+            pipe.smismember(self.keys.erased(shard), [erased_token(u) for u in members])
+        out: set[str] = set()
+        for (_, members), flags in zip(shards.items(), await pipe.execute(), strict=True):
+            out.update(u for u, flag in zip(members, flags, strict=True) if flag)
+        return out
+
+    async def delete_namespace(self) -> int:
+        """Delete every key of this store (its prefix and layout); returns how many."""
+        deleted, pipe = 0, self.client.pipeline(transaction=False)
+        async for key in self.client.scan_iter(match=f"{self.keys.base}:*", count=2000):
+            pipe.execute_command("UNLINK", key)  # one key per command: a cluster refuses a multi-slot UNLINK
+            deleted += 1
+            if len(pipe) >= 1000:
+                await pipe.execute()
+        if len(pipe):
+            await pipe.execute()
+        return deleted
 
     async def profile(self, uid: str) -> dict[str, str]:
         raw = await self.client.hgetall(self.keys.profile(uid))
         return {_text(k): _text(v) for k, v in raw.items()}
 
     async def stats(self) -> dict[str, int]:
-        raw = await self.client.hgetall(self.keys.stats)
-        return {_text(k): int(v) for k, v in raw.items() if k != b"_"}
+        """The counters: the batch-level hash plus every shard's."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(self.keys.stats)
+        for s in range(self.keys.shards):
+            pipe.hgetall(self.keys.shard_stats(s))
+        out: dict[str, int] = {}
+        for raw in await pipe.execute():
+            for k, v in raw.items():
+                if k != b"_":
+                    out[_text(k)] = out.get(_text(k), 0) + int(v)
+        return out

@@ -29,6 +29,7 @@ def _message(offset: int, event: dict[str, object]) -> Message:
     return Message("t.transactions", 0, offset, key, orjson.dumps(event))
 
 
+@pytest.mark.both_stores
 def test_crafted_values_dead_letter_only_themselves(make_settings) -> None:
     settings = make_settings(clock="event")
     events: list[dict[str, object]] = [
@@ -90,6 +91,7 @@ def _views(users: list[str]) -> list[Message]:
     return [_message(i, e) for i, e in enumerate(events)]
 
 
+@pytest.mark.both_stores
 def test_a_conflict_storm_on_one_user_dead_letters_only_that_user(make_settings) -> None:
     """A competing writer bumps u1's version before every write of this worker (a stuck rebalance
     twin, or a bug): u1's events go to the DLQ after a few attempts, u0 and u2 are written."""

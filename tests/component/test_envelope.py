@@ -65,6 +65,7 @@ def test_envelopes_give_exact_tags(make_settings, tmp_path: Path) -> None:
     assert stats["events_applied"] == len(events) and stats["messages"] == len(envelopes)
 
 
+@pytest.mark.both_stores
 def test_a_redelivered_envelope_applies_each_event_once(make_settings) -> None:
     settings = make_settings(clock="event")
     topic = Topics(settings.topic_prefix).clickstream

@@ -22,13 +22,15 @@ from portrait_dev.harness import settle, start_worker, stop_worker, wait_healthy
 from stream.kafka import replay
 from stream.models import MODEL_TAGS
 from stream.settings import Settings
-from stream.storage.keys import Keys
+from stream.storage.audiences import profiles, stored_users
 from stream.storage.store import Store
 from tests import oracle
 
 
 def store_for(settings: Settings) -> Store:
-    return Store.from_url(settings.resolved_redis_url(), Keys(settings.key_prefix))
+    """A store on the settings' Redis (standalone or cluster) with the configured layout; a test
+    that needs the layout a worker recorded calls ``adopt_layout`` (``Store.open`` does)."""
+    return Store.from_settings(settings)
 
 
 @contextlib.asynccontextmanager
@@ -153,11 +155,8 @@ async def read_profiles(settings: Settings) -> tuple[dict[str, dict[str, str]], 
     """Every stored profile (public tags only) and the event-time clock."""
     async with Store.open(settings) as store:
         found: dict[str, dict[str, str]] = {}
-        base = store.keys.base
-        async for key in store.client.scan_iter(match=f"{base}:*:profile", count=1000):
-            name = key.decode()
-            uid = name[len(base) + 2 : -len("}:profile")]
-            profile = await store.profile(uid)
+        uids = [uid async for uid in stored_users(store.client, store.keys)]
+        for uid, profile in (await profiles(store.client, store.keys, uids)).items():
             # model outputs are not tags of docs/tags.md: the tag oracle does not compute them
             found[uid] = {k: v for k, v in profile.items() if not k.startswith("_") and k not in MODEL_TAGS}
         clock = await store.clock()

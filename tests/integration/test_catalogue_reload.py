@@ -45,9 +45,9 @@ def _wait_for(log: Path, text: str, timeout: float = 20.0) -> str:
 
 async def _profiles(settings) -> tuple[dict[str, dict[str, str]], float]:
     async with Store.open(settings) as store:
-        base, found = store.keys.base, {}
-        async for key in store.client.scan_iter(match=f"{base}:*:profile", count=1000):
-            uid = key.decode()[len(base) + 2 : -len("}:profile")]
+        found = {}
+        async for key in store.client.scan_iter(match=store.keys.profile_pattern, count=1000):
+            uid = store.keys.parse_profile(key.decode())
             found[uid] = await store.profile(uid)
         return found, await store.clock() or 0.0
 

@@ -12,6 +12,7 @@ from portrait_dev import synth
 from portrait_dev.infra import free_port
 
 from stream.core.pipeline import MODEL_AUDIENCE_TAGS
+from stream.storage.audiences import audience_members
 from stream.storage.store import Store
 from tests.integration.helpers import (
     assert_profiles_match,
@@ -64,12 +65,10 @@ def test_audience_sets_match_profiles(make_settings, tmp_path: Path) -> None:
 async def _audiences(settings) -> dict[tuple[str, str], set[str]]:
     async with Store.open(settings) as store:
         out: dict[tuple[str, str], set[str]] = {}
-        base = store.keys.base
-        async for key in store.client.scan_iter(match=f"{base}:aud:*", count=1000):
-            tag, value = key.decode()[len(base) + 5 :].split(":", 1)
+        for tag, value in await store.audience_sizes():
             if tag in MODEL_AUDIENCE_TAGS:
                 continue  # model outputs: not part of the tag profile compared here
-            users = {m.decode() for m in await store.client.smembers(key)}
+            users = {m async for chunk in audience_members(store.client, store.keys, tag, value) for m in chunk}
             if users:
                 out[(tag, value)] = users
         return out

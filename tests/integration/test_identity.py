@@ -19,6 +19,7 @@ from portrait_dev.infra import free_port
 
 from stream.kafka import dlq, replay
 from stream.service import privacy
+from stream.storage.keys import Keys
 from stream.storage.store import Store
 from tests.integration.helpers import (
     assert_profiles_match,
@@ -144,7 +145,7 @@ def test_anonymous_profiles_merge_into_known_users(make_settings, tmp_path: Path
     devices = sorted(d for d, u in merges.items() if u == user)
     assert len(devices) == 2
     confirmation = asyncio.run(privacy.erase_and_confirm(settings, user))
-    assert {f"{settings.key_prefix}:v1:{{anon:{d}}}:alias" for d in devices} <= set(confirmation.removed)
+    assert {Keys(settings.key_prefix).alias(f"anon:{d}") for d in devices} <= set(confirmation.removed)
     left = asyncio.run(_state(settings, dict.fromkeys(devices, user)))[1]
     assert left == dict.fromkeys(devices)
     assert asyncio.run(_erased(settings, [user, *(f"anon:{d}" for d in devices)])) == 3

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from stream.storage.audiences import audience_members
 from stream.storage.store import Store
 from tests import oracle
 from tests.integration.helpers import read_profiles, replay_and_settle, worker
@@ -74,7 +75,8 @@ def test_a_customer_quiet_for_more_than_90_days_keeps_a_lapsed_profile(make_sett
 
     async def audience() -> set[bytes]:
         async with Store.open(settings) as store:
-            return set(await store.client.smembers(store.keys.audience("lifecycle_stage", "lapsed")))
+            members = audience_members(store.client, store.keys, "lifecycle_stage", "lapsed")
+            return {m.encode() async for chunk in members for m in chunk}
 
     lapsed = {u.encode() for u in users if want[u]["lifecycle_stage"] == "lapsed"}
     assert b"loyal" in lapsed and asyncio.run(audience()) == lapsed

@@ -23,7 +23,7 @@ async def _model_state(settings) -> tuple[dict, int, dict[str, str]]:
     async with Store.open(settings) as store:
         # wait until the trainer has learned and published everything written so far
         for _ in range(300):
-            pending = await store.client.xlen(store.keys.model_examples)
+            pending = await store.model_examples_pending()
             status = await store.model_status()
             if pending <= 1 and status:
                 break
@@ -32,9 +32,10 @@ async def _model_state(settings) -> tuple[dict, int, dict[str, str]]:
         status = await store.model_status()
         _, _, version = await store.model_checkpoint()
         segments: dict[str, str] = {}
-        base = store.keys.base
-        async for key in store.client.scan_iter(match=f"{base}:aud:behaviour_segment:*", count=1000):
-            seg = key.decode().rsplit(":", 1)[1]
+        async for key in store.client.scan_iter(match=store.keys.audience_pattern, count=1000):
+            tag, seg = store.keys.parse_audience(key.decode())
+            if tag != "behaviour_segment":
+                continue
             for member in await store.client.smembers(key):
                 segments[member.decode()] = seg
         return status, version, segments

@@ -10,6 +10,7 @@ import asyncio
 import io
 import json
 import math
+import random
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +28,6 @@ from stream.offline.driver import drive
 from stream.offline.evaluation import evaluate_events
 from stream.rules import RuleSet, holdout, load_rules, parse_rules
 from stream.settings import ConfigError, Settings
-from stream.storage.keys import Keys
 from stream.storage.store import Store
 from stream.tagging.definitions import load_catalogue
 from tests import oracle
@@ -275,25 +275,32 @@ def test_the_scratch_namespace_is_deleted_also_on_error(settings: Settings) -> N
 
 def test_quintile_thresholds_follow_the_redis_script(settings: Settings) -> None:
     """The store's refresh script on Valkey against an independent quintile computation."""
-    keys = Keys(f"{settings.key_prefix}-rfm-{uuid.uuid4().hex[:6]}")
 
     async def run(values: list[float]) -> tuple[float, ...]:
-        store = Store.from_url(settings.resolved_redis_url(), keys)
+        store = Store.from_settings(
+            settings.model_copy(update={"key_prefix": f"{settings.key_prefix}-rfm-{uuid.uuid4().hex[:6]}"})
+        )
+        keys = store.keys
         try:
-            await store.client.delete(keys.rank("r"), keys.rank("f"), keys.rank("m"), keys.rfm_thresholds)
             if values:
+                pipe = store.client.pipeline(transaction=False)
                 for metric in "rfm":
-                    await store.client.zadd(keys.rank(metric), {f"u{i}": v for i, v in enumerate(values)})
+                    for i, v in enumerate(values):  # each member in its own shard's rank set
+                        pipe.zadd(keys.rank(keys.shard(f"u{i}"), metric), {f"u{i}": v})
+                await pipe.execute()
             await store.refresh_rfm(T0)
             thresholds = await store.rfm_thresholds()
             assert thresholds.r == thresholds.f == thresholds.m
             return thresholds.r
         finally:
-            await store.client.delete(keys.rank("r"), keys.rank("f"), keys.rank("m"), keys.rfm_thresholds)
+            await store.delete_namespace()
             await store.close()
 
-    for values in ([10, 9, 8, 7, 6, 5, 4, 3, 2, 1], [30, 10, 20], [5.5], [1, 1, 2, 2, 2, 9, 9], list(range(37))):
-        assert list(asyncio.run(run([float(v) for v in values]))) == oracle.rfm_thresholds(values), values
+    rng = random.Random(7)
+    many = [float(rng.randint(0, 300)) for _ in range(9000)]  # more than one read: the pivot rounds
+    many += [rng.uniform(0, 1e9) for _ in range(3000)]
+    for values in ([10, 9, 8, 7, 6, 5, 4, 3, 2, 1], [30, 10, 20], [5.5], [1, 1, 2, 2, 2, 9, 9], list(range(37)), many):
+        assert list(asyncio.run(run([float(v) for v in values]))) == oracle.rfm_thresholds(values), values[:10]
     assert asyncio.run(run([])) == ()
 
 

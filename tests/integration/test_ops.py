@@ -351,6 +351,9 @@ def _rule_health(prom: object, timeout: float = 10.0) -> list[tuple[str, str]]:
     return rules
 
 
+KEYS = Keys("portrait")
+
+
 # -- the Valkey ACL example -----------------------------------------------------------------------
 def test_valkey_acl(tmp_path: Path) -> None:
     acl = tmp_path / "users.acl"
@@ -361,7 +364,7 @@ def test_valkey_acl(tmp_path: Path) -> None:
         anonymous = redis.Redis(port=port)
         assert anonymous.ping()
         with pytest.raises(redis.exceptions.NoPermissionError):
-            anonymous.get("portrait:v1:clock")
+            anonymous.get(KEYS.clock)
 
         worker_url = f"redis://portrait-worker:worker-example-password@127.0.0.1:{port}/0"
         asyncio.run(_worker_can_do_its_job(worker_url))
@@ -376,12 +379,12 @@ def test_valkey_acl(tmp_path: Path) -> None:
                 denied()
 
         crm = redis.Redis(port=port, username="portrait-crm", password="crm-example-password")
-        profile = crm.hgetall("portrait:v1:{u1}:profile")
+        profile = crm.hgetall(KEYS.profile("u1"))
         assert profile[b"segment"] == b"Champions"
-        assert crm.smembers("portrait:v1:aud:segment:Champions") == {b"u1"}
+        assert crm.smembers(KEYS.audience(KEYS.shard("u1"), "segment", "Champions")) == {b"u1"}
         for denied in (
-            lambda: crm.hset("portrait:v1:{u1}:profile", "segment", "x"),
-            lambda: crm.delete("portrait:v1:{u1}:profile"),
+            lambda: crm.hset(KEYS.profile("u1"), "segment", "x"),
+            lambda: crm.delete(KEYS.profile("u1")),
             lambda: crm.get("other:key"),
             lambda: crm.eval("return 1", 0),
             lambda: crm.keys("*"),
@@ -394,12 +397,13 @@ def test_valkey_acl(tmp_path: Path) -> None:
 
 async def _worker_can_do_its_job(url: str) -> None:
     """The worker's real Redis operations (Lua write, claim, RFM refresh, stats) pass the ACL."""
-    store = Store.from_url(url, Keys("portrait"))
+    store = Store.from_url(url, KEYS)
     try:
         write = UserWrite("u1", 0, None)  # a deletion: the script's DEL/ZREM paths
         assert await store.write([write], 100.0, {"messages": 1}) == []
-        await store.client.hset("portrait:v1:{u1}:profile", mapping={"segment": "Champions"})
-        await store.client.sadd("portrait:v1:aud:segment:Champions", "u1")
+        await store.ensure_epoch()
+        await store.client.hset(KEYS.profile("u1"), mapping={"segment": "Champions"})
+        await store.client.sadd(KEYS.audience(KEYS.shard("u1"), "segment", "Champions"), "u1")
         assert await store.claim_due(200.0, 10, 1.0, 30.0) == []
         assert await store.due_stats(200.0) == (0, None)
         assert await store.refresh_rfm(200.0) >= 1

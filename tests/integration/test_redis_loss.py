@@ -24,8 +24,9 @@ def test_the_outbox_group_is_recreated_after_redis_lost_it(make_settings) -> Non
         store = store_for(settings)
         try:
             await store.ensure_outbox()
-            await store.client.delete(store.keys.outbox)  # what an emptied Redis looks like
-            await store.client.xadd(store.keys.outbox, {"t": "topic", "k": "alice", "v": b"{}"})
+            outbox = store.keys.outbox(store.keys.shard("alice"))
+            await store.client.delete(outbox)  # what an emptied Redis looks like
+            await store.client.xadd(outbox, {"t": "topic", "k": "alice", "v": b"{}"})
             entries = await store.read_outbox("sender-1", 10, 30_000)
             return [e.key for e in entries]
         finally:

@@ -1,31 +1,29 @@
--- write: apply one batch atomically, after a compare-and-set on every user's state version.
+-- write: apply one state shard's part of a batch atomically, after a compare-and-set on every
+-- user's state version. A batch touching several shards runs this once per shard (pipelined).
 --
--- Every key is built by stream/storage/keys.py and passed in KEYS; this script builds none.
--- KEYS[1]  due                 KEYS[2]  due:inflight        KEYS[3]  outbox
--- KEYS[4]  models:examples     KEYS[5]  rank:r              KEYS[6]  rank:f
--- KEYS[7]  rank:m              KEYS[8]  clock               KEYS[9]  clock:parts
--- KEYS[10] stats               KEYS[11] privacy:erased
--- KEYS[12 + 3*(i-1)], +1, +2   state, profile, alias of user i (the i-th entry of meta.users)
--- KEYS[n] for n after those    the batch's audience sets, referenced by index from meta.users
+-- Every key is built by stream/storage/keys.py and passed in KEYS; this script builds none. All
+-- keys belong to one state shard (one hash tag, one Redis Cluster slot).
+-- KEYS[1] due   KEYS[2] due:inflight   KEYS[3] outbox   KEYS[4] models:examples
+-- KEYS[5] rank:r   KEYS[6] rank:f   KEYS[7] rank:m   KEYS[8] stats (the shard's)   KEYS[9] privacy:erased
+-- KEYS[10 + 3*(i-1)], +1, +2   state, profile, alias of user i (the i-th entry of meta.users)
+-- KEYS[n] for n after those    the shard's audience sets, referenced by index from meta.users
 -- ARGV[1]      meta (JSON): users = [{u: user id, h: erased token, v: expected version,
 --              a: anonymous, al: alias target or false, del: delete, p: flat profile fields,
 --              aa / ar: KEYS indexes of audience sets to add to / remove from, due: due score,
 --              ttl: seconds, rk: {r, f, m} rank scores or false, tr: {{topic, value}} triggers,
---              ln: model examples}], clock: event time or false, aud_ttl: seconds,
---              parts: flat {field, value} of partition progress to store (decided in Python:
---              stream/storage/store.py progress_updates), stats: {counter: increment}
+--              ln: model examples}], aud_ttl: seconds, stats: {counter: increment}
 -- ARGV[1 + i]  state blob of user i
 -- Returns the user ids whose version moved (then nothing was written), else an empty list.
-local GLOBAL_KEYS, PER_USER = 11, 3
+local SHARD_KEYS, PER_USER = 9, 3
 local meta = cjson.decode(ARGV[1])
 local conflicts = {}
 for i, u in ipairs(meta.users) do
-  local k = GLOBAL_KEYS + PER_USER * (i - 1)
+  local k = SHARD_KEYS + PER_USER * (i - 1)
   local cur = redis.call('HGET', KEYS[k + 1], 'ver')
   local curv = 0
   if cur then curv = tonumber(cur) end
   -- an erasure since the read counts as a change: the retry sees the user erased, writes nothing
-  if curv ~= u.v or redis.call('SISMEMBER', KEYS[11], u.h) == 1 then
+  if curv ~= u.v or redis.call('SISMEMBER', KEYS[9], u.h) == 1 then
     table.insert(conflicts, u.u)
   elseif u.a and not u.del and redis.call('EXISTS', KEYS[k + 3]) == 1 then
     -- merged into a known user since the read: its events now belong there
@@ -33,8 +31,9 @@ for i, u in ipairs(meta.users) do
   end
 end
 if #conflicts > 0 then return conflicts end
+local ranked, grown = false, {}
 for i, u in ipairs(meta.users) do
-  local k = GLOBAL_KEYS + PER_USER * (i - 1)
+  local k = SHARD_KEYS + PER_USER * (i - 1)
   local skey, pkey = KEYS[k + 1], KEYS[k + 2]
   redis.call('ZREM', KEYS[2], u.u)
   if u.del then
@@ -58,7 +57,7 @@ for i, u in ipairs(meta.users) do
   end
   for _, a in ipairs(u.aa) do
     redis.call('SADD', KEYS[a], u.u)
-    redis.call('EXPIRE', KEYS[a], meta.aud_ttl)
+    grown[a] = true
   end
   for _, tr in ipairs(u.tr) do
     redis.call('XADD', KEYS[3], '*', 't', tr[1], 'k', u.u, 'v', tr[2])
@@ -66,25 +65,21 @@ for i, u in ipairs(meta.users) do
   for _, item in ipairs(u.ln) do
     redis.call('XADD', KEYS[4], '*', 'i', item)
   end
-  for j = 1, 3 do
-    local rkey = KEYS[4 + j]
-    if type(u.rk) == 'table' then
-      redis.call('ZADD', rkey, u.rk[j], u.u)
-      redis.call('EXPIRE', rkey, meta.aud_ttl)
-    else
-      redis.call('ZREM', rkey, u.u)
-    end
+  if type(u.rk) == 'table' then
+    for j = 1, 3 do redis.call('ZADD', KEYS[4 + j], u.rk[j], u.u) end
+    ranked = true
+  else
+    for j = 1, 3 do redis.call('ZREM', KEYS[4 + j], u.u) end
   end
 end
-if #meta.parts > 0 then
-  redis.call('HSET', KEYS[9], unpack(meta.parts))
+-- a set's TTL is refreshed once per script, not once per member
+for a, _ in pairs(grown) do
+  redis.call('EXPIRE', KEYS[a], meta.aud_ttl)
 end
--- the clock is the largest event time any worker applied: it never moves backwards
-if type(meta.clock) == 'number' then
-  local cur = tonumber(redis.call('GET', KEYS[8]) or '0')
-  if meta.clock > cur then redis.call('SET', KEYS[8], string.format('%.6f', meta.clock)) end
+if ranked then
+  for j = 1, 3 do redis.call('EXPIRE', KEYS[4 + j], meta.aud_ttl) end
 end
 for k, n in pairs(meta.stats) do
-  redis.call('HINCRBY', KEYS[10], k, n)
+  redis.call('HINCRBY', KEYS[8], k, n)
 end
 return {}

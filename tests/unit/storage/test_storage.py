@@ -61,27 +61,45 @@ def test_no_script_builds_a_key(path: Path) -> None:
     assert "base" not in code and "sha1hex" not in code
 
 
-def test_keys_keep_the_v1_names() -> None:
+def test_keys_follow_the_v2_layout() -> None:
+    """docs/redis-keys.md: shard = first 8 hex digits of SHA-1(id) mod shards (u1 -> c5ea7155 -> 85
+    of 128, anon:7 -> e21e4859 -> 89, by sha1sum); every shard key carries {sN}, the rest {g}."""
     keys = Keys("P")
-    assert keys.state("u1") == "P:v1:{u1}:state"
-    assert keys.profile("u1") == "P:v1:{u1}:profile"
-    assert keys.alias("anon:7") == "P:v1:{anon:7}:alias"
-    assert keys.audience("rfm_segment", "At Risk") == "P:v1:aud:rfm_segment:At Risk"
-    assert keys.audience_prefix == "P:v1:aud:"
-    assert [keys.due, keys.inflight, keys.clock, keys.clock_parts, keys.stats] == [
-        "P:v1:due",
-        "P:v1:due:inflight",
-        "P:v1:clock",
-        "P:v1:clock:parts",
-        "P:v1:stats",
+    assert keys.shards == 128 and keys.shard("u1") == 85 and keys.shard("anon:7") == 89
+    assert keys.state("u1") == "P:v2:{s85}:state:u1"
+    assert keys.profile("u1") == "P:v2:{s85}:profile:u1"
+    assert keys.alias("anon:7") == "P:v2:{s89}:alias:anon:7"
+    assert keys.audience(3, "rfm_segment", "At Risk") == "P:v2:{s3}:aud:rfm_segment:At Risk"
+    assert keys.parse_audience("P:v2:{s3}:aud:rfm_segment:At Risk") == ("rfm_segment", "At Risk")
+    assert keys.parse_state("P:v2:{s85}:state:u:with:colons") == "u:with:colons"
+    assert [keys.due(0), keys.inflight(0), keys.rank(0, "r"), keys.erased(0), keys.outbox(0)] == [
+        "P:v2:{s0}:due",
+        "P:v2:{s0}:due:inflight",
+        "P:v2:{s0}:rank:r",
+        "P:v2:{s0}:privacy:erased",
+        "P:v2:{s0}:outbox",
     ]
-    assert [keys.rank("r"), keys.rfm_thresholds, keys.erased, keys.outbox, keys.model_examples] == [
-        "P:v1:rank:r",
-        "P:v1:rfm:thresholds",
-        "P:v1:privacy:erased",
-        "P:v1:outbox",
-        "P:v1:models:examples",
+    assert [keys.model_examples(1), keys.shard_stats(1)] == ["P:v2:{s1}:models:examples", "P:v2:{s1}:stats"]
+    assert [keys.clock, keys.clock_parts, keys.stats, keys.rfm_thresholds, keys.epoch, keys.layout] == [
+        "P:v2:{g}:clock",
+        "P:v2:{g}:clock:parts",
+        "P:v2:{g}:stats",
+        "P:v2:{g}:rfm:thresholds",
+        "P:v2:{g}:meta:epoch",
+        "P:v2:{g}:meta:layout",
     ]
+    assert keys.previous_epochs() == ["P:v1:meta:epoch"]
+    assert Keys("P", shards=1).state("u1") == "P:v2:{s0}:state:u1"
+
+
+def test_every_key_of_a_shard_is_in_one_cluster_slot() -> None:
+    from redis.crc import key_slot
+
+    keys = Keys("P", shards=8)
+    shard = keys.shard("u1")
+    same = [keys.state("u1"), keys.profile("u1"), keys.alias("u1"), keys.due(shard), keys.audience(shard, "a", "b")]
+    assert len({key_slot(k.encode()) for k in same}) == 1
+    assert len({key_slot(keys.due(s).encode()) for s in range(8)}) == 8  # shards spread over slots
 
 
 # -- the watermark rule ----------------------------------------------------------------------
@@ -126,6 +144,11 @@ def test_store_open_closes_on_exit_and_on_error() -> None:
             await super().close()
 
     settings = Settings(redis_url="redis://127.0.0.1:1/0", key_prefix="P")  # never connected
+
+    async def adopt(self: Store) -> int:
+        return self.keys.shards
+
+    Recording.adopt_layout = adopt  # type: ignore[method-assign]
 
     async def use() -> None:
         async with Recording.open(settings) as store:

@@ -1,0 +1,123 @@
+"""Exact order statistics over sorted sets split across state shards (the RFM cut points).
+
+``select`` finds, for each request, the score at a 0-based rank of the *union* of one sorted
+set per shard, exactly (the same answer one sorted set holding every member would give), with a
+few pipelined round trips and without reading the sets whole:
+
+* every shard keeps a window ``[lo, hi)`` of positions that may still hold the answer (all of it
+  at first); members before ``lo`` are known to score below the answer, from ``hi`` on above;
+* while the windows hold more than ``FETCH_ALL`` members, each shard's member at the rank
+  proportional to the target is read, the weighted median of those picks is the pivot, and the
+  members scoring below / at most the pivot are counted (``ZCOUNT``) in the shards whose window
+  is not empty. The pivot is the answer when the target rank falls among its ties; otherwise
+  every window is cut at the pivot (at least a quarter of what is left goes);
+* once few enough remain, the windows are read and merged, and the answer picked.
+
+Shards hold random samples of the population (users are placed by a hash), so the proportional
+pick lands next to the answer and one or two rounds usually suffice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+FETCH_ALL = 4096  # read the remaining windows whole once they hold at most this many members
+
+
+@dataclass
+class Request:
+    keys: Sequence[str]  # one sorted set per shard
+    rank: int  # 0-based rank in the union
+    lo: list[int] = field(default_factory=list)
+    hi: list[int] = field(default_factory=list)
+    answer: float | None = None
+
+
+def score_text(score: float) -> str:
+    """A score as Redis prints it (integers without a fraction; else the shortest exact form)."""
+    return str(int(score)) if score.is_integer() and abs(score) < 1e17 else repr(score)
+
+
+async def select(client: Any, requests: Sequence[Request], sizes: Sequence[Sequence[int]]) -> list[float]:
+    """The score at ``request.rank`` of each request; ``sizes[r][i]`` is ZCARD of request r's shard i."""
+    for request, counts in zip(requests, sizes, strict=True):
+        request.lo = [0] * len(counts)
+        request.hi = list(counts)
+        if not 0 <= request.rank < sum(counts):
+            raise ValueError(f"rank {request.rank} outside 0..{sum(counts) - 1}")
+    while pending := [r for r in requests if r.answer is None]:
+        pipe = client.pipeline(transaction=False)
+        reads: list[tuple[Request, bool, int, int]] = []  # (request, whole window?, shard, reply index)
+        asked: dict[tuple[str, int, int], int] = {}  # one read per (set, range): cut points share windows
+        for r in pending:
+            left = sum(h - lo for lo, h in zip(r.lo, r.hi, strict=True))
+            whole = left <= FETCH_ALL
+            target = r.rank - sum(r.lo)
+            for i, (lo, hi) in enumerate(zip(r.lo, r.hi, strict=True)):
+                if hi > lo:
+                    start = lo if whole else lo + min(hi - lo - 1, target * (hi - lo) // left)
+                    span = (r.keys[i], start, hi - 1 if whole else start)
+                    if span not in asked:
+                        asked[span] = len(asked)
+                        pipe.zrange(span[0], span[1], span[2], withscores=True)
+                    reads.append((r, whole, i, asked[span]))
+        fetched = await pipe.execute()
+        picks: dict[int, list[tuple[float, int]]] = {}
+        merged: dict[int, list[float]] = {}
+        for r, whole, i, at in reads:
+            reply = fetched[at]
+            scores = [float(score) for _, score in reply]
+            if whole:
+                merged.setdefault(id(r), []).extend(scores)
+            elif scores:
+                picks.setdefault(id(r), []).append((scores[0], r.hi[i] - r.lo[i]))
+        counting: list[tuple[Request, float]] = []
+        for r in pending:
+            if id(r) in merged:
+                r.answer = sorted(merged[id(r)])[r.rank - sum(r.lo)]
+            else:
+                counting.append((r, _weighted_median(picks[id(r)])))
+        if counting:
+            await _cut(client, counting)
+    return [r.answer for r in requests if r.answer is not None]
+
+
+def _weighted_median(picks: list[tuple[float, int]]) -> float:
+    picks.sort()
+    half, seen = sum(w for _, w in picks) / 2, 0
+    for score, weight in picks:
+        seen += weight
+        if seen >= half:
+            return score
+    return picks[-1][0]
+
+
+async def _cut(client: Any, counting: list[tuple[Request, float]]) -> None:
+    """Count below / at most each pivot and narrow the windows (or settle the answer)."""
+    pipe = client.pipeline(transaction=False)
+    asked: list[tuple[Request, int]] = []
+    for r, pivot in counting:
+        text = score_text(pivot)
+        for i, (lo, hi) in enumerate(zip(r.lo, r.hi, strict=True)):
+            if hi > lo:  # an empty window's counts are known: everything before lo is below
+                pipe.zcount(r.keys[i], "-inf", f"({text}")
+                pipe.zcount(r.keys[i], "-inf", text)
+                asked.append((r, i))
+    replies = iter(await pipe.execute())
+    below: dict[int, dict[int, tuple[int, int]]] = {}
+    for r, i in asked:
+        below.setdefault(id(r), {})[i] = (int(next(replies)), int(next(replies)))
+    for r, pivot in counting:
+        counts = below[id(r)]
+        lt = sum(counts[i][0] if i in counts else r.lo[i] for i in range(len(r.lo)))
+        le = sum(counts[i][1] if i in counts else r.lo[i] for i in range(len(r.lo)))
+        if lt <= r.rank < le:
+            r.answer = pivot
+        elif r.rank < lt:
+            for i, (n_lt, _) in counts.items():
+                r.hi[i] = min(r.hi[i], n_lt)
+        else:
+            for i, (_, n_le) in counts.items():
+                r.lo[i] = max(r.lo[i], n_le)

@@ -1,0 +1,15 @@
+-- mark_due: make due now the users of one state shard whose RFM metric lies in the given score
+-- ranges (the users a moved cut point can re-score), so the time-driven path re-scores them.
+--
+-- KEYS[1] rank:r   KEYS[2] rank:f   KEYS[3] rank:m   KEYS[4] due   (the shard's; built by
+-- stream/storage/keys.py)
+-- ARGV[1], ARGV[2], ARGV[3]   metric index (1..3), low score, high score ('-inf'/'+inf' allowed);
+-- then the same three for each further range
+-- Returns how many users were made due (moved earlier).
+local marked = 0
+for i = 1, #ARGV, 3 do
+  for _, uid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2])) do
+    marked = marked + redis.call('ZADD', KEYS[4], 'LT', 'CH', 0, uid)
+  end
+end
+return marked

@@ -1,0 +1,162 @@
+"""The worker's code on a Redis Cluster (fast tier; the worker-level failover and resharding runs
+are in tests/chaos/test_cluster_chaos.py).
+
+``test_a_master_killed_mid_replay_loses_nothing``: the offline driver (the worker's processor in
+event time, in-process) replays an export on a local Valkey Cluster with
+``PORTRAIT_REDIS_WAIT_REPLICAS=1``; once it is under way the master of the per-store keys is
+killed with SIGKILL, its replica is promoted, and the killed node comes back as a replica. The
+processor's writes retry through the failover, and the final profiles equal the independent
+offline computation, every event applied once. The guarantee that makes this hold: a write
+returns only after ``WAIT 1`` on every master it wrote, so the promoted replica holds every
+write the processor went on from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from portrait_dev import synth
+from portrait_dev.harness import settings_env
+from portrait_dev.infra import valkey_binary
+from portrait_dev.valkey_cluster import ValkeyCluster, running_cluster
+from redis.crc import key_slot
+
+from stream.cli.main import main
+from stream.models import MODEL_TAGS
+from stream.offline.driver import OfflineRun, drive
+from stream.storage.audiences import profiles, stored_users
+from stream.storage.keys import Keys, erased_token
+from stream.storage.store import Store
+from stream.tagging.definitions import load_catalogue
+from tests.integration.helpers import ProfileDifferences, profile_differences
+
+pytestmark = pytest.mark.integration
+RFM_TAGS = {"r_score", "f_score", "m_score", "rfm_segment"}
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[ValkeyCluster]:
+    with running_cluster(tmp_path / "cluster", valkey_binary()) as running:
+        yield running
+
+
+def _keys_stored(cluster: ValkeyCluster) -> int:
+    total = 0
+    for node in cluster.current_masters():
+        with node.client() as c:
+            total += int(c.dbsize())
+    return total
+
+
+def _undisturbed(make_settings, events: list[dict]) -> ProfileDifferences:  # type: ignore[no-untyped-def]
+    seen: dict[str, dict[str, str]] = {}
+    clock: list[float] = []
+
+    async def inspect(store: Store) -> None:
+        uids = [u async for u in stored_users(store.client, store.keys)]
+        for uid, profile in (await profiles(store.client, store.keys, uids)).items():
+            # model outputs are not tags of docs/tags.md: the tag oracle does not compute them
+            seen[uid] = {k: v for k, v in profile.items() if not k.startswith("_") and k not in MODEL_TAGS}
+        clock.append(await store.clock() or 0.0)
+
+    asyncio.run(drive(make_settings(clock="event"), events, catalogue=load_catalogue(), inspect=inspect))
+    return profile_differences(events, seen, clock[0])
+
+
+def test_a_master_killed_mid_replay_loses_nothing(make_settings, cluster: ValkeyCluster) -> None:
+    settings = make_settings(redis_url=cluster.url, redis_wait_replicas=1, redis_shards=16, clock="event")
+    events = synth.generate(users=100, events=2000, seed=61, days=60)
+    seen: dict[str, dict[str, str]] = {}
+    clock: list[float] = []
+    runs: list[OfflineRun] = []
+
+    async def inspect(store: Store) -> None:
+        uids = [u async for u in stored_users(store.client, store.keys)]
+        for uid, profile in (await profiles(store.client, store.keys, uids)).items():
+            # model outputs are not tags of docs/tags.md: the tag oracle does not compute them
+            seen[uid] = {k: v for k, v in profile.items() if not k.startswith("_") and k not in MODEL_TAGS}
+        clock.append(await store.clock() or 0.0)
+
+    # the replay runs in a thread; this one kills and restarts the master (a process started by a
+    # thread that ends would get that thread's death signal)
+    replay = threading.Thread(
+        target=lambda: runs.append(asyncio.run(drive(settings, events, catalogue=load_catalogue(), inspect=inspect))),
+        daemon=True,
+    )
+    replay.start()
+    deadline = time.monotonic() + 120
+    while _keys_stored(cluster) < 250 and time.monotonic() < deadline and replay.is_alive():
+        time.sleep(0.05)  # users are being written
+    killed = replay.is_alive()
+    slot = key_slot(Keys("any").clock.encode())  # {g}: the clock, progress and counters
+    victim = cluster.master_of_slot(slot)
+    cluster.kill_master(slot)
+    cluster.restart(victim)
+    replay.join(300)
+    (run,) = runs
+    assert killed, "the replay ended before the master was killed"
+    assert run.stats["events_applied"] == len(events)
+    found = profile_differences(events, seen, clock[0])
+    assert not found.missing and not found.extra
+    # RFM scores: the driver ends without a last threshold refresh, so they are compared with the
+    # same replay on the standalone Valkey (no failover) instead; every other tag with the oracle
+    assert [(u, d) for u, d in found.mismatches if set(d) - RFM_TAGS] == []
+    assert {u for u, _ in found.mismatches} == {u for u, _ in _undisturbed(make_settings, events).mismatches}
+
+
+@pytest.mark.both_stores
+def test_a_v1_store_is_refused_until_dropped(make_settings, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """A store of layout v1 under the prefix: every command (the worker's start check too) stops
+    with one line saying what to do; ``portrait migrate`` shows it, ``--drop-v1 --yes`` removes
+    it, and the prefix then starts as a v2 store."""
+    settings = make_settings()
+    for key, value in settings_env(settings).items():
+        monkeypatch.setenv(key, value)
+    old = [
+        f"{settings.key_prefix}:v1:meta:epoch",
+        f"{settings.key_prefix}:v1:{{u1}}:state",
+        f"{settings.key_prefix}:v1:due",
+    ]
+
+    async def populate() -> None:
+        store = Store.from_settings(settings)
+        try:
+            for key in old:
+                await store.client.set(key, "v1")
+            await store.client.sadd(f"{settings.key_prefix}:v1:privacy:erased", erased_token("gone"))
+        finally:
+            await store.close()
+
+    asyncio.run(populate())
+    assert main(["stats"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "layout v1 under prefix" in err and "portrait migrate --drop-v1" in err
+    assert main(["migrate"]) == 0 and "v1: 4 keys" in capsys.readouterr().out
+    assert main(["migrate", "--drop-v1"]) == 2 and "--yes" in capsys.readouterr().err
+    assert main(["migrate", "--drop-v1", "--yes"]) == 0 and "deleted 4 keys" in capsys.readouterr().out
+    assert main(["stats", "--json"]) == 0 and json.loads(capsys.readouterr().out) == {}
+
+    async def erased() -> set[str]:
+        async with Store.open(settings) as store:
+            return await store.erased(["gone", "kept"])
+
+    assert asyncio.run(erased()) == {"gone"}  # the v1 suppression list survives the drop
+
+
+def test_cluster_urls_are_checked_in_one_line() -> None:
+    from stream.settings import Settings
+
+    assert Settings(redis_url="redis+cluster://h:7000").redis_target() == ("redis://h:7000", True)
+    assert Settings(redis_url="rediss+cluster://u:p@h:7000/0").redis_target() == ("rediss://u:p@h:7000/0", True)
+    assert Settings(redis_url="redis://h:7000", redis_cluster=True).redis_target() == ("redis://h:7000", True)
+    assert Settings(redis_url="redis://h:7000").redis_target() == ("redis://h:7000", False)
+    with pytest.raises(ValueError, match="only database 0"):
+        Settings(redis_url="redis+cluster://127.0.0.1:7000/3")
+    with pytest.raises(ValueError, match="unknown scheme"):
+        Settings(redis_url="valkey+cluster://127.0.0.1:7000")

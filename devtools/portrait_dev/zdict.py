@@ -46,7 +46,7 @@ def state_documents(users: int, seed: int) -> list[bytes]:
         models = load_models_config(settings.models_file) if settings.models_enabled else None
 
         async def collect(store: Any) -> None:
-            async for key in store.client.scan_iter(match=f"{store.keys.base}:*:state", count=1000):
+            async for key in store.client.scan_iter(match=store.keys.state_pattern, count=1000):
                 blob = await store.client.hget(key, "blob")
                 if blob:
                     docs.append(orjson.dumps(UserState.from_bytes(blob).to_doc()))

@@ -19,7 +19,7 @@ from typing import Annotated
 import typer
 
 from stream import __version__
-from stream.cli import api, kafka, models, operations, privacy, profiles, rules, schemas, trainer, migrate
+from stream.cli import api, kafka, migrate, models, operations, privacy, profiles, rules, schemas, trainer
 from stream.cli.common import CliState, UserError, quiet_clients
 from stream.settings import ConfigError
 

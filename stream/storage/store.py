@@ -581,6 +581,15 @@ class Store:
         doc: dict[str, Any] | None = orjson.loads(raw) if raw else None
         return doc
 
+    async def model_examples_head(self) -> str | None:
+        """The position (as ``read_model_items`` gives it) that covers every item written so far,
+        None when no shard holds one."""
+        pipe = self.client.pipeline(transaction=False)
+        for shard in range(self.keys.shards):
+            pipe.xrevrange(self.keys.model_examples(shard), count=1)
+        heads = {s: _text(r[0][0]) for s, r in enumerate(await pipe.execute()) if r}
+        return _position_text(heads) if heads else None
+
     async def model_examples_pending(self) -> int:
         pipe = self.client.pipeline(transaction=False)
         for shard in range(self.keys.shards):

@@ -35,19 +35,31 @@ async def model_items(settings: Settings) -> tuple[str | None, str, int]:
     """(id of the last item written to learn, stream position the published checkpoint covers,
     checkpoint version), read from Redis."""
     async with Store.open(settings) as store:
-        last = await store.client.xrevrange(store.keys.model_examples, count=1)
+        last = await store.model_examples_head()
         _, position, version = await store.model_checkpoint()
-        return (last[0][0].decode() if last else None), position, version
+        return last, position, version
 
 
-def entry(stream_id: str) -> tuple[int, int]:
-    millis, _, seq = stream_id.partition("-")
-    return int(millis), int(seq)
+def beyond(after: str, before: str) -> bool:
+    """Whether position ``after`` covers an item ``before`` does not (positions are one stream
+    entry id per state shard: "shard/ms-seq,...", docs/redis-keys.md)."""
+
+    def ids(position: str) -> dict[str, tuple[int, int]]:
+        out = {}
+        for part in position.split(","):
+            shard, _, eid = part.partition("/")
+            if eid:
+                millis, _, seq = eid.partition("-")
+                out[shard] = (int(millis), int(seq))
+        return out
+
+    old = ids(before)
+    return any(shard not in old or eid > old[shard] for shard, eid in ids(after).items())
 
 
 async def stream_length(settings: Settings) -> int:
     async with Store.open(settings) as store:
-        return int(await store.client.xlen(store.keys.model_examples))
+        return await store.model_examples_pending()
 
 
 def wait_published(settings: Settings, timeout: float = 30.0) -> tuple[str | None, str, int]:
@@ -103,7 +115,7 @@ def test_external_trainer_learns_and_ingest_outlives_it(make_settings, tmp_path:
         replay_and_wait(settings, events[half:])
         last_after, position_after, version_after = asyncio.run(model_items(settings))
         assert (position_after, version_after) == (position_stopped, version_stopped)
-        assert last_after is not None and entry(last_after) > entry(position_stopped)  # no trainer learned them
+        assert last_after is not None and beyond(last_after, position_stopped)  # no trainer learned them
         worker_metrics = scrape(settings, settings.web_port)
         assert worker_metrics["portrait_model_version"] == version_stopped
         assert worker_metrics["portrait_trainer_lease_held"] == 0

@@ -1,9 +1,9 @@
 """``/v1/audiences``: every audience with its size, one audience (or an expression) with a page of
 members, and its CSV export.
 
-An audience is a tag value (``P:v1:aud:TAG:VALUE``, written by the workers in the same atomic
-write as the profile). Its size is ``SCARD``: O(1). An expression combines the path's audience
-with query terms ``tag:value``::
+An audience is a tag value (one set per state shard, ``P:v2:{sN}:aud:TAG:VALUE``, written by the
+workers in the same atomic write as the profile). Its size is the shards' ``SCARD`` summed. An
+expression combines the path's audience with query terms ``tag:value``::
 
     (path OR any ``or``) AND every ``and`` AND NOT any ``not``
 

@@ -2,7 +2,7 @@
 
 Population figures come from the latest aggregate pass (``stream.api.refresher``; every answer
 carries its ``meta.computed_at`` and the clock its profiles were exact at). Rules come from the
-shared counters (``P:v1:stats``), segment sizes and trends from audience sizes and the hourly
+shared counters (``P:v2:*:stats``), segment sizes and trends from audience sizes and the hourly
 snapshots. Definitions: ``stream.api.aggregate`` and docs/api.md.
 """
 

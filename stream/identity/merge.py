@@ -2,7 +2,7 @@
 
 An event carrying both ``user_id`` and ``anonymous_id`` links the two. The anonymous profile
 (subject ``anon:<id>``) is folded into the user's state, deleted, and replaced by an alias
-``P:v1:{anon:<id>}:alias -> user id`` so later events of the anonymous id go to the user.
+``P:v2:{sN}:alias:anon:<id> -> user id`` so later events of the anonymous id go to the user.
 
 Because every part of ``UserState`` is commutative (sums, min/max, latest-by-timestamp, per-source
 offsets), folding the anonymous state into the user's gives the state the user would have had if

@@ -147,7 +147,7 @@ class RuleEffect:
 
 
 def effects(stats: Mapping[str, int]) -> dict[str, RuleEffect]:
-    """Per rule (sorted by id), its effect from the ``effect:`` counters of ``P:v1:stats``."""
+    """Per rule (sorted by id), its effect from the ``effect:`` counters of ``P:v2:*:stats``."""
     out: dict[str, RuleEffect] = {}
     for counter, n in parsed(stats):
         if isinstance(counter, EffectCounter):

@@ -43,9 +43,8 @@ def _run(settings: Any, events: list[dict], time_steps: str) -> tuple[OfflineRun
     profiles: dict[str, dict[str, str]] = {}
 
     async def read(store: Store) -> None:
-        base = store.keys.base
-        async for key in store.client.scan_iter(match=f"{base}:*:profile", count=1000):
-            uid = key.decode()[len(base) + 2 : -len("}:profile")]
+        async for key in store.client.scan_iter(match=store.keys.profile_pattern, count=1000):
+            uid = store.keys.parse_profile(key.decode())
             stored = await store.profile(uid)
             profiles[uid] = {k: v for k, v in stored.items() if not k.startswith("_") and k not in MODEL_TAGS}
 

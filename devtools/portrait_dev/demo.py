@@ -349,6 +349,9 @@ def _demo(users: int, events: int, seed: int, workdir: Path, stall_s: float, ser
             state_file=workdir / "infra.json",
             api_port=_api_port(),
             api_insights_interval_s=2.0,  # trends get a snapshot for every event-time hour the replay passes
+            # synthetic customers on an embedded broker: their history's triggers are sent, so the
+            # rules and their measured effect have something to show (production keeps the horizon)
+            delivery_horizon_s=0,
         )
         handle.create_topics(Topics(settings.topic_prefix).all, settings.partitions)
         asyncio.run(_run(settings, users, events, seed, workdir, stall_s, serve))

@@ -478,11 +478,13 @@ class Store:
     async def _read_outbox(self, consumer: str, count: int, stale_ms: int) -> list[OutboxEntry]:
         """The shards this worker wrote triggers to since its last read, and every shard at least
         every ``SWEEP_S`` (entries of a sender that died, claimed after ``stale_ms``)."""
-        if time.monotonic() - self._outbox_swept_at >= SWEEP_S:
+        swept_at = self._outbox_swept_at
+        if time.monotonic() - swept_at >= SWEEP_S:
             self._outbox_swept_at = time.monotonic()
             shards: list[int] = list(range(self.keys.shards))
         else:
             shards = sorted(self._outbox_dirty)
+        # cleared before reading, so a shard written while the read is in flight is read next time
         self._outbox_dirty.clear()
         if not shards:
             return []
@@ -491,7 +493,12 @@ class Store:
             key = self.keys.outbox(shard)
             pipe.xautoclaim(key, OUTBOX_GROUP, consumer, min_idle_time=stale_ms, start_id="0-0", count=count)
             pipe.xreadgroup(OUTBOX_GROUP, consumer, {key: ">"}, count=count)
-        replies = iter(await pipe.execute())
+        try:
+            replies = iter(await pipe.execute())
+        except BaseException:  # nothing was read: the retry (or the next call) reads the same shards
+            self._outbox_dirty.update(shards)
+            self._outbox_swept_at = swept_at
+            raise
         out: list[OutboxEntry] = []
         for shard in shards:
             claimed, fresh = next(replies)[1], next(replies)

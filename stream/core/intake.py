@@ -74,9 +74,9 @@ def intake(
     the time up to which the input is settled). ``partition_clock``, when given: per input
     partition ("topic/partition"), the time that partition itself has reached; an event is then
     checked against that time instead, and an event of a partition absent from it is not too old
-    (event time: only a partition's own earlier events can make its event late, never another
-    partition that ran ahead). A message over ``max_message_bytes`` is dead-lettered as
-    ``too_large`` before it is parsed."""
+    (event time: only a partition's own earlier events, in earlier batches or earlier in this one,
+    can make its event late, never another partition that ran ahead). A message over
+    ``max_message_bytes`` is dead-lettered as ``too_large`` before it is parsed."""
     dead: list[DeadLetter] = []
     events: list[Message] = []
     for message in messages:
@@ -90,11 +90,16 @@ def intake(
         else:
             events.extend(unpacked)
     valid: list[Valid] = []
+    # a partition's time advances with its valid events inside the batch too, so whether an event
+    # is too old never depends on where the batch boundaries fell
+    reached = None if partition_clock is None else dict(partition_clock)
     for message in events:
-        reference = clock_now if partition_clock is None else partition_clock.get(message.source, -math.inf)
+        reference = clock_now if reached is None else reached.get(message.source, -math.inf)
         outcome = classify(message, catalogue, wall_now, reference, max_future_skew_s, processor_version)
         if isinstance(outcome, Valid):
             valid.append(outcome)
+            if reached is not None:
+                reached[message.source] = max(reference, outcome.event.epoch)
         else:
             dead.append(outcome)
     return (in_event_time_order(valid) if event_time else valid), dead

@@ -87,3 +87,14 @@ def test_an_event_too_old_for_its_own_users_windows_is_not_applied() -> None:
     assert not too_late(state, T0 + 11 * DAY)  # day D - 89
     assert too_late(state, T0 + 10 * DAY)  # day D - 90
     assert not too_late(UserState(), T0 - 1000 * DAY)  # never evaluated: nothing was pruned
+
+
+def test_an_earlier_event_of_the_same_batch_counts_so_batch_boundaries_never_matter() -> None:
+    # partition 3 has no recorded time; its first batch holds an event at T0 and then one 100 days
+    # older: the same too_old a later batch would give it (the demo's malformed too_old message)
+    batch = [_message(3, 0, T0), _message(3, 1, T0 - 100 * DAY), _message(2, 0, T0 - 100 * DAY)]
+    valid, dead = _intake(batch, {})
+    assert sorted(v.event.event_id for v in valid) == ["p2-0", "p3-0"]
+    assert [(d.reason, d.source_partition, d.source_offset) for d in dead] == [("too_old", 3, 1)]
+    split = [_intake(batch[:1], {}), _intake(batch[1:2], {"t.clickstream/3": T0})]
+    assert [d.reason for _, dead_part in split for d in dead_part] == ["too_old"]

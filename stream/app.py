@@ -143,9 +143,13 @@ def create_app(settings: Settings, catalogue: TagCatalogue | None = None) -> Ser
     effective = settings.effective()
     register_views(app, store, metrics, health, effective, lambda: processor.catalogue)
 
+    async def publish_catalogue(active: TagCatalogue) -> None:
+        """Readers (the CLI, the API) type profiles with the catalogue the workers apply."""
+        await store.client.set(store.keys.catalogue, active.model_dump_json())
+
     @app.task  # type: ignore[untyped-decorator]
-    async def publish_catalogue() -> None:
-        await store.client.set(store.keys.catalogue, catalogue.model_dump_json())
+    async def prepare_store() -> None:
+        await publish_catalogue(catalogue)
         await store.ensure_outbox()
         if await store.ensure_epoch():
             log.warning(
@@ -172,7 +176,7 @@ def create_app(settings: Settings, catalogue: TagCatalogue | None = None) -> Ser
     @app.timer(RULES_POLL_S)  # type: ignore[untyped-decorator]
     async def reload_definitions() -> None:
         if definitions.poll_catalogue():
-            await store.client.set(store.keys.catalogue, processor.catalogue.model_dump_json())
+            await publish_catalogue(processor.catalogue)
             sweep.start()
         definitions.poll_rules()
 

@@ -188,15 +188,9 @@ def backtest_report(doc: dict[str, Any], model_rules: list[str]) -> list[Rendera
         f"models {'on' if doc['models'] else 'off'}",
     ]
     rules = table("rule", "fired", "users", "sent", "time-driven", "suppressed")
-    for rule_id, r in [*doc["rules"].items(), ("total", None)]:
-        if r is None:
-            total = doc["total"]
-            row = (total["fired"], total["users"], total["sent"], sum(x["time_driven"] for x in doc["rules"].values()))
-            suppressed = total["suppressed"]
-        else:
-            row = (r["fired"], r["users"], r["sent"], r["time_driven"])
-            suppressed = r["suppressed"]
-        rules.add_row(rule_id, *(f"{n:,}" for n in row), _counts(suppressed) or "none")
+    for rule_id, r in [*doc["rules"].items(), ("total", doc["total"])]:
+        counts = (r["fired"], r["users"], r["sent"], r["time_driven"])
+        rules.add_row(rule_id, *(f"{n:,}" for n in counts), _counts(r["suppressed"]) or "none")
     for column in rules.columns[1:5]:
         column.justify = "right"
     topics = table("topic", "triggers")

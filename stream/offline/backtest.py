@@ -123,6 +123,7 @@ class BacktestResult:
                 "fired": self.fired,
                 "users": len(set[str]().union(*(r.users for r in self.rules.values()))),
                 "sent": self.sent,
+                "time_driven": sum(r.time_driven for r in self.rules.values()),
                 "suppressed": {k: suppressed.get(k, 0) for k in REASONS},
             },
             "topics": dict(sorted(self.topics.items())),

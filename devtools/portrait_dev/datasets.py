@@ -53,12 +53,7 @@ def write_cdnow(out: Path, full: bool = False, customers: int | None = None) -> 
     if customers is not None:
         kept = set(sorted({r[0] for r in rows})[:customers])
         rows = [r for r in rows if r[0] in kept]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["user", "date", "amount"])
-        writer.writerows(rows)
-    return out
+    return _write_rows(out, rows)
 
 
 def write_lifetimes_example(out: Path) -> Path:
@@ -66,6 +61,11 @@ def write_lifetimes_example(out: Path) -> Path:
     path = _lifetimes_data("example_transactions.csv")
     with path.open() as f:
         rows = [(f"x{r['id']}", r["date"][:10], "1.00") for r in csv.DictReader(f)]
+    return _write_rows(out, rows)
+
+
+def _write_rows(out: Path, rows: list[tuple[str, str, str]]) -> Path:
+    """``rows`` as ``user,date,amount`` CSV at ``out`` (its folder created). Returns ``out``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as f:
         writer = csv.writer(f)

@@ -18,7 +18,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,11 +36,11 @@ from rich.progress import Progress
 from portrait_dev import infra, synth
 from portrait_dev.harness import (
     Stalled,
-    settings_env,
     settle,
     start_worker,
     stop_worker,
     wait_healthy,
+    wait_http,
     wait_processed,
 )
 from stream.cli.main import format_profile
@@ -149,35 +148,20 @@ def serving(settings: Settings, log_path: Path, enabled: bool) -> Iterator[str |
     if not enabled:
         yield None
         return
-    log = log_path.open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "stream", "api"],
-        env=settings_env(settings),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc = start_worker(settings, log_path, command="api")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-10:])
-                raise SystemExit(f"the dashboard (portrait api) exited with {proc.returncode}:\n{tail}")
-            try:
-                with urllib.request.urlopen(f"{dashboard_url(settings)}healthz", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(
-                    f"the dashboard did not answer at {dashboard_url(settings)} within 60 s (log: {log_path})"
-                )
-            time.sleep(0.3)
+        try:
+            wait_http(f"{dashboard_url(settings)}healthz", proc, timeout=60)
+        except RuntimeError:
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-10:])
+            raise SystemExit(f"the dashboard (portrait api) exited with {proc.returncode}:\n{tail}") from None
+        except TimeoutError:
+            raise SystemExit(
+                f"the dashboard did not answer at {dashboard_url(settings)} within 60 s (log: {log_path})"
+            ) from None
         yield dashboard_url(settings)
     finally:
         stop_worker(proc)
-        log.close()
 
 
 def live_events(users: int, seed: int) -> list[dict[str, Any]]:

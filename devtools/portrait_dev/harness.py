@@ -59,7 +59,12 @@ def wait_healthy(
     settings: Settings, proc: subprocess.Popen[bytes] | None = None, timeout: float = 90.0, port: int | None = None
 ) -> None:
     """Wait until ``/healthz`` on ``port`` (default: the worker's ``web_port``) answers 200."""
-    url = f"http://{settings.web_host}:{port or settings.web_port}/healthz"
+    wait_http(f"http://{settings.web_host}:{port or settings.web_port}/healthz", proc, timeout)
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 90.0) -> None:
+    """Wait until ``url`` answers 200. RuntimeError when ``proc`` exits first, TimeoutError after
+    ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:

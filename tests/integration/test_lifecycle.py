@@ -17,21 +17,12 @@ import pytest
 
 from stream.storage.audiences import audience_members
 from stream.storage.store import Store
+from stream.tagging.lifecycle import LIFETIME_TAGS
 from tests import oracle
 from tests.integration.helpers import read_profiles, replay_and_settle, worker
 
 pytestmark = pytest.mark.integration
 START = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
-LIFECYCLE = (
-    "lifetime_orders",
-    "lifetime_value",
-    "tenure_days",
-    "mean_interpurchase_days",
-    "cv_interpurchase",
-    "expected_next_order",
-    "overdue_ratio",
-    "lifecycle_stage",
-)
 
 
 def _event(n: int, user: str, at: datetime, kind: str, **extra: object) -> dict[str, object]:
@@ -66,8 +57,8 @@ def test_a_customer_quiet_for_more_than_90_days_keeps_a_lapsed_profile(make_sett
     assert quiet_days < 1 and int(loyal["days_since_last_order"]) > 90
     users = sorted({str(e["user_id"]) for e in events})
     want = {u: oracle.lifecycle_tags([e for e in events if e["user_id"] == u], clock) for u in users}
-    assert {u: {t: profiles[u].get(t) for t in LIFECYCLE} for u in users} == {
-        u: {t: want[u].get(t) for t in LIFECYCLE} for u in users
+    assert {u: {t: profiles[u].get(t) for t in LIFETIME_TAGS} for u in users} == {
+        u: {t: want[u].get(t) for t in LIFETIME_TAGS} for u in users
     }
     assert loyal["lifecycle_stage"] == "lapsed" and loyal["lifetime_orders"] == "5"
     assert loyal["frequency_90d"] == "0" and loyal["activity_level"] == "dormant"

@@ -151,15 +151,20 @@ def replay_and_settle(settings: Settings, events: list[dict], counter: str = "me
     asyncio.run(processed_and_settled(settings, before + report.total, counter=counter))
 
 
+async def public_profiles(store: Store) -> tuple[dict[str, dict[str, str]], float | None]:
+    """Every profile in ``store`` (public tags only: what the oracle computes) and its clock."""
+    found: dict[str, dict[str, str]] = {}
+    uids = [uid async for uid in stored_users(store.client, store.keys)]
+    for uid, profile in (await profiles(store.client, store.keys, uids)).items():
+        # model outputs are not tags of docs/tags.md: the tag oracle does not compute them
+        found[uid] = {k: v for k, v in profile.items() if not k.startswith("_") and k not in MODEL_TAGS}
+    return found, await store.clock()
+
+
 async def read_profiles(settings: Settings) -> tuple[dict[str, dict[str, str]], float]:
     """Every stored profile (public tags only) and the event-time clock."""
     async with Store.open(settings) as store:
-        found: dict[str, dict[str, str]] = {}
-        uids = [uid async for uid in stored_users(store.client, store.keys)]
-        for uid, profile in (await profiles(store.client, store.keys, uids)).items():
-            # model outputs are not tags of docs/tags.md: the tag oracle does not compute them
-            found[uid] = {k: v for k, v in profile.items() if not k.startswith("_") and k not in MODEL_TAGS}
-        clock = await store.clock()
+        found, clock = await public_profiles(store)
         assert clock is not None
         return found, clock
 

@@ -28,13 +28,11 @@ from portrait_dev.valkey_cluster import ValkeyCluster, running_cluster
 from redis.crc import key_slot
 
 from stream.cli.main import main
-from stream.models import MODEL_TAGS
 from stream.offline.driver import OfflineRun, drive
-from stream.storage.audiences import profiles, stored_users
 from stream.storage.keys import Keys, erased_token
 from stream.storage.store import Store
 from stream.tagging.definitions import load_catalogue
-from tests.integration.helpers import ProfileDifferences, profile_differences
+from tests.integration.helpers import ProfileDifferences, profile_differences, public_profiles
 
 pytestmark = pytest.mark.integration
 RFM_TAGS = {"r_score", "f_score", "m_score", "rfm_segment"}
@@ -59,11 +57,9 @@ def _undisturbed(make_settings, events: list[dict]) -> ProfileDifferences:  # ty
     clock: list[float] = []
 
     async def inspect(store: Store) -> None:
-        uids = [u async for u in stored_users(store.client, store.keys)]
-        for uid, profile in (await profiles(store.client, store.keys, uids)).items():
-            # model outputs are not tags of docs/tags.md: the tag oracle does not compute them
-            seen[uid] = {k: v for k, v in profile.items() if not k.startswith("_") and k not in MODEL_TAGS}
-        clock.append(await store.clock() or 0.0)
+        found, now = await public_profiles(store)
+        seen.update(found)
+        clock.append(now or 0.0)
 
     asyncio.run(drive(make_settings(clock="event"), events, catalogue=load_catalogue(), inspect=inspect))
     return profile_differences(events, seen, clock[0])
@@ -77,11 +73,9 @@ def test_a_master_killed_mid_replay_loses_nothing(make_settings, cluster: Valkey
     runs: list[OfflineRun] = []
 
     async def inspect(store: Store) -> None:
-        uids = [u async for u in stored_users(store.client, store.keys)]
-        for uid, profile in (await profiles(store.client, store.keys, uids)).items():
-            # model outputs are not tags of docs/tags.md: the tag oracle does not compute them
-            seen[uid] = {k: v for k, v in profile.items() if not k.startswith("_") and k not in MODEL_TAGS}
-        clock.append(await store.clock() or 0.0)
+        found, now = await public_profiles(store)
+        seen.update(found)
+        clock.append(now or 0.0)
 
     # the replay runs in a thread; this one kills and restarts the master (a process started by a
     # thread that ends would get that thread's death signal)

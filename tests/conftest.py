@@ -124,6 +124,10 @@ class Names:
 
     token: str
 
+    @classmethod
+    def unique(cls) -> Names:
+        return cls(f"t{uuid.uuid4().hex[:12]}")
+
     @property
     def topic_prefix(self) -> str:
         return self.token
@@ -143,33 +147,39 @@ class Names:
 
 @pytest.fixture
 def names() -> Names:
-    return Names(f"t{uuid.uuid4().hex[:12]}")
+    return Names.unique()
+
+
+def session_settings(infra: InfraHandle, names: Names, state_dir: Path, **overrides: Any) -> Settings:
+    """Settings pointing at the session services with ``names``, after creating their topics
+    (``partitions`` defaults to 4). For module-scoped fixtures; tests use ``make_settings``."""
+    from portrait_dev.infra import free_port
+
+    values: dict[str, Any] = {
+        "broker_url": infra.broker_url,
+        "redis_url": infra.redis_url,
+        "topic_prefix": names.topic_prefix,
+        "key_prefix": names.key_prefix,
+        "app_id": names.app_id,
+        "state_file": state_dir / "infra.json",
+        "partitions": 4,
+        "web_port": free_port(),
+    }
+    values.update(overrides)
+    settings = Settings(**values)
+    infra.create_topics(Topics(settings.topic_prefix).all, settings.partitions)
+    return settings
 
 
 @pytest.fixture
 def make_settings(
     infra: InfraHandle, names: Names, tmp_path: Path, redis_backend: str, request: pytest.FixtureRequest
 ) -> Callable[..., Settings]:
-    from portrait_dev.infra import free_port
-
     redis_url = infra.redis_url
     if redis_backend == "cluster":
         redis_url = request.getfixturevalue("valkey_cluster").url
 
     def make(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {
-            "broker_url": infra.broker_url,
-            "redis_url": redis_url,
-            "topic_prefix": names.topic_prefix,
-            "key_prefix": names.key_prefix,
-            "app_id": names.app_id,
-            "state_file": tmp_path / "infra.json",
-            "partitions": 4,
-            "web_port": free_port(),
-        }
-        values.update(overrides)
-        settings = Settings(**values)
-        infra.create_topics(Topics(settings.topic_prefix).all, settings.partitions)
-        return settings
+        return session_settings(infra, names, tmp_path, **{"redis_url": redis_url, **overrides})
 
     return make

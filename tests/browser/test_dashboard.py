@@ -16,7 +16,6 @@ import csv
 import io
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,11 +31,11 @@ from portrait_dev.infra import free_port
 from pydantic import SecretStr
 
 from stream.api.app import create_app
-from stream.contracts.topics import Topics
 from stream.settings import Settings
 from stream.storage.reads import Reads
 from stream.storage.store import Store
 from tests import oracle
+from tests.conftest import Names, session_settings
 from tests.integration.helpers import replay_and_settle, worker
 
 pytestmark = pytest.mark.integration
@@ -99,22 +98,15 @@ class _Server(uvicorn.Server):
 
 @pytest.fixture(scope="module")
 def served(infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    token = f"t{uuid.uuid4().hex[:12]}"
     tmp = tmp_path_factory.mktemp("dashboard")
-    settings = Settings(
-        broker_url=infra.broker_url,
-        redis_url=infra.redis_url,
-        topic_prefix=token,
-        key_prefix=token,
-        app_id=f"portrait-{token}",
-        state_file=tmp / "infra.json",
-        partitions=4,
-        web_port=free_port(),
+    settings = session_settings(
+        infra,
+        Names.unique(),
+        tmp,
         clock="event",
         api_port=free_port(),
         api_insights_interval_s=1.0,
     )
-    infra.create_topics(Topics(token).all, settings.partitions)
     events = synth.generate(users=150, events=3000, seed=19, days=85)
     sent, merged_user = _merge_a_device(events)
     with worker(settings, tmp / "worker.log"):

@@ -23,17 +23,16 @@ from zoneinfo import ZoneInfo
 import pytest
 from fastapi.testclient import TestClient
 from portrait_dev import synth
-from portrait_dev.infra import free_port
 from pydantic import SecretStr
 
 from stream.api.app import create_app
 from stream.api.refresher import Refresher
-from stream.contracts.topics import Topics
 from stream.settings import Settings
 from stream.storage.reads import Reads
 from stream.storage.store import Store
 from stream.tagging.definitions import load_catalogue
 from tests import oracle
+from tests.conftest import Names, session_settings
 from tests.integration.helpers import read_stats, replay_and_settle, worker
 from tests.integration.triggers import RULES, expected_conversions, expected_triggers, held_out
 
@@ -96,22 +95,15 @@ async def _read_back(settings: Settings, users: set[str]) -> tuple[dict[str, dic
 
 @pytest.fixture(scope="module")
 def replayed(infra, tmp_path_factory: pytest.TempPathFactory) -> Replayed:
-    token = f"t{uuid.uuid4().hex[:12]}"
     tmp = tmp_path_factory.mktemp("api")
-    settings = Settings(
-        broker_url=infra.broker_url,
-        redis_url=infra.redis_url,
-        topic_prefix=token,
-        key_prefix=token,
-        app_id=f"portrait-{token}",
-        state_file=tmp / "infra.json",
-        partitions=4,
-        web_port=free_port(),
+    settings = session_settings(
+        infra,
+        Names.unique(),
+        tmp,
         clock="event",
         rules_file=RULES,
         delivery_horizon_s=0,  # the rule figures of the replayed history are checked: send them
     )
-    infra.create_topics(Topics(token).all, settings.partitions)
     base = synth.generate(users=200, events=4500, seed=23, days=85)
     events = sorted(base + _odd_events(base), key=lambda e: (e["ts"], e["event_id"]))
     with worker(settings, tmp / "worker.log"):

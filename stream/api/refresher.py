@@ -24,7 +24,7 @@ import multiprocessing
 import signal
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -180,24 +180,27 @@ class Refresher:
         return self.latest
 
     async def run_passes(self) -> None:
-        while True:
-            try:
-                await self.refresh()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # Redis away, a bad record: keep the last aggregate, try again later
-                log.exception("insights pass failed; keeping the previous aggregate")
-            await asyncio.sleep(self.settings.api_insights_interval_s)
+        def failed(_exc: Exception) -> None:  # Redis away, a bad record: keep the last aggregate
+            log.exception("insights pass failed; keeping the previous aggregate")
+
+        await _every(self.settings.api_insights_interval_s, self.refresh, failed)
 
     async def run_rate(self) -> None:
-        while True:
-            try:
-                await self.sample_rate()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("event rate sample failed: %s", exc)
-            await asyncio.sleep(RATE_SAMPLE_S)
+        def failed(exc: Exception) -> None:
+            log.warning("event rate sample failed: %s", exc)
+
+        await _every(RATE_SAMPLE_S, self.sample_rate, failed)
 
     def tasks(self) -> Iterable[asyncio.Task[None]]:
         return (asyncio.create_task(self.run_passes()), asyncio.create_task(self.run_rate()))
+
+
+async def _every(pause_s: float, step: Callable[[], Awaitable[object]], failed: Callable[[Exception], None]) -> None:
+    """Run ``step`` forever, ``pause_s`` after each end; a failure goes to ``failed`` and the
+    loop goes on (only cancelling the task stops it)."""
+    while True:
+        try:
+            await step()
+        except Exception as exc:  # CancelledError is no Exception: it stops the loop
+            failed(exc)
+        await asyncio.sleep(pause_s)

@@ -41,28 +41,18 @@ from stream.api.models import (
     Trends,
 )
 from stream.api.problems import ProblemError
-from stream.api.refresher import HOUR, Snapshot
+from stream.api.refresher import CHURN_BANDS, HOUR, Snapshot
 from stream.rules.counters import RuleCounter, parsed
 from stream.rules.effect import GroupStats, RuleEffect, effects
 from stream.rules.uplift import newcombe
+from stream.tagging.engine import RFM_SEGMENTS as ENGINE_RFM_SEGMENTS
 from stream.tagging.profile import to_iso
 
 router = APIRouter(prefix="/v1/insights", tags=["insights"])
 
 FIRST_PASS_WAIT_S = 10.0
-RFM_SEGMENTS = (
-    "Champions",
-    "Loyal",
-    "Potential Loyalists",
-    "New Customers",
-    "Promising",
-    "Need Attention",
-    "About To Sleep",
-    "Can't Lose",
-    "At Risk",
-    "Hibernating",
-    "Prospects",
-)
+# the segments in the engine's order, then the one of users without an order
+RFM_SEGMENTS = (*(name for name, _, _ in ENGINE_RFM_SEGMENTS), "Prospects")
 
 
 async def snapshot_of(api: ApiContext) -> Snapshot:
@@ -107,7 +97,7 @@ async def overview(api: Annotated[ApiContext, Depends(api_of)]) -> Overview:
         events_applied=stats.get("events_applied", 0),
         rfm_segments=shares(agg.counts("rfm_segment"), _domain(api, "rfm_segment") or RFM_SEGMENTS),
         value_tiers=shares(agg.counts("value_tier"), _domain(api, "value_tier")),
-        churn_bands=shares(agg.counts("churn_band"), ("low", "medium", "high")),
+        churn_bands=shares(agg.counts("churn_band"), CHURN_BANDS),
     )
 
 
@@ -241,7 +231,7 @@ async def churn(
             HistogramBin(low=round(i * width, 10), high=round((i + 1) * width, 10), users=n)
             for i, n in enumerate(agg.histogram)
         ],
-        bands=shares(agg.counts("churn_band"), ("low", "medium", "high")),
+        bands=shares(agg.counts("churn_band"), CHURN_BANDS),
         valuable_tiers=list(VALUABLE_TIERS),
         at_risk_valuable=at_risk,
     )

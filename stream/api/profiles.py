@@ -26,6 +26,7 @@ from stream.api.models import (
     TagList,
 )
 from stream.api.problems import ProblemError
+from stream.rules.config import MODEL_TAG_DOMAINS
 from stream.service.profiles import typed_profile, typed_profiles
 from stream.tagging import state as slots
 from stream.tagging.definitions import TagCatalogue
@@ -217,9 +218,8 @@ async def tags(api: Annotated[ApiContext, Depends(api_of)]) -> TagList:
     for row in catalogue_rows(api.catalogue):
         definition = defs.get(row["name"])
         label = definition.label if definition is not None else None
-        values = list(definition.values) if definition is not None and definition.values else None
-        if row["name"] == "churn_band":
-            values = ["low", "medium", "high"]
+        domain = definition or MODEL_TAG_DOMAINS.get(row["name"])
+        values = list(domain.values) if domain is not None and domain.values else None
         out.append(
             TagInfo(
                 **row,

@@ -32,6 +32,7 @@ from typing import Any
 
 from stream.api.aggregate import Aggregate
 from stream.models.config import ModelsConfig
+from stream.rules.config import MODEL_TAG_DOMAINS
 from stream.settings import Settings
 from stream.storage.reads import Pair, Reads
 from stream.tagging.definitions import TagCatalogue
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 RATE_SAMPLE_S = 2.0
 RATE_WINDOW_S = 30.0
 HOUR = 3600
+CHURN_BANDS = tuple(MODEL_TAG_DOMAINS["churn_band"].values or ())  # low, medium, high
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ def domain_pairs(catalogue: TagCatalogue, models: ModelsConfig | None) -> list[P
         elif tag.type == "int" and tag.min is not None and tag.max is not None and tag.max - tag.min <= 100:
             pairs.extend((tag.name, str(v)) for v in range(math.ceil(tag.min), math.floor(tag.max) + 1))
     if models is not None:
-        pairs.extend(("churn_band", band) for band in ("low", "medium", "high"))
+        pairs.extend(("churn_band", band) for band in CHURN_BANDS)
     return pairs
 
 

@@ -34,7 +34,8 @@ AT_RISK_LIMIT = 50
 HISTOGRAM_BINS = 10
 
 
-def _int(value: str | None) -> int | None:
+def parse_int(value: str | None) -> int | None:
+    """A stored profile value as an int; None when absent or not a whole number."""
     if value is None:
         return None
     try:
@@ -43,7 +44,8 @@ def _int(value: str | None) -> int | None:
         return None
 
 
-def _float(value: str | None) -> float | None:
+def parse_float(value: str | None) -> float | None:
+    """A stored profile value as a finite float; None when absent, not a number, NaN or infinite."""
     if value is None:
         return None
     try:
@@ -115,19 +117,19 @@ class Aggregate:
 
     def add(self, uid: str, profile: Mapping[str, str], hours: Mapping[int, Mapping[int, int]] | None) -> None:
         self.users += 1
-        if (_int(profile.get("events_7d")) or 0) > 0:
+        if (parse_int(profile.get("events_7d")) or 0) > 0:
             self.active_7d += 1
-        if (_int(profile.get("events_30d")) or 0) > 0:
+        if (parse_int(profile.get("events_30d")) or 0) > 0:
             self.active_30d += 1
         for tag in self.COUNTED:
             value = profile.get(tag)
             if value is not None:
                 self.values.setdefault(tag, Counter())[value] += 1
 
-        r, f = _int(profile.get("r_score")), _int(profile.get("f_score"))
+        r, f = parse_int(profile.get("r_score")), parse_int(profile.get("f_score"))
         if r is not None and f is not None:
             self.rfm_users[(r, f)] += 1
-            self.rfm_cents[(r, f)] += round((_float(profile.get("monetary_90d")) or 0.0) * 100)
+            self.rfm_cents[(r, f)] += round((parse_float(profile.get("monetary_90d")) or 0.0) * 100)
 
         abandoned = profile.get("cart_abandoned") == "true"
         self.cart_abandoned += abandoned
@@ -139,15 +141,15 @@ class Aggregate:
         if top:
             self.first_categories[top[0]] += 1
 
-        rating = _float(profile.get("avg_rating_90d"))
+        rating = parse_float(profile.get("avg_rating_90d"))
         if rating is not None:
             self.rated_users += 1
             self.rating_sum += rating
-        complaints = _int(profile.get("complaints_90d")) or 0
+        complaints = parse_int(profile.get("complaints_90d")) or 0
         self.complaints += complaints
         self.users_with_complaints += complaints > 0
 
-        risk = _float(profile.get("churn_risk"))
+        risk = parse_float(profile.get("churn_risk"))
         if risk is not None:
             self.scored_users += 1
             self.histogram[risk_bin(risk)] += 1

@@ -14,7 +14,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
-from stream.api.aggregate import ACTIVITY_DAYS, HISTOGRAM_BINS, VALUABLE_TIERS, Aggregate
+from stream.api.aggregate import ACTIVITY_DAYS, HISTOGRAM_BINS, VALUABLE_TIERS, Aggregate, parse_float
 from stream.api.context import ApiContext, api_of
 from stream.api.models import (
     ActivityHeatmap,
@@ -194,13 +194,6 @@ async def satisfaction(api: Annotated[ApiContext, Depends(api_of)]) -> Satisfact
     )
 
 
-def _number(value: str | None) -> float | None:
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
-
-
 @router.get("/churn", response_model=ChurnRisk)
 async def churn(
     api: Annotated[ApiContext, Depends(api_of)],
@@ -212,14 +205,14 @@ async def churn(
     width = 1 / HISTOGRAM_BINS
     at_risk = []
     for risk, uid, profile in agg.at_risk()[:limit]:
-        days = _number(profile.get("days_since_last_order"))
+        days = parse_float(profile.get("days_since_last_order"))
         at_risk.append(
             AtRiskUser(
                 user_id=uid,
                 churn_risk=risk,
                 churn_band=profile.get("churn_band"),
                 value_tier=profile.get("value_tier"),
-                monetary_90d=_number(profile.get("monetary_90d")),
+                monetary_90d=parse_float(profile.get("monetary_90d")),
                 rfm_segment=profile.get("rfm_segment"),
                 days_since_last_order=int(days) if days is not None else None,
             )

@@ -31,6 +31,7 @@ from fastapi.responses import StreamingResponse
 from stream.api.context import ApiContext, api_of
 from stream.api.models import AudienceList, AudienceMembers, AudienceSize
 from stream.api.problems import ProblemError
+from stream.api.profiles import check_fields, comma_list
 from stream.core.pipeline import MODEL_AUDIENCE_TAGS
 from stream.storage.reads import Pair, Reads
 from stream.tagging.definitions import TagCatalogue
@@ -40,6 +41,11 @@ router = APIRouter(tags=["audiences"])
 
 MAX_PAGE = 1000
 EXPORT_PAGE = 1000
+
+# the expression's query terms, shared by the members and the export endpoints
+AndTerms = Annotated[list[str] | None, Query(alias="and", description="tag:value (repeatable)")]
+OrTerms = Annotated[list[str] | None, Query(alias="or", description="tag:value (repeatable)")]
+NotTerms = Annotated[list[str] | None, Query(alias="not", description="tag:value (repeatable)")]
 
 
 @dataclass(frozen=True)
@@ -283,16 +289,14 @@ async def export_audience(
     tag: str,
     value: str,
     api: Annotated[ApiContext, Depends(api_of)],
-    and_: Annotated[list[str] | None, Query(alias="and", description="tag:value (repeatable)")] = None,
-    or_: Annotated[list[str] | None, Query(alias="or", description="tag:value (repeatable)")] = None,
-    not_: Annotated[list[str] | None, Query(alias="not", description="tag:value (repeatable)")] = None,
+    and_: AndTerms = None,
+    or_: OrTerms = None,
+    not_: NotTerms = None,
     fields: Annotated[str | None, Query(description="comma-separated profile fields to add as columns")] = None,
 ) -> StreamingResponse:
     """The audience's members as CSV (``user_id`` and the chosen profile fields), streamed in pages."""
-    from stream.api.profiles import _split, check_fields
-
     expr = expression_of(tag, value, and_ or [], or_ or [], not_ or [], api.catalogue)
-    selected = _split(fields) or []
+    selected = comma_list(fields) or []
     check_fields(selected, api.catalogue)
     types = field_types(api.catalogue)
     p = await plan(api.reads, expr)
@@ -325,9 +329,9 @@ async def get_audience(
     tag: str,
     value: str,
     api: Annotated[ApiContext, Depends(api_of)],
-    and_: Annotated[list[str] | None, Query(alias="and", description="tag:value (repeatable)")] = None,
-    or_: Annotated[list[str] | None, Query(alias="or", description="tag:value (repeatable)")] = None,
-    not_: Annotated[list[str] | None, Query(alias="not", description="tag:value (repeatable)")] = None,
+    and_: AndTerms = None,
+    or_: OrTerms = None,
+    not_: NotTerms = None,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=0, le=MAX_PAGE, description="members per page (0: size only)")] = 100,
 ) -> AudienceMembers:

@@ -143,14 +143,15 @@ def state_parts(state: UserState, parts: frozenset[str], now: float) -> dict[str
 
 
 def check_parts(include: str | None) -> frozenset[str]:
-    parts = frozenset(_split(include) or ())
+    parts = frozenset(comma_list(include) or ())
     for part in sorted(parts):
         if part not in PARTS:
             raise ProblemError(422, "Unknown part", f"include: {part!r} is not one of {', '.join(PARTS)}")
     return parts
 
 
-def _split(fields: str | None) -> list[str] | None:
+def comma_list(fields: str | None) -> list[str] | None:
+    """The items of a comma-separated query value (blanks dropped); None when it was not given."""
     return [f.strip() for f in fields.split(",") if f.strip()] if fields is not None else None
 
 
@@ -187,7 +188,7 @@ async def get_profile(
     """A user's profile. The id is one percent-encoded path segment (``{`` as ``%7B``, ``/`` as
     ``%2F``, UTF-8 bytes for non-ASCII); ``anon:<id>`` addresses an anonymous visitor (a merged
     one answers with the user it was merged into)."""
-    selected = check_fields(_split(fields), api.catalogue)
+    selected = check_fields(comma_list(fields), api.catalogue)
     parts = check_parts(include)
     subject, requested = user_id, None
     typed = await typed_profile(api.reads, user_id, api.catalogue)

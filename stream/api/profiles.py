@@ -66,7 +66,6 @@ def shape(
     requested: str | None = None,
 ) -> Profile:
     """A typed profile hash as the API's ``Profile``."""
-    levels = {t.name: t.level for t in catalogue.tags}
     tags = {
         k: v
         for k, v in typed.items()
@@ -76,6 +75,7 @@ def shape(
     grouped: dict[str, dict[str, Any]] | None = None
     if group_by == "level":
         grouped = {}
+        levels = {t.name: t.level for t in catalogue.tags}
         for name, value in tags.items():
             grouped.setdefault(levels.get(name, "other"), {})[name] = value
     return Profile(

@@ -92,7 +92,7 @@ def create_app(
     models = load_models_config(settings.models_file) if settings.models_enabled else None
     own_reads = reads is None
     store = reads or Reads.from_settings(settings)
-    api = ApiContext(settings, store, catalogue, models, Refresher(store, settings, catalogue, models))
+    api = ApiContext(settings, store, Refresher(store, settings, catalogue, models))
 
     watcher = FileWatcher(
         settings.tags_file or default_tags_path(),
@@ -108,7 +108,7 @@ def create_app(
             await asyncio.sleep(CATALOGUE_POLL_S)
             loaded = watcher.poll()
             if loaded is not None:
-                api.catalogue = api.refresher.catalogue = loaded
+                api.refresher.catalogue = loaded
                 log.info("tag catalogue reloaded: version %d", loaded.version)
 
     @contextlib.asynccontextmanager

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from stream.api.refresher import Refresher
-from stream.models.config import ModelsConfig
 from stream.settings import Settings
 from stream.storage.reads import Reads
 from stream.tagging.definitions import TagCatalogue
@@ -17,9 +16,12 @@ from stream.tagging.definitions import TagCatalogue
 class ApiContext:
     settings: Settings
     reads: Reads
-    catalogue: TagCatalogue
-    models: ModelsConfig | None
     refresher: Refresher
+
+    @property
+    def catalogue(self) -> TagCatalogue:
+        """The catalogue in force: the refresher's, which a reload replaces (``stream.api.app``)."""
+        return self.refresher.catalogue
 
 
 def api_of(request: Request) -> ApiContext:

@@ -5,7 +5,7 @@ import { draw } from "../charts.js";
 import { card, chartBox, fill, h, kpi, layout, table } from "../dom.js";
 import { int } from "../format.js";
 import { language, t } from "../i18n.js";
-import { asOf, chartOf, slotDiv } from "./common.js";
+import { chartOf, pageHead, showHead, slotDiv } from "./common.js";
 
 const DAYS = { en: ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"], zh: ["周一", "周二", "周三", "周四", "周五", "周六", "周日"] };
 const HOURS = Array.from({ length: 24 }, (_, i) => `${String(i).padStart(2, "0")}:00`);
@@ -21,8 +21,7 @@ export default {
 
   render(root, { activity, categories }) {
     layout(root, "activity", () => [
-      slotDiv("kpis"),
-      h("p", { class: "hint", dataset: { slot: "asof" } }),
+      ...pageHead(),
       h("div", { class: "grid" }, card(t("activity.title", { days: activity.window_days }), chartBox("activity-heatmap", "tall"), { span: 12, id: "activity" })),
       h(
         "div",
@@ -31,8 +30,7 @@ export default {
         card(t("activity.categories"), slotDiv("categories"), { span: 5 }),
       ),
     ]);
-    fill(root, "kpis", h("div", { class: "kpis" }, kpi("activity_total", t("activity.total"), int(activity.total), { raw: activity.total })));
-    root.querySelector('[data-slot="asof"]').textContent = asOf(activity.meta);
+    showHead(root, activity.meta, kpi("activity_total", t("activity.total"), int(activity.total), { raw: activity.total }));
     const days = DAYS[language()] || DAYS.en;
     const cells = [];
     let max = 1;

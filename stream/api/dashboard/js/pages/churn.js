@@ -6,7 +6,7 @@ import { donutOption, draw } from "../charts.js";
 import { card, chartBox, empty, fill, h, kpi, layout, table } from "../dom.js";
 import { int, money, pct } from "../format.js";
 import { t, valueLabel } from "../i18n.js";
-import { asOf, chartOf, profileLink, slotDiv } from "./common.js";
+import { chartOf, pageHead, profileLink, showHead, slotDiv } from "./common.js";
 
 export default {
   id: "churn",
@@ -18,8 +18,7 @@ export default {
 
   render(root, c) {
     layout(root, "churn", () => [
-      slotDiv("kpis"),
-      h("p", { class: "hint", dataset: { slot: "asof" } }),
+      ...pageHead(),
       h(
         "div",
         { class: "grid" },
@@ -28,17 +27,12 @@ export default {
       ),
       h("div", { class: "grid" }, card(t("churn.list"), slotDiv("list"), { span: 12, id: "at-risk" })),
     ]);
-    fill(
+    showHead(
       root,
-      "kpis",
-      h(
-        "div",
-        { class: "kpis" },
-        kpi("scored_users", t("churn.scored"), int(c.scored_users), { raw: c.scored_users }),
-        ...c.bands.map((b) => kpi(`band_${b.value}`, valueLabel("churn_band", b.value), int(b.users), { raw: b.users, sub: pct(b.share) })),
-      ),
+      c.meta,
+      kpi("scored_users", t("churn.scored"), int(c.scored_users), { raw: c.scored_users }),
+      ...c.bands.map((b) => kpi(`band_${b.value}`, valueLabel("churn_band", b.value), int(b.users), { raw: b.users, sub: pct(b.share) })),
     );
-    root.querySelector('[data-slot="asof"]').textContent = asOf(c.meta);
     draw(chartOf(root, "churn-histogram"), {
       grid: { left: 8, right: 16, top: 24, bottom: 8, containLabel: true },
       tooltip: { trigger: "axis", axisPointer: { type: "shadow" } },

@@ -5,7 +5,7 @@ import { draw } from "../charts.js";
 import { card, chartBox, fill, h, kpi, layout, table } from "../dom.js";
 import { int, pct } from "../format.js";
 import { t, valueLabel } from "../i18n.js";
-import { asOf, chartOf, slotDiv } from "./common.js";
+import { chartOf, pageHead, showHead, slotDiv } from "./common.js";
 
 export default {
   id: "funnel",
@@ -17,8 +17,7 @@ export default {
 
   render(root, funnel) {
     layout(root, "funnel", () => [
-      slotDiv("kpis"),
-      h("p", { class: "hint", dataset: { slot: "asof" } }),
+      ...pageHead(),
       h(
         "div",
         { class: "grid" },
@@ -26,18 +25,13 @@ export default {
         card(t("funnel.conversion"), slotDiv("steps"), { span: 5 }),
       ),
     ]);
-    fill(
+    showHead(
       root,
-      "kpis",
-      h(
-        "div",
-        { class: "kpis" },
-        kpi("cart_abandonment_rate", t("funnel.abandonRate"), pct(funnel.cart_abandonment_rate), { raw: funnel.cart_abandonment_rate }),
-        kpi("cart_abandoned", t("funnel.abandoned"), int(funnel.cart_abandoned), { raw: funnel.cart_abandoned, unit: t("common.users") }),
-        kpi("carted", t("funnel.carted"), int(funnel.carted), { raw: funnel.carted, unit: t("common.users") }),
-      ),
+      funnel.meta,
+      kpi("cart_abandonment_rate", t("funnel.abandonRate"), pct(funnel.cart_abandonment_rate), { raw: funnel.cart_abandonment_rate }),
+      kpi("cart_abandoned", t("funnel.abandoned"), int(funnel.cart_abandoned), { raw: funnel.cart_abandoned, unit: t("common.users") }),
+      kpi("carted", t("funnel.carted"), int(funnel.carted), { raw: funnel.carted, unit: t("common.users") }),
     );
-    root.querySelector('[data-slot="asof"]').textContent = asOf(funnel.meta);
     const top = Math.max(1, funnel.steps[0]?.users ?? 1);
     draw(chartOf(root, "funnel"), {
       tooltip: { trigger: "item", formatter: (p) => `${p.name}: ${int(p.value)} ${t("common.users")}` },

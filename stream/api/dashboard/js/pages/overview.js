@@ -5,7 +5,7 @@ import { barsOption, donutOption, draw } from "../charts.js";
 import { card, chartBox, empty, fill, h, kpi, layout } from "../dom.js";
 import { int, num, pct, time } from "../format.js";
 import { t, tagLabel, valueLabel } from "../i18n.js";
-import { asOf, audienceLabel, chartOf, slotDiv } from "./common.js";
+import { audienceLabel, chartOf, pageHead, showHead, slotDiv } from "./common.js";
 
 // Trend lines drawn on the overview; the sentences cover every audience that moved.
 const TREND_LINES = ["rfm_segment:At Risk", "rfm_segment:Champions", "rfm_segment:Hibernating", "churn_band:high", "cart_abandoned:true"];
@@ -22,8 +22,7 @@ export default {
 
   render(root, { overview: o, trends }) {
     layout(root, "overview", () => [
-      slotDiv("kpis"),
-      h("p", { class: "hint", dataset: { slot: "asof" } }),
+      ...pageHead(),
       h(
         "div",
         { class: "grid" },
@@ -38,29 +37,24 @@ export default {
         card(t("overview.trends"), slotDiv("trend-list"), { span: 5, id: "trend-list" }),
       ),
     ]);
-    fill(
+    showHead(
       root,
-      "kpis",
-      h(
-        "div",
-        { class: "kpis" },
-        kpi("users", t("overview.users"), int(o.users), { raw: o.users }),
-        kpi("active_7d", t("overview.active7"), int(o.active_7d), {
-          raw: o.active_7d,
-          sub: t("overview.ofUsers", { share: pct(o.users ? o.active_7d / o.users : null) }),
-        }),
-        kpi("active_30d", t("overview.active30"), int(o.active_30d), {
-          raw: o.active_30d,
-          sub: t("overview.ofUsers", { share: pct(o.users ? o.active_30d / o.users : null) }),
-        }),
-        kpi("events_per_second", t("overview.eps"), num(o.events_per_second ?? 0, 1), {
-          raw: o.events_per_second ?? 0,
-          unit: t("common.perSecond"),
-        }),
-        kpi("events_applied", t("overview.applied"), int(o.events_applied), { raw: o.events_applied }),
-      ),
+      o.meta,
+      kpi("users", t("overview.users"), int(o.users), { raw: o.users }),
+      kpi("active_7d", t("overview.active7"), int(o.active_7d), {
+        raw: o.active_7d,
+        sub: t("overview.ofUsers", { share: pct(o.users ? o.active_7d / o.users : null) }),
+      }),
+      kpi("active_30d", t("overview.active30"), int(o.active_30d), {
+        raw: o.active_30d,
+        sub: t("overview.ofUsers", { share: pct(o.users ? o.active_30d / o.users : null) }),
+      }),
+      kpi("events_per_second", t("overview.eps"), num(o.events_per_second ?? 0, 1), {
+        raw: o.events_per_second ?? 0,
+        unit: t("common.perSecond"),
+      }),
+      kpi("events_applied", t("overview.applied"), int(o.events_applied), { raw: o.events_applied }),
     );
-    root.querySelector('[data-slot="asof"]').textContent = asOf(o.meta);
     const segments = o.rfm_segments.filter((s) => s.users > 0);
     draw(chartOf(root, "rfm-segments"), donutOption(segments.map((s) => valueLabel("rfm_segment", s.value)), segments.map((s) => s.users), { unit: t("common.users") }));
     draw(chartOf(root, "value-tiers"), barsOption(o.value_tiers.map((s) => valueLabel("value_tier", s.value)), o.value_tiers.map((s) => s.users), { unit: t("common.users") }));

@@ -5,7 +5,7 @@ import { draw } from "../charts.js";
 import { card, chartBox, fill, h, kpi, layout, table } from "../dom.js";
 import { int, money } from "../format.js";
 import { t } from "../i18n.js";
-import { asOf, chartOf, slotDiv } from "./common.js";
+import { chartOf, pageHead, showHead, slotDiv } from "./common.js";
 
 export default {
   id: "rfm",
@@ -17,8 +17,7 @@ export default {
 
   render(root, grid) {
     layout(root, "rfm", () => [
-      slotDiv("kpis"),
-      h("p", { class: "hint", dataset: { slot: "asof" } }),
+      ...pageHead(),
       h(
         "div",
         { class: "grid" },
@@ -28,17 +27,12 @@ export default {
     ]);
     const withBuyers = grid.cells.filter((c) => c.users > 0);
     const spend = withBuyers.reduce((sum, c) => sum + c.users * (c.avg_monetary ?? 0), 0);
-    fill(
+    showHead(
       root,
-      "kpis",
-      h(
-        "div",
-        { class: "kpis" },
-        kpi("buyers", t("rfm.buyers"), int(grid.buyers), { raw: grid.buyers }),
-        kpi("avg_monetary", t("rfm.avgM"), money(grid.buyers ? spend / grid.buyers : null, grid.unit), {}),
-      ),
+      grid.meta,
+      kpi("buyers", t("rfm.buyers"), int(grid.buyers), { raw: grid.buyers }),
+      kpi("avg_monetary", t("rfm.avgM"), money(grid.buyers ? spend / grid.buyers : null, grid.unit), {}),
     );
-    root.querySelector('[data-slot="asof"]').textContent = asOf(grid.meta);
     const max = Math.max(1, ...grid.cells.map((c) => c.users));
     draw(chartOf(root, "rfm-grid"), {
       tooltip: {

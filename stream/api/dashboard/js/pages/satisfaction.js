@@ -2,10 +2,10 @@
 
 import { get } from "../api.js";
 import { donutOption, draw } from "../charts.js";
-import { card, chartBox, fill, h, kpi, layout } from "../dom.js";
+import { card, chartBox, h, kpi, layout } from "../dom.js";
 import { int, num } from "../format.js";
 import { t, tagLabel, valueLabel } from "../i18n.js";
-import { asOf, chartOf, slotDiv } from "./common.js";
+import { chartOf, pageHead, showHead } from "./common.js";
 
 export default {
   id: "satisfaction",
@@ -17,8 +17,7 @@ export default {
 
   render(root, s) {
     layout(root, "satisfaction", () => [
-      slotDiv("kpis"),
-      h("p", { class: "hint", dataset: { slot: "asof" } }),
+      ...pageHead(),
       h(
         "div",
         { class: "grid" },
@@ -26,20 +25,15 @@ export default {
         card(t("sat.nps_groups"), chartBox("nps-groups", "tall"), { span: 6, id: "nps-groups" }),
       ),
     ]);
-    fill(
+    showHead(
       root,
-      "kpis",
-      h(
-        "div",
-        { class: "kpis" },
-        kpi("average_rating", t("sat.rating"), num(s.average_rating, 2), { raw: s.average_rating, unit: "/ 5", sub: t("sat.rated", { n: int(s.rated_users) }) }),
-        kpi("nps", t("sat.nps"), s.nps === null ? "–" : num(s.nps, 1), { raw: s.nps, sub: t("sat.npsHint") }),
-        kpi("complaints", t("sat.complaints"), int(s.complaints), { raw: s.complaints, sub: t("sat.complainers", { n: int(s.users_with_complaints) }) }),
-        kpi("promoters", t("sat.promoters"), int(s.promoters), { raw: s.promoters, unit: t("common.users") }),
-        kpi("detractors", t("sat.detractors"), int(s.detractors), { raw: s.detractors, unit: t("common.users") }),
-      ),
+      s.meta,
+      kpi("average_rating", t("sat.rating"), num(s.average_rating, 2), { raw: s.average_rating, unit: "/ 5", sub: t("sat.rated", { n: int(s.rated_users) }) }),
+      kpi("nps", t("sat.nps"), s.nps === null ? "–" : num(s.nps, 1), { raw: s.nps, sub: t("sat.npsHint") }),
+      kpi("complaints", t("sat.complaints"), int(s.complaints), { raw: s.complaints, sub: t("sat.complainers", { n: int(s.users_with_complaints) }) }),
+      kpi("promoters", t("sat.promoters"), int(s.promoters), { raw: s.promoters, unit: t("common.users") }),
+      kpi("detractors", t("sat.detractors"), int(s.detractors), { raw: s.detractors, unit: t("common.users") }),
     );
-    root.querySelector('[data-slot="asof"]').textContent = asOf(s.meta);
     draw(chartOf(root, "satisfaction-classes"), {
       ...donutOption(s.classes.map((c) => valueLabel("satisfaction", c.value)), s.classes.map((c) => c.users), { unit: t("common.users") }),
       color: ["#1f9d6b", "#7a8699", "#d64545"],

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from stream import config_files
+from stream.tagging.lifecycle import LIFETIME_TAGS
 
 BUILTIN_TAGS: tuple[str, ...] = (
     "region",
@@ -52,14 +53,7 @@ BUILTIN_TAGS: tuple[str, ...] = (
     "complaints_90d",
     "nps_class",
     "satisfaction",
-    "lifetime_orders",
-    "lifetime_value",
-    "tenure_days",
-    "mean_interpurchase_days",
-    "cv_interpurchase",
-    "expected_next_order",
-    "overdue_ratio",
-    "lifecycle_stage",
+    *LIFETIME_TAGS,
 )
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")

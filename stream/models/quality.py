@@ -10,13 +10,25 @@ the metric is undefined (no example, or a single class for the AUCs).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 
 def _check(labels: Sequence[int], scores: Sequence[float]) -> None:
     if len(labels) != len(scores):
         raise ValueError(f"{len(labels)} labels but {len(scores)} scores")
+
+
+def _tie_groups(labels: Sequence[int], scores: Sequence[float], *, descending: bool) -> Iterator[tuple[int, int, int]]:
+    """The runs of tied scores in score order: (first position, last position, positives in the run)."""
+    order = sorted(range(len(scores)), key=lambda i: -scores[i] if descending else scores[i])
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
+            j += 1
+        yield i, j, sum(1 for k in range(i, j + 1) if labels[order[k]])
+        i = j + 1
 
 
 def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
@@ -26,16 +38,9 @@ def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
     neg = len(labels) - pos
     if not pos or not neg:
         return math.nan
-    order = sorted(range(len(scores)), key=lambda i: scores[i])
     rank_sum = 0.0
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
-            j += 1
-        avg_rank = (i + j) / 2 + 1
-        rank_sum += avg_rank * sum(1 for k in range(i, j + 1) if labels[order[k]])
-        i = j + 1
+    for i, j, positives in _tie_groups(labels, scores, descending=False):
+        rank_sum += ((i + j) / 2 + 1) * positives
     return (rank_sum - pos * (pos + 1) / 2) / (pos * neg)
 
 
@@ -46,19 +51,12 @@ def pr_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
     pos = sum(1 for y in labels if y)
     if not pos or pos == len(labels):
         return math.nan
-    order = sorted(range(len(scores)), key=lambda i: -scores[i])
     tp = seen = 0
     area = 0.0
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
-            j += 1
-        gained = sum(1 for k in range(i, j + 1) if labels[order[k]])
+    for i, j, gained in _tie_groups(labels, scores, descending=True):
         tp += gained
         seen += j - i + 1
         area += (gained / pos) * (tp / seen)
-        i = j + 1
     return area
 
 

@@ -154,7 +154,9 @@ class ChurnModel:
 
     def score(self, x: Mapping[str, float]) -> float:
         """Probability of churn within the horizon: the raw score calibrated (``calibration``)."""
-        raw = self.raw_score(x)
+        return self._calibrated(self.raw_score(x))
+
+    def _calibrated(self, raw: float) -> float:
         return self.calibrator.calibrate(raw) if self.calibrator is not None else raw
 
     def baseline(self, x: Mapping[str, float]) -> float:
@@ -165,7 +167,7 @@ class ChurnModel:
         """Progressive step: score ``example`` (before learning), update metrics, learn. Returns the score."""
         y = bool(label)
         raw = self.raw_score(example.features)
-        p = self.calibrator.calibrate(raw) if self.calibrator is not None else raw
+        p = self._calibrated(raw)
         self.auc.update(y, p)
         self.baseline_auc.update(y, self.baseline(example.features))
         self.log_loss.update(y, {True: p, False: 1.0 - p})

@@ -21,7 +21,7 @@ from stream.core.steps import next_needed
 from stream.core.writes import Decided, UserWrite
 from stream.models import Models, UserModelState
 from stream.models.runtime import qualifying_ts
-from stream.rules import Delivery, RuleSet, evaluate_rules, tags_referenced
+from stream.rules import Delivery, RuleSet, evaluate_rules, per_rule_set, tags_referenced
 from stream.rules.effect import count_decisions, exposure_due, open_exposures, track_conversions
 from stream.tagging.definitions import TagCatalogue
 from stream.tagging.engine import (
@@ -134,18 +134,11 @@ def plan_write(uid: str, version: int, state: UserState, now: float, context: Pl
     )
 
 
-_TRACKED: dict[int, tuple[RuleSet, list[str], str]] = {}
-
-
+@per_rule_set
 def _tracked_tags(rules: RuleSet) -> tuple[list[str], str]:
-    """Tags whose previous values rules compare against, and a short hash of that set (cached per
-    rule set: it is immutable)."""
-    cached = _TRACKED.get(id(rules))
-    if cached is None or cached[0] is not rules:
-        tracked = sorted(tags_referenced(rules))
-        digest = hashlib.sha256("\x1f".join(tracked).encode()).hexdigest()[:8]
-        cached = _TRACKED[id(rules)] = (rules, tracked, digest)
-    return cached[1], cached[2]
+    """Tags whose previous values rules compare against, and a short hash of that set."""
+    tracked = sorted(tags_referenced(rules))
+    return tracked, hashlib.sha256("\x1f".join(tracked).encode()).hexdigest()[:8]
 
 
 def _apply_rules(

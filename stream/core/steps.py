@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass
 
 from stream.models import MODEL_TAGS
-from stream.rules import RuleSet
+from stream.rules import RuleSet, per_rule_set
 from stream.rules.conditions import Condition, as_number, leaf_truth, leaves_of
 from stream.tagging.definitions import TagParams
 from stream.tagging.engine import (
@@ -52,13 +52,8 @@ class _Leaves:
     every: bool  # a leaf reads a tag that may change at any time: every change point is needed
 
 
-_CACHE: dict[int, tuple[RuleSet | None, _Leaves]] = {}
-
-
+@per_rule_set
 def _leaves(rules: RuleSet | None) -> _Leaves:
-    cached = _CACHE.get(id(rules))
-    if cached is not None and cached[0] is rules:
-        return cached[1]
     counters: list[Condition] = []
     others: list[Condition] = []
     every = False
@@ -71,9 +66,7 @@ def _leaves(rules: RuleSet | None) -> _Leaves:
                 others.append(leaf)
             elif tag not in MODEL_TAGS:
                 every = True
-    found = _Leaves(tuple(counters), tuple(others), every)
-    _CACHE[id(rules)] = (rules, found)
-    return found
+    return _Leaves(tuple(counters), tuple(others), every)
 
 
 def next_flip(leaf: Condition, anchor: float, now: float) -> float:

@@ -20,6 +20,7 @@ from stream.rules.config import (
     default_known_tags,
     load_rules,
     parse_rules,
+    per_rule_set,
     tag_domains,
     tags_referenced,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "holds",
     "load_rules",
     "parse_rules",
+    "per_rule_set",
     "register_action",
     "tag_domains",
     "tags_referenced",

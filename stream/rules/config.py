@@ -7,8 +7,9 @@ before the service consumes anything.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -151,6 +152,25 @@ class RuleSet(BaseModel):
 
     def conversion_window_for(self, rule: Rule) -> float:
         return rule.conversion_window or self.settings.default_conversion_window
+
+
+_R = TypeVar("_R", bound="RuleSet | None")
+_T = TypeVar("_T")
+
+
+def per_rule_set(derive: Callable[[_R], _T]) -> Callable[[_R], _T]:
+    """``derive`` computed once per rule set object (a ``RuleSet`` is immutable, and a worker calls
+    this per user step). Keyed by identity, not by value (hashing a rule set walks every rule);
+    the cache holds each rule set it saw, so an id is never reused for another."""
+    cache: dict[int, tuple[_R, _T]] = {}
+
+    def cached(rules: _R) -> _T:
+        hit = cache.get(id(rules))
+        if hit is None or hit[0] is not rules:
+            hit = cache[id(rules)] = (rules, derive(rules))
+        return hit[1]
+
+    return cached
 
 
 def tags_referenced(rules: RuleSet) -> set[str]:

@@ -5,7 +5,8 @@ of ``recency_days``/``days_since_last_order``, cart and NPS timers, retention). 
 every one is evaluated (the CRM reads the profile). In an event-time replay nobody reads a profile
 between two change points; what must happen exactly where live processing puts it is every
 *decision*: rule firings, churn snapshots and labels (the models' own times), exposures closing,
-the RFM population (rank metrics), deletion. ``next_needed`` is the earliest change point at which
+the RFM population (rank metrics: lifetime sums, so they change with events only, never at a
+change point), deletion. ``next_needed`` is the earliest change point at which
 one of those can differ from the evaluation just made; the change points before it are skipped,
 and every profile is brought to the clock when the input stops (``Processor.freshen``).
 
@@ -38,7 +39,6 @@ from stream.tagging.engine import (
     RfmThresholds,
     evaluate,
     next_due,
-    rank_metrics,
     retention_end,
 )
 from stream.tagging.lifecycle import DEFAULT_RETENTION_DAYS
@@ -94,9 +94,9 @@ def next_needed(
     params: TagParams,
     retention_days: int = DEFAULT_RETENTION_DAYS,
 ) -> float:
-    """The earliest change point after ``now`` that a rule or the RFM population needs evaluated
-    (or deletion, at the latest); ``profile`` is the user's tags at ``now``. The caller adds the
-    models' and the exposures' own times."""
+    """The earliest change point after ``now`` that a rule needs evaluated (or deletion, at the
+    latest; the RFM population changes only with events, see ``rank_metrics``); ``profile`` is
+    the user's tags at ``now``. The caller adds the models' and the exposures' own times."""
     leaves = _leaves(rules)
     if leaves.every:
         return next_due(state, now, params, retention_days)
@@ -105,18 +105,14 @@ def next_needed(
         anchor = getattr(state, DAY_COUNTERS[leaf.tag or ""])
         if anchor is not None:
             bound = min(bound, next_flip(leaf, anchor, now))
+    if not leaves.others:
+        return bound
     truths = [leaf_truth(leaf, profile.get(leaf.tag or "")) for leaf in leaves.others]
-    ranks = rank_metrics(state, now)
     at = now
     while True:
         at = next_due(state, at, params, retention_days, ticks=False)
         if at >= bound:
             return bound
-        if rank_metrics(state, at) != ranks:
+        tags = evaluate(state, at, thresholds, params)
+        if any(leaf_truth(leaf, tags.get(leaf.tag or "")) != t for leaf, t in zip(leaves.others, truths, strict=True)):
             return at
-        if leaves.others:
-            tags = evaluate(state, at, thresholds, params)
-            if any(
-                leaf_truth(leaf, tags.get(leaf.tag or "")) != t for leaf, t in zip(leaves.others, truths, strict=True)
-            ):
-                return at

@@ -24,7 +24,7 @@ from stream.core.pipeline import PlanContext, plan_write
 from stream.core.writes import LoadedUser, UserWrite
 from stream.identity.merge import anon_subject
 from stream.tagging.definitions import TagParams
-from stream.tagging.engine import LONGEST_WINDOW_DAYS, Applied, apply_event, day_of
+from stream.tagging.engine import Applied, apply_event, left_window
 from stream.tagging.state import UserState
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def too_late(state: UserState, epoch: float) -> bool:
     lifecycle memory has settled that day): it is dead-lettered as ``too_old``. Only the user's own
     timeline decides, never how far other users' partitions ran ahead."""
     at = state.evaluated_at
-    return at is not None and day_of(epoch) < day_of(at) - LONGEST_WINDOW_DAYS + 1
+    return at is not None and left_window(epoch, at)
 
 
 def sum_counters(stats: dict[str, int], writes: Iterable[UserWrite]) -> dict[str, int]:

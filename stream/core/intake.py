@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from stream.contracts.deadletter import DeadLetter, Reason
 from stream.contracts.events import Event, parse_event
 from stream.tagging.definitions import TagCatalogue
-from stream.tagging.engine import LONGEST_WINDOW_DAYS, UnknownCurrency, check_event, day_of
+from stream.tagging.engine import LONGEST_WINDOW_DAYS, UnknownCurrency, check_event, left_window
 from stream.tagging.state import POSITIONS_PER_OFFSET
 
 # A batch envelope (one Kafka message carrying many events, as web collectors send) holds at most
@@ -172,7 +172,7 @@ def classify(
     ts = event.epoch
     if ts > wall_now + max_future_skew_s:
         return dead("future_timestamp", f"ts {event.ts.isoformat()} is more than {max_future_skew_s:.0f}s ahead")
-    if math.isfinite(clock_now) and day_of(ts) < day_of(clock_now) - LONGEST_WINDOW_DAYS + 1:
+    if math.isfinite(clock_now) and left_window(ts, clock_now):
         return dead("too_old", f"ts {event.ts.isoformat()} is older than the {LONGEST_WINDOW_DAYS}-day window")
     try:
         check_event(event, catalogue.params)

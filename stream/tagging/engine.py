@@ -91,6 +91,12 @@ def day_of(ts: float) -> int:
     return math.floor(ts / DAY)
 
 
+def left_window(ts: float, now: float) -> bool:
+    """Whether the day of ``ts`` has left the longest window at ``now``: its tile is pruned then
+    (``prune``), so an event on that day can never count again."""
+    return day_of(ts) < day_of(now) - LONGEST_WINDOW_DAYS + 1
+
+
 def to_cents(amount: float, currency: str, params: TagParams) -> int:
     rate = params.currency_rates.get(currency)
     if rate is None:

@@ -15,7 +15,7 @@ Why skipping is exact for rules over tags: a condition fires on a step only if s
 and the previous profile matters only through those truths. So when no leaf's truth changes at a
 change point, evaluating it fires nothing and leaves every later decision as it was. Leaves on day
 counters flip at a day found from their operands; leaves on other tags of ``TICK_FREE_TAGS`` can
-only flip at ``next_due(..., ticks=False)``, probed in order. A leaf on a tag of neither kind makes
+only flip at ``change_points``, probed in order. A leaf on a tag of neither kind makes
 every change point needed (exact, not fast).
 
 The one approximation: leaves on model outputs (``churn_band``, ``churn_risk``,
@@ -37,6 +37,7 @@ from stream.tagging.engine import (
     DAY_COUNTERS,
     TICK_FREE_TAGS,
     RfmThresholds,
+    change_points,
     evaluate,
     next_due,
     retention_end,
@@ -108,11 +109,8 @@ def next_needed(
     if not leaves.others:
         return bound
     truths = [leaf_truth(leaf, profile.get(leaf.tag or "")) for leaf in leaves.others]
-    at = now
-    while True:
-        at = next_due(state, at, params, retention_days, ticks=False)
-        if at >= bound:
-            return bound
+    for at in sorted({t for t in change_points(state, params, retention_days) if now < t < bound}):
         tags = evaluate(state, at, thresholds, params)
         if any(leaf_truth(leaf, tags.get(leaf.tag or "")) != t for leaf, t in zip(leaves.others, truths, strict=True)):
             return at
+    return bound

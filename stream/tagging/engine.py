@@ -225,9 +225,9 @@ def is_expired(state: UserState, now: float, retention_days: int = DEFAULT_RETEN
 
 
 # Tags that change every day without an event (the daily ticks of ``next_due``), by the time
-# they count the days from. Every other tag changes only at ``next_due(..., ticks=False)``.
+# they count the days from. Every other tag changes only at ``change_points``.
 DAY_COUNTERS = {"recency_days": "last_activity", "days_since_last_order": "last_order"}
-# Tags of ``evaluate`` that change without an event only at ``next_due(..., ticks=False)`` (window
+# Tags of ``evaluate`` that change without an event only at ``change_points`` (window
 # edges, cart and NPS timers, retention): a tag that is in neither set is assumed to change at any
 # time (``stream.core.steps`` then evaluates every change point of a user whose rules read it).
 TICK_FREE_TAGS = frozenset(
@@ -242,29 +242,29 @@ TICK_FREE_TAGS = frozenset(
 )
 
 
-def next_due(
-    state: UserState,
-    now: float,
-    params: TagParams,
-    retention_days: int = DEFAULT_RETENTION_DAYS,
-    ticks: bool = True,
-) -> float:
-    """The earliest time after ``now`` at which any tag of this user can change without an event.
-
-    ``ticks=False``: leave out the daily ticks of the day counters (``DAY_COUNTERS``), i.e. the
-    earliest time any other tag can change."""
-    candidates = [retention_end(state, retention_days)]
+def change_points(state: UserState, params: TagParams, retention_days: int = DEFAULT_RETENTION_DAYS) -> list[float]:
+    """The times at which a tag other than the day counters (``DAY_COUNTERS``) can change without
+    an event: window edges, cart and NPS timers, retention. Unordered, possibly repeated; they do
+    not depend on the clock, so a caller probing them in turn computes them once."""
+    points = [retention_end(state, retention_days)]
     for day in state.tiles:
         for width in (7, 30, 35, LONGEST_WINDOW_DAYS):
-            candidates.append(float((day + width) * DAY))
-    for last in (state.last_activity, state.last_order) if ticks else ():
+            points.append(float((day + width) * DAY))
+    if state.last_cart_add is not None and (state.last_order is None or state.last_cart_add > state.last_order):
+        points.append(state.last_cart_add + params.cart_abandon_after)
+        points.append(state.last_cart_add + params.cart_abandon_expiry)
+    if state.nps is not None:
+        points.append(float((day_of(state.nps.ts) + LONGEST_WINDOW_DAYS) * DAY))
+    return points
+
+
+def next_due(state: UserState, now: float, params: TagParams, retention_days: int = DEFAULT_RETENTION_DAYS) -> float:
+    """The earliest time after ``now`` at which any tag of this user can change without an event:
+    a ``change_points`` time or the next daily tick of a day counter."""
+    candidates = change_points(state, params, retention_days)
+    for last in (state.last_activity, state.last_order):
         if last is not None:
             candidates.append(last + (math.floor((now - last) / DAY) + 1) * DAY)
-    if state.last_cart_add is not None and (state.last_order is None or state.last_cart_add > state.last_order):
-        candidates.append(state.last_cart_add + params.cart_abandon_after)
-        candidates.append(state.last_cart_add + params.cart_abandon_expiry)
-    if state.nps is not None:
-        candidates.append(float((day_of(state.nps.ts) + LONGEST_WINDOW_DAYS) * DAY))
     return min(c for c in candidates if c > now) if any(c > now for c in candidates) else now + DAY
 
 
@@ -524,6 +524,7 @@ __all__ = [
     "RfmThresholds",
     "UnknownCurrency",
     "apply_event",
+    "change_points",
     "check_event",
     "evaluate",
     "next_due",

@@ -18,7 +18,6 @@ import asyncio
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from stream.rules.conditions import tags_of
 from stream.rules.effect import effects
 from stream.settings import Settings
 from stream.tagging.definitions import TagCatalogue, load_catalogue
+from stream.tagging.engine import iso
 
 __all__ = ["BacktestResult", "Firing", "RuleResult", "backtest", "backtest_file", "report"]
 
@@ -133,7 +133,7 @@ class BacktestResult:
 
 
 def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+    return None if ts is None else iso(ts)
 
 
 def _days(start: float | None, end: float | None) -> float:

@@ -58,6 +58,7 @@ from stream.settings import Settings
 from stream.storage.audiences import stored_users
 from stream.storage.store import Store
 from stream.tagging.definitions import TagCatalogue, load_catalogue
+from stream.tagging.engine import iso
 from stream.tagging.state import DAY, UserState
 
 DEFAULT_CUTOFF_FRACTIONS = (0.5, 0.75)
@@ -223,7 +224,7 @@ def _fmt(x: float | None, spec: str) -> str:
 
 
 def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+    return None if ts is None else iso(ts)
 
 
 def purity(assignments: Mapping[str, str], truth: Mapping[str, str]) -> tuple[float, dict[str, dict[str, int]]]:

@@ -37,18 +37,13 @@ async def build_templates(settings: Settings, templates_n: int, seed: int) -> Te
     time-driven path, RFM refreshes) into a scratch namespace of ``settings``' Valkey; their stored
     blobs, profiles and memberships read back from there."""
     from portrait_dev import synth
+    from portrait_dev.harness import worker_definitions
     from stream.core.writes import UserWrite
-    from stream.models import load_models_config
     from stream.offline.driver import drive
-    from stream.rules import load_rules
-    from stream.tagging.definitions import load_catalogue
     from stream.tagging.engine import rank_metrics
     from stream.tagging.state import UserState
 
-    catalogue = load_catalogue(settings.tags_file)
-    rules_file = settings.resolved_rules_file()
-    rules = load_rules(rules_file, catalogue) if rules_file is not None else None
-    models = load_models_config(settings.models_file) if settings.models_enabled else None
+    catalogue, rules, models = worker_definitions(settings)
     events = synth.generate(users=templates_n, events=templates_n * 25, seed=seed)
     now = synth.DEFAULT_END.timestamp()
     templates: list[UserWrite] = []

@@ -16,8 +16,11 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from stream.kafka.replay import Stalled as Stalled  # one exception for 'no progress', product and tools
+from stream.models import ModelsConfig, load_models_config
+from stream.rules import RuleSet, load_rules
 from stream.settings import Settings
 from stream.storage.store import Store
+from stream.tagging.definitions import TagCatalogue, load_catalogue
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -28,6 +31,16 @@ def settings_env(settings: Settings) -> dict[str, str]:
             value = value.get_secret_value()
         env[f"PORTRAIT_{name.upper()}"] = json.dumps(value) if isinstance(value, list | dict) else str(value)
     return env
+
+
+def worker_definitions(settings: Settings) -> tuple[TagCatalogue, RuleSet | None, ModelsConfig | None]:
+    """The tag catalogue, rules and models config a worker with ``settings`` loads (rules and
+    models None when off): what the tools hand the offline driver to run the worker's code."""
+    catalogue = load_catalogue(settings.tags_file)
+    rules_file = settings.resolved_rules_file()
+    rules = load_rules(rules_file, catalogue) if rules_file is not None else None
+    models = load_models_config(settings.models_file) if settings.models_enabled else None
+    return catalogue, rules, models
 
 
 def start_worker(settings: Settings, log_path: Path, command: str = "worker") -> subprocess.Popen[bytes]:

@@ -28,11 +28,9 @@ from portrait_dev import infra, synth
 
 def state_documents(users: int, seed: int) -> list[bytes]:
     """The JSON documents of the states the worker stores for ``users`` synthetic users."""
-    from stream.models import load_models_config
+    from portrait_dev.harness import worker_definitions
     from stream.offline.driver import drive
-    from stream.rules import load_rules
     from stream.settings import Settings
-    from stream.tagging.definitions import load_catalogue
     from stream.tagging.state import UserState
 
     work = Path(tempfile.mkdtemp(prefix="portrait-zdict-"))
@@ -40,10 +38,7 @@ def state_documents(users: int, seed: int) -> list[bytes]:
     docs: list[bytes] = []
     try:
         settings = Settings(redis_url=url, key_prefix="zdict", clock="event", state_file=work / "none.json")
-        catalogue = load_catalogue(settings.tags_file)
-        rules_file = settings.resolved_rules_file()
-        rules = load_rules(rules_file, catalogue) if rules_file is not None else None
-        models = load_models_config(settings.models_file) if settings.models_enabled else None
+        catalogue, rules, models = worker_definitions(settings)
 
         async def collect(store: Any) -> None:
             async for key in store.client.scan_iter(match=store.keys.state_pattern, count=1000):

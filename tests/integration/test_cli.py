@@ -16,7 +16,6 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
 from portrait_dev import synth
 from portrait_dev.harness import settings_env
 
@@ -24,7 +23,7 @@ from stream.cli.main import main
 from stream.contracts.topics import Topics
 from stream.settings import Settings
 from stream.storage.store import Store
-from tests.integration.helpers import worker
+from tests.integration.helpers import producer, worker
 
 
 @pytest.fixture
@@ -45,13 +44,9 @@ async def _write_profile(settings: Settings, uid: str, profile: dict[str, str]) 
 
 
 async def _produce(settings: Settings, topic: str, values: list[dict[str, Any]], partition: int | None = None) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers(), acks="all")
-    await producer.start()
-    try:
+    async with producer(settings, acks="all") as kafka:
         for value in values:
-            await producer.send_and_wait(topic, orjson.dumps(value), partition=partition)
-    finally:
-        await producer.stop()
+            await kafka.send_and_wait(topic, orjson.dumps(value), partition=partition)
 
 
 def test_profile_reads_back_typed_and_readable(make_settings: Callable[..., Settings], cli: Any) -> None:

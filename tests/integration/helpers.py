@@ -84,6 +84,17 @@ async def read_topics(
     return out
 
 
+def wait_logged(log: Path, text: str, timeout: float = 20.0) -> str:
+    """The last line of ``log`` containing ``text``, once one does (AssertionError after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [line for line in log.read_text().splitlines() if text in line]
+        if found:
+            return found[-1]
+        time.sleep(0.2)
+    raise AssertionError(f"worker never logged {text!r}")
+
+
 def event_time(event: dict[str, Any]) -> float:
     return datetime.fromisoformat(event["ts"]).timestamp()
 

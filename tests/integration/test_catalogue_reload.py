@@ -20,7 +20,7 @@ from portrait_dev import synth
 from stream.storage.store import Store
 from stream.tagging.definitions import default_tags_path
 from tests import oracle
-from tests.integration.helpers import replay_and_settle, worker
+from tests.integration.helpers import replay_and_settle, wait_logged, worker
 
 pytestmark = pytest.mark.integration
 SHIPPED = default_tags_path().read_text()
@@ -31,16 +31,6 @@ def _catalogue(version: int, tiers: str, with_cv: bool) -> str:
     text = SHIPPED.replace("version: 1\n", f"version: {version}\n", 1)
     text = text.replace("value_tiers: {vip: 1000, high: 300, medium: 50}", f"value_tiers: {tiers}")
     return text if with_cv else CV_TAG.sub("", text)
-
-
-def _wait_for(log: Path, text: str, timeout: float = 20.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = [line for line in log.read_text().splitlines() if text in line]
-        if found:
-            return found[-1]
-        time.sleep(0.2)
-    raise AssertionError(f"worker never logged {text!r}")
 
 
 async def _profiles(settings) -> tuple[dict[str, dict[str, str]], float]:
@@ -75,15 +65,15 @@ def test_a_changed_catalogue_reaches_every_profile_without_a_restart(make_settin
         assert not any("cv_interpurchase" in p for p in before.values())
 
         tags.write_text(_catalogue(2, "{vip: 200, high: 80, medium: 20}", with_cv=True))
-        _wait_for(log, "tag catalogue reloaded: version 2")
+        wait_logged(log, "tag catalogue reloaded: version 2")
         after, clock = _all_on(settings, "2")  # no event since: the sweep re-evaluated everyone
 
         # rejected: an invalid field, and a change that keeps the version; version 2 stays active
         tags.write_text(_catalogue(3, "{vip: 10, high: 80, medium: 20}", with_cv=True))
-        line = _wait_for(log, "tag catalogue change rejected")
+        line = wait_logged(log, "tag catalogue change rejected")
         assert f"{tags}: params.value_tiers: need vip > high > medium" in line
         tags.write_text(_catalogue(2, "{vip: 500, high: 80, medium: 20}", with_cv=True))
-        line = _wait_for(log, f"{tags}: version: 2 must be above the active version 2")
+        line = wait_logged(log, f"{tags}: version: 2 must be above the active version 2")
         assert "tag catalogue change rejected, previous catalogue stays active" in line
         time.sleep(1.0)
         still, _ = asyncio.run(_profiles(settings))

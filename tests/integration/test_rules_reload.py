@@ -5,13 +5,12 @@ active; a reload does not fire at everyone."""
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import pytest
 from portrait_dev import synth
 
-from tests.integration.helpers import event_time, replay_and_settle, worker
+from tests.integration.helpers import event_time, replay_and_settle, wait_logged, worker
 from tests.integration.triggers import read_triggers
 
 pytestmark = pytest.mark.integration
@@ -29,15 +28,6 @@ WELCOME = """
     action: {type: coupon, params: {campaign: welcome, value: 3.0}}
     cooldown: 365d
 """
-
-
-def _wait_for(log: Path, text: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in log.read_text():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"worker never logged {text!r}")
 
 
 def _activity(events: list[dict]) -> dict[str, list[float]]:
@@ -60,12 +50,12 @@ def test_rules_hot_reload(make_settings, tmp_path: Path) -> None:
         assert "triggers.coupon" not in asyncio.run(read_triggers(settings, idle_s=1.0))
 
         rules.write_text("version: 1\nrules:" + COMPLAINT + WELCOME)
-        _wait_for(log, "rules reloaded: 2 active")
+        wait_logged(log, "rules reloaded: 2 active")
         rules.write_text("version: 1\nrules:" + COMPLAINT + WELCOME.replace("events_30d", "no_such_tag"))
-        _wait_for(log, "rules change rejected")
+        wait_logged(log, "rules change rejected")
         # a value outside the tag's domain is rejected by the same loader
         rules.write_text("version: 1\nrules:" + COMPLAINT + WELCOME.replace("crosses_above: 0", "crosses_above: -10"))
-        _wait_for(log, "crosses_above: '-10' is not a events_30d value (allowed: numbers >= 0)")
+        wait_logged(log, "crosses_above: '-10' is not a events_30d value (allowed: numbers >= 0)")
 
         replay_and_settle(settings, events[half:], counter="events_applied")
         got = asyncio.run(read_triggers(settings))

@@ -103,7 +103,8 @@ def test_the_first_cadence_point_is_spread_over_an_interval() -> None:
     offsets = [first_cadence_point(T0 + i * 3607.0, every) - (T0 + i * 3607.0) for i in range(300)]
     assert all(0 <= o < every for o in offsets)
     assert max(offsets) - min(offsets) > 0.9 * every  # not the moment of the first order for everyone
-    assert first_cadence_point(T0, every) == first_cadence_point(T0, every)  # deterministic
+    # deterministic, by hand: 10 + frac(10 * 0.6180339887) * 100 (the golden-ratio phase)
+    assert first_cadence_point(10.0, 100.0) == pytest.approx(28.0339887)
 
 
 def test_snapshots_follow_a_cadence_for_lapsed_customers_too() -> None:

@@ -13,7 +13,6 @@ applied exactly once. Measured 2026-12-01 (loaded 2-core box, Tansu): 97 s for t
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -26,7 +25,14 @@ from redis.crc import key_slot
 from stream.kafka import replay
 from stream.settings import Settings
 from stream.storage.keys import Keys
-from tests.integration.helpers import assert_profiles_match, processed_and_settled, read_profiles, read_stats, worker
+from tests.integration.helpers import (
+    assert_profiles_match,
+    processed_and_settled,
+    reached,
+    read_profiles,
+    read_stats,
+    worker,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
@@ -35,12 +41,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 def cluster(tmp_path: Path) -> Iterator[ValkeyCluster]:
     with running_cluster(tmp_path / "cluster", valkey_binary()) as running:
         yield running
-
-
-def _when_processed(settings: Settings, messages: int, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while asyncio.run(read_stats(settings)).get("messages", 0) < messages and time.monotonic() < deadline:
-        time.sleep(0.05)
 
 
 def _replay_with(
@@ -56,7 +56,7 @@ def _replay_with(
     events = synth.generate(users=300, events=6000, seed=seed, days=60)
     asyncio.run(replay.replay(settings, events, progress=False))
     with worker(settings, tmp_path / "worker.log"):
-        _when_processed(settings, 2000)
+        reached(settings, 2000)
         disrupt(settings)
         asyncio.run(processed_and_settled(settings, len(events), timeout=300, counter="events_applied"))
         actual, now = asyncio.run(read_profiles(settings))

@@ -99,6 +99,14 @@ def event_time(event: dict[str, Any]) -> float:
     return datetime.fromisoformat(event["ts"]).timestamp()
 
 
+def reached(settings: Settings, messages: int, timeout: float = 120.0) -> None:
+    """Return once the worker has handled ``messages`` messages, or after ``timeout`` at whatever
+    point it is (for a disruption mid-stream: the caller checks the outcome, not this wait)."""
+    deadline = time.monotonic() + timeout
+    while asyncio.run(read_stats(settings)).get("messages", 0) < messages and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 class RunningWorker:
     """A worker child process (``proc``) that a test may kill and replace."""
 
@@ -109,9 +117,7 @@ class RunningWorker:
     def kill_when_processed(self, messages: int, timeout: float = 120.0) -> None:
         """SIGKILL the worker once it has handled ``messages`` messages (or after ``timeout``, at
         whatever point it is), then start a new one and wait until it is healthy."""
-        deadline = time.monotonic() + timeout
-        while asyncio.run(read_stats(self.settings)).get("messages", 0) < messages and time.monotonic() < deadline:
-            time.sleep(0.05)
+        reached(self.settings, messages, timeout)
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
         self.proc = start_worker(self.settings, self.log)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from portrait_dev.harness import wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -205,18 +206,12 @@ class Prometheus:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"prometheus not ready after {timeout}s:\n{self.log_tail()}")
+        try:
+            wait_http(f"{self.url}/-/ready", self.proc, timeout)
+        except RuntimeError:
+            raise RuntimeError(f"prometheus exited with {self.proc.returncode}:\n{self.log_tail()}") from None
+        except TimeoutError:
+            raise TimeoutError(f"prometheus not ready after {timeout}s:\n{self.log_tail()}") from None
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

@@ -8,6 +8,7 @@ user's profile (``requested_id`` says so).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
@@ -27,7 +28,7 @@ from stream.api.models import (
 )
 from stream.api.problems import ProblemError
 from stream.rules.config import MODEL_TAG_DOMAINS
-from stream.service.profiles import typed_profile, typed_profiles
+from stream.service.profiles import typed_profiles
 from stream.tagging import state as slots
 from stream.tagging.definitions import TagCatalogue
 from stream.tagging.profile import META_FIELDS, MODEL_FIELDS, catalogue_rows, to_iso
@@ -155,23 +156,46 @@ def comma_list(fields: str | None) -> list[str] | None:
     return [f.strip() for f in fields.split(",") if f.strip()] if fields is not None else None
 
 
+@dataclass(frozen=True)
+class Found:
+    """A typed profile found for an asked id: ``subject``'s, which ``requested`` (an ``anon:<id>``)
+    was merged into when it is set."""
+
+    subject: str
+    typed: dict[str, Any]
+    requested: str | None = None
+
+
+async def find_profiles(api: ApiContext, uids: list[str]) -> list[Found | None]:
+    """The typed profile of each of ``uids`` in order (None: no profile), an unknown ``anon:<id>``
+    answered by the user it was merged into: three round trips at most, whatever the count."""
+    found = await typed_profiles(api.reads, uids, api.catalogue)
+    unknown_anon = [uid for uid, p in zip(uids, found, strict=True) if p is None and uid.startswith(ANON)]
+    targets = await api.reads.aliases(unknown_anon)
+    followed = dict(zip(targets, await typed_profiles(api.reads, list(targets.values()), api.catalogue), strict=True))
+    out: list[Found | None] = []
+    for uid, typed in zip(uids, found, strict=True):
+        via = followed.get(uid)
+        if typed is not None:
+            out.append(Found(uid, typed))
+        elif via is not None:
+            out.append(Found(targets[uid], via, uid))
+        else:
+            out.append(None)
+    return out
+
+
 @router.post("/v1/profiles:batchGet", response_model=BatchGetResponse, response_model_exclude_none=True)
 async def batch_get(body: BatchGetRequest, api: Annotated[ApiContext, Depends(api_of)]) -> BatchGetResponse:
     """Up to 1,000 profiles in one call, in the order asked; ``missing`` lists ids without one."""
     fields = check_fields(body.fields, api.catalogue)
-    found = await typed_profiles(api.reads, body.user_ids, api.catalogue)
-    unknown_anon = [uid for uid, p in zip(body.user_ids, found, strict=True) if p is None and uid.startswith(ANON)]
-    targets = await api.reads.aliases(unknown_anon)
-    followed = dict(zip(targets, await typed_profiles(api.reads, list(targets.values()), api.catalogue), strict=True))
     profiles: list[Profile] = []
     missing: list[str] = []
-    for uid, typed in zip(body.user_ids, found, strict=True):
-        if typed is not None:
-            profiles.append(shape(uid, typed, api.catalogue, fields, body.group_by))
-        elif followed.get(uid) is not None:
-            profiles.append(shape(targets[uid], followed[uid] or {}, api.catalogue, fields, body.group_by, uid))
-        else:
+    for uid, hit in zip(body.user_ids, await find_profiles(api, body.user_ids), strict=True):
+        if hit is None:
             missing.append(uid)
+        else:
+            profiles.append(shape(hit.subject, hit.typed, api.catalogue, fields, body.group_by, hit.requested))
     return BatchGetResponse(profiles=profiles, missing=missing)
 
 
@@ -190,19 +214,13 @@ async def get_profile(
     one answers with the user it was merged into)."""
     selected = check_fields(comma_list(fields), api.catalogue)
     parts = check_parts(include)
-    subject, requested = user_id, None
-    typed = await typed_profile(api.reads, user_id, api.catalogue)
-    if typed is None and user_id.startswith(ANON):
-        target = (await api.reads.aliases([user_id])).get(user_id)
-        if target is not None:
-            subject, requested = target, user_id
-            typed = await typed_profile(api.reads, target, api.catalogue)
-    if typed is None:
+    (hit,) = await find_profiles(api, [user_id])
+    if hit is None:
         raise ProblemError(404, "Unknown user", f"no profile for {user_id!r} (unknown user, expired or erased)")
-    profile = shape(subject, typed, api.catalogue, selected, group_by, requested)
+    profile = shape(hit.subject, hit.typed, api.catalogue, selected, group_by, hit.requested)
     if not parts:
         return profile
-    blob = await api.reads.state(subject)
+    blob = await api.reads.state(hit.subject)
     if blob is None:
         return profile
     state = UserState.from_bytes(blob)

@@ -8,7 +8,7 @@ snapshots. Definitions: ``stream.api.aggregate`` and docs/api.md.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from typing import Annotated
 
@@ -267,15 +267,15 @@ def _group(stats: GroupStats) -> GroupEffect:
 async def rules(api: Annotated[ApiContext, Depends(api_of)]) -> RulesInsight:
     """Per rule: firings sent, suppressions by reason, treated vs control conversion and the uplift."""
     stats = await api.reads.stats()
-    firings: dict[str, int] = {}
-    suppressed: dict[str, dict[str, int]] = {}
+    firings: Counter[str] = Counter()
+    suppressed: defaultdict[str, Counter[str]] = defaultdict(Counter)
     for counter, n in parsed(stats):
-        if isinstance(counter, RuleCounter):
-            if counter.outcome == "send":
-                firings[counter.rule] = firings.get(counter.rule, 0) + n
-            else:
-                reasons = suppressed.setdefault(counter.rule, {})
-                reasons[counter.outcome] = reasons.get(counter.outcome, 0) + n
+        if not isinstance(counter, RuleCounter):
+            continue
+        if counter.outcome == "send":
+            firings[counter.rule] += n
+        else:
+            suppressed[counter.rule][counter.outcome] += n
     measured = effects(stats)
     out = []
     for rule in sorted(set(firings) | set(suppressed) | set(measured)):
@@ -286,8 +286,8 @@ async def rules(api: Annotated[ApiContext, Depends(api_of)]) -> RulesInsight:
         out.append(
             RuleInsight(
                 rule_id=rule,
-                firings=firings.get(rule, 0),
-                suppressed=dict(sorted(suppressed.get(rule, {}).items())),
+                firings=firings[rule],
+                suppressed=dict(sorted(suppressed[rule].items())),
                 treated=_group(t),
                 control=_group(c),
                 uplift=effect.uplift,

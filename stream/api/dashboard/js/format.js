@@ -68,7 +68,3 @@ export function tagValue(name, value) {
   if (name === "top_categories") return String(value).split(",").join(", ");
   return valueLabel(name, value);
 }
-
-export function escape(text) {
-  return String(text ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
-}

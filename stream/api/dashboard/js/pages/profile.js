@@ -2,7 +2,7 @@
 // trigger history (why each rule fired or was suppressed) and merged identities.
 
 import { ApiError, get } from "../api.js";
-import { empty, fill, h, layout, table } from "../dom.js";
+import { empty, fill, h, layout, slot, table } from "../dom.js";
 import { int, money, pct, tagValue, time } from "../format.js";
 import { t, tagInfo, tagLabel, valueLabel } from "../i18n.js";
 import { slotDiv } from "./common.js";
@@ -85,7 +85,7 @@ export default {
       ),
       slotDiv("card"),
     ]);
-    const form = root.querySelector('[data-slot="search"]');
+    const form = slot(root, "search");
     if (built) {
       form.uid.value = data.uid || "";
       form.addEventListener("submit", (event) => {

@@ -2,7 +2,7 @@
 
 import { get } from "../api.js";
 import { barsOption, draw } from "../charts.js";
-import { card, chartBox, empty, fill, h, layout, table } from "../dom.js";
+import { card, chartBox, empty, fill, h, layout, slot, table } from "../dom.js";
 import { int, pct } from "../format.js";
 import { t } from "../i18n.js";
 import { chartOf, slotDiv } from "./common.js";
@@ -25,7 +25,7 @@ export default {
         card(t("seg.title"), slotDiv("table"), { span: 7 }),
       ),
     ]);
-    root.querySelector('[data-slot="version"]').textContent = s.model_version ? t("seg.version", { v: s.model_version }) : "";
+    slot(root, "version").textContent = s.model_version ? t("seg.version", { v: s.model_version }) : "";
     const rows = [...s.segments].sort((a, b) => b.users - a.users);
     draw(chartOf(root, "segments"), barsOption(rows.map((x) => x.segment_id), rows.map((x) => x.users), { unit: t("common.users") }));
     fill(

@@ -183,7 +183,6 @@ class UserState:
         doc = orjson.loads(_decode_blob(raw))
         baseline, models = doc.get("rp"), doc.get("m")
         tiles = {int(d): t for d, t in doc["t"].items()}
-        lifetime = doc.get("lt", _DERIVE)
         return cls(
             tiles=tiles,
             hours={int(d): {int(h): n for h, n in hs.items()} for d, hs in doc["h"].items()},
@@ -206,17 +205,16 @@ class UserState:
             order_seen=doc.get("os"),
             models=UserModelState.from_doc(models) if models else None,
             merged=[MergedId(*m) for m in doc.get("mg") or ()],
-            lifetime=(
-                derive(tiles, EVENTS, ORDERS, ORDER_CENTS, doc["lo"], doc["fs"])
-                if lifetime is _DERIVE
-                else Lifetime.from_doc(lifetime)
-                if lifetime
-                else Lifetime()
-            ),
+            lifetime=_lifetime(doc, tiles),
         )
 
 
-_DERIVE: Any = object()  # "lt" absent: a state written before lifecycle memory
+def _lifetime(doc: dict[str, Any], tiles: dict[int, list[int]]) -> Lifetime:
+    """The stored lifecycle memory: ``lt`` absent (a state written before lifecycle memory) is
+    derived from the daily tiles; ``null`` (nothing to keep yet) is an empty one."""
+    if "lt" not in doc:
+        return derive(tiles, EVENTS, ORDERS, ORDER_CENTS, doc["lo"], doc["fs"])
+    return Lifetime.from_doc(doc["lt"]) if doc["lt"] else Lifetime()
 
 
 def _positions(offsets: dict[str, int]) -> dict[str, int]:

@@ -1,9 +1,11 @@
 """All models together, plus the per-user state the worker must keep to drive them.
 
-``Models.step(user, profile, qualifying_ts, now)`` is the one call the worker needs per user
-evaluation (on an event or on a timer): it resolves the user's pending churn example, re-assigns
-the segment when the cadence policy says so, takes a new churn snapshot when due, and returns
-the model fields for the profile hash. It mutates ``user`` (a ``UserModelState``) and the models.
+``Models.score_step(user, profile, qualifying_ts, now)`` is the one call the worker needs per user
+evaluation (on an event or on a timer): it resolves the user's pending churn examples whose label
+window closed, re-assigns the segment when the cadence policy says so, takes a new churn snapshot
+when due, and returns the model fields for the profile hash and what there is to learn (for the
+single trainer, ``learn_item``). It mutates ``user`` (a ``UserModelState``), never the models.
+``Models.step`` does the same and learns in place (the unit tests drive the models with it).
 """
 
 from __future__ import annotations

@@ -49,21 +49,6 @@ LIFETIME_TAGS: tuple[str, ...] = (
     "lifecycle_stage",
 )
 
-# Names of the numeric lifecycle features (``features``), for the models (stream/models/).
-LIFECYCLE_FEATURES: tuple[str, ...] = (
-    "lifetime_orders",
-    "lifetime_value",
-    "tenure_days",
-    "days_since_last_order",
-    "order_days",
-    "mean_interpurchase_days",
-    "cv_interpurchase",
-    "overdue_ratio",
-    "orders_12m",
-    "value_12m",
-    "active_months_12m",
-)
-
 
 @lru_cache(maxsize=4096)
 def month_of_day(day: int) -> int:
@@ -299,46 +284,3 @@ def stage(
     mean = gaps.mean
     overdue = days_since_order > lapsing_overdue * mean if mean is not None else days_since_order >= lapsing_days
     return "lapsing" if overdue else "active"
-
-
-def window_sums(life: Lifetime, today: int, months: int = 12) -> tuple[int, int, int]:
-    """(orders, cents, months with activity) over the current and previous ``months - 1``
-    calendar months."""
-    first = month_of_day(today) - months + 1
-    orders = cents = active = 0
-    for month, tile in life.months.items():
-        if month >= first:
-            orders += tile[M_ORDERS]
-            cents += tile[M_CENTS]
-            active += tile[M_ACTIVE_DAYS] > 0
-    return orders, cents, active
-
-
-def features(
-    life: Lifetime, tiles: Mapping[int, list[int]], orders_slot: int, last_order: float | None, now: float
-) -> dict[str, float]:
-    """Numeric lifecycle features at ``now`` (names in ``LIFECYCLE_FEATURES``; money in the base
-    currency's units). A feature that is undefined (no order, fewer than 1 or 2 gaps) is absent."""
-    today = math.floor(now / DAY)
-    orders_12m, cents_12m, active_12m = window_sums(life, today)
-    out: dict[str, float] = {
-        "lifetime_orders": float(life.orders),
-        "lifetime_value": life.cents / 100,
-        "orders_12m": float(orders_12m),
-        "value_12m": cents_12m / 100,
-        "active_months_12m": float(active_12m),
-    }
-    if life.first_order is None or last_order is None:
-        return out
-    gaps = intervals(life, tiles, orders_slot)
-    since = math.floor((now - last_order) / DAY)
-    out["tenure_days"] = float(tenure_days(since, last_order, life.first_order))
-    out["days_since_last_order"] = float(since)
-    out["order_days"] = float(gaps.order_days)
-    if gaps.n:
-        out["mean_interpurchase_days"] = gaps.total / gaps.n
-        out["overdue_ratio"] = since * gaps.n / gaps.total
-    cv = gaps.cv
-    if cv is not None:
-        out["cv_interpurchase"] = cv
-    return out

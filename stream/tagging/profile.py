@@ -92,8 +92,20 @@ def type_profile(profile: Mapping[str, str], catalogue: TagCatalogue) -> dict[st
     >>> type_profile({"recency_days": "3", "night_owl": "true", "_evaluated_at": "0.000"}, load_catalogue())
     {'recency_days': 3, 'night_owl': True, '_evaluated_at': '1970-01-01T00:00:00+00:00'}
     """
-    types = field_types(catalogue)
+    types = _types_of(catalogue)
     return {name: typed_value(types.get(name, "str"), value) for name, value in profile.items()}
+
+
+_last_types: tuple[TagCatalogue, dict[str, FieldType]] | None = None
+
+
+def _types_of(catalogue: TagCatalogue) -> dict[str, FieldType]:
+    """``field_types`` of the catalogue in use, built once per catalogue object (a batch of 1,000
+    profiles used to build it 1,000 times; a reload brings a new object)."""
+    global _last_types
+    if _last_types is None or _last_types[0] is not catalogue:
+        _last_types = (catalogue, field_types(catalogue))
+    return _last_types[1]
 
 
 def catalogue_rows(catalogue: TagCatalogue) -> list[dict[str, Any]]:

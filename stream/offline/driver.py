@@ -372,9 +372,7 @@ class _Pauses:
     async def profiles_at(self, at: float) -> dict[str, dict[str, str]]:
         """The profile of every stored user evaluated at ``at`` by the worker's ``plan_write``."""
         store = self.store
-        pattern = store.keys.state_pattern
-        keys = [key async for key in store.client.scan_iter(match=pattern, count=2000)]
-        uids = sorted(store.keys.parse_state(key.decode()) for key in keys)
+        uids = sorted([uid async for uid in store.reads.stored_users()])
         out: dict[str, dict[str, str]] = {}
         for start in range(0, len(uids), self.LOAD_CHUNK):
             chunk = uids[start : start + self.LOAD_CHUNK]

@@ -55,7 +55,6 @@ from stream.models.segments import SegmentDescription
 from stream.offline import btyd
 from stream.offline.driver import drive
 from stream.settings import Settings
-from stream.storage.audiences import stored_users
 from stream.storage.store import Store
 from stream.tagging.definitions import TagCatalogue, load_catalogue
 from stream.tagging.engine import iso
@@ -361,7 +360,7 @@ class _Final:
 
 
 async def _read_final(store: Store, final: _Final) -> None:
-    async for uid in stored_users(store.client, store.keys):
+    async for uid in store.reads.stored_users():
         loaded, _, _ = await store.load([uid])
         state: UserState | None = loaded[uid].state
         if state is None or state.models is None:

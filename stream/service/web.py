@@ -25,7 +25,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from stream.metrics import Metrics
 from stream.service.health import Health
 from stream.service.profiles import typed_profile
-from stream.storage.reads import Reads
 from stream.storage.store import Store
 from stream.tagging.definitions import TagCatalogue
 
@@ -43,7 +42,7 @@ def register_views(
     """``config``: what ``/config`` serves (computed once at start: ``Settings.effective()``);
     ``catalogue``: the catalogue in force (it changes on a hot reload), for typing profiles."""
     config_body = orjson.dumps(config)
-    reads = Reads(store.client, lambda: store.keys)  # the store's keys: the layout it adopted
+    reads = store.reads  # on the layout the store adopted
 
     # aiohttp's default segment pattern refuses "{" and "}" (and matches the decoded path), so
     # /profiles/%7Bodd%7D would 404: take the rest of the path as the id instead.

@@ -1,13 +1,15 @@
-"""Redis reads of the read API (``portrait api``) and the worker's ``/profiles``: the one module that
-reads published data outside the write path, built on ``Keys`` (layout v2: state shards,
-docs/redis-keys.md 'Reading'). An audience is one set per shard: sizes are the shards' SCARD
-summed, an intersection the shards' SINTERCARD summed (a user is in one shard), members are
-scanned shard by shard.
+"""Redis reads outside the write path: the one module that reads published data across state
+shards, built on ``Keys`` (layout v2, docs/redis-keys.md 'Reading'). The read API (``portrait
+api``), the worker's ``/profiles`` and metrics, the CLI, the offline driver, the demo and the
+tests all read through ``Reads`` (a ``Store`` carries one as ``store.reads``, on the layout it
+adopted). An audience is one set per shard: sizes are the shards' SCARD summed, an intersection
+the shards' SINTERCARD summed (a user is in one shard), members are scanned shard by shard.
 
-Every read here is O(1) or O(size of the answer) except the two marked *scan* (``audience_pairs``
-and ``scan_users``), which the API only runs in its background refresher, never per request
-(docs/api.md, "How insights stay fast"). The only writes are the API's own trend snapshots
-(``record_trend``): one field per hour, idempotent, bounded in time.
+Every read here is O(1) or O(size of the answer) except those marked *scan* (``audience_pairs``,
+``all_audience_sizes``, ``stored_users`` and ``scan_users``), which the API only runs in its
+background refresher, never per request (docs/api.md, "How insights stay fast"). The only writes
+are the API's own trend snapshots (``record_trend``): one field per hour, idempotent, bounded in
+time.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import orjson
 
 from stream.settings import Settings
 from stream.storage.client import Client, connect_settings
-from stream.storage.keys import Keys, erased_token
+from stream.storage.keys import Keys
 
 Pair = tuple[str, str]  # (tag, value) of an audience
 
@@ -124,9 +126,6 @@ class Reads:
         blob: Any = await self.client.hget(self.keys.state(uid), "blob")
         return bytes(blob) if blob is not None else None
 
-    async def erased(self, uid: str) -> bool:
-        return bool(await self.client.sismember(self.keys.erased(self.keys.shard(uid)), erased_token(uid)))
-
     # -- audiences (one set per shard) ---------------------------------------------------------
     async def audience_size(self, pair: Pair) -> int:
         """Members of one audience: the shards' ``SCARD`` summed (one round trip)."""
@@ -144,13 +143,9 @@ class Reads:
         counts = [int(n) for n in await pipe.execute()]
         return [sum(counts[i * shards : (i + 1) * shards]) for i in range(len(pairs))]
 
-    async def intersection_size(self, pairs: Sequence[Pair]) -> int:
-        """Users in every one of ``pairs``: the shards' ``SINTERCARD`` summed (a user is in one
-        shard, so the shards' intersections are disjoint)."""
-        return (await self.intersection_sizes([pairs]))[0]
-
     async def intersection_sizes(self, groups: Sequence[Sequence[Pair]]) -> list[int]:
-        """``intersection_size`` of each group, in one round trip (one SINTERCARD per shard)."""
+        """Users in every one of each group's pairs, in one round trip: per group, the shards'
+        ``SINTERCARD`` summed (a user is in one shard, so the shards' intersections are disjoint)."""
         shards = self.keys.shards
         pipe = self.client.pipeline(transaction=False)
         for pairs in groups:
@@ -202,7 +197,29 @@ class Reads:
             out.add(self.keys.parse_audience(_text(key)))
         return sorted(out)
 
+    async def all_audience_sizes(self) -> dict[Pair, int]:
+        """*Scan*: (tag, value) -> members, for every audience that exists (``audience_pairs``,
+        then ``audience_sizes``)."""
+        pairs = await self.audience_pairs()
+        return dict(zip(pairs, await self.audience_sizes(pairs), strict=True))
+
+    async def audience_members(self, pair: Pair, count: int = 1000) -> AsyncIterator[list[str]]:
+        """The members of one audience, a sorted chunk per ``scan_audience`` step, until the last
+        shard's set is scanned: never gathered into one reply."""
+        cursor = 0
+        while True:
+            cursor, members = await self.scan_audience(pair, cursor, count)
+            if members:
+                yield sorted(members)
+            if not cursor:
+                return
+
     # -- the background pass -------------------------------------------------------------------
+    async def stored_users(self) -> AsyncIterator[str]:
+        """*Scan*: the id of every user with a stored state (published profile or not)."""
+        async for key in self.client.scan_iter(match=self.keys.state_pattern, count=1000):
+            yield self.keys.parse_state(_text(key))
+
     async def scan_users(
         self, fields: Sequence[str], batch: int = 500, with_state: bool = True
     ) -> AsyncIterator[list[UserRecord]]:
@@ -240,7 +257,7 @@ class Reads:
 
     # -- counters, clock, models -------------------------------------------------------------
     async def stats(self) -> dict[str, int]:
-        """The counters: the batch-level hash plus every shard's (as ``Store.stats``)."""
+        """The counters: the batch-level hash plus every shard's."""
         pipe = self.client.pipeline(transaction=False)
         pipe.hgetall(self.keys.stats)
         for shard in range(self.keys.shards):
@@ -260,9 +277,6 @@ class Reads:
         raw = await self.client.hget(self.keys.model_meta, "status")
         status: dict[str, Any] = orjson.loads(raw) if raw else {}
         return status
-
-    async def rfm_thresholds(self) -> dict[str, str]:
-        return _decoded(await self.client.hgetall(self.keys.rfm_thresholds))
 
     # -- trend snapshots (the API's own keys) ----------------------------------------------------
     async def record_trend(self, hour: int, doc: dict[str, Any], keep_from: int) -> bool:

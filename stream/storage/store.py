@@ -32,7 +32,6 @@ from stream.core.progress import Progress as Progress
 from stream.core.writes import LoadedUser as LoadedUser, UserWrite
 from stream.errors import ConfigError
 from stream.settings import Settings
-from stream.storage.audiences import audience_sizes
 from stream.storage.client import (
     SCRIPT_NAMES as SCRIPT_NAMES,
     Call,
@@ -45,6 +44,7 @@ from stream.storage.client import (
 )
 from stream.storage.keys import PREVIOUS_SCHEMAS, SCHEMA, Keys, erased_token, shard_of_token
 from stream.storage.quantiles import Request, score_text, select
+from stream.storage.reads import Pair, Reads
 from stream.tagging.engine import RfmThresholds
 from stream.tagging.state import UserState
 
@@ -152,11 +152,14 @@ def _entry_order(eid: str) -> tuple[int, int]:
 
 
 class Store:
-    """Async Redis access for the worker. All writes go through ``write``."""
+    """Async Redis access for the worker. All writes go through ``write``; reads outside the
+    batch path go through ``reads`` (the one reader, on this store's adopted layout), which the
+    read methods below delegate to."""
 
     def __init__(self, client: Client, keys: Keys, wait_replicas: int = 0, wait_timeout_ms: int = 1000) -> None:
         self.client = client
         self.keys = keys
+        self.reads = Reads(client, lambda: self.keys)  # the keys as adopted (``adopt_layout``)
         # a batch's write returns only once this many replicas of every master it wrote hold it
         self._wait = (wait_replicas, wait_timeout_ms) if wait_replicas else None
         self.models_version_seen = 0  # model checkpoint version seen by the last ``load``
@@ -575,9 +578,7 @@ class Store:
         return raw, _text(position) if position else "0-0", int(version or 0)
 
     async def model_status(self) -> dict[str, Any]:
-        raw = await self.client.hget(self.keys.model_meta, "status")
-        status: dict[str, Any] = orjson.loads(raw) if raw else {}
-        return status
+        return await self.reads.model_status()
 
     async def save_model_evaluation(self, doc: dict[str, Any]) -> None:
         """Keep the latest offline cutoff evaluation (``portrait evaluate``) for ``models status``."""
@@ -603,9 +604,9 @@ class Store:
             pipe.xlen(self.keys.model_examples(shard))
         return sum(int(n) for n in await pipe.execute())
 
-    async def audience_sizes(self) -> dict[tuple[str, str], int]:
-        """(tag, value) -> members, for every audience set (summed over the shards)."""
-        return await audience_sizes(self.client, self.keys)
+    async def audience_sizes(self) -> dict[Pair, int]:
+        """(tag, value) -> members, for every audience set (``Reads.all_audience_sizes``)."""
+        return await self.reads.all_audience_sizes()
 
     # -- time-driven path -------------------------------------------------------------------
     async def claim_due(self, now: float, limit: int, wall_now: float, lease_s: float) -> list[tuple[str, float]]:
@@ -747,8 +748,7 @@ class Store:
         await pipe.execute()
 
     async def clock(self) -> float | None:
-        raw = await self.client.get(self.keys.clock)
-        return float(raw) if raw else None
+        return await self.reads.clock()
 
     async def watermark(self) -> tuple[float, float]:
         """(clock, watermark) in event-time mode; the time-driven path evaluates up to the watermark.
@@ -809,11 +809,7 @@ class Store:
 
     async def aliases(self, subjects: list[str]) -> dict[str, str]:
         """Anonymous subjects already merged -> the user they were merged into."""
-        pipe = self.client.pipeline(transaction=False)
-        for s in subjects:
-            pipe.get(self.keys.alias(s))
-        values = await pipe.execute()
-        return {s: _text(v) for s, v in zip(subjects, values, strict=True) if v is not None}
+        return await self.reads.aliases(subjects)
 
     async def erased(self, uids: list[str]) -> set[str]:
         """Which of ``uids`` are on the suppression list."""
@@ -841,18 +837,8 @@ class Store:
         return deleted
 
     async def profile(self, uid: str) -> dict[str, str]:
-        raw = await self.client.hgetall(self.keys.profile(uid))
-        return {_text(k): _text(v) for k, v in raw.items()}
+        return await self.reads.profile(uid)
 
     async def stats(self) -> dict[str, int]:
         """The counters: the batch-level hash plus every shard's."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hgetall(self.keys.stats)
-        for s in range(self.keys.shards):
-            pipe.hgetall(self.keys.shard_stats(s))
-        out: dict[str, int] = {}
-        for raw in await pipe.execute():
-            for k, v in raw.items():
-                if k != b"_":
-                    out[_text(k)] = out.get(_text(k), 0) + int(v)
-        return out
+        return await self.reads.stats()

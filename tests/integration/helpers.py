@@ -22,7 +22,6 @@ from portrait_dev.harness import settle, start_worker, stop_worker, wait_healthy
 from stream.kafka import replay
 from stream.models import MODEL_TAGS
 from stream.settings import Settings
-from stream.storage.audiences import profiles, stored_users
 from stream.storage.store import Store
 from tests import oracle
 
@@ -171,8 +170,10 @@ def replay_and_settle(settings: Settings, events: list[dict], counter: str = "me
 async def public_profiles(store: Store) -> tuple[dict[str, dict[str, str]], float | None]:
     """Every profile in ``store`` (public tags only: what the oracle computes) and its clock."""
     found: dict[str, dict[str, str]] = {}
-    uids = [uid async for uid in stored_users(store.client, store.keys)]
-    for uid, profile in (await profiles(store.client, store.keys, uids)).items():
+    uids = [uid async for uid in store.reads.stored_users()]
+    for uid, profile in zip(uids, await store.reads.profiles(uids), strict=True):
+        if not profile:  # a stored state without a published profile
+            continue
         # model outputs are not tags of docs/tags.md: the tag oracle does not compute them
         found[uid] = {k: v for k, v in profile.items() if not k.startswith("_") and k not in MODEL_TAGS}
     return found, await store.clock()

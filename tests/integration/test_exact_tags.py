@@ -12,7 +12,6 @@ from portrait_dev import synth
 from portrait_dev.infra import free_port
 
 from stream.core.pipeline import MODEL_AUDIENCE_TAGS
-from stream.storage.audiences import audience_members
 from stream.storage.store import Store
 from tests.integration.helpers import (
     assert_profiles_match,
@@ -65,10 +64,10 @@ def test_audience_sets_match_profiles(make_settings, tmp_path: Path) -> None:
 async def _audiences(settings) -> dict[tuple[str, str], set[str]]:
     async with Store.open(settings) as store:
         out: dict[tuple[str, str], set[str]] = {}
-        for tag, value in await store.audience_sizes():
-            if tag in MODEL_AUDIENCE_TAGS:
+        for pair in await store.reads.audience_pairs():
+            if pair[0] in MODEL_AUDIENCE_TAGS:
                 continue  # model outputs: not part of the tag profile compared here
-            users = {m async for chunk in audience_members(store.client, store.keys, tag, value) for m in chunk}
+            users = {m async for chunk in store.reads.audience_members(pair) for m in chunk}
             if users:
-                out[(tag, value)] = users
+                out[pair] = users
         return out

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from stream.storage.audiences import audience_members
 from stream.storage.store import Store
 from stream.tagging.lifecycle import LIFETIME_TAGS
 from tests import oracle
@@ -66,7 +65,7 @@ def test_a_customer_quiet_for_more_than_90_days_keeps_a_lapsed_profile(make_sett
 
     async def audience() -> set[bytes]:
         async with Store.open(settings) as store:
-            members = audience_members(store.client, store.keys, "lifecycle_stage", "lapsed")
+            members = store.reads.audience_members(("lifecycle_stage", "lapsed"))
             return {m.encode() async for chunk in members for m in chunk}
 
     lapsed = {u.encode() for u in users if want[u]["lifecycle_stage"] == "lapsed"}

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from portrait_dev import synth
 
-from stream.storage.audiences import stored_users
 from stream.storage.store import Store
 from tests.integration.helpers import read_stats, replay_and_settle, worker
 from tests.integration.triggers import (
@@ -73,7 +72,7 @@ async def _fired_at(settings, rule: str) -> dict[str, float]:
     """user -> when ``rule`` first fired for them (sent or held out), from their delivery memory."""
     async with Store.open(settings) as store:
         out: dict[str, float] = {}
-        async for uid in stored_users(store.client, store.keys):
+        async for uid in store.reads.stored_users():
             loaded, _, _ = await store.load([uid])
             state = loaded[uid].state
             if state is None:

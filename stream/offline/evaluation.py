@@ -359,16 +359,19 @@ class _Final:
     status: dict[str, Any] = field(default_factory=dict)
 
 
-async def _read_final(store: Store, final: _Final) -> None:
-    async for uid in store.reads.stored_users():
-        loaded, _, _ = await store.load([uid])
-        state: UserState | None = loaded[uid].state
-        if state is None or state.models is None:
-            continue
-        user = state.models
-        if user.segment is not None:
-            final.segments[uid] = user.segment
-        final.pending_ts.extend(p.ts for p in user.pending)
+async def _read_final(store: Store, final: _Final, chunk: int = 500) -> None:
+    uids = [uid async for uid in store.reads.stored_users()]
+    for start in range(0, len(uids), chunk):  # one round trip per chunk of users
+        part = uids[start : start + chunk]
+        loaded, _, _ = await store.load(part)
+        for uid in part:
+            state: UserState | None = loaded[uid].state
+            if state is None or state.models is None:
+                continue
+            user = state.models
+            if user.segment is not None:
+                final.segments[uid] = user.segment
+            final.pending_ts.extend(p.ts for p in user.pending)
     final.status = await store.model_status()
 
 

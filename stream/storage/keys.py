@@ -51,6 +51,11 @@ class Keys:
     def base(self) -> str:
         return f"{self.prefix}:{SCHEMA}"
 
+    @property
+    def pattern(self) -> str:
+        """SCAN pattern of every key of this store (every shard, ``{g}`` and the layout)."""
+        return f"{self.base}:*"
+
     # -- shards ---------------------------------------------------------------------------
     def shard(self, subject: str) -> int:
         return shard_of(subject, self.shards)

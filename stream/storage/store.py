@@ -253,16 +253,7 @@ class Store:
                 carry.sadd(self.keys.erased(shard_of_token(text, self.keys.shards)), text)
         if len(carry):
             await carry.execute()
-        deleted, pipe = 0, self.client.pipeline(transaction=False)
-        for schema in PREVIOUS_SCHEMAS:
-            async for key in self.client.scan_iter(match=self.keys.previous_pattern(schema), count=2000):
-                pipe.execute_command("UNLINK", key)
-                deleted += 1
-                if len(pipe) >= 1000:
-                    await pipe.execute()
-        if len(pipe):
-            await pipe.execute()
-        return deleted
+        return sum([await self._unlink_matching(self.keys.previous_pattern(schema)) for schema in PREVIOUS_SCHEMAS])
 
     async def ensure_epoch(self) -> bool:
         """Write the store epoch if there is none; True when this call created it (a new or
@@ -826,8 +817,12 @@ class Store:
 
     async def delete_namespace(self) -> int:
         """Delete every key of this store (its prefix and layout); returns how many."""
+        return await self._unlink_matching(self.keys.pattern)
+
+    async def _unlink_matching(self, pattern: str) -> int:
+        """UNLINK every key matching ``pattern`` (SCAN), 1,000 per round trip; returns how many."""
         deleted, pipe = 0, self.client.pipeline(transaction=False)
-        async for key in self.client.scan_iter(match=f"{self.keys.base}:*", count=2000):
+        async for key in self.client.scan_iter(match=pattern, count=2000):
             pipe.execute_command("UNLINK", key)  # one key per command: a cluster refuses a multi-slot UNLINK
             deleted += 1
             if len(pipe) >= 1000:

@@ -132,6 +132,22 @@ def _by_shard(keys: Keys, subjects: Iterable[str]) -> dict[int, list[str]]:
     return out
 
 
+def _ask_erased(pipe: Any, keys: Keys, by_shard: Mapping[int, list[str]]) -> None:
+    """Queue on ``pipe`` one SMISMEMBER per shard of ``by_shard`` (``_by_shard``): which of its
+    subjects are on the suppression list (``_erased_among`` reads the replies)."""
+    for shard, members in by_shard.items():
+        pipe.smismember(keys.erased(shard), [erased_token(u) for u in members])
+
+
+def _erased_among(by_shard: Mapping[int, list[str]], replies: Iterable[list[Any]]) -> set[str]:
+    return {
+        u
+        for members, flags in zip(by_shard.values(), replies, strict=True)
+        for u, flag in zip(members, flags, strict=True)
+        if flag
+    }
+
+
 def _examples_position(raw: str, shards: int) -> dict[int, str]:
     """The per-shard model-example positions a trainer position string stands for ("0-0": none)."""
     out: dict[int, str] = {}
@@ -281,8 +297,7 @@ class Store:
         for uid in uids:
             pipe.hmget(self.keys.state(uid), "ver", "blob")
         shards = _by_shard(self.keys, uids)
-        for shard, members in shards.items():
-            pipe.smismember(self.keys.erased(shard), [erased_token(u) for u in members])
+        _ask_erased(pipe, self.keys, shards)
         pipe.get(self.keys.clock)
         pipe.hgetall(self.keys.rfm_thresholds)
         pipe.hget(self.keys.model_meta, "version")
@@ -293,9 +308,7 @@ class Store:
         self.parts_seen = replies.pop()
         self.models_version_seen = int(replies.pop() or 0)
         thresholds, clock = replies.pop(), replies.pop()
-        erased: set[str] = set()
-        for (_, members), flags in zip(shards.items(), replies[len(uids) :], strict=True):
-            erased.update(u for u, flag in zip(members, flags, strict=True) if flag)
+        erased = _erased_among(shards, replies[len(uids) :])
         loaded: dict[str, LoadedUser] = {}
         for uid, (ver, blob) in zip(uids, replies[: len(uids)], strict=True):
             state = UserState.from_bytes(blob) if blob else None
@@ -808,12 +821,8 @@ class Store:
             return set()
         shards = _by_shard(self.keys, uids)
         pipe = self.client.pipeline(transaction=False)
-        for shard, members in shards.items():
-            pipe.smismember(self.keys.erased(shard), [erased_token(u) for u in members])
-        out: set[str] = set()
-        for (_, members), flags in zip(shards.items(), await pipe.execute(), strict=True):
-            out.update(u for u, flag in zip(members, flags, strict=True) if flag)
-        return out
+        _ask_erased(pipe, self.keys, shards)
+        return _erased_among(shards, await pipe.execute())
 
     async def delete_namespace(self) -> int:
         """Delete every key of this store (its prefix and layout); returns how many."""

@@ -42,6 +42,17 @@ def shard_of_token(token: str, shards: int) -> int:
     return int(token[:8], 16) % shards
 
 
+def layout_value(shards: int) -> str:
+    """What ``Keys.layout`` holds for a store of ``shards`` state shards."""
+    return f"shards={shards}"
+
+
+def layout_shards(value: str) -> int:
+    """The shard count a ``Keys.layout`` value records; 0 when it is not ``shards=N``."""
+    name, _, number = value.partition("=")
+    return int(number) if name == "shards" and number.isdigit() else 0
+
+
 @dataclass(frozen=True)
 class Keys:
     prefix: str = "portrait"

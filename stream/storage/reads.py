@@ -23,7 +23,7 @@ import orjson
 
 from stream.settings import Settings
 from stream.storage.client import Client, connect_settings
-from stream.storage.keys import Keys
+from stream.storage.keys import Keys, layout_shards
 
 Pair = tuple[str, str]  # (tag, value) of an audience
 
@@ -77,9 +77,9 @@ class Reads:
         """Read the shard count the store recorded (``Store.adopt_layout`` writes it); a store not
         created yet keeps the settings' count."""
         raw = await self.client.get(self.keys.layout)
-        text = _text(raw) if raw else ""
-        if text.startswith("shards=") and text[7:].isdigit() and not callable(self._keys):
-            self._keys = replace(self._keys, shards=int(text[7:]))
+        shards = layout_shards(_text(raw) if raw else "")
+        if shards and not callable(self._keys):
+            self._keys = replace(self._keys, shards=shards)
         return self.keys.shards
 
     async def close(self) -> None:

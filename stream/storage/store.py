@@ -42,7 +42,15 @@ from stream.storage.client import (
     run_scripts,
     script_source as script_source,
 )
-from stream.storage.keys import PREVIOUS_SCHEMAS, SCHEMA, Keys, erased_token, shard_of_token
+from stream.storage.keys import (
+    PREVIOUS_SCHEMAS,
+    SCHEMA,
+    Keys,
+    erased_token,
+    layout_shards,
+    layout_value,
+    shard_of_token,
+)
 from stream.storage.quantiles import Request, score_text, select
 from stream.storage.reads import Pair, Reads
 from stream.tagging.engine import RfmThresholds
@@ -220,7 +228,7 @@ class Store:
         pipe = self.client.pipeline(transaction=False)
         for key in self.keys.previous_epochs():
             pipe.exists(key)
-        pipe.set(self.keys.layout, f"shards={self.keys.shards}", nx=True)
+        pipe.set(self.keys.layout, layout_value(self.keys.shards), nx=True)
         pipe.get(self.keys.layout)
         *old, _, recorded = await pipe.execute()
         for schema_key, present in zip(self.keys.previous_epochs(), old, strict=True):
@@ -232,7 +240,7 @@ class Store:
                     f"'From v1' (`portrait migrate --drop-v1` removes the old keys)"
                 )
         text = _text(recorded or b"")
-        shards = int(text.partition("=")[2]) if text.startswith("shards=") and text[7:].isdigit() else 0
+        shards = layout_shards(text)
         if shards <= 0:
             raise ConfigError(f"the store layout {self.keys.layout} is {text!r}, not shards=N")
         if shards != self.keys.shards:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 
@@ -36,6 +36,16 @@ SCRIPT_NAMES = (
     "lease",
     "advance_clock",
 )
+
+
+def decode_text(value: bytes | str) -> str:
+    """A reply as text (the clients are made with ``decode_responses=False``: replies are bytes)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def decode_hash(raw: Mapping[Any, Any]) -> dict[str, str]:
+    """A hash reply (HGETALL) as text fields and values."""
+    return {decode_text(k): decode_text(v) for k, v in raw.items()}
 
 
 @functools.cache

@@ -22,18 +22,10 @@ from typing import Any
 import orjson
 
 from stream.settings import Settings
-from stream.storage.client import Client, connect_settings
+from stream.storage.client import Client, connect_settings, decode_hash, decode_text
 from stream.storage.keys import Keys, layout_shards
 
 Pair = tuple[str, str]  # (tag, value) of an audience
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _decoded(raw: Any) -> dict[str, str]:
-    return {_text(k): _text(v) for k, v in raw.items()}
 
 
 @dataclass(frozen=True)
@@ -77,7 +69,7 @@ class Reads:
         """Read the shard count the store recorded (``Store.adopt_layout`` writes it); a store not
         created yet keeps the settings' count."""
         raw = await self.client.get(self.keys.layout)
-        shards = layout_shards(_text(raw) if raw else "")
+        shards = layout_shards(decode_text(raw) if raw else "")
         if shards and not callable(self._keys):
             self._keys = replace(self._keys, shards=shards)
         return self.keys.shards
@@ -91,7 +83,7 @@ class Reads:
     # -- profiles --------------------------------------------------------------------------
     async def profile(self, uid: str) -> dict[str, str]:
         """The published profile hash of ``uid`` (empty when unknown, expired or erased)."""
-        return _decoded(await self.client.hgetall(self.keys.profile(uid)))
+        return decode_hash(await self.client.hgetall(self.keys.profile(uid)))
 
     async def profiles(self, uids: Sequence[str]) -> list[dict[str, str]]:
         """Published profiles of ``uids``, in order, in one round trip."""
@@ -100,7 +92,7 @@ class Reads:
         pipe = self.client.pipeline(transaction=False)
         for uid in uids:
             pipe.hgetall(self.keys.profile(uid))
-        return [_decoded(raw) for raw in await pipe.execute()]
+        return [decode_hash(raw) for raw in await pipe.execute()]
 
     async def profile_fields(self, uids: Sequence[str], fields: Sequence[str]) -> list[list[str | None]]:
         """The values of ``fields`` of each of ``uids`` (None where absent), in one round trip."""
@@ -109,7 +101,7 @@ class Reads:
         pipe = self.client.pipeline(transaction=False)
         for uid in uids:
             pipe.hmget(self.keys.profile(uid), list(fields))
-        return [[_text(v) if v is not None else None for v in row] for row in await pipe.execute()]
+        return [[decode_text(v) if v is not None else None for v in row] for row in await pipe.execute()]
 
     async def aliases(self, subjects: Sequence[str]) -> dict[str, str]:
         """Merged anonymous subjects (``anon:<id>``) -> the user they were merged into."""
@@ -119,7 +111,7 @@ class Reads:
         for s in subjects:  # one GET each: the aliases live in their subjects' shards
             pipe.get(self.keys.alias(s))
         values = await pipe.execute()
-        return {s: _text(v) for s, v in zip(subjects, values, strict=True) if v is not None}
+        return {s: decode_text(v) for s, v in zip(subjects, values, strict=True) if v is not None}
 
     async def state(self, uid: str) -> bytes | None:
         """The stored state blob of ``uid`` (decode with ``UserState.from_bytes``)."""
@@ -164,8 +156,8 @@ class Reads:
         shard, inner = cursor % shards, cursor // shards
         nxt, members = await self.client.sscan(self.keys.audience(shard, *pair), cursor=inner, count=count)
         if int(nxt):
-            return shard + shards * int(nxt), [_text(m) for m in members]
-        return (shard + 1 if shard + 1 < shards else 0), [_text(m) for m in members]
+            return shard + shards * int(nxt), [decode_text(m) for m in members]
+        return (shard + 1 if shard + 1 < shards else 0), [decode_text(m) for m in members]
 
     async def memberships(self, uids: Sequence[str], pairs: Sequence[Pair]) -> list[list[bool]]:
         """For each of ``pairs``, whether each of ``uids`` is a member (``SMISMEMBER`` per pair and
@@ -194,7 +186,7 @@ class Reads:
         for the background refresher only."""
         out: set[Pair] = set()
         async for key in self.client.scan_iter(match=self.keys.audience_pattern, count=1000):
-            out.add(self.keys.parse_audience(_text(key)))
+            out.add(self.keys.parse_audience(decode_text(key)))
         return sorted(out)
 
     async def all_audience_sizes(self) -> dict[Pair, int]:
@@ -218,7 +210,7 @@ class Reads:
     async def stored_users(self) -> AsyncIterator[str]:
         """*Scan*: the id of every user with a stored state (published profile or not)."""
         async for key in self.client.scan_iter(match=self.keys.state_pattern, count=1000):
-            yield self.keys.parse_state(_text(key))
+            yield self.keys.parse_state(decode_text(key))
 
     async def scan_users(
         self, fields: Sequence[str], batch: int = 500, with_state: bool = True
@@ -241,14 +233,14 @@ class Reads:
             out = []
             for i, uid in enumerate(uids):
                 values = replies[i * step]
-                profile = {name: _text(v) for name, v in zip(names, values, strict=True) if v is not None}
+                profile = {name: decode_text(v) for name, v in zip(names, values, strict=True) if v is not None}
                 if profile:  # expired or deleted between the scan and the read
                     blob = replies[i * step + 1] if with_state else None
                     out.append(UserRecord(uid, profile, bytes(blob) if blob is not None else None))
             return out
 
         async for key in self.client.scan_iter(match=self.keys.profile_pattern, count=1000):
-            pending.append(self.keys.parse_profile(_text(key)))
+            pending.append(self.keys.parse_profile(decode_text(key)))
             if len(pending) >= batch:
                 yield await fetch(pending)
                 pending = []
@@ -266,7 +258,7 @@ class Reads:
         for raw in await pipe.execute():
             for k, v in raw.items():
                 if k != b"_":
-                    out[_text(k)] = out.get(_text(k), 0) + int(v)
+                    out[decode_text(k)] = out.get(decode_text(k), 0) + int(v)
         return out
 
     async def clock(self) -> float | None:

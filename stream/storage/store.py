@@ -38,6 +38,8 @@ from stream.storage.client import (
     Client,
     connect,
     connect_settings,
+    decode_hash,
+    decode_text,
     run_script,
     run_scripts,
     script_source as script_source,
@@ -76,20 +78,12 @@ class OutboxEntry:
     value: bytes
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _decoded(raw: Mapping[bytes, bytes]) -> dict[str, str]:
-    return {_text(k): _text(v) for k, v in raw.items()}
-
-
 def _thresholds(raw: Any) -> RfmThresholds:
     if not raw:
         return RfmThresholds()
 
     def parse(name: bytes) -> tuple[float, ...]:
-        return tuple(float(x) for x in _text(raw.get(name, b"")).split(",") if x)
+        return tuple(float(x) for x in decode_text(raw.get(name, b"")).split(",") if x)
 
     return RfmThresholds(int(raw.get(b"version", b"0")), parse(b"r"), parse(b"f"), parse(b"m"))
 
@@ -128,7 +122,7 @@ def watermark(clock: float, parts: Mapping[bytes, bytes], progress: Progress | N
 
     ``parts`` is the stored progress hash; ``progress`` a batch's update not written yet (applied
     with ``progress_updates``, as ``Store.write`` stores it)."""
-    stored = _decoded(parts)
+    stored = decode_hash(parts)
     values: dict[str, float | str] = {**stored, **progress_updates(stored, progress)}
     return min([clock, *(float(v) for v in values.values() if v != CAUGHT)])
 
@@ -239,7 +233,7 @@ class Store:
                     f"version uses layout {SCHEMA}, which is rebuilt by a replay: see docs/redis-keys.md "
                     f"'From v1' (`portrait migrate --drop-v1` removes the old keys)"
                 )
-        text = _text(recorded or b"")
+        text = decode_text(recorded or b"")
         shards = layout_shards(text)
         if shards <= 0:
             raise ConfigError(f"the store layout {self.keys.layout} is {text!r}, not shards=N")
@@ -273,7 +267,7 @@ class Store:
         carry = self.client.pipeline(transaction=False)
         for schema in PREVIOUS_SCHEMAS:
             async for token in self.client.sscan_iter(self.keys.previous_erased(schema), count=1000):
-                text = _text(token)
+                text = decode_text(token)
                 carry.sadd(self.keys.erased(shard_of_token(text, self.keys.shards)), text)
         if len(carry):
             await carry.execute()
@@ -383,7 +377,7 @@ class Store:
         # sequential (load, then write), so that read is current; only two owners of one partition
         # during a rebalance can interleave, and then the later write wins for that partition
         # until the owner's next batch.
-        for key, value in progress_updates(_decoded(self.parts_seen), progress).items():
+        for key, value in progress_updates(decode_hash(self.parts_seen), progress).items():
             parts.extend((key, value if isinstance(value, str) else f"{value:.6f}"))
         if rest or parts or clock is not None or due:
             flat_due = [x for s, d in sorted(due.items()) for x in (str(s), repr(d))]
@@ -519,7 +513,7 @@ class Store:
             claimed, fresh = next(replies)[1], next(replies)
             entries = list(claimed) + [e for _, items in fresh or [] for e in items]
             out.extend(
-                OutboxEntry(f"{shard}/{_text(eid)}", _text(f[b"t"]), _text(f[b"k"]), f[b"v"])
+                OutboxEntry(f"{shard}/{decode_text(eid)}", decode_text(f[b"t"]), decode_text(f[b"k"]), f[b"v"])
                 for eid, f in entries
                 if f is not None
             )
@@ -558,7 +552,9 @@ class Store:
             pipe.xrange(self.keys.model_examples(shard), min=f"({start}" if start else "-", max="+", count=count)
         merged: list[tuple[tuple[int, int], int, str, bytes]] = []
         for shard, entries in enumerate(await pipe.execute()):
-            merged.extend((_entry_order(_text(eid)), shard, _text(eid), fields[b"i"]) for eid, fields in entries)
+            merged.extend(
+                (_entry_order(decode_text(eid)), shard, decode_text(eid), fields[b"i"]) for eid, fields in entries
+            )
         merged.sort()
         out: list[tuple[str, bytes]] = []
         for _, shard, eid, item in merged[:count]:
@@ -587,7 +583,7 @@ class Store:
         pipe.get(self.keys.model_checkpoint)
         pipe.hmget(self.keys.model_meta, "position", "version")
         raw, (position, version) = await pipe.execute()
-        return raw, _text(position) if position else "0-0", int(version or 0)
+        return raw, decode_text(position) if position else "0-0", int(version or 0)
 
     async def model_status(self) -> dict[str, Any]:
         return await self.reads.model_status()
@@ -607,7 +603,7 @@ class Store:
         pipe = self.client.pipeline(transaction=False)
         for shard in range(self.keys.shards):
             pipe.xrevrange(self.keys.model_examples(shard), count=1)
-        heads = {s: _text(r[0][0]) for s, r in enumerate(await pipe.execute()) if r}
+        heads = {s: decode_text(r[0][0]) for s, r in enumerate(await pipe.execute()) if r}
         return _position_text(heads) if heads else None
 
     async def model_examples_pending(self) -> int:
@@ -628,7 +624,7 @@ class Store:
 
         Returns (user, due time); a due time of 0 means "re-evaluate now" (forced)."""
         stored: Any = await self.client.zrange(self.keys.due_index, 0, -1, withscores=True)
-        index: dict[int, float] = {int(_text(m)): float(score) for m, score in stored}
+        index: dict[int, float] = {int(decode_text(m)): float(score) for m, score in stored}
         if wall_now - self._due_swept_at >= SWEEP_S:
             self._due_swept_at = wall_now
             shards = list(range(self.keys.shards))
@@ -642,9 +638,9 @@ class Store:
         out: list[tuple[str, float]] = []
         updates: list[str] = []
         for shard, (flat, head) in zip(shards, await run_scripts(self.client, calls), strict=True):
-            out.extend((_text(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2))
+            out.extend((decode_text(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2))
             seen = index.get(shard)
-            updates.extend((str(shard), repr(seen) if seen is not None else "", _text(head)))
+            updates.extend((str(shard), repr(seen) if seen is not None else "", decode_text(head)))
         await run_script(self.client, "set_due_index", [self.keys.due_index], updates)
         return out
 
@@ -681,7 +677,7 @@ class Store:
         pipe.hmget(self.keys.rfm_thresholds, *RANK_METRICS, "pending")
         replies = await pipe.execute()
         *stored, pending = replies.pop()
-        old = [_text(v) if v else "" for v in stored]
+        old = [decode_text(v) if v else "" for v in stored]
         if pending:  # an earlier refresh stopped before making its users due: finish that first
             await self._mark_rescored(orjson.loads(pending))
         sizes = [[int(n) for n in replies[j * len(shards) : (j + 1) * len(shards)]] for j in range(len(RANK_METRICS))]
@@ -816,7 +812,7 @@ class Store:
             ]  # in the order erase.lua reads them
             result = await run_script(self.client, "erase", keys, [uid, erased_token(uid), ver or b""])
             if result is not None:
-                return removed + [_text(r) for r in result]
+                return removed + [decode_text(r) for r in result]
         raise RuntimeError(f"erase of {uid}: the state kept changing during {MAX_ERASE_ATTEMPTS} attempts")
 
     async def aliases(self, subjects: list[str]) -> dict[str, str]:

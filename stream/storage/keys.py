@@ -80,7 +80,7 @@ class Keys:
 
     # -- one subject (its shard's hash tag) ---------------------------------------------
     def state(self, uid: str) -> str:
-        return f"{self.state_prefix(self.shard(uid))}{uid}"
+        return f"{self._of(uid)}:state:{uid}"
 
     def profile(self, uid: str) -> str:
         return f"{self._of(uid)}:profile:{uid}"
@@ -90,12 +90,8 @@ class Keys:
         return f"{self._of(subject)}:alias:{subject}"
 
     # -- one shard's share of the population structures -------------------------------
-    def audience_prefix(self, shard: int) -> str:
-        """What every audience set of ``shard`` starts with (``audience`` appends ``TAG:VALUE``)."""
-        return f"{self.shard_base(shard)}:aud:"
-
     def audience(self, shard: int, tag: str, value: str) -> str:
-        return f"{self.audience_prefix(shard)}{tag}:{value}"
+        return f"{self.shard_base(shard)}:aud:{tag}:{value}"
 
     @property
     def audience_pattern(self) -> str:
@@ -106,9 +102,6 @@ class Keys:
         """(tag, value) of an audience set's key."""
         tag, _, value = key.partition("}:aud:")[2].partition(":")
         return tag, value
-
-    def state_prefix(self, shard: int) -> str:
-        return f"{self.shard_base(shard)}:state:"
 
     @property
     def state_pattern(self) -> str:

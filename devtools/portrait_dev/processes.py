@@ -135,16 +135,21 @@ def stop_pid(pid: int, *, expect: str | None = None, timeout: float = 10.0) -> b
         time.sleep(0.05)
     else:
         log.warning("pid %d did not exit within %.0fs of SIGTERM; killing it", pid, timeout)
-        _signal_group(pid, signal.SIGKILL)
-        if popen is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                popen.wait(timeout=5)
-        else:
-            end = time.monotonic() + 5
-            while pid_alive(pid) and time.monotonic() < end:
-                time.sleep(0.05)
+        _kill(pid, popen)
     _CHILDREN.pop(pid, None)
     return True
+
+
+def _kill(pid: int, popen: subprocess.Popen[bytes] | None) -> None:
+    """SIGKILL ``pid``'s process group and wait (up to 5 s) until it is gone."""
+    _signal_group(pid, signal.SIGKILL)
+    if popen is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            popen.wait(timeout=5)
+    else:
+        end = time.monotonic() + 5
+        while pid_alive(pid) and time.monotonic() < end:
+            time.sleep(0.05)
 
 
 def _die_with_parent_hook() -> Callable[[], None]:
@@ -193,11 +198,7 @@ class ManagedProcess:
         """SIGKILL the process group at once (its data is about to be deleted). True if it was running."""
         if not self.alive():
             return False
-        _signal_group(self.pid, signal.SIGKILL)
-        popen = _CHILDREN.pop(self.pid, None)
-        if popen is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                popen.wait(timeout=5)
+        _kill(self.pid, _CHILDREN.pop(self.pid, None))
         return True
 
     def respawn(self) -> ManagedProcess:

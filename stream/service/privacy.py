@@ -76,15 +76,9 @@ async def export(store: Store, uid: str) -> dict[str, Any]:
     state_raw, profile_raw, due, *ranks = await pipe.execute()
     state = UserState.from_bytes(state_raw[b"blob"]) if state_raw.get(b"blob") else None
     published = state.published if state is not None else {}
-    memberships = []
-    if published:
-        pipe = store.client.pipeline(transaction=False)
-        for tag, value in published.items():
-            pipe.sismember(keys.audience(shard, tag, value), uid)
-        flags = await pipe.execute()
-        memberships = [
-            keys.audience(shard, t, v) for (t, v), member in zip(published.items(), flags, strict=True) if member
-        ]
+    pairs = list(published.items())
+    flags = await store.reads.memberships([uid], pairs)
+    memberships = [keys.audience(shard, *pair) for pair, (member,) in zip(pairs, flags, strict=True) if member]
     return {
         "user_id": uid,
         "erased": bool(await store.erased([uid])),

@@ -30,6 +30,8 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
+
 from stream.api.aggregate import Aggregate
 from stream.models.config import ModelsConfig
 from stream.rules.config import MODEL_TAG_DOMAINS
@@ -43,6 +45,8 @@ log = logging.getLogger(__name__)
 RATE_SAMPLE_S = 2.0
 RATE_WINDOW_S = 30.0
 HOUR = 3600
+# Redis away, or the pass process killed: retried at the next pass, logged without a traceback
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, BrokenProcessPool, OSError)
 CHURN_BANDS = tuple(MODEL_TAG_DOMAINS["churn_band"].values or ())  # low, medium, high
 
 
@@ -182,8 +186,11 @@ class Refresher:
         return self.latest
 
     async def run_passes(self) -> None:
-        def failed(_exc: Exception) -> None:  # Redis away, a bad record: keep the last aggregate
-            log.exception("insights pass failed; keeping the previous aggregate")
+        def failed(exc: Exception) -> None:  # keep the last aggregate
+            if isinstance(exc, UNREACHABLE):  # an outage, not a bug: one line, no traceback
+                log.warning("insights pass failed (%s); keeping the previous aggregate", exc)
+            else:
+                log.exception("insights pass failed; keeping the previous aggregate")
 
         await _every(self.settings.api_insights_interval_s, self.refresh, failed)
 

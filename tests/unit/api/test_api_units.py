@@ -151,3 +151,33 @@ def test_inclusion_exclusion_sizes() -> None:
         }
         got = sum(sign * len(set.intersection(*(members[p] for p in group))) for sign, group in inclusion_terms(expr))
         assert got == len(want), (any_of, all_of, none_of)
+
+
+@pytest.mark.parametrize("outage", [True, False])
+def test_a_failed_insights_pass_is_one_line_when_redis_is_away(outage: bool, caplog) -> None:
+    """Redis away (e.g. stopped under a running API) is logged without a traceback; a bug keeps it."""
+    import asyncio
+
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from stream.api.refresher import Refresher
+
+    settings = Settings(api_insights_interval_s=0.01)
+    refresher = Refresher(reads=None, settings=settings, catalogue=load_catalogue())  # type: ignore[arg-type]
+    error = RedisConnectionError("Connection refused") if outage else KeyError("bug")
+
+    async def failing() -> None:
+        raise error
+
+    refresher.refresh = failing  # type: ignore[method-assign]
+
+    async def two_passes() -> None:
+        task = asyncio.create_task(refresher.run_passes())
+        while len(caplog.records) < 2:
+            await asyncio.sleep(0.01)
+        task.cancel()
+
+    with caplog.at_level("WARNING", logger="stream.api.refresher"):
+        asyncio.run(asyncio.wait_for(two_passes(), 10))
+    assert all("insights pass failed" in r.getMessage() for r in caplog.records)
+    assert all((r.exc_info is None) is outage for r in caplog.records)

@@ -117,20 +117,48 @@ class ValkeyCluster:
 
         _wait(f"node {node.port} following its new master", following, timeout)
 
-    def move_slots(self, slots: Sequence[int], target: Node, batch: int = 100) -> None:
-        """Reshard ``slots`` to ``target`` live, key by key (``MIGRATE``), as valkey-cli does."""
+    def move_slots(self, slots: Sequence[int], target: Node, batch: int = 100, pause_s: float = 0.0) -> None:
+        """Reshard ``slots`` to ``target`` live, ``batch`` keys per ``MIGRATE``, as valkey-cli does.
+
+        ``pause_s`` between MIGRATEs keeps each slot half-moved for a while (a test's clients then
+        meet ASK and TRYAGAIN, not only the MOVED after the move)."""
         for slot in slots:
-            source = self.master_of_slot(slot)
-            if source is target:
+            source = self.begin_move(slot, target)
+            if source is None:
                 continue
-            with source.client() as src, target.client() as dst:
-                dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source.node_id)
-                src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target.node_id)
+            with source.client() as src:
                 while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, batch):
                     src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
-                for node in self.current_masters():
-                    with node.client() as c:
-                        c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target.node_id)
+                    time.sleep(pause_s)
+            self.finish_move(slot, target)
+
+    def begin_move(self, slot: int, target: Node) -> Node | None:
+        """Mark ``slot`` IMPORTING on ``target`` and MIGRATING on its master; returns that master
+        (None when it is ``target``). Its keys then move with ``MIGRATE``; ``finish_move`` ends it."""
+        source = self.master_of_slot(slot)
+        if source is target:
+            return None
+        with source.client() as src, target.client() as dst:
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source.node_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target.node_id)
+        return source
+
+    def finish_move(self, slot: int, target: Node) -> None:
+        """Give ``slot`` to ``target`` on every master (clients asking elsewhere get MOVED)."""
+        for node in self.current_masters():
+            with node.client() as c:
+                c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target.node_id)
+
+    def errorstats(self) -> dict[str, int]:
+        """Error replies per kind (``INFO errorstats``: ASK, MOVED, TRYAGAIN, ...) summed over the
+        live nodes since they started."""
+        out: dict[str, int] = {}
+        for node in self.live:
+            with node.client() as c:
+                for name, stat in c.info("errorstats").items():
+                    kind = name.removeprefix("errorstat_")
+                    out[kind] = out.get(kind, 0) + int(stat["count"])
+        return out
 
     def stop(self) -> None:
         for node in reversed(self.nodes):

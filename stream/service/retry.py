@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from redis.exceptions import (
-    ClusterDownError,
+    ClusterError,
     ConnectionError as RedisConnectionError,
     ReadOnlyError,
     SlotNotCoveredError,
@@ -32,13 +32,15 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # a Redis Cluster failing over answers CLUSTERDOWN / TRYAGAIN, a demoted master READONLY, and a
-# slot may be briefly unserved: all pass once the replica is promoted (MOVED/ASK are followed by
-# the cluster client itself). The store's ReplicationLag (WAIT not met) is retried the same way.
+# slot may be briefly unserved: all pass once the replica is promoted. MOVED/ASK are followed by
+# the cluster client (and by stream.storage.client for the scripts); a slot that stays half-moved
+# longer than the client follows it ends in TRYAGAIN or ClusterError "TTL exhausted" (ClusterError
+# also covers CLUSTERDOWN). The store's ReplicationLag (WAIT not met) is retried the same way.
 RETRIED = (
     RedisConnectionError,
     RedisTimeoutError,
     OSError,
-    ClusterDownError,
+    ClusterError,
     TryAgainError,
     ReadOnlyError,
     SlotNotCoveredError,

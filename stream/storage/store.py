@@ -282,8 +282,10 @@ class Store:
         self.epoch = epoch.encode() if isinstance(epoch, str) else epoch
         return created
 
-    def _check_epoch(self, current: bytes | None) -> None:
-        if self.epoch is not None and current != self.epoch and not self.data_lost:
+    def _check_epoch(self, current: bytes | None, expected: bytes | None) -> None:
+        """``expected``: the epoch known when the read was sent (a ``load`` sent while
+        ``ensure_epoch`` was creating it, at startup, read none: that is no loss)."""
+        if expected is not None and current != expected and not self.data_lost:
             self.data_lost = True
             log.error(
                 "the store epoch %s is %s: Redis lost its data (restarted without persistence, flushed "
@@ -295,6 +297,7 @@ class Store:
     # -- the batch path -------------------------------------------------------------------
     async def load(self, uids: list[str]) -> tuple[dict[str, LoadedUser], float | None, RfmThresholds]:
         """States of ``uids``, the event-time clock and the RFM thresholds, in one round trip."""
+        expected_epoch = self.epoch
         pipe = self.client.pipeline(transaction=False)
         for uid in uids:
             pipe.hmget(self.keys.state(uid), "ver", "blob")
@@ -306,7 +309,7 @@ class Store:
         pipe.hgetall(self.keys.clock_parts)
         pipe.get(self.keys.epoch)
         replies = await pipe.execute()
-        self._check_epoch(replies.pop())
+        self._check_epoch(replies.pop(), expected_epoch)
         self.parts_seen = replies.pop()
         self.models_version_seen = int(replies.pop() or 0)
         thresholds, clock = replies.pop(), replies.pop()

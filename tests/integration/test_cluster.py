@@ -24,11 +24,13 @@ import pytest
 from portrait_dev import synth
 from portrait_dev.harness import settings_env
 from portrait_dev.infra import valkey_binary
-from portrait_dev.valkey_cluster import ValkeyCluster, running_cluster
+from portrait_dev.valkey_cluster import Node, ValkeyCluster, running_cluster
 from redis.crc import key_slot
 
 from stream.cli.main import main
 from stream.offline.driver import OfflineRun, drive
+from stream.settings import Settings
+from stream.storage.client import connect, run_scripts
 from stream.storage.keys import Keys, erased_token
 from stream.storage.store import Store
 from stream.tagging.definitions import load_catalogue
@@ -104,6 +106,53 @@ def test_a_master_killed_mid_replay_loses_nothing(make_settings, cluster: Valkey
     assert {u for u, _ in found.mismatches} == {u for u, _ in _undisturbed(make_settings, events).mismatches}
 
 
+def test_scripts_follow_a_slot_while_it_moves(cluster: ValkeyCluster) -> None:
+    """A script sent to a slot being moved: ASK (its key already moved: run on the importing node
+    after ASKING, on the connection that WAITs), TRYAGAIN (its keys split between the nodes:
+    sent again until the move ends), then MOVED; each returns what it would have without the move."""
+    keys = Keys("mv")
+    clock_slot, due_slot = key_slot(keys.clock.encode()), key_slot(keys.due(5).encode())
+    masters = cluster.current_masters()
+    # a key in each slot, on its master, before the moves
+    with cluster.master_of_slot(clock_slot).client() as c:
+        c.set(keys.clock, "5.000000")
+    with cluster.master_of_slot(due_slot).client() as c:
+        c.zadd(keys.due(5), {"u1": 100.0, "u2": 200.0, "u3": 900.0})
+
+    def half_moved(slot: int, key: str) -> tuple[Node, Node]:
+        source = cluster.master_of_slot(slot)
+        target = next(n for n in masters if n is not source)
+        assert cluster.begin_move(slot, target) is source
+        with source.client() as src:
+            src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", key)
+        return source, target
+
+    async def scripts() -> tuple[float, list[bytes]]:
+        client = connect(*Settings(redis_url=cluster.url).redis_target())
+        try:
+            _, clock_target = half_moved(clock_slot, keys.clock)
+            # ASK: the clock is on the importing node; WAIT 1 there must count this write
+            (clock,) = await run_scripts(client, [("advance_clock", [keys.clock], ["10.5"])], wait=(1, 2000))
+            cluster.finish_move(clock_slot, clock_target)
+            _, due_target = half_moved(due_slot, keys.due(5))
+            # TRYAGAIN: due moved, inflight (absent) not; the move ends while the script is retried
+            claim = asyncio.create_task(
+                run_scripts(client, [("claim", [keys.due(5), keys.inflight(5)], ["300", 10, "1000", "2000"])])
+            )
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(cluster.finish_move, due_slot, due_target)
+            ((flat, head),) = await claim
+            return float(clock), [*flat[::2], head]
+        finally:
+            await client.aclose()
+
+    clock, claimed = asyncio.run(scripts())
+    assert clock == 10.5
+    assert claimed == [b"u1", b"u2", b"900"]  # due by 300: u1 and u2; u3 (900) is next
+    answered = cluster.errorstats()
+    assert answered.get("ASK", 0) >= 2 and answered.get("TRYAGAIN", 0) >= 1 and answered.get("MOVED", 0) >= 1
+
+
 @pytest.mark.both_stores
 def test_a_v1_store_is_refused_until_dropped(make_settings, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
     """A store of layout v1 under the prefix: every command (the worker's start check too) stops
@@ -144,8 +193,6 @@ def test_a_v1_store_is_refused_until_dropped(make_settings, monkeypatch, capsys)
 
 
 def test_cluster_urls_are_checked_in_one_line() -> None:
-    from stream.settings import Settings
-
     assert Settings(redis_url="redis+cluster://h:7000").redis_target() == ("redis://h:7000", True)
     assert Settings(redis_url="rediss+cluster://u:p@h:7000/0").redis_target() == ("rediss://u:p@h:7000/0", True)
     assert Settings(redis_url="redis://h:7000", redis_cluster=True).redis_target() == ("redis://h:7000", True)

@@ -5,14 +5,37 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from faust.types import TP
+
+from stream.contracts.topics import Topics
 from stream.service.processor import Processor
 from stream.settings import Settings
+from stream.storage.store import Ends
 
 log = logging.getLogger(__name__)
 
 
+async def input_ends(app: Any, topics: tuple[str, ...]) -> Ends | None:
+    """(log start, end offset) of every partition of the input topics, asked of the broker now
+    (not the consumer's last fetch); None while the consumer does not know the topics yet."""
+    try:
+        consumer = app.consumer
+        counts = [consumer.topic_partitions(t) for t in topics]
+    except Exception:  # no consumer thread yet
+        return None
+    if not all(counts):
+        return None
+    tps = [TP(t, p) for t, n in zip(topics, counts, strict=True) for p in range(n)]
+    begins = await consumer.earliest_offsets(*tps)
+    ends = await consumer.highwaters(*tps)
+    return {f"{tp.topic}/{tp.partition}": (int(begins[tp]), int(ends[tp])) for tp in tps}
+
+
 def register_timers(app: Any, processor: Processor, settings: Settings) -> None:
     refreshed_at = [float("-inf")]  # event time of the last event-time-cadence RFM refresh
+    inputs = Topics(settings.topic_prefix).inputs
+    # the event-time watermark checks the stored progress against the broker's end offsets
+    processor.input_ends = lambda: input_ends(app, inputs)
 
     async def reevaluate() -> None:
         # Drain everything due now, a bounded batch at a time, so a clock jump catches up at once.
@@ -23,9 +46,11 @@ def register_timers(app: Any, processor: Processor, settings: Settings) -> None:
                     # users whose scores the new thresholds move are made due, and re-scored below
                     await processor.store.refresh_rfm(now)
                     refreshed_at[0] = now
-            # users may be due several times within one clock jump (each change point); bounded per tick
+            # users may be due several times within one clock jump (each change point); bounded per
+            # tick, up to one watermark (it stays safe while the drain runs)
+            mark = await processor.now()
             for _ in range(100):
-                if await processor.reevaluate_due() == 0:
+                if await processor.reevaluate_due(mark) == 0:
                     break
             if settings.clock == "event":
                 await processor.freshen(await processor.now())

@@ -6,10 +6,21 @@ Pure bookkeeping across batches; the store's ``watermark`` and write script turn
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import NamedTuple
 
 from stream.core.intake import Message, Valid
 
-Progress = dict[str, tuple[float | None, bool]]  # partition -> (highest event time applied, read to end)
+
+class PartitionProgress(NamedTuple):
+    """What a batch knows of one input partition it read."""
+
+    applied: float | None  # highest event time applied from it (None: none yet)
+    caught: bool  # the batch read it to the consumer's (possibly stale) high-water mark
+    next_offset: int | None = None  # every offset before this one is handled once the batch is written
+
+
+Progress = dict[str, PartitionProgress]  # partition -> its progress
+Ends = Mapping[str, tuple[int, int]]  # partition -> (log start offset, end offset), fetched fresh
 
 
 class InputProgress:
@@ -57,5 +68,5 @@ class InputProgress:
             if source not in highwaters:
                 continue  # no longer assigned here: its new owner reports it
             end = highwaters[source]
-            progress[source] = (self.applied_ts.get(source), end is None or last + 1 >= end)
+            progress[source] = PartitionProgress(self.applied_ts.get(source), end is None or last + 1 >= end, last + 1)
         return progress

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from stream.contracts.topics import Topics
 from stream.core.batch import (
@@ -31,7 +31,7 @@ from stream.core.identity import anonymous_subjects, merge, refuse_blocked, reso
 from stream.core.intake import Message, Valid, intake
 from stream.core.pipeline import PlanContext
 from stream.core.progress import InputProgress, Progress
-from stream.core.writes import UserWrite
+from stream.core.writes import LoadedUser, UserWrite
 from stream.identity.merge import IdentityPolicy
 from stream.metrics import Metrics
 from stream.models import Models
@@ -43,15 +43,21 @@ from stream.service.retry import RedisRetry
 from stream.service.trainer import Scoring
 from stream.settings import Settings
 from stream.storage.keys import erased_token
-from stream.storage.store import Store, watermark
+from stream.storage.store import Ends, Store, watermark
 from stream.tagging.definitions import TagCatalogue
 from stream.tagging.engine import RfmThresholds, apply_event
 
 log = logging.getLogger(__name__)
 MAX_CONFLICT_RETRIES = 20
-# A user whose write loses the compare-and-set this many times in one batch is not racing a
-# rebalance any more: their events go to the DLQ so the rest of the batch is written.
+# A user whose write loses the compare-and-set this many times in one batch to writes that applied
+# events is not racing a rebalance any more: their events go to the DLQ so the rest of the batch
+# is written.
 STORM_CONFLICTS = 5
+# Writes that applied no event (the time-driven path re-evaluating the user, on any worker) are
+# bounded: the watermark cannot pass the user's partition while this batch of it is unwritten, so
+# each of the user's due points (and each forced re-evaluation) is claimed once. They never cost
+# an event before this many conflicts in one batch, still short of MAX_CONFLICT_RETRIES.
+STORM_ANY_CONFLICTS = 15
 __all__ = ["BatchReport", "Processor"]
 
 
@@ -65,6 +71,13 @@ def carry_written(plan: BatchPlan, written: list[UserWrite], outcomes: Mapping[s
             plan.outcomes[key] -= n
         plan.outcomes.update(earlier)
     plan.written_earlier.extend(written)
+
+
+Offsets = tuple[tuple[str, int], ...] | None  # a stored user's applied offsets (None: no state)
+
+
+def _applied(user: LoadedUser) -> Offsets:
+    return tuple(sorted(user.state.offsets.items())) if user.state is not None else None
 
 
 class Processor:
@@ -91,6 +104,10 @@ class Processor:
         self.event_clock = 0.0  # largest event time this worker has seen (event-time mode)
         self.progress = InputProgress()  # how far each input partition was read (event-time watermark)
         self._seen_mark = self._freshened = 0.0  # watermark at the last ``freshen`` call / freshening
+        # Fresh (log start, end) offsets of every input partition, or None when the consumer cannot
+        # tell yet; set by the worker's timers. Without it ``now`` trusts the stored CAUGHT flags.
+        self.input_ends: Callable[[], Awaitable[Ends | None]] | None = None
+        self._exact_mark = 0.0  # the highest watermark ``now`` computed with fresh end offsets
         self.identity_policy = IdentityPolicy(
             frozenset(v.strip().lower() for v in settings.identity_blocked_ids),
             settings.identity_max_merges_per_day,
@@ -136,11 +153,12 @@ class Processor:
         await self.dead_letters.reject("blocked_identifier", [(v.message, e) for v, e in blocked], report.dead_letters)
         batch_max_ts = max((v.event.epoch for v in valid), default=None)
         progress = self.progress.update(messages, valid, highwaters) if event_time else None
-        conflicted: Counter[str] = Counter()
+        conflicted: Counter[str] = Counter()  # user -> conflicts in this batch
+        raced: Counter[str] = Counter()  # user -> conflicts with a write that applied events
         written: list[UserWrite] = []  # written by an attempt whose other shards conflicted
         written_outcomes: dict[str, Counter[str]] = {}  # their users' event outcomes then
         for _attempt in range(MAX_CONFLICT_RETRIES):
-            valid, plan, now = await self._plan(valid, wall, batch_max_ts, progress, report)
+            valid, plan, now, seen = await self._plan(valid, wall, batch_max_ts, progress, report)
             carry_written(plan, written, written_outcomes)
             stats = plan.stats(len(messages), report.dead_letters)
             clock = now if event_time else None
@@ -149,13 +167,15 @@ class Processor:
                 break
             self.metrics.write_conflicts.inc()
             log.info("version conflict on %d users; recomputing batch", len(conflicts))
-            conflicted.update(conflicts)
             lost = set(conflicts)
+            conflicted.update(lost)
+            raced.update(await self._raced(lost, seen))
             for w in plan.writes:
                 if w.uid not in lost and w.uid not in written_outcomes:
                     written.append(w)
                     written_outcomes[w.uid] = plan.by_user.get(w.uid, Counter())
-            valid = await self._isolate_storm(valid, {u for u, n in conflicted.items() if n >= STORM_CONFLICTS}, report)
+            stormy = {u for u in lost if raced[u] >= STORM_CONFLICTS or conflicted[u] >= STORM_ANY_CONFLICTS}
+            valid = await self._isolate_storm(valid, stormy, report)
         else:
             raise RuntimeError(f"batch kept conflicting after {MAX_CONFLICT_RETRIES} attempts")
         if event_time:
@@ -163,10 +183,21 @@ class Processor:
         await self._written(plan, valid, report, received)
         return report
 
+    async def _raced(self, lost: set[str], seen: Mapping[str, Offsets]) -> list[str]:
+        """Of the users whose write just lost the compare-and-set, those whose state another
+        writer changed by applying events (or erasing them) since this batch read it: a time-driven
+        re-evaluation moves the version without touching the applied offsets."""
+        if not lost:
+            return []
+        now, _, _ = await self.retry("load", self.store.load, sorted(lost))
+        return [uid for uid in lost if now[uid].erased or _applied(now[uid]) != seen.get(uid)]
+
     async def _isolate_storm(self, valid: list[Valid], stormy: set[str], report: BatchReport) -> list[Valid]:
         """Dead-letter the events that touch a user in a conflict storm; the others stay."""
         kept, storm = split_touching(valid, stormy)
-        why = f"write conflict on this user in {STORM_CONFLICTS} attempts"
+        if not storm:
+            return kept
+        why = "write conflicts on this user in too many attempts of its batch"
         await self.dead_letters.reject("processing_error", [(v.message, why) for v in storm], report.dead_letters)
         return kept
 
@@ -177,14 +208,16 @@ class Processor:
         batch_max_ts: float | None,
         progress: Progress | None,
         report: BatchReport,
-    ) -> tuple[list[Valid], BatchPlan, float]:
-        """Load and plan the batch: (its events still to apply, the plan, the batch's clock). The
-        events of erased users, and of users a bug broke, are dead-lettered here, never applied."""
+    ) -> tuple[list[Valid], BatchPlan, float, dict[str, Offsets]]:
+        """Load and plan the batch: (its events still to apply, the plan, the batch's clock, every
+        loaded user's applied offsets as read). The events of erased users, and of users a bug
+        broke, are dead-lettered here, never applied."""
         event_time, policy = self.settings.clock == "event", self.identity_policy
         anonymous = anonymous_subjects(valid)
         aliases = await self.retry("aliases", self.store.aliases, anonymous) if anonymous else {}
         identity = resolve(valid, aliases, policy)
         loaded, stored_clock, thresholds = await self.retry("load", self.store.load, identity.subjects)
+        seen = {uid: _applied(user) for uid, user in loaded.items()}  # before the plan mutates them
         self.metrics.store_data_lost.set(1 if self.store.data_lost else 0)
         merges = merge(identity, loaded, policy, self.catalogue.params.dedupe_window_events)
         owner = identity.owner
@@ -210,7 +243,7 @@ class Processor:
             n = await self.dead_letters.reject("processing_error", failed, report.dead_letters)
             self.metrics.processing_errors.labels("event").inc(n)
             valid = [v for v in valid if owner(v) not in plan.broken]
-        return valid, plan, now
+        return valid, plan, now, seen
 
     async def _written(self, plan: BatchPlan, valid: list[Valid], report: BatchReport, received: float) -> None:
         """After the write: deliver the batch's triggers, fill in the report, record the metrics."""
@@ -228,17 +261,35 @@ class Processor:
 
     # -- time-driven path ----------------------------------------------------------------
     async def now(self) -> float:
-        """The time the time-driven path evaluates up to: wall time, or the event-time watermark."""
+        """The time the time-driven path evaluates up to: wall time, or the event-time watermark.
+
+        With ``input_ends`` (the worker's timers set it) the watermark is exact: the stored
+        progress is checked against end offsets fetched after it was read (``watermark``), so a
+        partition read to the end of a stale fetch, or not reported yet by its owner, holds the
+        clock back while it still has messages waiting (issue 11 §4)."""
         if self.settings.clock == "wall":
             return self.wall_clock()
-        clock, mark = await self.retry("clock", self.store.watermark)
+        clock, parts = await self.retry("clock", self.store.progress)
         self.event_clock = max(self.event_clock, clock)
-        return mark
+        if self.input_ends is None:
+            return watermark(clock, parts)
+        try:
+            ends = await self.input_ends()  # fetched after the clock and progress were read
+        except Exception as exc:  # the broker is away: the last exact watermark is still safe
+            log.warning("could not fetch the input partitions' end offsets (%r); watermark held", exc)
+            ends = None
+        if ends is None:
+            return self._exact_mark
+        mark = watermark(clock, parts, None, ends)
+        self._exact_mark = max(self._exact_mark, mark)
+        return self._exact_mark
 
-    async def reevaluate_due(self) -> int:
+    async def reevaluate_due(self, now: float | None = None) -> int:
         """Re-evaluate a bounded batch of users whose tags change without an event (windows,
-        recency, timers), each at their due time (``plan_due``); returns how many were written."""
-        now = await self.now()
+        recency, timers), each at their due time (``plan_due``); returns how many were written.
+        ``now``: the time to evaluate up to, from an earlier ``now()`` (a watermark stays safe);
+        None: ``now()``."""
+        now = await self.now() if now is None else now
         if now <= 0:
             return 0
         s = self.settings

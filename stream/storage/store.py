@@ -28,7 +28,7 @@ import orjson
 from redis.exceptions import ResponseError
 
 # re-exported: the types of Store.load and Store.write (defined in the pure core)
-from stream.core.progress import Progress as Progress
+from stream.core.progress import Ends as Ends, Progress as Progress
 from stream.core.writes import LoadedUser as LoadedUser, UserWrite
 from stream.errors import ConfigError
 from stream.settings import Settings
@@ -90,6 +90,19 @@ def _thresholds(raw: Any) -> RfmThresholds:
 
 CAUGHT = "caught"  # progress of a partition whose last batch read it to its end: holds nothing back
 UNSTARTED = "0"  # progress of a partition with messages waiting and none applied yet
+# Second field per partition ("<topic/partition>#"): "<next offset> <highest event time>" once a
+# batch of it is written: every offset before it is handled, no later message is older than that
+# time. Checked against fresh end offsets (``watermark`` with ``ends``), it tells exactly whether
+# the partition still has messages waiting, where CAUGHT only says it had none at the consumer's
+# last fetch.
+POSITION = "#"
+
+
+def _numeric(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None  # CAUGHT
 
 
 def progress_updates(stored: Mapping[str, str], progress: Progress | None) -> dict[str, float | str]:
@@ -99,10 +112,13 @@ def progress_updates(stored: Mapping[str, str], progress: Progress | None) -> di
     Per partition: read to its end -> ``CAUGHT``; else the highest event time applied from it,
     when higher than the stored one or nothing numeric is stored; else ``UNSTARTED`` when nothing
     numeric is stored; else unchanged (absent from the result). Event times are floats here; the
-    store keeps them as ``%.6f``.
+    store keeps them as ``%.6f``. With a next offset, the partition's position field
+    (``POSITION``) too: that offset and the highest event time applied from it so far (stored or
+    now), as ``"<offset> <time>"`` (``"<offset>"`` while none is known).
     """
     updates: dict[str, float | str] = {}
-    for key, (ts, caught) in (progress or {}).items():
+    for key, entry in (progress or {}).items():
+        ts, caught = entry[0], entry[1]
         current = stored.get(key)
         numeric = current not in (None, CAUGHT)
         value: float | str | None = None
@@ -114,17 +130,49 @@ def progress_updates(stored: Mapping[str, str], progress: Progress | None) -> di
             value = UNSTARTED
         if value is not None and value != current:
             updates[key] = value
+        if len(entry) > 2 and entry[2] is not None:
+            _, reached = _position(stored.get(key + POSITION))
+            highest = max([t for t in (ts, reached, _numeric(current)) if t is not None], default=None)
+            updates[key + POSITION] = f"{entry[2]}" if highest is None else f"{entry[2]} {highest:.6f}"
     return updates
 
 
-def watermark(clock: float, parts: Mapping[bytes, bytes], progress: Progress | None = None) -> float:
+def _position(value: str | None) -> tuple[int | None, float | None]:
+    """(next offset, highest event time) of a stored position field (None: not known)."""
+    if not value:
+        return None, None
+    offset, _, ts = value.partition(" ")
+    return int(offset), float(ts) if ts else None
+
+
+def watermark(
+    clock: float, parts: Mapping[bytes, bytes], progress: Progress | None = None, ends: Ends | None = None
+) -> float:
     """The clock held back to the slowest input partition with messages still waiting.
 
     ``parts`` is the stored progress hash; ``progress`` a batch's update not written yet (applied
-    with ``progress_updates``, as ``Store.write`` stores it)."""
+    with ``progress_updates``, as ``Store.write`` stores it).
+
+    ``ends``: the log start and end offsets of every input partition, fetched after ``clock`` and
+    ``parts`` were read. Then the rule is exact (a time-ordered producer only appends messages at
+    least as late as everything appended before): a partition holds nothing back when its stored
+    next offset reaches its end offset (or its log is empty); else it holds the watermark back to
+    the highest event time applied from it (0 when none is known), whatever its CAUGHT flag says
+    (that flag is as old as the consumer's last fetch, and a worker that has not yet reported a
+    partition with messages waiting must hold the clock back too). Without ``ends`` the CAUGHT
+    flags are trusted (callers that read a finite input to its end: the offline driver)."""
     stored = decode_hash(parts)
+    if ends is not None:
+        marks = [clock]
+        for key, (begin, end) in ends.items():
+            offset, reached = _position(stored.get(key + POSITION))
+            if end <= begin or (offset is not None and offset >= end):
+                continue
+            held = [t for t in (reached, _numeric(stored.get(key))) if t is not None]
+            marks.append(max(held, default=0.0))
+        return min(marks)
     values: dict[str, float | str] = {**stored, **progress_updates(stored, progress)}
-    return min([clock, *(float(v) for v in values.values() if v != CAUGHT)])
+    return min([clock, *(float(v) for k, v in values.items() if v != CAUGHT and not k.endswith(POSITION))])
 
 
 def _by_shard(keys: Keys, subjects: Iterable[str]) -> dict[int, list[str]]:
@@ -770,12 +818,17 @@ class Store:
         messages waiting; a partition whose last batch reached its end holds nothing back (a
         time-ordered producer only appends later events).
         """
+        clock, parts = await self.progress()
+        return clock, watermark(clock, parts)
+
+    async def progress(self) -> tuple[float, dict[bytes, bytes]]:
+        """(the event-time clock, the stored progress hash of the input partitions), in one round
+        trip: what ``watermark`` reads."""
         pipe = self.client.pipeline(transaction=False)
         pipe.get(self.keys.clock)
         pipe.hgetall(self.keys.clock_parts)
         raw, parts = await pipe.execute()
-        clock = float(raw) if raw else 0.0
-        return clock, watermark(clock, parts)
+        return float(raw) if raw else 0.0, parts
 
     async def advance_clock(self, value: float) -> float:
         """Move the event-time clock forward to ``value`` (never backwards); returns the clock."""

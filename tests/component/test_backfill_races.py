@@ -1,0 +1,136 @@
+"""Issue 11 §4 regressions (real Valkey, in-process processor): two ways a multi-worker backfill
+lost valid events.
+
+* A worker records a partition as read to its end (CAUGHT) against the consumer's last fetch while
+  the producer keeps appending to it. Trusting that flag, the time-driven path evaluated the
+  partition's users at another partition's clock, months ahead of their unread events, and those
+  events were then dead-lettered as ``too_old``. With fresh end offsets (``Processor.input_ends``)
+  the watermark holds the clock back to that partition.
+* A time-driven re-evaluation (any worker) moves a user's state version without applying events;
+  a batch whose write kept losing the compare-and-set to such writes dead-lettered the user's
+  events after 5 attempts. Only writes that applied events count toward that storm now.
+
+Expected values are counted by hand from the messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+
+from stream.contracts.deadletter import DeadLetter
+from stream.core.pipeline import Message
+from stream.metrics import Metrics
+from stream.service.processor import Processor
+from stream.storage.store import Ends
+from stream.tagging.definitions import load_catalogue
+from tests.integration.helpers import store_for
+
+pytestmark = pytest.mark.integration
+START = datetime(2026, 1, 5, 12, tzinfo=UTC)
+
+
+def _order(n: int, user: str, day: int) -> bytes:
+    return orjson.dumps(
+        {
+            "event_id": f"o{n}",
+            "type": "order_paid",
+            "user_id": user,
+            "ts": (START + timedelta(days=day)).isoformat(),
+            "order_id": f"o{n}",
+            "amount": 10.0,
+            "currency": "EUR",
+        }
+    )
+
+
+def _backfill(settings: Any, fresh_ends: bool) -> tuple[list[DeadLetter], int]:
+    """Partition 1 (slow) has one order of "slow" on day 0 when its owner reads it to the end of
+    that fetch; partition 0 (fast) is read on to day 300; then the time-driven path freshens every
+    profile, and only then does partition 1 deliver "slow"'s day-100 order, appended meanwhile.
+    Returns (dead letters, events applied)."""
+    orders = f"{settings.topic_prefix}.transactions"
+    fast, slow = f"{orders}/0", f"{orders}/1"
+    letters: list[DeadLetter] = []
+
+    async def collect(found: list[DeadLetter]) -> None:
+        letters.extend(found)
+
+    async def ends() -> Ends:  # the broker now: partition 1 has a second message
+        return {fast: (0, 2), slow: (0, 2)}
+
+    async def run() -> int:
+        store = store_for(settings)
+        try:
+            proc = Processor(settings, load_catalogue(), store, collect, Metrics())
+            if fresh_ends:
+                proc.input_ends = ends
+            stale = {fast: 2, slow: 1}  # the consumer's last fetch of partition 1 ended at offset 1
+            applied = (await proc.process([Message(orders, 1, 0, b"slow", _order(0, "slow", 0))], stale)).applied
+            batch = [
+                Message(orders, 0, 0, b"fast", _order(1, "fast", 0)),
+                Message(orders, 0, 1, b"fast", _order(2, "fast", 300)),
+            ]
+            applied += (await proc.process(batch, stale)).applied
+            for _ in range(3):  # the worker's timer ticks: drain what is due, then freshen
+                mark = await proc.now()
+                while await proc.reevaluate_due(mark):
+                    pass
+                await proc.freshen(await proc.now())
+            late = [Message(orders, 1, 1, b"slow", _order(3, "slow", 100))]
+            applied += (await proc.process(late, {fast: 2, slow: 2})).applied
+            return applied
+        finally:
+            await store.close()
+
+    return letters, asyncio.run(run())
+
+
+def test_a_partition_read_to_a_stale_end_holds_the_time_driven_path_back(make_settings, names) -> None:
+    # the failure, shown to be observable: trusting the stale CAUGHT flag, "slow" was freshened at
+    # day 300 and its day-100 order is more than 90 days older than that evaluation
+    base = names.key_prefix
+    letters, applied = _backfill(make_settings(clock="event", key_prefix=f"{base}-stale"), fresh_ends=False)
+    assert [d.reason for d in letters] == ["too_old"] and applied == 3
+    letters, applied = _backfill(make_settings(clock="event", key_prefix=f"{base}-fresh"), fresh_ends=True)
+    assert letters == [] and applied == 4
+
+
+def test_time_driven_writes_racing_a_batch_cost_no_event(make_settings) -> None:
+    """Six writes that apply no event (time-driven re-evaluations) move u1's version before six
+    writes of the batch in a row: the batch is written on the seventh attempt, nothing is lost."""
+    settings = make_settings(clock="event")
+    orders = f"{settings.topic_prefix}.transactions"
+    letters: list[DeadLetter] = []
+
+    async def collect(found: list[DeadLetter]) -> None:
+        letters.extend(found)
+
+    async def run() -> tuple[int, dict[str, str]]:
+        store = store_for(settings)
+        try:
+            proc = Processor(settings, load_catalogue(), store, collect, Metrics())
+            first = [Message(orders, 0, 0, b"u1", _order(0, "u1", 0))]
+            await proc.process(first, {f"{orders}/0": 1})
+            write, rivals = store.write, [6]
+
+            async def after_a_reevaluation(writes, *args):  # type: ignore[no-untyped-def]
+                if rivals[0] and any(w.uid == "u1" for w in writes):
+                    rivals[0] -= 1
+                    await store.client.hincrby(store.keys.state("u1"), "ver", 1)
+                return await write(writes, *args)
+
+            store.write = after_a_reevaluation  # type: ignore[method-assign]
+            batch = [Message(orders, 0, 1, b"u1", _order(1, "u1", 1)), Message(orders, 0, 2, b"u0", _order(2, "u0", 1))]
+            report = await proc.process(batch, {f"{orders}/0": 3})
+            return report.applied, await store.profile("u1")
+        finally:
+            await store.close()
+
+    applied, profile = asyncio.run(run())
+    assert letters == [] and applied == 2
+    assert profile["frequency_30d"] == "2"

@@ -40,15 +40,15 @@ def register_timers(app: Any, processor: Processor, settings: Settings) -> None:
     async def reevaluate() -> None:
         # Drain everything due now, a bounded batch at a time, so a clock jump catches up at once.
         try:
+            mark: float | None = None  # wall clock: each claim reads the time itself
             if settings.clock == "event":
-                now = await processor.now()
-                if now - refreshed_at[0] >= settings.rfm_refresh_event_s:
+                # one watermark per tick (it stays safe while the drain runs)
+                mark = await processor.now()
+                if mark - refreshed_at[0] >= settings.rfm_refresh_event_s:
                     # users whose scores the new thresholds move are made due, and re-scored below
-                    await processor.store.refresh_rfm(now)
-                    refreshed_at[0] = now
-            # users may be due several times within one clock jump (each change point); bounded per
-            # tick, up to one watermark (it stays safe while the drain runs)
-            mark = await processor.now()
+                    await processor.store.refresh_rfm(mark)
+                    refreshed_at[0] = mark
+            # users may be due several times within one clock jump (each change point); bounded per tick
             for _ in range(100):
                 if await processor.reevaluate_due(mark) == 0:
                     break

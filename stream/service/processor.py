@@ -107,7 +107,7 @@ class Processor:
         # Fresh (log start, end) offsets of every input partition, or None when the consumer cannot
         # tell yet; set by the worker's timers. Without it ``now`` trusts the stored CAUGHT flags.
         self.input_ends: Callable[[], Awaitable[Ends | None]] | None = None
-        self._exact_mark = 0.0  # the highest watermark ``now`` computed with fresh end offsets
+        self._exact_mark: float | None = None  # the highest watermark ``now`` computed with fresh end offsets
         self.identity_policy = IdentityPolicy(
             frozenset(v.strip().lower() for v in settings.identity_blocked_ids),
             settings.identity_max_merges_per_day,
@@ -278,10 +278,10 @@ class Processor:
         except Exception as exc:  # the broker is away: the last exact watermark is still safe
             log.warning("could not fetch the input partitions' end offsets (%r); watermark held", exc)
             ends = None
-        if ends is None:
-            return self._exact_mark
+        if ends is None:  # before the first exact one (no metadata yet): the stored flags
+            return self._exact_mark if self._exact_mark is not None else watermark(clock, parts)
         mark = watermark(clock, parts, None, ends)
-        self._exact_mark = max(self._exact_mark, mark)
+        self._exact_mark = mark if self._exact_mark is None else max(self._exact_mark, mark)
         return self._exact_mark
 
     async def reevaluate_due(self, now: float | None = None) -> int:

@@ -4,9 +4,13 @@ to ``too_old`` however far one partition runs ahead, and messages nobody about t
 One worker reads 500 messages per batch, the other 20: the second's partitions fall months
 behind the first's while a 7-month purchase history is replayed. Before the fix a worker judged an
 event's age against the largest event time any worker had reached, and dead-lettered the slow
-worker's events more than 90 days behind it. Expected values are independent: the offline oracle's window
-tags, and an upper bound of the rule's firings counted by hand from the orders
-(``frequency_90d crosses_above 0`` fires on an order day with no order in the 89 days before it).
+worker's events more than 90 days behind it. Later, on a busy box, a partition recorded as read to
+the end of a stale fetch (or not reported yet) let the time-driven path evaluate the slow worker's
+users ahead of their unread events (``too_old`` again), and time-driven writes racing a batch
+dead-lettered its events after 5 conflicts (tests/component/test_backfill_races.py shows both).
+Expected values are independent: the offline oracle's window tags, and an upper bound of the
+rule's firings counted by hand from the orders (``frequency_90d crosses_above 0`` fires on an
+order day with no order in the 89 days before it).
 Not all of them need fire: a change point that a user's next event overtakes while another
 partition holds the watermark back is not evaluated (docs/operations.md, "Backfills").
 """
@@ -86,11 +90,6 @@ def _expected_firings(events: list[dict]) -> int:
     return fired
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open bug (issue 11): on a busy box some valid events of the slow worker are still "
-    "dead-lettered as too_old (7 in one clean-clone CI run, none in two others)",
-)
 def test_two_workers_with_skewed_partitions_lose_nothing_and_send_no_history(make_settings, tmp_path: Path) -> None:
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES)

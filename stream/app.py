@@ -22,6 +22,7 @@ from stream.agents.timers import register_timers
 from stream.contracts.deadletter import DeadLetter
 from stream.contracts.topics import Topics
 from stream.kafka import transport
+from stream.kafka.batches import Inbox
 from stream.kafka.lag import LagReader
 from stream.metrics import Metrics
 from stream.models import Models, load_models_config
@@ -42,6 +43,7 @@ from stream.tagging.definitions import TagCatalogue, default_tags_path, load_cat
 log = logging.getLogger(__name__)
 AUDIENCE_INTERVAL_S = 30.0
 RULES_POLL_S = 2.0
+INBOX_BATCHES = 4  # records fetched ahead of the ingest agent, in batches of Settings.batch_size
 
 
 @dataclass
@@ -122,7 +124,9 @@ def create_app(settings: Settings, catalogue: TagCatalogue | None = None) -> Ser
             await train_once(trainer, metrics)
 
     ingest_state = IngestState()
-    register_ingest(app, input_topic, processor, settings, ingest_state)
+    inbox = Inbox(topics.inputs, bound=INBOX_BATCHES * settings.batch_size) if settings.consumer == "batch" else None
+    app.portrait_inbox = inbox  # read by stream.kafka.transport.Consumer
+    register_ingest(app, input_topic, processor, settings, ingest_state, inbox)
     privacy = PrivacyService(store, DeadLetters(send_dead_letters, metrics, settings.processor_version), metrics)
     register_privacy(app, privacy, topics)
     register_timers(app, processor, settings)

@@ -273,6 +273,10 @@ class Settings(BaseSettings):
     broker_session_timeout_s: float = 6.0
     broker_heartbeat_interval_s: float = 1.0
     consumer_fetch_max_wait_ms: int = Field(default=100, ge=0)
+    # how the input topics reach the ingest agent: "batch" hands it each fetched partition batch
+    # at once (stream/kafka/batches.py: Faust's per-message machinery is skipped, same ack
+    # contract); "faust" is Faust's own path (an Event per message, `take_events`)
+    consumer: Literal["batch", "faust"] = "batch"
     commit_interval_s: float = 1.0
     # readiness (stream/service/health.py): a partition with lag and no progress for this long, or a
     # batch in flight this long, makes the worker unready; the broker is probed every interval

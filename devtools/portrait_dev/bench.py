@@ -10,6 +10,8 @@ the consumer starts and the rate is measured from the first processed message to
                  ``take_events`` batching that only counts (``python -m portrait_dev.bench noop``);
 2. ``raw``       a bare aiokafka consumer in this process (transport ceiling);
 3. ``pipeline1`` the full worker (``portrait_dev.harness.start_worker``), one process;
+   ``pipeline1f`` the same with Faust's per-message consumer path (``PORTRAIT_CONSUMER=faust``:
+                 an Event per message and ``take_events``) instead of batch delivery;
 4. ``pipeline2`` two worker processes in the same consumer group;
 5. ``latency``   one worker in wall-clock mode fed at half of (3)'s median rate with events
                  timestamped at send time; event time → profile written percentiles from the
@@ -65,6 +67,7 @@ THROUGHPUT_SCENARIOS: tuple[tuple[str, str], ...] = (
     ("noop", "(1) Faust no-op agent (framework floor)"),
     ("raw", "(2) raw aiokafka consumer (transport ceiling)"),
     ("pipeline1", "(3) full pipeline, 1 worker"),
+    ("pipeline1f", "(3f) full pipeline, 1 worker, Faust consumer"),
     ("pipeline2", "(4) full pipeline, 2 workers"),
     ("envelope", "(3e) full pipeline, 1 worker, envelopes"),
 )
@@ -329,6 +332,7 @@ def result_document(
         "two_vs_one": ratio(medians["pipeline2"], medians["pipeline1"]),
         "noop_vs_raw": ratio(medians["noop"], medians["raw"]),
         "envelope_vs_single": ratio(medians["envelope"], medians["pipeline1"]),
+        "batch_vs_faust_consumer": ratio(medians["pipeline1"], medians["pipeline1f"]),
     }
     best = max((m for m in (medians["pipeline1"], medians["pipeline2"]) if m), default=None)
     p99 = latency.get("p99_ms") if latency else None
@@ -368,6 +372,7 @@ def format_table(doc: dict[str, Any]) -> str:
     lines.append(f"ratio (4)/(3) two workers / one           : {fmt_ratio(r['two_vs_one'])}")
     lines.append(f"ratio (1)/(2) Faust no-op / raw aiokafka  : {fmt_ratio(r['noop_vs_raw'])}")
     lines.append(f"ratio (3e)/(3) envelopes / single events  : {fmt_ratio(r.get('envelope_vs_single'))}")
+    lines.append(f"ratio (3)/(3f) batch / Faust consumer     : {fmt_ratio(r.get('batch_vs_faust_consumer'))}")
     lat = doc.get("latency")
     if lat:
         lines.append("")
@@ -730,12 +735,14 @@ async def run_pipeline(
     profile_dir: Path | None = None,
     envelope: int = 0,
     redis_url: str | None = None,
+    consumer: str = "batch",
 ) -> dict[str, Any]:
     """``workers`` worker processes started together on a pre-produced backlog; with ``envelope``,
     the same events packed that many to a message (rates stay in events/s); ``redis_url``: another
-    Redis than the bench's (a cluster: scenario ``cluster``)."""
-    extra = {"redis_url": redis_url} if redis_url else {}
-    settings = bench.fresh_settings(f"p{workers}{'e' if envelope else ''}", clock=bench.clock, **extra)
+    Redis than the bench's (a cluster: scenario ``cluster``); ``consumer``: ``Settings.consumer``."""
+    extra: dict[str, Any] = {"redis_url": redis_url} if redis_url else {}
+    tag = f"p{workers}{'e' if envelope else ''}{'f' if consumer == 'faust' else ''}"
+    settings = bench.fresh_settings(tag, clock=bench.clock, consumer=consumer, **extra)
     _prepare_topics(bench, settings)
     produced = await produce(settings, pack(bench.payloads, envelope) if envelope else bench.payloads)
     if envelope:
@@ -1085,8 +1092,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-requests", type=int, default=200, help="calls per endpoint in (7)")
     parser.add_argument(
         "--only",
-        default="noop,raw,pipeline1,pipeline2,envelope,latency,memory,api,backfill",
-        help="comma-separated scenarios to run (noop,raw,pipeline1,pipeline2,envelope,latency,memory,api,backfill; "
+        default="noop,raw,pipeline1,pipeline1f,pipeline2,envelope,latency,memory,api,backfill",
+        help="comma-separated scenarios to run (noop,raw,pipeline1,pipeline1f,pipeline2,envelope,latency,memory,api,"
+        "backfill; "
         "also cluster: 2 workers on a 3-master cluster vs standalone, commands per event)",
     )
     parser.add_argument("--backfill-customers", type=int, default=25_000, help="customers of the backfill (8)")
@@ -1213,6 +1221,8 @@ async def _run_all(
                 result = await run_raw(bench, rep)
             elif key == "envelope":
                 result = await run_pipeline(bench, rep, 1, envelope=ENVELOPE_EVENTS)
+            elif key == "pipeline1f":
+                result = await run_pipeline(bench, rep, 1, consumer="faust")
             else:
                 workers = 1 if key == "pipeline1" else 2
                 spy = profile_dir if args.profile and key == "pipeline1" and rep == 1 else None

@@ -1,5 +1,8 @@
 """The ingest agent: take a batch of raw messages, hand it to the processor, then ack.
 
+The batch comes from the consumer's ``Inbox`` (``Settings.consumer == "batch"``, one fetched
+partition batch crosses Faust once: ``stream.kafka.batches``) or from Faust's ``take_events``.
+
 The loop keeps a heartbeat (``IngestState``: running, crashed, batch in flight, last batch per
 partition) that readiness reads (``stream.service.health``)."""
 
@@ -12,6 +15,7 @@ from typing import Any
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential
 
 from stream.core.intake import Message
+from stream.kafka.batches import Inbox
 from stream.service.health import IngestState, Partition
 from stream.service.processor import Processor
 from stream.service.retry import FIRST_DELAY_S, MAX_DELAY_S
@@ -21,15 +25,25 @@ log = logging.getLogger(__name__)
 
 
 def register_ingest(
-    app: Any, topic: Any, processor: Processor, settings: Settings, state: IngestState | None = None
+    app: Any,
+    topic: Any,
+    processor: Processor,
+    settings: Settings,
+    state: IngestState | None = None,
+    inbox: Inbox | None = None,
 ) -> Any:
-    """Register the agent consuming every input topic. Returns the agent."""
+    """Register the agent consuming every input topic. Returns the agent.
+
+    Without an ``inbox`` the agent iterates ``topic`` through Faust (``take_events``). With one
+    (``Settings.consumer == "batch"``) the topic is only subscribed through Faust's conductor and
+    the consumer hands its fetched records to the inbox (``stream.kafka.batches``); the agent runs
+    on an idle channel so that Faust still supervises (restarts) it."""
     heartbeat = state if state is not None else IngestState()
 
     async def ingest(stream: Any) -> None:
         heartbeat.started()
         try:
-            await _consume(stream)
+            await (_consume(stream) if inbox is None else _consume_batches(inbox))
         except BaseException as exc:
             # Faust restarts a crashed agent; readiness stays red until the new one finishes a batch
             heartbeat.stopped(None if isinstance(exc, asyncio.CancelledError | GeneratorExit) else exc)
@@ -40,25 +54,42 @@ def register_ingest(
         # take_events acks a batch only after this loop body returns, so a crash mid-batch means
         # redelivery, which the processor absorbs (per-user applied offsets).
         async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
-            heartbeat.batch_begun()
-            messages = [
-                Message(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
-                for e in events
-            ]
-            try:
-                await processor.process(messages, _highwaters(app))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # Faust would ack a batch whose agent raised; park it in the DLQ instead of losing it.
-                first, last = messages[0], messages[-1]
-                log.exception(
-                    "bug processing batch %s[%d]@%d..%d", first.topic, first.partition, first.offset, last.offset
-                )
-                await park(processor, messages, exc)
-            heartbeat.batch_done({(m.topic, m.partition) for m in messages})
+            m = [e.message for e in events]
+            await _apply([Message(e.topic, e.partition, e.offset, e.key, e.value) for e in m])
 
-    return app.agent(topic, name="portrait-ingest")(ingest)
+    async def _consume_batches(inbox: Inbox) -> None:
+        # The same contract as take_events: the records' offsets become committable only after
+        # the batch is applied or dead-lettered; cancelled (shutdown, rebalance) means redelivery.
+        while True:
+            batches = await inbox.take(settings.batch_size)
+            messages = [Message(r.topic, r.partition, r.offset, r.key, r.value) for b in batches for r in b.records]
+            try:
+                await _apply(messages)
+            except asyncio.CancelledError:
+                inbox.release()
+                raise
+            except BaseException:
+                inbox.done(batches)  # as take_events: a batch that crashed the loop is acked (not retried forever)
+                raise
+            inbox.done(batches)
+
+    async def _apply(messages: list[Message]) -> None:
+        heartbeat.batch_begun()
+        try:
+            await processor.process(messages, _highwaters(app))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Faust would ack a batch whose agent raised; park it in the DLQ instead of losing it.
+            first, last = messages[0], messages[-1]
+            log.exception("bug processing batch %s[%d]@%d..%d", first.topic, first.partition, first.offset, last.offset)
+            await park(processor, messages, exc)
+        heartbeat.batch_done({(m.topic, m.partition) for m in messages})
+
+    if inbox is None:
+        return app.agent(topic, name="portrait-ingest")(ingest)
+    app.topics.add(topic)  # Faust subscribes (and rebalances) the input topics; the records go to the inbox
+    return app.agent(app.channel(), name="portrait-ingest")(ingest)
 
 
 async def park(processor: Processor, messages: list[Message], error: BaseException) -> None:

@@ -1,17 +1,29 @@
-"""Faust aiokafka transport whose consumer fetch wait is a setting.
+"""Faust aiokafka transport: a settable fetch wait and batch delivery of the input topics.
 
-faust-streaming hard-codes ``fetch_max_wait_ms=1500``; on a quiet partition set that leaves the
-worker idle for most of each fetch (measured: ~6.6k vs ~9.2k events/s no-op on Tansu). The
-value comes from ``Settings.consumer_fetch_max_wait_ms`` via the app attribute set in
-``stream.app.create_app``. Selected with the ``portrait-kafka://`` broker scheme.
+- faust-streaming hard-codes ``fetch_max_wait_ms=1500``; on a quiet partition set that leaves the
+  worker idle for most of each fetch (measured: ~6.6k vs ~9.2k events/s no-op on Tansu). The
+  value comes from ``Settings.consumer_fetch_max_wait_ms`` via the app attribute set in
+  ``stream.app.faust_app``.
+- With an ``Inbox`` on the app (``app.portrait_inbox``, ``Settings.consumer == "batch"``) the
+  records of the inbox's topics are taken out of each fetch and put there as one ``Batch`` per
+  partition, before Faust's per-message path (``Consumer.getmany``: a Message and an Event per
+  record, conductor, channel queue, stream, per-message acks) sees them; their commits come from
+  ``Inbox.committable`` through Faust's own commit timer. The contract is in
+  ``stream.kafka.batches``.
+
+Selected with the ``portrait-kafka://`` broker scheme.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from time import monotonic
 from typing import Any
 
 from faust.transport import drivers
 from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from stream.kafka.batches import Batch, Inbox
 
 SCHEME = "portrait-kafka"
 DEFAULT_FETCH_MAX_WAIT_MS = 1500
@@ -27,6 +39,77 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 class Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    @property
+    def inbox(self) -> Inbox | None:
+        return getattr(self.app, "portrait_inbox", None)
+
+    async def _wait_next_records(self, timeout: float) -> Any:
+        # Faust's fetch step (called by its getmany): the inbox's records leave here, the rest
+        # (other topics) goes on to Faust's per-message path.
+        records, active = await super()._wait_next_records(timeout)
+        inbox = self.inbox
+        if inbox is None or not records or not self.flow_active or self.should_stop:
+            return records, active  # flow stopped: Faust's getmany drops them and seeks back
+        rest: dict[Any, Any] = {}
+        epoch = inbox.epoch
+        monitor = self.app.monitor
+        for tp, fetched in records.items():
+            if tp.topic not in inbox.topics:
+                rest[tp] = fetched
+                continue
+            if inbox.epoch != epoch:
+                continue  # a revocation began: Faust's assignment seeks back to the committed offsets
+            if active is not None and tp not in active and tp not in self._buffered_partitions:
+                continue  # paused, as Faust's getmany skips it
+            fresh = _from_offset(fetched, self._read_offset[tp])
+            if not fresh:
+                continue
+            self._read_offset[tp] = fresh[-1].offset
+            if monitor is not None:  # what Faust's per-message path feeds its livelock detector
+                monitor.stream_inbound_time[tp] = monotonic()
+                monitor.track_tp_end_offset(tp, self.highwater(tp))
+            await inbox.put(Batch(tp, fresh, epoch))
+        return rest, active
+
+    async def on_partitions_revoked(self, revoked: set[Any]) -> None:
+        inbox = self.inbox
+        if inbox is not None:
+            inbox.revoke()  # before Faust forgets the partitions' offsets
+        await super().on_partitions_revoked(revoked)
+
+    async def wait_empty(self) -> None:
+        # Faust waits for the events its streams are processing (on a revocation, and on stop
+        # before the last commit); the batch in flight counts too
+        inbox = self.inbox
+        if inbox is not None and not self.should_stop:
+            await self.wait(inbox.idle())
+        await super().wait_empty()
+
+    def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[Any]:
+        tps = list(super()._filter_tps_with_pending_acks(topics))
+        inbox = self.inbox
+        if inbox is not None:
+            tps.extend(
+                tp
+                for tp in inbox.committable
+                if tp not in tps and (topics is None or tp in topics or tp.topic in topics)
+            )
+        return iter(tps)
+
+    def _new_offset(self, tp: Any) -> int | None:
+        inbox = self.inbox
+        if inbox is not None and tp.topic in inbox.topics:
+            return inbox.pop_committable(tp)
+        result: int | None = super()._new_offset(tp)
+        return result
+
+
+def _from_offset(records: list[Any], read_offset: int | None) -> list[Any]:
+    """The records at or after the consumer's read offset (Faust drops older ones as stale)."""
+    if read_offset is None or not records or records[0].offset >= read_offset:
+        return records
+    return [r for r in records if r.offset >= read_offset]
 
 
 class Transport(faust_aiokafka.Transport):

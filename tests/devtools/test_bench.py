@@ -103,6 +103,7 @@ def test_result_document_shape_ratios_and_targets() -> None:
         "noop": _runs([9000.0, 8000.0, 10000.0], foreign=0.02),
         "raw": _runs([400000.0, 410000.0, 390000.0]),
         "pipeline1": _runs([4000.0, 4500.0, 3500.0]),
+        "pipeline1f": _runs([2000.0, 1900.0, 2100.0]),
         "pipeline2": _runs([6000.0, 7000.0, 6500.0]),
     }
     latency = {"rate": 2000.0, "events": 100, "p99_ms": 80.0, "p50_ms": 20.0, "max_ms": 120.0}
@@ -113,7 +114,7 @@ def test_result_document_shape_ratios_and_targets() -> None:
     json.dumps(doc)  # serialisable
     assert doc["schema"] == "portrait-bench/1"
     assert set(doc) >= {"config", "environment", "scenarios", "ratios", "latency", "memory", "targets"}
-    assert list(doc["scenarios"]) == ["noop", "raw", "pipeline1", "pipeline2", "envelope"]
+    assert list(doc["scenarios"]) == ["noop", "raw", "pipeline1", "pipeline1f", "pipeline2", "envelope"]
     assert doc["scenarios"]["pipeline1"]["summary"] == {
         "values": [4000.0, 4500.0, 3500.0],
         "median": 4000.0,
@@ -122,6 +123,7 @@ def test_result_document_shape_ratios_and_targets() -> None:
     }
     assert doc["ratios"]["pipeline_vs_noop"] == pytest.approx(4000 / 9000)
     assert doc["ratios"]["two_vs_one"] == pytest.approx(6500 / 4000)
+    assert doc["ratios"]["batch_vs_faust_consumer"] == pytest.approx(4000 / 2000)
     met = {t["name"]: t["met"] for t in doc["targets"]}
     assert met == {
         "full pipeline vs Faust no-op": False,

@@ -1,0 +1,131 @@
+"""Batch delivery: the fetched records of the input topics reach the ingest agent as batches.
+
+Why: for every fetched record Faust builds a Message and an Event, routes it through the
+conductor, a channel queue and a stream iterator (``take_events``' buffer) and acks it one by one:
+~110-130 µs of CPU per message here, more than the pipeline's own work. The ingest agent wants
+batches anyway, so the consumer (``stream.kafka.transport.Consumer``) takes the records of the
+input topics out of each fetch, per partition, and puts them here as one ``Batch``; everything
+else (the privacy topic, agents, timers, web, rebalancing, the commit timer) stays Faust's.
+
+Contract (the one ``take_events`` gave the agent):
+
+- **Ack after the work.** ``take`` hands out up to ``max_records`` records (whole partition
+  batches or a slice of one, in fetch order); ``done`` marks them processed and only then is
+  the next offset of each partition committable. Faust's commit timer commits it
+  (``Consumer._new_offset``); a crash before ``done`` means redelivery, which the processor
+  absorbs (per-user applied offsets).
+- **Rebalances.** A revocation (``revoke``) starts a new epoch: queued batches are dropped and the
+  acks of batches handed out in the old epoch are discarded, so the old owner never commits
+  records of a partition after it was revoked. Faust's assignment then seeks every assigned
+  partition back to its committed offset, so dropped records come again (at-least-once, none
+  skipped). Like Faust waits for its streams, the revocation waits for the batch in flight
+  (``idle``), so old and new owner do not work on the same records at once.
+- **Backpressure.** ``put`` waits while ``bound`` records are queued (one fetch is always let in).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Consecutive fetched records of one partition (aiokafka ``ConsumerRecord``s: ``topic``,
+    ``partition``, ``offset``, ``key``, ``value``), from the consumer epoch they were fetched in."""
+
+    tp: Any  # Faust's / aiokafka's TP: a (topic, partition) named tuple
+    records: Sequence[Any]
+    epoch: int
+
+    @property
+    def next_offset(self) -> int:
+        """The offset to commit once this batch is processed."""
+        return int(self.records[-1].offset) + 1
+
+
+class Inbox:
+    """The queue between the consumer's fetch loop and the ingest agent (one event loop, one agent)."""
+
+    def __init__(self, topics: Sequence[str], bound: int) -> None:
+        self.topics = frozenset(topics)
+        self.bound = bound
+        self.epoch = 0
+        self.committable: dict[Any, int] = {}  # tp -> next offset, read by the commit timer
+        self._queue: deque[Batch] = deque()
+        self._queued = 0
+        self._in_flight: list[Batch] = []
+        self._ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def put(self, batch: Batch) -> None:
+        while self._queued >= self.bound:
+            self._room.clear()
+            await self._room.wait()
+        self._queue.append(batch)
+        self._queued += len(batch.records)
+        self._ready.set()
+
+    async def take(self, max_records: int) -> list[Batch]:
+        """Wait for records, then hand out what is queued, at most ``max_records`` (a partition
+        batch is split if needed; the rest stays first in line). Stale batches are skipped."""
+        while True:
+            while not self._queue:
+                self._ready.clear()
+                await self._ready.wait()
+            taken: list[Batch] = []
+            room = max_records
+            while self._queue and room > 0:
+                batch = self._queue.popleft()
+                self._queued -= len(batch.records)
+                if batch.epoch != self.epoch:
+                    continue
+                if len(batch.records) > room:
+                    rest = Batch(batch.tp, batch.records[room:], batch.epoch)
+                    self._queue.appendleft(rest)
+                    self._queued += len(rest.records)
+                    batch = Batch(batch.tp, batch.records[:room], batch.epoch)
+                taken.append(batch)
+                room -= len(batch.records)
+            if self._queued < self.bound:
+                self._room.set()
+            if taken:
+                self._in_flight = taken
+                self._idle.clear()
+                return taken
+
+    def done(self, batches: Sequence[Batch]) -> None:
+        """The batches handed out by ``take`` are processed: their offsets become committable,
+        unless a revocation came in between (then they are redelivered)."""
+        for batch in batches:
+            if batch.epoch == self.epoch:
+                offset = batch.next_offset
+                if offset > self.committable.get(batch.tp, -1):
+                    self.committable[batch.tp] = offset
+        self.release()
+
+    def release(self) -> None:
+        """Nothing is in flight any more (after ``done``, or without acking on cancellation)."""
+        self._in_flight = []
+        self._idle.set()
+
+    def revoke(self) -> None:
+        """A rebalance began: a new epoch; queued batches and pending acks are dropped."""
+        self.epoch += 1
+        self._queue.clear()
+        self._queued = 0
+        self.committable.clear()
+        self._room.set()
+
+    async def idle(self) -> None:
+        """Return once no batch is in flight."""
+        await self._idle.wait()
+
+    def pop_committable(self, tp: Any) -> int | None:
+        return self.committable.pop(tp, None)

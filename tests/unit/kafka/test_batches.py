@@ -1,0 +1,166 @@
+"""Batch delivery (stream/kafka/batches.py, the consumer hooks in stream/kafka/transport.py):
+records are handed out in fetch order, committable only once processed, and a revocation
+drops what was queued or in flight so the old owner commits nothing of it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from faust.transport.consumer import Consumer as FaustConsumer
+
+from stream.kafka.batches import Batch, Inbox
+from stream.kafka.transport import Consumer
+
+A0, A1, P0 = ("in.a", 0), ("in.a", 1), ("privacy", 0)
+
+
+class TP(tuple[str, int]):
+    """Stands in for Faust's / aiokafka's TP named tuple (compares and hashes as a tuple)."""
+
+    @property
+    def topic(self) -> str:
+        return self[0]
+
+
+def records(tp: tuple[str, int], first: int, count: int) -> list[Any]:
+    topic, partition = tp
+    span = range(first, first + count)
+    return [SimpleNamespace(topic=topic, partition=partition, offset=o, key=b"", value=b"") for o in span]
+
+
+def offsets(batches: list[Batch]) -> list[tuple[tuple[str, int], list[int]]]:
+    return [(b.tp, [r.offset for r in b.records]) for b in batches]
+
+
+def test_take_splits_at_max_records_and_keeps_the_rest_first() -> None:
+    async def run() -> None:
+        inbox = Inbox(["in.a"], bound=100)
+        await inbox.put(Batch(A0, records(A0, 10, 4), inbox.epoch))
+        await inbox.put(Batch(A1, records(A1, 0, 2), inbox.epoch))
+        assert offsets(await inbox.take(3)) == [(A0, [10, 11, 12])]
+        inbox.done([])
+        assert offsets(await inbox.take(3)) == [(A0, [13]), (A1, [0, 1])]
+
+    asyncio.run(run())
+
+
+def test_offsets_become_committable_only_when_done() -> None:
+    async def run() -> None:
+        inbox = Inbox(["in.a"], bound=100)
+        await inbox.put(Batch(A0, records(A0, 10, 4), inbox.epoch))
+        taken = await inbox.take(10)
+        assert inbox.committable == {}
+        inbox.done(taken)
+        assert inbox.committable == {A0: 14}  # the next offset to read
+        assert inbox.pop_committable(A0) == 14 and inbox.pop_committable(A0) is None
+
+    asyncio.run(run())
+
+
+def test_a_revocation_drops_queued_batches_and_the_ack_in_flight() -> None:
+    async def run() -> None:
+        inbox = Inbox(["in.a"], bound=100)
+        await inbox.put(Batch(A0, records(A0, 0, 2), inbox.epoch))
+        await inbox.put(Batch(A1, records(A1, 0, 2), inbox.epoch))
+        in_flight = await inbox.take(2)
+        stale = Batch(A1, records(A1, 2, 2), inbox.epoch)  # fetched before the revocation
+        inbox.revoke()
+        idle = asyncio.ensure_future(inbox.idle())
+        await asyncio.sleep(0)
+        assert not idle.done()  # the revocation waits for the batch in flight
+        inbox.done(in_flight)
+        await idle
+        assert inbox.committable == {}  # the old owner commits nothing of it
+        await inbox.put(stale)
+        await inbox.put(Batch(A0, records(A0, 0, 1), inbox.epoch))  # refetched after the seek
+        assert offsets(await inbox.take(10)) == [(A0, [0])]
+
+    asyncio.run(run())
+
+
+def test_put_waits_while_the_bound_is_queued() -> None:
+    async def run() -> None:
+        inbox = Inbox(["in.a"], bound=3)
+        await inbox.put(Batch(A0, records(A0, 0, 5), inbox.epoch))  # one fetch is always let in
+        blocked = asyncio.ensure_future(inbox.put(Batch(A1, records(A1, 0, 1), inbox.epoch)))
+        await asyncio.sleep(0)
+        assert not blocked.done()
+        assert offsets(await inbox.take(3)) == [(A0, [0, 1, 2])]
+        await asyncio.wait_for(blocked, 1)  # two left: room again
+
+    asyncio.run(run())
+
+
+def _consumer(inbox: Inbox) -> Any:
+    consumer: Any = Consumer.__new__(Consumer)
+    consumer.app = SimpleNamespace(portrait_inbox=inbox, monitor=None)
+    consumer._read_offset = defaultdict(lambda: None)
+    consumer._buffered_partitions = set()
+    consumer._acked = defaultdict(list)
+    consumer._acked_index = defaultdict(set)
+    consumer._gap = defaultdict(list)
+    consumer._committed_offset = defaultdict(lambda: None)
+    consumer._stopped, consumer._crashed = asyncio.Event(), asyncio.Event()
+    return consumer
+
+
+def test_the_consumer_moves_input_records_to_the_inbox_and_leaves_the_rest_to_faust(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a0, a1, p0 = TP(A0), TP(A1), TP(P0)
+    fetched = {a0: records(A0, 5, 3), p0: records(P0, 0, 1), a1: records(A1, 0, 2)}
+
+    async def fetch(self: Any, timeout: float) -> Any:
+        return dict(fetched), {a0, a1, p0}
+
+    monkeypatch.setattr(FaustConsumer, "_wait_next_records", fetch)
+
+    async def run() -> None:
+        inbox = Inbox(["in.a"], bound=100)
+        consumer = _consumer(inbox)
+        consumer._read_offset[a0] = 6  # offset 5 was read before (Faust drops it as stale)
+        rest, _ = await consumer._wait_next_records(1.0)
+        assert list(rest) == [p0]
+        assert offsets(await inbox.take(10)) == [(A0, [6, 7]), (A1, [0, 1])]
+        assert consumer._read_offset[a0] == 7 and consumer._read_offset[a1] == 1
+
+    asyncio.run(run())
+
+
+def test_commits_come_from_the_inbox_for_its_topics_and_from_faust_for_the_others() -> None:
+    async def run() -> None:
+        inbox = Inbox(["in.a"], bound=100)
+        consumer = _consumer(inbox)
+        a0, p0 = TP(A0), TP(P0)
+        consumer._acked[p0] = [0, 1, 2]  # acked by a Faust stream
+        await inbox.put(Batch(a0, records(A0, 0, 4), inbox.epoch))
+        inbox.done(await inbox.take(10))
+        assert set(consumer._filter_tps_with_pending_acks()) == {a0, p0}
+        assert set(consumer._filter_tps_with_pending_acks({"privacy"})) == {p0}
+        assert consumer._new_offset(a0) == 4 and consumer._new_offset(p0) == 3
+        assert consumer._new_offset(a0) is None  # nothing new since
+
+    asyncio.run(run())
+
+
+def test_a_revocation_reaches_the_inbox_before_faust_forgets_the_offsets(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[dict[Any, int]] = []
+
+    async def faust_revoked(self: Any, revoked: set[Any]) -> None:
+        seen.append(dict(self.app.portrait_inbox.committable))
+
+    monkeypatch.setattr(FaustConsumer, "on_partitions_revoked", faust_revoked)
+
+    async def run() -> None:
+        inbox = Inbox(["in.a"], bound=100)
+        consumer = _consumer(inbox)
+        await inbox.put(Batch(TP(A0), records(A0, 0, 2), inbox.epoch))
+        inbox.done(await inbox.take(10))
+        await consumer.on_partitions_revoked({TP(A0)})
+        assert seen == [{}] and inbox.epoch == 1
+
+    asyncio.run(run())

@@ -226,7 +226,8 @@ class Settings(BaseSettings):
     trainer_web_port: Port = Field(default=6068, description="port of `portrait trainer`'s /livez /readyz /metrics")
     clock: Literal["wall", "event"] = "wall"
     batch_size: int = Field(default=500, ge=1)
-    # a batch closes when full or after this long: 20 ms keeps latency low at moderate rates
+    # (consumer "faust") a batch closes when full or after this long: 20 ms keeps latency low at
+    # moderate rates; the batch consumer takes what each fetch brought, up to batch_size, at once
     batch_within: float = Field(default=0.02, gt=0)
     max_future_skew_s: float = Field(default=300.0, ge=0)
     # Larger messages are dead-lettered as too_large (a prefix, the size and a hash). The bound

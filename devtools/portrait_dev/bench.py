@@ -8,6 +8,7 @@ the consumer starts and the rate is measured from the first processed message to
 
 1. ``noop``      framework floor: a Faust agent with the worker's transport, settings and
                  ``take_events`` batching that only counts (``python -m portrait_dev.bench noop``);
+   ``noopb``     the same agent fed by the worker's batch delivery (``stream.kafka.batches``);
 2. ``raw``       a bare aiokafka consumer in this process (transport ceiling);
 3. ``pipeline1`` the full worker (``portrait_dev.harness.start_worker``), one process;
    ``pipeline1f`` the same with Faust's per-message consumer path (``PORTRAIT_CONSUMER=faust``:
@@ -65,6 +66,7 @@ log = logging.getLogger(__name__)
 
 THROUGHPUT_SCENARIOS: tuple[tuple[str, str], ...] = (
     ("noop", "(1) Faust no-op agent (framework floor)"),
+    ("noopb", "(1b) no-op agent, batch delivery"),
     ("raw", "(2) raw aiokafka consumer (transport ceiling)"),
     ("pipeline1", "(3) full pipeline, 1 worker"),
     ("pipeline1f", "(3f) full pipeline, 1 worker, Faust consumer"),
@@ -333,6 +335,7 @@ def result_document(
         "noop_vs_raw": ratio(medians["noop"], medians["raw"]),
         "envelope_vs_single": ratio(medians["envelope"], medians["pipeline1"]),
         "batch_vs_faust_consumer": ratio(medians["pipeline1"], medians["pipeline1f"]),
+        "noop_batch_vs_faust": ratio(medians["noopb"], medians["noop"]),
     }
     best = max((m for m in (medians["pipeline1"], medians["pipeline2"]) if m), default=None)
     p99 = latency.get("p99_ms") if latency else None
@@ -373,6 +376,7 @@ def format_table(doc: dict[str, Any]) -> str:
     lines.append(f"ratio (1)/(2) Faust no-op / raw aiokafka  : {fmt_ratio(r['noop_vs_raw'])}")
     lines.append(f"ratio (3e)/(3) envelopes / single events  : {fmt_ratio(r.get('envelope_vs_single'))}")
     lines.append(f"ratio (3)/(3f) batch / Faust consumer     : {fmt_ratio(r.get('batch_vs_faust_consumer'))}")
+    lines.append(f"ratio (1b)/(1) no-op batch / Faust        : {fmt_ratio(r.get('noop_batch_vs_faust'))}")
     lat = doc.get("latency")
     if lat:
         lines.append("")
@@ -449,7 +453,8 @@ def create_noop_app(settings: Settings) -> Any:
     """A Faust app configured like ``stream.app.create_app`` whose agent only counts messages.
 
     Per batch it adds the batch size to the ``messages`` counter of the stats hash (one Redis call
-    per batch), so ``portrait_dev.harness.wait_processed`` measures it the same way as the worker."""
+    per batch), so ``portrait_dev.harness.wait_processed`` measures it the same way as the worker.
+    ``settings.consumer`` picks Faust's ``take_events`` or the worker's batch delivery."""
     import redis.asyncio as aioredis
 
     from stream.app import faust_app
@@ -461,6 +466,21 @@ def create_noop_app(settings: Settings) -> Any:
     client = aioredis.Redis.from_url(settings.resolved_redis_url())
     stats_key = Keys(settings.key_prefix).stats
     topic = app.topic(*topics.inputs, value_type=bytes, value_serializer="raw", key_serializer="raw")
+    if settings.consumer == "batch":
+        from stream.kafka.batches import Inbox
+
+        inbox = Inbox(topics.inputs, bound=4 * settings.batch_size)
+        app.portrait_inbox = inbox
+
+        async def noop_batches(stream: Any) -> None:
+            while True:
+                batches = await inbox.take(settings.batch_size)
+                await client.hincrby(stats_key, "messages", sum(len(b.records) for b in batches))
+                inbox.done(batches)
+
+        app.topics.add(topic)
+        app.agent(app.channel(), name="bench-noop")(noop_batches)
+        return app
 
     async def noop(stream: Any) -> None:
         async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
@@ -669,8 +689,8 @@ async def _wait_count(settings: Settings, total: int, timeout: float, counter: s
     return {"rate": result.rate, "seconds_first_to_last": result.done_at - (result.first_at or 0.0), "stats": stats}
 
 
-async def run_noop(bench: Bench, rep: int) -> dict[str, Any]:
-    settings = bench.fresh_settings("noop")
+async def run_noop(bench: Bench, rep: int, consumer: str = "faust") -> dict[str, Any]:
+    settings = bench.fresh_settings("noop" if consumer == "faust" else "noopb", consumer=consumer)
     _prepare_topics(bench, settings)
     produced = await produce(settings, bench.payloads)
     proc = bench.spawn([sys.executable, "-m", "portrait_dev.bench", "noop"], settings, f"noop-{rep}.log")
@@ -1092,9 +1112,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-requests", type=int, default=200, help="calls per endpoint in (7)")
     parser.add_argument(
         "--only",
-        default="noop,raw,pipeline1,pipeline1f,pipeline2,envelope,latency,memory,api,backfill",
-        help="comma-separated scenarios to run (noop,raw,pipeline1,pipeline1f,pipeline2,envelope,latency,memory,api,"
-        "backfill; "
+        default="noop,noopb,raw,pipeline1,pipeline1f,pipeline2,envelope,latency,memory,api,backfill",
+        help="comma-separated scenarios to run (noop,noopb,raw,pipeline1,pipeline1f,pipeline2,envelope,latency,memory,"
+        "api,backfill; "
         "also cluster: 2 workers on a 3-master cluster vs standalone, commands per event)",
     )
     parser.add_argument("--backfill-customers", type=int, default=25_000, help="customers of the backfill (8)")
@@ -1217,6 +1237,8 @@ async def _run_all(
                 continue
             if key == "noop":
                 result = await run_noop(bench, rep)
+            elif key == "noopb":
+                result = await run_noop(bench, rep, consumer="batch")
             elif key == "raw":
                 result = await run_raw(bench, rep)
             elif key == "envelope":

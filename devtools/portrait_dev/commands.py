@@ -160,9 +160,9 @@ def bench(
         str,
         typer.Option(
             help="Comma-separated scenarios to run "
-            "(noop,raw,pipeline1,pipeline1f,pipeline2,envelope,latency,memory,api,backfill)."
+            "(noop,noopb,raw,pipeline1,pipeline1f,pipeline2,envelope,latency,memory,api,backfill)."
         ),
-    ] = "noop,raw,pipeline1,pipeline1f,pipeline2,envelope,latency,memory,api,backfill",
+    ] = "noop,noopb,raw,pipeline1,pipeline1f,pipeline2,envelope,latency,memory,api,backfill",
     profile: Annotated[
         bool, typer.Option("--profile", help="py-spy record the worker during pipeline1 rep 1.")
     ] = False,

@@ -114,7 +114,7 @@ def test_result_document_shape_ratios_and_targets() -> None:
     json.dumps(doc)  # serialisable
     assert doc["schema"] == "portrait-bench/1"
     assert set(doc) >= {"config", "environment", "scenarios", "ratios", "latency", "memory", "targets"}
-    assert list(doc["scenarios"]) == ["noop", "raw", "pipeline1", "pipeline1f", "pipeline2", "envelope"]
+    assert list(doc["scenarios"]) == ["noop", "noopb", "raw", "pipeline1", "pipeline1f", "pipeline2", "envelope"]
     assert doc["scenarios"]["pipeline1"]["summary"] == {
         "values": [4000.0, 4500.0, 3500.0],
         "median": 4000.0,

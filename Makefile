@@ -33,7 +33,7 @@ integration: $(STAMP)
 	$(BIN)/pytest -q tests/integration
 
 test: lint typecheck
-	$(BIN)/pytest -q -ra
+	$(BIN)/pytest -q -ra --durations=15
 
 # Long failure injection (minutes): 20 SIGKILLs across 2 workers, a Valkey kill -9 and a broker
 # restart during a 100k-event replay on Apache Kafka; prints the report in docs/reliability.md.

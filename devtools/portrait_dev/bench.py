@@ -1181,7 +1181,7 @@ def run(args: argparse.Namespace) -> int:
     latency: dict[str, Any] | None = None
     memory: dict[str, Any] | None = None
     api: dict[str, Any] | None = None
-    cluster: list[dict[str, Any]] | None = None
+    cluster: dict[str, Any] | None = None
     with infra.embedded(workdir, broker=args.broker) as handle:
         print(f"broker {handle.describe()} at {handle.bootstrap}; Valkey {handle.redis_url}", flush=True)
         environment = _environment(handle)
@@ -1296,21 +1296,36 @@ async def _run_all(
     return latency, memory
 
 
-async def _run_cluster(bench: Bench, args: argparse.Namespace) -> list[dict[str, Any]]:
-    from portrait_dev.bench_cluster import run_cluster
+async def _run_cluster(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
+    from portrait_dev.bench_cluster import replay_commands, run_cluster, summarise
 
-    out = []
+    runs = []
     for rep in range(1, args.reps + 1):
         result = await run_cluster(bench, rep, run_pipeline)
-        out.append(result)
+        runs.append(result)
         for kind in ("standalone", "cluster"):
             r = result[kind]
             print(
                 f"  rep {rep} (7) 2 workers on {kind:<10} {r['rate']:>9,.0f} ev/s, "
-                f"{r['commands_per_event']:.2f} Redis commands per event",
+                f"{r['commands_per_event']:.2f} Redis commands and {r['redis_cpu_us_per_event']:.0f} µs of Redis CPU "
+                "per event",
                 flush=True,
             )
-    return out
+    replay = await replay_commands(bench, args.seed)
+    print(
+        f"  (7) event-time replay in-process ({replay['events']:,} events of {replay['users']:,} users): "
+        f"{replay['standalone']['commands_per_event']:.2f} Redis commands per event on standalone, "
+        f"{replay['cluster']['commands_per_event']:.2f} on the cluster",
+        flush=True,
+    )
+    summary = summarise(runs)
+    print(
+        f"  (7) medians of {summary['reps']}: cluster/standalone events/s {summary['rate_ratio']:.2f}, "
+        f"commands per event {summary['commands_ratio']:.2f} ({summary['cluster']['commands_per_event']:.2f} "
+        f"vs {summary['standalone']['commands_per_event']:.2f})",
+        flush=True,
+    )
+    return {"runs": runs, "summary": summary, "replay": replay}
 
 
 def write_chart(doc: dict[str, Any], stem: Path) -> Path:

@@ -686,7 +686,13 @@ async def _wait_count(settings: Settings, total: int, timeout: float, counter: s
         stats = await store.stats()
     finally:
         await store.close()
-    return {"rate": result.rate, "seconds_first_to_last": result.done_at - (result.first_at or 0.0), "stats": stats}
+    return {
+        "rate": result.rate,
+        "seconds_first_to_last": result.done_at - (result.first_at or 0.0),
+        "stats": stats,
+        # the Redis commands of this wait (each counter read is one HGETALL per shard and the store's)
+        "wait_commands": (result.polls + 1) * (store.keys.shards + 1),
+    }
 
 
 async def run_noop(bench: Bench, rep: int, consumer: str = "faust") -> dict[str, Any]:

@@ -3,7 +3,8 @@ the standalone Valkey, in the same run, on the same backlog.
 
 For each: events/s (as scenario (4)) and Redis commands per event from ``INFO commandstats``
 (reset before the run; summed over every master; commands run by the Lua scripts are counted
-with the ``EVALSHA`` that ran them), in total and by command. The cluster has 3 masters and 3
+with the ``EVALSHA`` that ran them; the bench's own reads of the counters while it waits are
+left out), in total and by command. The cluster has 3 masters and 3
 replicas (no ``WAIT``): what replication costs the masters is in the figures. Run by
 ``portrait bench --only cluster`` (``--reps``, default 3; not in the default scenarios: it starts
 its own cluster each rep).
@@ -57,6 +58,9 @@ async def _measured(bench: Any, run_pipeline: Pipeline, rep: int, redis_url: str
     cpu = _cpu(ports)
     result: dict[str, Any] = await run_pipeline(bench, rep, 2, redis_url=redis_url)
     calls = _calls(ports)
+    calls.pop("info", None)  # this module's own reads
+    calls.pop("config|resetstat", None)
+    calls["hgetall"] = calls.get("hgetall", 0) - result["wait_commands"]  # the bench's own wait
     events = len(bench.payloads)
     # Redis CPU per event (the whole run, idle polling included): what one master can take
     result["redis_cpu_us_per_event"] = 1e6 * (_cpu(ports) - cpu) / events

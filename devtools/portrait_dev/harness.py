@@ -101,6 +101,7 @@ class Throughput:
     first_count: int = 0
     done_at: float = 0.0
     total: int = 0
+    polls: int = 0  # reads of the counters while waiting (a bench subtracts their Redis commands)
 
     @property
     def rate(self) -> float:
@@ -130,6 +131,7 @@ async def wait_processed(
     last, last_change = -1, started
     result = Throughput()
     while True:
+        result.polls += 1
         done = (await store.stats()).get(counter, 0)
         now = time.monotonic()
         if done and result.first_at is None:

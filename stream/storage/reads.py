@@ -190,10 +190,19 @@ class Reads:
         return sorted(out)
 
     async def all_audience_sizes(self) -> dict[Pair, int]:
-        """*Scan*: (tag, value) -> members, for every audience that exists (``audience_pairs``,
-        then ``audience_sizes``)."""
-        pairs = await self.audience_pairs()
-        return dict(zip(pairs, await self.audience_sizes(pairs), strict=True))
+        """*Scan*: (tag, value) -> members, for every audience that exists: ``SCARD`` of each
+        shard's set the scan found (not of every (audience, shard) pair: most shards of a small
+        audience hold no set), summed per audience."""
+        found: list[tuple[Pair, bytes | str]] = []
+        async for key in self.client.scan_iter(match=self.keys.audience_pattern, count=1000):
+            found.append((self.keys.parse_audience(decode_text(key)), key))
+        pipe = self.client.pipeline(transaction=False)
+        for _, key in found:
+            pipe.scard(key)
+        out: dict[Pair, int] = {}
+        for (pair, _), n in zip(found, await pipe.execute() if found else [], strict=True):
+            out[pair] = out.get(pair, 0) + int(n)
+        return dict(sorted(out.items()))
 
     async def audience_members(self, pair: Pair, count: int = 1000) -> AsyncIterator[list[str]]:
         """The members of one audience, a sorted chunk per ``scan_audience`` step, until the last

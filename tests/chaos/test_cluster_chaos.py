@@ -15,7 +15,8 @@ are split between the two nodes, then MOVED; the test checks from the nodes' ``I
 that it did (e.g. 100 ASK, 13 TRYAGAIN, 131 MOVED in one run).
 
 Measured 2026-12-01 on the loaded 2-core box (test call, the cluster's start excluded): kill
-67 s (Tansu), resharding 78 s (Tansu); with the default broker see docs/scaling.md "Measured".
+67 s with Tansu, 106 s with Apache Kafka; resharding 78 s with Tansu, 67 s with Apache Kafka
+(docs/scaling.md "Chaos runs").
 """
 
 from __future__ import annotations

@@ -154,6 +154,25 @@ def test_scripts_follow_a_slot_while_it_moves(cluster: ValkeyCluster) -> None:
 
 
 @pytest.mark.both_stores
+def test_audience_sizes_sum_the_sets_of_every_shard(make_settings) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings()
+    members = {("t", "a"): ["u1", "u2", "u3", "u4", "u5"], ("t", "b"): ["u6"], ("other", "x"): ["u1", "u6"]}
+
+    async def sizes() -> dict[tuple[str, str], int]:
+        async with Store.open(settings) as store:
+            keys = store.keys
+            for (tag, value), users in members.items():
+                for uid in users:
+                    await store.client.sadd(keys.audience(keys.shard(uid), tag, value), uid)
+            try:
+                return await store.audience_sizes()
+            finally:
+                await store.delete_namespace()
+
+    assert asyncio.run(sizes()) == {("other", "x"): 2, ("t", "a"): 5, ("t", "b"): 1}
+
+
+@pytest.mark.both_stores
 def test_a_v1_store_is_refused_until_dropped(make_settings, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
     """A store of layout v1 under the prefix: every command (the worker's start check too) stops
     with one line saying what to do; ``portrait migrate`` shows it, ``--drop-v1 --yes`` removes

@@ -83,6 +83,7 @@ TARGETS = {
     "stretch_events_per_s": 10_000.0,
 }
 PROFILE_HISTOGRAM = "portrait_event_to_profile_seconds"
+OWNWORK_MIN_REPS = 5  # scenario ownwork reports medians of at least this many runs
 FOREIGN_WARN = 0.10  # warn when processes not started by the bench use more of the CPU than this
 
 
@@ -1121,7 +1122,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="noop,noopb,raw,pipeline1,pipeline1f,pipeline2,envelope,latency,memory,api,backfill",
         help="comma-separated scenarios to run (noop,noopb,raw,pipeline1,pipeline1f,pipeline2,envelope,latency,memory,"
         "api,backfill; "
-        "also cluster: 2 workers on a 3-master cluster vs standalone, commands per event)",
+        "also cluster: 2 workers on a 3-master cluster vs standalone, commands per event; "
+        "ownwork: the processor's own work per event without Kafka, and each lever of issue 16 undone)",
     )
     parser.add_argument("--backfill-customers", type=int, default=25_000, help="customers of the backfill (8)")
     parser.add_argument("--backfill-orders", type=int, default=100_000, help="orders of the backfill (8)")
@@ -1157,7 +1159,9 @@ def run(args: argparse.Namespace) -> int:
     from portrait_dev import infra, synth
 
     only = {s.strip() for s in args.only.split(",") if s.strip()}
-    unknown = only - {k for k, _ in THROUGHPUT_SCENARIOS} - {"latency", "memory", "api", "backfill", "cluster"}
+    unknown = (
+        only - {k for k, _ in THROUGHPUT_SCENARIOS} - {"latency", "memory", "api", "backfill", "cluster", "ownwork"}
+    )
     if unknown:
         print(f"unknown scenarios: {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
@@ -1183,6 +1187,17 @@ def run(args: argparse.Namespace) -> int:
     )
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not callable(v)}
     config["argv"] = sys.argv[1:]
+    if "ownwork" in only:
+        from portrait_dev.bench_ownwork import format_ownwork, run_ownwork
+
+        ownwork = run_ownwork(workdir, events, max(args.reps, OWNWORK_MIN_REPS))
+        print(format_ownwork(ownwork), flush=True)
+        ownwork_path = out_dir / f"ownwork-{stamp}.json"
+        ownwork_path.write_text(json.dumps({"config": config, "ownwork": ownwork}, indent=2, default=str) + "\n")
+        print(f"results: {ownwork_path}", flush=True)
+        only = only - {"ownwork"}
+        if not only:
+            return 0
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k, _ in THROUGHPUT_SCENARIOS}
     latency: dict[str, Any] | None = None
     memory: dict[str, Any] | None = None

@@ -11,8 +11,10 @@ Every event carries ``schema_version``, ``event_id``, ``type``, a timezone-aware
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Literal
+from functools import cached_property
+from typing import Annotated, Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -67,6 +69,8 @@ class EventBase(BaseModel):
     def _has_subject(self) -> EventBase:
         if self.user_id is None and self.anonymous_id is None:
             raise ValueError("one of user_id or anonymous_id is required")
+        # ``epoch`` computed here, once, spares the cached property's first (locked) lookup
+        self.__dict__["epoch"] = self.ts.timestamp()
         return self
 
     @property
@@ -74,9 +78,17 @@ class EventBase(BaseModel):
         """The id whose profile this event updates (the known user when present)."""
         return self.user_id if self.user_id is not None else f"anon:{self.anonymous_id}"
 
-    @property
+    @cached_property
     def epoch(self) -> float:
+        """``ts`` in seconds since the epoch, computed once per event (the pipeline reads it at
+        every stage, and an aware datetime's ``timestamp()`` is not cheap)."""
         return self.ts.timestamp()
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy (``update`` may change ``ts``: the copy computes its own ``epoch``)."""
+        copied = super().model_copy(update=update, deep=deep)
+        copied.__dict__.pop("epoch", None)
+        return copied
 
 
 class PageView(EventBase):

@@ -29,6 +29,9 @@ from stream.tagging.memory import UserModelState
 from stream.tagging.state import UserState
 
 MODEL_TAGS: tuple[str, ...] = ("behaviour_segment", "churn_risk", "churn_band", "churn_model")
+# Entries of each scoring memo (``Models.segment_features``/``churn_tags``) before it starts over.
+MEMO_MAX = 65_536
+Inputs = tuple[str | None, ...]
 
 
 @dataclass
@@ -63,6 +66,50 @@ class Models:
         self.churn_specs = config.churn_specs
         self.segments = SegmentModel(config.segments, self.segment_specs)
         self.churn = ChurnModel(config.churn)
+        self._memo()
+
+    def _memo(self) -> None:
+        # Scoring memos, by the values of the input tags (a profile's features are a pure function
+        # of them, the churn tags too for one churn model version): users share the values of the
+        # few inputs, so most evaluations find their scores here. Never pickled (checkpoints).
+        self._segment_inputs = tuple(spec.tag for spec in self.segment_specs)
+        self._churn_inputs = tuple(spec.tag for spec in self.churn_specs)
+        self._features: dict[Inputs, Vector] = {}
+        self._churn: dict[tuple[str, Inputs], tuple[Vector, dict[str, str]]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        for memo in ("_segment_inputs", "_churn_inputs", "_features", "_churn"):
+            state.pop(memo, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._memo()
+
+    def segment_features(self, profile: Mapping[str, str]) -> Vector:
+        """``build_features(profile, self.segment_specs)``, memoised (shared: do not mutate it)."""
+        key = tuple(map(profile.get, self._segment_inputs))
+        x = self._features.get(key)
+        if x is None:
+            x = build_features(profile, self.segment_specs)
+            if len(self._features) >= MEMO_MAX:
+                self._features.clear()
+            self._features[key] = x
+        return x
+
+    def churn_tags(self, profile: Mapping[str, str]) -> tuple[Vector, dict[str, str]]:
+        """The churn features of ``profile`` and the churn model's tags for them, memoised per
+        churn model version (it changes whenever the model learns)."""
+        key = (self.churn.version, tuple(map(profile.get, self._churn_inputs)))
+        hit = self._churn.get(key)
+        if hit is None:
+            x = build_features(profile, self.churn_specs)
+            hit = (x, self.churn.tags(x))
+            if len(self._churn) >= MEMO_MAX:
+                self._churn.clear()
+            self._churn[key] = hit
+        return hit
 
     def eligible(self, profile: Mapping[str, str]) -> bool:
         """Whether the user is in the churn population: ``buyer`` (has an order on record, the
@@ -170,19 +217,19 @@ class Models:
         result = ScoreResult(tags={})
         for pending, label in self._resolve(user, qualifying, now):
             result.learn.append({"kind": "churn", **pending.to_json(), "y": label})
-        x_seg = build_features(profile, self.segment_specs)
+        x_seg = self.segment_features(profile)
         if should_reassign(user.segment_vector, x_seg, user.segment_ts, now, self.config.segments.reassign):
             user.segment = self.segments.assign(x_seg)
-            user.segment_vector = x_seg
+            user.segment_vector = dict(x_seg)
             user.segment_ts = now
-            result.learn.append({"kind": "segment", "x": x_seg})
+            result.learn.append({"kind": "segment", "x": user.segment_vector})
         if user.segment is not None:
             result.tags["behaviour_segment"] = user.segment
-        x_churn = build_features(profile, self.churn_specs)
+        x_churn, churn_tags = self.churn_tags(profile)
         if allow_snapshot:
             self._snapshot(user, profile, x_churn, now)
         result.next_due = next_model_time(user, now, self.config)
-        result.tags.update(self.churn.tags(x_churn))
+        result.tags.update(churn_tags)
         return result
 
     def learn_item(self, item: Mapping[str, Any]) -> None:

@@ -142,7 +142,8 @@ class RuleSet(BaseModel):
 
     @property
     def active(self) -> tuple[Rule, ...]:
-        return tuple(r for r in self.rules if r.enabled)
+        """The enabled rules, in file order (computed once per rule set, see ``per_rule_set``)."""
+        return _active(self)
 
     def quiet_hours_for(self, rule: Rule) -> QuietHours | None:
         """The rule's quiet hours: its own, none when ``off``, else the file-wide setting."""
@@ -171,6 +172,11 @@ def per_rule_set(derive: Callable[[_R], _T]) -> Callable[[_R], _T]:
         return hit[1]
 
     return cached
+
+
+@per_rule_set
+def _active(rules: RuleSet) -> tuple[Rule, ...]:
+    return tuple(r for r in rules.rules if r.enabled)
 
 
 def tags_referenced(rules: RuleSet) -> set[str]:

@@ -20,6 +20,7 @@ exposure (no message reached anyone, and control must mirror treated).
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,7 +29,7 @@ from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from stream.rules.conditions import Profile, describe, fired_by, fires, tags_of
-from stream.rules.config import Rule, RuleSet
+from stream.rules.config import Rule, RuleSet, per_rule_set
 from stream.rules.trigger import (
     Explanation,
     Trigger,
@@ -200,8 +201,8 @@ def evaluate_rules(
     local_date = local.date().isoformat()
     decisions: list[Decision] = []
     if previous is not None:
-        for rule in rules.active:
-            if not fires(rule.when, previous, current):
+        for rule, tags in _read_tags(rules):
+            if unchanged(tags, previous, current) or not fires(rule.when, previous, current):
                 continue
             trigger = build_trigger(rule, user_id, previous, current, now)
             reason = suppression(rules, rule, user_id, local, now, memory)
@@ -209,6 +210,24 @@ def evaluate_rules(
             _remember(rule, trigger, reason, local_date, memory, withheld)
             shown = withheld or reason
             decisions.append(Decision(rule, trigger, "send" if shown is None else "suppressed", shown))
-    cooldowns = {r.id: r.cooldown for r in rules.active if r.cooldown is not None}
-    memory.prune(now, local_date, cooldowns)
+    memory.prune(now, local_date, _cooldowns(rules))
     return decisions
+
+
+def unchanged(tags: tuple[str, ...], previous: Mapping[str, str], current: Mapping[str, str]) -> bool:
+    """Whether none of ``tags`` changed value. A condition reads the profiles only through its
+    tags, so when none of them changed it holds for previous -> current exactly as for
+    previous -> previous: it cannot fire, and ``fires`` need not be asked."""
+    return all(map(operator.eq, map(previous.get, tags), map(current.get, tags)))
+
+
+@per_rule_set
+def _read_tags(rules: RuleSet) -> tuple[tuple[Rule, tuple[str, ...]], ...]:
+    """Every active rule with the tags its condition reads."""
+    return tuple((rule, tuple(sorted(tags_of(rule.when)))) for rule in rules.active)
+
+
+@per_rule_set
+def _cooldowns(rules: RuleSet) -> dict[str, float]:
+    """Rule id -> cooldown of the active rules that have one."""
+    return {r.id: r.cooldown for r in rules.active if r.cooldown is not None}

@@ -287,14 +287,30 @@ class TagCatalogue(BaseModel):
 
     @property
     def names(self) -> frozenset[str]:
-        return frozenset(t.name for t in self.tags)
+        """Every tag name (computed once per catalogue: it is read per evaluation)."""
+        return _derived(self)[0]
 
     def domain(self, name: str) -> TagDef | None:
         return next((t for t in self.tags if t.name == name), None)
 
     @property
     def audience_tags(self) -> frozenset[str]:
-        return frozenset(t.name for t in self.tags if t.audience)
+        """The tags users are grouped by (computed once per catalogue, like ``names``)."""
+        return _derived(self)[1]
+
+
+# id(catalogue) -> (catalogue, names, audience tags). Keyed by identity (a catalogue is frozen; a
+# copy is another object), holding each catalogue it saw so an id is never reused for another.
+_DERIVED: dict[int, tuple[TagCatalogue, frozenset[str], frozenset[str]]] = {}
+
+
+def _derived(catalogue: TagCatalogue) -> tuple[frozenset[str], frozenset[str]]:
+    hit = _DERIVED.get(id(catalogue))
+    if hit is None or hit[0] is not catalogue:
+        names = frozenset(t.name for t in catalogue.tags)
+        audience = frozenset(t.name for t in catalogue.tags if t.audience)
+        hit = _DERIVED[id(catalogue)] = (catalogue, names, audience)
+    return hit[1], hit[2]
 
 
 def default_tags_path() -> Path:

@@ -155,3 +155,47 @@ def test_trigger_latency_uses_the_users_latest_event_before_the_firing() -> None
     triggers = [("a", 106.0, 106.25), ("b", 100.5, 100.75), ("c", 1.0, 2.0)]
     # a: latest send at or before 106.0 is 105.0 -> 1.25 s; b: 0.75 s; c: no send -> ignored
     assert trigger_latency(sends, triggers) == [1.25, 0.75]
+
+
+def test_ownwork_messages_are_partitioned_by_user_with_rising_offsets() -> None:
+    from portrait_dev.bench_ownwork import messages_of
+
+    events = [
+        {"event_id": f"e{i}", "type": kind, "user_id": user, "ts": "2026-11-01T10:00:00+00:00", "query": "q"}
+        for i, (kind, user) in enumerate([("search", "a"), ("search", "b"), ("search", "a"), ("identify", "a")])
+    ]
+    messages = messages_of(events, 4)
+    assert [m.topic for m in messages] == ["portrait.clickstream"] * 3 + ["portrait.identify"]
+    assert [m.key for m in messages] == [b"a", b"b", b"a", b"a"]
+    a = [m for m in messages[:3] if m.key == b"a"]
+    assert a[0].partition == a[1].partition and [m.offset for m in a] == [0, 1]
+    assert messages[3].offset == 0 and orjson.loads(messages[1].value)["event_id"] == "e1"
+
+
+def test_ownwork_baselines_restore_the_levers() -> None:
+    from portrait_dev.bench_ownwork import BASELINES
+
+    from stream.contracts.events import EventBase
+    from stream.models.runtime import Models
+    from stream.rules import evaluate
+    from stream.rules.config import RuleSet
+    from stream.service import processor
+    from stream.tagging.definitions import TagCatalogue
+
+    def current() -> list[object]:
+        return [
+            EventBase.__dict__["epoch"],
+            evaluate.unchanged,
+            Models.segment_features,
+            Models.churn_tags,
+            processor.record_batch,  # type: ignore[attr-defined]
+            processor.record_decisions,  # type: ignore[attr-defined]
+            TagCatalogue.__dict__["names"],
+            RuleSet.__dict__["active"],
+        ]
+
+    before = current()
+    for name, patch in BASELINES.items():
+        with patch():
+            assert current() != before, name
+        assert current() == before, name

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import orjson
 import pytest
 from pydantic import ValidationError
@@ -58,3 +60,12 @@ def test_bounds_and_the_reserved_prefix_are_in_the_published_json_schema() -> No
     assert f'"maximum":{MAX_MONEY}' in text
     assert f'"maximum":{MAX_QUANTITY}' in text
     assert '"not":{"pattern":"^[aA][nN][oO][nN]:"}' in text
+
+
+def test_epoch_is_the_event_time_also_of_a_copy_with_another_ts() -> None:
+    event = parse_event(_order(ts="2026-11-01T10:00:00+02:00"))
+    assert event.epoch == 1793520000.0  # 2026-11-01T08:00:00Z, by hand
+    later = event.model_copy(update={"ts": datetime(2026, 11, 2, 8, 0, tzinfo=UTC)})
+    assert later.epoch == 1793520000.0 + 86400 and event.epoch == 1793520000.0
+    built = type(event).model_construct(**{**event.model_dump(), "ts": datetime(2026, 11, 1, 9, 0, tzinfo=UTC)})
+    assert built.epoch == 1793520000.0 + 3600

@@ -314,6 +314,27 @@ def test_checkpoint_round_trip_predicts_identically(config: ModelsConfig) -> Non
     assert restored.churn.metrics() == models.churn.metrics()
 
 
+def test_score_step_scores_follow_the_model_as_it_learns(config: ModelsConfig) -> None:
+    """The scoring memo (values of the input tags -> scores) never serves a score of a model state
+    that has since learned, and is not part of a checkpoint."""
+    models, profiles = _trained(config, n=250)
+    profile = next(p for p in profiles if "days_since_last_order" in p)
+
+    def expected(model: Models) -> dict[str, str]:
+        return model.churn.tags(build_features(profile, model.churn_specs))
+
+    first = models.score_step(UserModelState(), profile, None, T0).tags
+    assert {k: first[k] for k in ("churn_risk", "churn_band", "churn_model")} == expected(models)
+    for other in profiles[:40]:  # the model moves on: a new version, another risk for the same inputs
+        models.churn.learn(take_snapshot(build_features(other, models.churn_specs), T0), 1)
+    again = models.score_step(UserModelState(), dict(profile), None, T0).tags
+    assert again["churn_model"] == "290" and again["churn_risk"] == expected(models)["churn_risk"]
+    assert again["churn_risk"] != first["churn_risk"]
+    restored = restore(dump(models), config)
+    assert not restored._features and not restored._churn  # the memo is not checkpointed
+    assert restored.score_step(UserModelState(), profile, None, T0).tags == again
+
+
 def test_corrupt_or_incompatible_checkpoint_raises(config: ModelsConfig) -> None:
     models, _ = _trained(config, n=250)
     raw = dump(models)

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
+import statistics
 import time
 import uuid
 import zlib
@@ -64,6 +66,25 @@ def _every_rule() -> Iterator[None]:
         yield
     finally:
         evaluate.unchanged = skip
+
+
+@contextlib.contextmanager
+def _interpreted_conditions() -> Iterator[None]:
+    """Before: a rule's condition tree was interpreted (``conditions.holds``) on every step."""
+    from stream.rules import evaluate
+    from stream.rules.conditions import holds, tags_of
+    from stream.rules.config import per_rule_set
+
+    @per_rule_set
+    def interpreted(rules: Any) -> Any:
+        return tuple((r, tuple(sorted(tags_of(r.when))), functools.partial(holds, r.when)) for r in rules.active)
+
+    compiled = evaluate._conditions
+    evaluate._conditions = interpreted
+    try:
+        yield
+    finally:
+        evaluate._conditions = compiled
 
 
 @contextlib.contextmanager
@@ -157,6 +178,7 @@ def _catalogue_sets_per_call() -> Iterator[None]:
 BASELINES: dict[str, Patch] = {
     "epoch once per event": _epoch_per_call,
     "rules on changed tags": _every_rule,
+    "compiled conditions": _interpreted_conditions,
     "scoring memo": _score_every_time,
     "batch-level metrics": _metrics_per_event,
     "definition sets once": _catalogue_sets_per_call,
@@ -275,12 +297,14 @@ async def _one_run(redis_url: str, messages: list[Any], batch: int, variants: di
     }
 
 
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
 async def run_ownwork_on(
     redis_url: str, events: list[dict[str, Any]], reps: int, batch: int = BATCH, partitions: int = 4
 ) -> dict[str, Any]:
     """Every variant ``reps`` times (interleaved) on ``redis_url``; see the module docstring."""
-    from portrait_dev.bench import summarize
-
     messages = messages_of(events, partitions)
     variants: dict[str, Patch] = {"current": _nothing, **{f"without {k}": p for k, p in BASELINES.items()}}
     variants[f"without {ALL}"] = _all_undone
@@ -296,9 +320,7 @@ async def run_ownwork_on(
                 f"{result['valkey_us_per_event']:5.1f} µs/event, {result['commands_per_event']:.2f} commands/event",
                 flush=True,
             )
-    summary = {
-        name: {metric: summarize([r[metric] for r in rs]).as_dict() for metric in rs[0]} for name, rs in runs.items()
-    }
+    summary = {name: {metric: _spread([r[metric] for r in rs]) for metric in rs[0]} for name, rs in runs.items()}
     current = summary["current"]["us_per_event"]["median"]
     ratios = {
         name.removeprefix("without "): s["us_per_event"]["median"] / current

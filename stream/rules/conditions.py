@@ -20,13 +20,14 @@ holds (the transition is the edge).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import cached_property
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 Profile = Mapping[str, str]
+Predicate = Callable[[Profile, Profile], bool]  # (previous, current) -> truth, see ``compiled``
 
 COMPARISONS: tuple[str, ...] = ("eq", "ne", "gt", "ge", "lt", "le", "in")
 TRANSITIONS: tuple[str, ...] = ("crosses_above", "crosses_below", "enters", "leaves")
@@ -204,6 +205,27 @@ def holds(cond: Condition, previous: Profile, current: Profile) -> bool:
     if op in TRANSITIONS:
         return _transition(op, cond.operand(op), previous.get(cond.tag), current.get(cond.tag))
     return _compare(op, cond.operand(op), current.get(cond.tag))
+
+
+def compiled(cond: Condition) -> Predicate:
+    """``holds`` of ``cond`` as a function of (previous, current), built once: the tree is walked
+    and every leaf's operator and operand looked up here instead of on each evaluation. Same
+    truth as ``holds`` for every pair of profiles (it calls the same comparisons)."""
+    if cond.all is not None:
+        every = tuple(compiled(c) for c in cond.all)
+        return lambda previous, current: all(f(previous, current) for f in every)
+    if cond.any is not None:
+        some = tuple(compiled(c) for c in cond.any)
+        return lambda previous, current: any(f(previous, current) for f in some)
+    if cond.not_ is not None:
+        negated = compiled(cond.not_)
+        return lambda previous, current: not negated(previous, current)
+    assert cond.tag is not None and cond.operator is not None
+    tag, op = cond.tag, cond.operator
+    operand = cond.operand(op)
+    if op in TRANSITIONS:
+        return lambda previous, current: _transition(op, operand, previous.get(tag), current.get(tag))
+    return lambda _previous, current: _compare(op, operand, current.get(tag))
 
 
 def leaf_truth(leaf: Condition, value: str | None) -> bool:

@@ -28,7 +28,7 @@ from functools import lru_cache
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from stream.rules.conditions import Profile, describe, fired_by, fires, tags_of
+from stream.rules.conditions import Predicate, Profile, compiled, describe, fired_by, tags_of
 from stream.rules.config import Rule, RuleSet, per_rule_set
 from stream.rules.trigger import (
     Explanation,
@@ -201,8 +201,9 @@ def evaluate_rules(
     local_date = local.date().isoformat()
     decisions: list[Decision] = []
     if previous is not None:
-        for rule, tags in _read_tags(rules):
-            if unchanged(tags, previous, current) or not fires(rule.when, previous, current):
+        for rule, tags, holds in _conditions(rules):
+            # edge trigger (``fires``): holds for previous -> current, not for previous -> previous
+            if unchanged(tags, previous, current) or not holds(previous, current) or holds(previous, previous):
                 continue
             trigger = build_trigger(rule, user_id, previous, current, now)
             reason = suppression(rules, rule, user_id, local, now, memory)
@@ -222,9 +223,9 @@ def unchanged(tags: tuple[str, ...], previous: Mapping[str, str], current: Mappi
 
 
 @per_rule_set
-def _read_tags(rules: RuleSet) -> tuple[tuple[Rule, tuple[str, ...]], ...]:
-    """Every active rule with the tags its condition reads."""
-    return tuple((rule, tuple(sorted(tags_of(rule.when)))) for rule in rules.active)
+def _conditions(rules: RuleSet) -> tuple[tuple[Rule, tuple[str, ...], Predicate], ...]:
+    """Every active rule with the tags its condition reads and its compiled condition."""
+    return tuple((rule, tuple(sorted(tags_of(rule.when))), compiled(rule.when)) for rule in rules.active)
 
 
 @per_rule_set

@@ -186,6 +186,7 @@ def test_ownwork_baselines_restore_the_levers() -> None:
         return [
             EventBase.__dict__["epoch"],
             evaluate.unchanged,
+            evaluate._conditions,
             Models.segment_features,
             Models.churn_tags,
             processor.record_batch,  # type: ignore[attr-defined]

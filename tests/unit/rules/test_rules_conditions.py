@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from stream.rules import Condition, fires, holds, load_rules, tags_referenced
-from stream.rules.conditions import fired_by
+from stream.rules.conditions import compiled, fired_by
 from stream.settings import ConfigError
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -20,8 +20,10 @@ def cond(raw: dict[str, Any]) -> Condition:
 
 
 def now_holds(raw: dict[str, Any], profile: dict[str, str]) -> bool:
-    """Level truth on one profile (previous = current)."""
-    return holds(cond(raw), profile, profile)
+    """Level truth on one profile (previous = current), the same interpreted and compiled."""
+    truth = holds(cond(raw), profile, profile)
+    assert compiled(cond(raw))(profile, profile) is truth
+    return truth
 
 
 @pytest.mark.parametrize(
@@ -95,6 +97,7 @@ def test_transitions(raw: dict[str, Any], before: str | None, after: str | None,
     previous = {} if before is None else {tag: before}
     current = {} if after is None else {tag: after}
     assert holds(cond(raw), previous, current) is expected
+    assert compiled(cond(raw))(previous, current) is expected
     assert fires(cond(raw), previous, current) is expected
     assert holds(cond(raw), current, current) is False  # a transition never holds without a change
 

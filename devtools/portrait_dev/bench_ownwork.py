@@ -13,8 +13,9 @@ Variants: ``current`` (the code as it is) and, for each lever of issue 16 goal 2
 that one lever undone (``BASELINES``: each restores the behaviour before the lever, by patching the
 modules around each of its batches). Every variant of a repetition gets a fresh worker on a fresh
 key prefix and the same events; the variants take turns batch by batch, so a change of load on
-the machine hits all of them alike. A lever's ratio is ``median(without) / median(current)`` of
-the same run (above 1: the lever saves time).
+the machine hits all of them alike. A lever's ratio is the median over the repetitions of
+``without / current`` CPU per event, each pair from the same repetition (above 1: the lever
+saves time).
 """
 
 from __future__ import annotations
@@ -321,10 +322,11 @@ async def run_ownwork_on(
                 flush=True,
             )
     summary = {name: {metric: _spread([r[metric] for r in rs]) for metric in rs[0]} for name, rs in runs.items()}
-    current = summary["current"]["us_per_event"]["median"]
+    # paired: each repetition's variant against that repetition's current (same load, same data)
+    current = [r["us_per_event"] for r in runs["current"]]
     ratios = {
-        name.removeprefix("without "): s["us_per_event"]["median"] / current
-        for name, s in summary.items()
+        name.removeprefix("without "): _spread([r["us_per_event"] / c for r, c in zip(rs, current, strict=True)])
+        for name, rs in runs.items()
         if name != "current"
     }
     return {"events": len(messages), "batch": batch, "reps": reps, "runs": runs, "summary": summary, "ratios": ratios}
@@ -344,15 +346,15 @@ def run_ownwork(workdir: Path, events: list[dict[str, Any]], reps: int) -> dict[
 def format_ownwork(doc: dict[str, Any]) -> str:
     lines = [
         f"own work per event ({doc['events']:,} events, batches of {doc['batch']}, medians of {doc['reps']}):",
-        "| variant | CPU µs/event (min–max) | wall µs/event | Valkey CPU µs/event | commands/event | ratio |",
+        "| variant | CPU µs/event (min–max) | wall µs/event | Valkey CPU µs/event | commands/event | ratio (min–max) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name, s in doc["summary"].items():
         us, vk, cmd = s["us_per_event"], s["valkey_us_per_event"], s["commands_per_event"]
-        ratio = doc["ratios"].get(name.removeprefix("without "))
+        r = doc["ratios"].get(name.removeprefix("without "))
+        shown = "1.00" if r is None else f"{r['median']:.2f} ({r['min']:.2f}–{r['max']:.2f})"
         lines.append(
             f"| {name} | {us['median']:.1f} ({us['min']:.1f}–{us['max']:.1f}) | "
-            f"{s['wall_us_per_event']['median']:.0f} | {vk['median']:.1f} | "
-            f"{cmd['median']:.2f} | {'1.00' if ratio is None else f'{ratio:.2f}'} |"
+            f"{s['wall_us_per_event']['median']:.0f} | {vk['median']:.1f} | {cmd['median']:.2f} | {shown} |"
         )
     return "\n".join(lines)

@@ -89,6 +89,19 @@ def _interpreted_conditions() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _parse_numbers_every_time() -> Iterator[None]:
+    """Before: every comparison parsed its operand and the tag's value (``conditions.as_number``)."""
+    from stream.rules import conditions
+
+    memo = conditions.as_number
+    conditions.as_number = memo.__wrapped__  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        conditions.as_number = memo
+
+
+@contextlib.contextmanager
 def _score_every_time() -> Iterator[None]:
     """Before: every evaluation built both feature vectors and scored the churn model."""
     from stream.models import runtime
@@ -180,6 +193,7 @@ BASELINES: dict[str, Patch] = {
     "epoch once per event": _epoch_per_call,
     "rules on changed tags": _every_rule,
     "compiled conditions": _interpreted_conditions,
+    "number parsing memo": _parse_numbers_every_time,
     "scoring memo": _score_every_time,
     "batch-level metrics": _metrics_per_event,
     "definition sets once": _catalogue_sets_per_call,

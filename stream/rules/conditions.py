@@ -19,6 +19,7 @@ holds (the transition is the edge).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterator, Mapping
 from functools import cached_property
@@ -58,8 +59,11 @@ Text = Annotated[str, BeforeValidator(_to_text)]
 Texts = Annotated[tuple[str, ...], BeforeValidator(_to_texts)]
 
 
+@functools.lru_cache(maxsize=8192)
 def as_number(value: str | None) -> float | None:
-    """The value as a float when it is a decimal number (``"14"``, ``"0.25"``, ``"-3e2"``), else None."""
+    """The value as a float when it is a decimal number (``"14"``, ``"0.25"``, ``"-3e2"``), else None.
+
+    Memoised: rules compare the same few operands and tag values on every evaluation."""
     if value is None or not _NUMBER.match(value):
         return None
     return float(value)

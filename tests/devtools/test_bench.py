@@ -177,7 +177,7 @@ def test_ownwork_baselines_restore_the_levers() -> None:
 
     from stream.contracts.events import EventBase
     from stream.models.runtime import Models
-    from stream.rules import evaluate
+    from stream.rules import conditions, evaluate
     from stream.rules.config import RuleSet
     from stream.service import processor
     from stream.tagging.definitions import TagCatalogue
@@ -187,6 +187,7 @@ def test_ownwork_baselines_restore_the_levers() -> None:
             EventBase.__dict__["epoch"],
             evaluate.unchanged,
             evaluate._conditions,
+            conditions.as_number,
             Models.segment_features,
             Models.churn_tags,
             processor.record_batch,  # type: ignore[attr-defined]

@@ -300,13 +300,17 @@ class TagCatalogue(BaseModel):
 
 
 # id(catalogue) -> (catalogue, names, audience tags). Keyed by identity (a catalogue is frozen; a
-# copy is another object), holding each catalogue it saw so an id is never reused for another.
+# copy is another object); an entry holds its catalogue, so its id is not reused for another.
+# Catalogues come from files (start-up, reloads): a bound keeps a long-lived process from growing.
 _DERIVED: dict[int, tuple[TagCatalogue, frozenset[str], frozenset[str]]] = {}
+_DERIVED_MAX = 64
 
 
 def _derived(catalogue: TagCatalogue) -> tuple[frozenset[str], frozenset[str]]:
     hit = _DERIVED.get(id(catalogue))
     if hit is None or hit[0] is not catalogue:
+        if len(_DERIVED) >= _DERIVED_MAX:
+            _DERIVED.clear()
         names = frozenset(t.name for t in catalogue.tags)
         audience = frozenset(t.name for t in catalogue.tags if t.audience)
         hit = _DERIVED[id(catalogue)] = (catalogue, names, audience)

@@ -410,6 +410,12 @@ def format_table(doc: dict[str, Any]) -> str:
                 f"(state key {fmt_bytes(plain.get('state_key_bytes'))}); compressed / plain = "
                 f"{mem['ratio_to_plain_json']:.2f}x"
             )
+        defaults = mem.get("valkey_default_listpack")
+        if defaults:
+            lines.append(
+                f"    baseline, Valkey's default listpack limits: {fmt_bytes(defaults['used_memory_per_user'])} "
+                f"per user (shipped: {', '.join(f'{k} {v}' for k, v in mem.get('listpack_settings', {}).items())})"
+            )
     lines.append("")
     lines.append("| target | goal | measured | met |")
     lines.append("|---|---|---:|---|")
@@ -1004,20 +1010,36 @@ async def run_latency(bench: Bench, rate: float, seconds: float, batch_within: f
     }
 
 
-async def run_memory(bench: Bench, users: int, seed: int, sample: int = 300) -> dict[str, Any]:
+# Valkey's own listpack limits: the memory scenario's same-run baseline for the encoding settings
+# that deploy/valkey/valkey.conf and the embedded Valkey ship (portrait_dev.infra.VALKEY_TUNING)
+VALKEY_DEFAULT_LISTPACK = {
+    "hash-max-listpack-value": "64",
+    "set-max-listpack-entries": "128",
+    "zset-max-listpack-entries": "128",
+}
+
+
+async def run_memory(bench: Bench, users: int, seed: int, sample: int = 300, templates_n: int = 2000) -> dict[str, Any]:
     """Bytes per user with 90-day histories. The template states are the worker's
     (``build_templates``), cloned under new user ids and written with ``Store.write`` (the worker's
-    Lua script)."""
+    Lua script). Two baselines in the same run: the state blob as plain JSON, and the server's
+    listpack limits at Valkey's defaults instead of the shipped ones."""
     settings = bench.fresh_settings("mem", clock="event")
-    built = await build_templates(settings, min(users, 2000), seed)
+    built = await build_templates(settings, min(users, templates_n), seed)
     templates, now, driver_state_bytes = built.writes, built.now, built.state_key_bytes
     store = _store(settings)
     try:
+        encoding = await _listpack_settings(store)
         measured = await _measure_memory(store, templates, users, now, sample)
         # baseline in the same run: the same users with the state stored as plain JSON, as before
         # compression (docs/performance.md)
         plain = [dataclasses.replace(t, state=_PlainJsonState.of(t.state)) if t.state else t for t in templates]
         baseline = await _measure_memory(store, plain, users, now, sample)
+        await _set_config(store, VALKEY_DEFAULT_LISTPACK)
+        try:
+            default_encoding = await _measure_memory(store, templates, users, now, sample)
+        finally:
+            await _set_config(store, encoding)
     finally:
         await store.close()
     return {
@@ -1026,16 +1048,31 @@ async def run_memory(bench: Bench, users: int, seed: int, sample: int = 300) -> 
         "events_per_template_user": built.events / max(1, len(templates)),
         "driver_state_key_bytes": statistics.mean(driver_state_bytes) if driver_state_bytes else None,
         "driver_seconds": built.driver_seconds,
+        "listpack_settings": encoding,
         **measured,
         "plain_json_state": baseline,
         "ratio_to_plain_json": measured["used_memory_per_user"] / baseline["used_memory_per_user"],
+        "valkey_default_listpack": {"settings": VALKEY_DEFAULT_LISTPACK, **default_encoding},
         "method": (
             f"offline driver (the worker's processor in event time, default rules and models) on "
             f"{len(templates)} synthetic users x 90 days, states read back from Valkey, cloned to "
-            f"{users:,} user ids and written with Store.write (not through Kafka); baseline: the same "
-            "with the state blob as plain JSON"
+            f"{users:,} user ids and written with Store.write (not through Kafka); baselines: the same "
+            "with the state blob as plain JSON, and with Valkey's default listpack limits"
         ),
     }
+
+
+async def _listpack_settings(store: Any) -> dict[str, str]:
+    """The server's values of the listpack limits ``VALKEY_DEFAULT_LISTPACK`` names."""
+    out: dict[str, str] = {}
+    for name in VALKEY_DEFAULT_LISTPACK:
+        out.update({str(k): str(v) for k, v in (await store.client.config_get(name)).items()})
+    return out
+
+
+async def _set_config(store: Any, values: dict[str, str]) -> None:
+    for name, value in values.items():
+        await store.client.config_set(name, value)
 
 
 class _PlainJsonState(UserStateBase):
@@ -1115,6 +1152,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-within", type=float, help="PORTRAIT_BATCH_WITHIN of the latency worker (5) (default: the setting's)"
     )
     parser.add_argument("--memory-users", type=int, default=100_000, help="users loaded for (6)")
+    parser.add_argument(
+        "--memory-templates",
+        type=int,
+        default=2000,
+        help="offline-driver users cloned in (6) (fewer: a faster run, e.g. 400)",
+    )
     parser.add_argument("--api-users", type=int, default=1_000_000, help="users loaded for the read API run (7)")
     parser.add_argument("--api-requests", type=int, default=200, help="calls per endpoint in (7)")
     parser.add_argument(
@@ -1308,10 +1351,12 @@ async def _run_all(
             flush=True,
         )
     if "memory" in only and args.memory_users > 0:
-        memory = await run_memory(bench, args.memory_users, args.seed)
+        memory = await run_memory(bench, args.memory_users, args.seed, templates_n=args.memory_templates)
         print(
             f"  memory: {fmt_bytes(memory['used_memory_per_user'])} per user "
-            f"({fmt_bytes(memory['plain_json_state']['used_memory_per_user'])} with the state as plain JSON)",
+            f"({fmt_bytes(memory['plain_json_state']['used_memory_per_user'])} with the state as plain JSON, "
+            f"{fmt_bytes(memory['valkey_default_listpack']['used_memory_per_user'])} with Valkey's default "
+            "listpack limits)",
             flush=True,
         )
     return latency, memory

@@ -154,6 +154,9 @@ def bench(
         float | None, typer.Option(help="PORTRAIT_BATCH_WITHIN of the latency worker (5) (default: the setting's).")
     ] = None,
     memory_users: Annotated[int, typer.Option(help="Users loaded for (6).")] = 100_000,
+    memory_templates: Annotated[
+        int, typer.Option(help="Offline-driver users cloned in (6) (fewer: a faster run, e.g. 400).")
+    ] = 2000,
     api_users: Annotated[int, typer.Option(help="Users loaded for the read API run (7).")] = 1_000_000,
     api_requests: Annotated[int, typer.Option(help="Calls per endpoint in (7).")] = 200,
     only: Annotated[
@@ -193,6 +196,7 @@ def bench(
         latency_rate=latency_rate,
         batch_within=batch_within,
         memory_users=memory_users,
+        memory_templates=memory_templates,
         api_users=api_users,
         api_requests=api_requests,
         only=only,

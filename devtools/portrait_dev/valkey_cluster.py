@@ -24,6 +24,7 @@ from pathlib import Path
 
 import redis
 
+from portrait_dev.infra import VALKEY_TUNING
 from portrait_dev.processes import InfraError, ManagedProcess, free_ports, spawn, wait_for_redis
 
 log = logging.getLogger(__name__)
@@ -214,6 +215,7 @@ def start_cluster(
             argv += ["--cluster-port", str(bus)]
             argv += [
                 *CLUSTER_ARGS,
+                *VALKEY_TUNING,
                 "--cluster-config-file",
                 str(data / "nodes.conf"),
                 *NO_PERSISTENCE,

@@ -216,3 +216,29 @@ def test_embedded_valkey_keeps_its_data_across_a_kill(tmp_path: Path) -> None:
         client.close()
     finally:
         again.stop()
+
+
+def test_embedded_valkey_uses_the_deploy_encoding_settings(tmp_path: Path) -> None:
+    """The embedded Valkey and deploy/valkey/valkey.conf ship the same listpack limits (docs/operations.md
+    'Redis memory settings'), and with them a shard-sized audience set (1,000 members) and due set
+    stay in the compact encoding the memory figures assume."""
+    conf_path = Path(__file__).resolve().parents[2] / "deploy/valkey/valkey.conf"
+    lines = [line.split() for line in conf_path.read_text().splitlines() if line and not line.startswith("#")]
+    shipped = {words[0]: words[1] for words in lines if "-max-listpack-" in words[0]}
+    assert shipped == {
+        "hash-max-listpack-value": "1024",
+        "set-max-listpack-entries": "1024",
+        "zset-max-listpack-entries": "1024",
+    }
+    proc, url = infra_mod.start_valkey(tmp_path / "data", tmp_path / "valkey.log")
+    try:
+        client = redis.Redis.from_url(url, decode_responses=True)
+        for name, value in shipped.items():
+            assert client.config_get(name) == {name: value}
+        client.sadd("aud", *(f"u{i:07d}" for i in range(1000)))
+        client.zadd("due", {f"u{i:07d}": 1.8e9 + i for i in range(1000)})
+        assert client.object("encoding", "aud") == "listpack"
+        assert client.object("encoding", "due") == "listpack"
+        client.close()
+    finally:
+        proc.stop()

@@ -1011,7 +1011,7 @@ async def run_latency(bench: Bench, rate: float, seconds: float, batch_within: f
 
 
 # Valkey's own listpack limits: the memory scenario's same-run baseline for the encoding settings
-# that deploy/valkey/valkey.conf and the embedded Valkey ship (portrait_dev.infra.VALKEY_TUNING)
+# that deploy/valkey/valkey.conf and the embedded Valkey ship (portrait_dev.valkey_conf.VALKEY_TUNING)
 VALKEY_DEFAULT_LISTPACK = {
     "hash-max-listpack-value": "64",
     "set-max-listpack-entries": "128",
@@ -1086,9 +1086,20 @@ class _PlainJsonState(UserStateBase):
         return orjson.dumps(self.to_doc())
 
 
+async def _settled_memory(store: Any) -> int:
+    """``used_memory`` once the server has no lazily freed objects pending (an earlier pass's
+    ``UNLINK``s are freed in the background and would otherwise count against this one), waiting at
+    most a minute."""
+    for _ in range(600):
+        info = await store.client.info("memory")
+        if not int(info.get("lazyfree_pending_objects", 0)):
+            break
+        await asyncio.sleep(0.1)
+    return int(info["used_memory"])
+
+
 async def _measure_memory(store: Any, templates: list[Any], users: int, now: float, sample: int) -> dict[str, Any]:
-    info = await store.client.info("memory")
-    before = int(info["used_memory"])
+    before = await _settled_memory(store)
     batch: list[Any] = []
     for i in range(users):
         template = templates[i % len(templates)]
@@ -1098,8 +1109,7 @@ async def _measure_memory(store: Any, templates: list[Any], users: int, now: flo
             batch = []
     if batch:
         await store.write(batch, now, {"memory_users": len(batch)})
-    info = await store.client.info("memory")
-    after = int(info["used_memory"])
+    after = await _settled_memory(store)
     step = max(1, users // sample)
     state_sizes, profile_sizes = [], []
     for i in range(0, users, step):

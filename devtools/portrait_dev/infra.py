@@ -43,6 +43,7 @@ from portrait_dev.processes import (
     wait_for_broker as wait_for_broker,
     wait_for_redis as wait_for_redis,
 )
+from portrait_dev.valkey_conf import VALKEY_TUNING
 from stream.contracts.topics import Topics
 from stream.kafka.admin import create_topics
 from stream.settings import Settings
@@ -95,20 +96,6 @@ def start_tansu(log_path: Path, *, port: int | None = None, die_with_parent: boo
     raise InfraError(f"Tansu did not start: {error}")
 
 
-# Encoding settings, the same as deploy/valkey/valkey.conf (a unit test compares them; docs/operations.md
-# "Redis memory settings"). A user's state hash holds one compressed blob of a few hundred bytes:
-# listpack values up to 1 KB keep it compact instead of a hash table (about 290 B less per user). A
-# shard's share of an audience set, of the due set and of each RFM rank set holds up to
-# population / shards members (about 780 at 100,000 users and 128 shards): listpacks of up to 1,024
-# entries keep them compact too (about 500 B less per user; docs/performance.md "Memory").
-VALKEY_TUNING = (
-    "--hash-max-listpack-value",
-    "1024",
-    "--set-max-listpack-entries",
-    "1024",
-    "--zset-max-listpack-entries",
-    "1024",
-)
 # Persistence as in deploy/valkey/valkey.conf: an append-only file synced every second, so a
 # restart (or kill -9) of the embedded Valkey keeps the profiles; RDB snapshots are off.
 VALKEY_PERSISTENCE = ("--save", "", "--appendonly", "yes", "--appendfsync", "everysec")

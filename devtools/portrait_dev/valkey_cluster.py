@@ -24,8 +24,8 @@ from pathlib import Path
 
 import redis
 
-from portrait_dev.infra import VALKEY_TUNING
 from portrait_dev.processes import InfraError, ManagedProcess, free_ports, spawn, wait_for_redis
+from portrait_dev.valkey_conf import VALKEY_TUNING
 
 log = logging.getLogger(__name__)
 

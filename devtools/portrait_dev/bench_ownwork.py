@@ -57,28 +57,15 @@ def _epoch_per_call() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _every_rule() -> Iterator[None]:
-    """Before: every active rule's condition was evaluated on every step."""
-    from stream.rules import evaluate
-
-    skip = evaluate.unchanged
-    evaluate.unchanged = lambda *_: False
-    try:
-        yield
-    finally:
-        evaluate.unchanged = skip
-
-
-@contextlib.contextmanager
 def _interpreted_conditions() -> Iterator[None]:
     """Before: a rule's condition tree was interpreted (``conditions.holds``) on every step."""
     from stream.rules import evaluate
-    from stream.rules.conditions import holds, tags_of
+    from stream.rules.conditions import holds
     from stream.rules.config import per_rule_set
 
     @per_rule_set
     def interpreted(rules: Any) -> Any:
-        return tuple((r, tuple(sorted(tags_of(r.when))), functools.partial(holds, r.when)) for r in rules.active)
+        return tuple((r, functools.partial(holds, r.when)) for r in rules.active)
 
     compiled = evaluate._conditions
     evaluate._conditions = interpreted
@@ -191,7 +178,6 @@ def _catalogue_sets_per_call() -> Iterator[None]:
 # lever name -> a context manager that undoes the lever for one run
 BASELINES: dict[str, Patch] = {
     "epoch once per event": _epoch_per_call,
-    "rules on changed tags": _every_rule,
     "compiled conditions": _interpreted_conditions,
     "number parsing memo": _parse_numbers_every_time,
     "scoring memo": _score_every_time,

@@ -20,7 +20,6 @@ exposure (no message reached anyone, and control must mirror treated).
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -201,9 +200,9 @@ def evaluate_rules(
     local_date = local.date().isoformat()
     decisions: list[Decision] = []
     if previous is not None:
-        for rule, tags, holds in _conditions(rules):
+        for rule, holds in _conditions(rules):
             # edge trigger (``fires``): holds for previous -> current, not for previous -> previous
-            if unchanged(tags, previous, current) or not holds(previous, current) or holds(previous, previous):
+            if not holds(previous, current) or holds(previous, previous):
                 continue
             trigger = build_trigger(rule, user_id, previous, current, now)
             reason = suppression(rules, rule, user_id, local, now, memory)
@@ -215,17 +214,10 @@ def evaluate_rules(
     return decisions
 
 
-def unchanged(tags: tuple[str, ...], previous: Mapping[str, str], current: Mapping[str, str]) -> bool:
-    """Whether none of ``tags`` changed value. A condition reads the profiles only through its
-    tags, so when none of them changed it holds for previous -> current exactly as for
-    previous -> previous: it cannot fire, and ``fires`` need not be asked."""
-    return all(map(operator.eq, map(previous.get, tags), map(current.get, tags)))
-
-
 @per_rule_set
-def _conditions(rules: RuleSet) -> tuple[tuple[Rule, tuple[str, ...], Predicate], ...]:
-    """Every active rule with the tags its condition reads and its compiled condition."""
-    return tuple((rule, tuple(sorted(tags_of(rule.when))), compiled(rule.when)) for rule in rules.active)
+def _conditions(rules: RuleSet) -> tuple[tuple[Rule, Predicate], ...]:
+    """Every active rule with its compiled condition."""
+    return tuple((rule, compiled(rule.when)) for rule in rules.active)
 
 
 @per_rule_set

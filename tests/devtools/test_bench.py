@@ -185,7 +185,6 @@ def test_ownwork_baselines_restore_the_levers() -> None:
     def current() -> list[object]:
         return [
             EventBase.__dict__["epoch"],
-            evaluate.unchanged,
             evaluate._conditions,
             conditions.as_number,
             Models.segment_features,

@@ -50,6 +50,7 @@ from stream.tagging.state import DAY, UserState
 class _Leaves:
     counters: tuple[Condition, ...]  # leaves on day counters
     others: tuple[Condition, ...]  # leaves on tick-free tags
+    other_tags: frozenset[str]  # their tags: only the change points that can move one are probed
     every: bool  # a leaf reads a tag that may change at any time: every change point is needed
 
 
@@ -67,7 +68,7 @@ def _leaves(rules: RuleSet | None) -> _Leaves:
                 others.append(leaf)
             elif tag not in MODEL_TAGS:
                 every = True
-    return _Leaves(tuple(counters), tuple(others), every)
+    return _Leaves(tuple(counters), tuple(others), frozenset(leaf.tag or "" for leaf in others), every)
 
 
 def next_flip(leaf: Condition, anchor: float, now: float) -> float:
@@ -109,7 +110,8 @@ def next_needed(
     if not leaves.others:
         return bound
     truths = [leaf_truth(leaf, profile.get(leaf.tag or "")) for leaf in leaves.others]
-    for at in sorted({t for t in change_points(state, params, retention_days) if now < t < bound}):
+    points = change_points(state, params, retention_days, leaves.other_tags)
+    for at in sorted({t for t in points if now < t < bound}):
         tags = evaluate(state, at, thresholds, params)
         if any(leaf_truth(leaf, tags.get(leaf.tag or "")) != t for leaf, t in zip(leaves.others, truths, strict=True)):
             return at

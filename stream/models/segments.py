@@ -151,6 +151,8 @@ class SegmentModel:
         self.next_id = 1
         self.version = 0  # number of publications (id matchings)
         self._decay = 0.5 ** (1.0 / params.size_halflife)
+        # (the clusterer's centres, their column tuples by raw index): see ``_centre_tuples``
+        self._centres: tuple[Any, dict[int, tuple[float, ...]]] | None = None
 
     # ---- learning -----------------------------------------------------------------------------
 
@@ -168,11 +170,22 @@ class SegmentModel:
             if len(self.buffer) >= self.params.init_buffer:
                 self._initialise()
             return
-        raw = self.kmeans.learn_predict_one(vec)
-        self._count_size(int(raw))
+        raw = self._learn_predict(vec)
+        self._count_size(raw)
         self.since_publish += 1
         if self.since_publish >= self.params.publish_every:
             self.publish()
+
+    def _learn_predict(self, vec: Vector) -> int:
+        """river ``KMeans.learn_predict_one``: the nearest centre moves ``halflife`` of the way to
+        ``vec`` (the same update, on the same centres), with the nearest found as in ``raw_cluster``."""
+        raw = self._nearest([vec[c] for c in self.columns])
+        centre = self.kmeans.centers[raw]
+        step = self.kmeans.halflife
+        for c, xi in vec.items():
+            centre[c] += step * (xi - centre[c])
+        self._centre_tuples()[raw] = tuple(float(centre[c]) for c in self.columns)
+        return raw
 
     def _count_size(self, raw: int) -> None:
         for c in self.sizes:
@@ -184,10 +197,11 @@ class SegmentModel:
         centres = _kmeans_pp(self.buffer, self.params.n_clusters, rng)
         for i, centre in enumerate(centres):
             self.kmeans.centers[i] = collections.defaultdict(float, {c: centre.get(c, 0.0) for c in self.columns})
+        self._centres = None
         self.initialised = True
         buffered, self.buffer = self.buffer, []
         for vec in buffered:
-            self._count_size(int(self.kmeans.learn_predict_one(vec)))
+            self._count_size(self._learn_predict(vec))
         self.publish()
 
     def centroids(self) -> dict[int, Vector]:
@@ -212,7 +226,28 @@ class SegmentModel:
     def raw_cluster(self, x: Mapping[str, float]) -> int | None:
         if not self.initialised:
             return None
-        return int(self.kmeans.predict_one({c: float(x.get(c, 0.0)) for c in self.columns}))
+        return self._nearest([float(x.get(c, 0.0)) for c in self.columns])
+
+    def _nearest(self, point: Sequence[float]) -> int:
+        """The raw index of the centre nearest to ``point`` (by column): river ``KMeans.predict_one``'s
+        choice (Euclidean; the first of equally near centres), about 10x faster (scoring is on the
+        hot path of every evaluation)."""
+        best, nearest = -1, math.inf
+        for raw, centre in self._centre_tuples().items():
+            d = math.dist(point, centre)
+            if d < nearest:
+                best, nearest = raw, d
+        return best
+
+    def _centre_tuples(self) -> dict[int, tuple[float, ...]]:
+        """The centres as column tuples, built again when the clusterer's centres were replaced
+        (``_learn_predict`` keeps them up to date as it moves one)."""
+        centers = self.kmeans.centers
+        cached = getattr(self, "_centres", None)  # absent in checkpoints pickled before it existed
+        if cached is None or cached[0] is not centers:
+            rows = {int(i): tuple(float(c.get(col, 0.0)) for col in self.columns) for i, c in centers.items()}
+            cached = self._centres = (centers, rows)
+        return cached[1]
 
     def assign(self, x: Mapping[str, float]) -> str | None:
         """Stable segment id of ``x`` (``None`` until the model is initialised). Does not learn."""

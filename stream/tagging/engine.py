@@ -7,6 +7,7 @@ engine with an independent offline implementation of that document.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
@@ -228,32 +229,60 @@ def is_expired(state: UserState, now: float, retention_days: int = DEFAULT_RETEN
 # they count the days from. Every other tag changes only at ``change_points``.
 DAY_COUNTERS = {"recency_days": "last_activity", "days_since_last_order": "last_order"}
 # Tags of ``evaluate`` that change without an event only at ``change_points`` (window
-# edges, cart and NPS timers, retention): a tag that is in neither set is assumed to change at any
-# time (``stream.core.steps`` then evaluates every change point of a user whose rules read it).
-TICK_FREE_TAGS = frozenset(
-    {
-        *TRAIT_NAMES,
-        *("first_seen", "last_seen", "events_7d", "events_30d", "active_days_7d", "active_days_30d"),
-        *("activity_level", "activity_trend", "preferred_daypart", "night_owl", "top_categories"),
-        *("funnel_stage_7d", "cart_abandoned", "frequency_30d", "frequency_90d", "monetary_30d"),
-        *("monetary_90d", "avg_order_value_90d", "refund_rate_90d", "value_tier", "r_score", "f_score"),
-        *("m_score", "rfm_segment", "avg_rating_90d", "complaints_90d", "nps_class", "satisfaction"),
-    }
-)
+# edges, cart and NPS timers, retention), each with the kinds of point that can change it: a
+# tile's day + N days (N = 7, 30, 35, 90: the windows of ``_sum_windows``; daypart counts the
+# hours of the last 30 days), the cart timers, the NPS answer leaving the 90-day window; the
+# retention end deletes every tag. A tag that is in neither this nor ``DAY_COUNTERS`` is assumed
+# to change at any time (``stream.core.steps`` then evaluates every change point of a user whose
+# rules read it). ``tests/unit/tagging/test_change_points.py`` checks the kinds against
+# ``evaluate``.
+_WEEK, _MONTH, _TREND, _QUARTER = ("7d",), ("30d",), ("7d", "35d"), ("90d",)
+CHANGES_AT: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys((*TRAIT_NAMES, "first_seen", "last_seen", "top_categories"), ()),
+    **dict.fromkeys(("r_score", "f_score", "m_score", "rfm_segment"), ()),  # thresholds and events only
+    **dict.fromkeys(("events_7d", "active_days_7d", "funnel_stage_7d"), _WEEK),
+    "activity_trend": _TREND,
+    **dict.fromkeys(("events_30d", "active_days_30d", "activity_level", "frequency_30d", "monetary_30d"), _MONTH),
+    **dict.fromkeys(("preferred_daypart", "night_owl"), _MONTH),
+    **dict.fromkeys(("frequency_90d", "monetary_90d", "avg_order_value_90d", "refund_rate_90d"), _QUARTER),
+    **dict.fromkeys(("value_tier", "avg_rating_90d", "complaints_90d"), _QUARTER),
+    "cart_abandoned": ("cart",),
+    "nps_class": ("nps",),
+    "satisfaction": ("90d", "nps"),
+}
+TICK_FREE_TAGS = frozenset(CHANGES_AT)
+_WINDOW_DAYS = {"7d": 7, "30d": 30, "35d": 35, "90d": LONGEST_WINDOW_DAYS}
+_ALL_KINDS = frozenset({*_WINDOW_DAYS, "cart", "nps"})
 
 
-def change_points(state: UserState, params: TagParams, retention_days: int = DEFAULT_RETENTION_DAYS) -> list[float]:
+def change_points(
+    state: UserState,
+    params: TagParams,
+    retention_days: int = DEFAULT_RETENTION_DAYS,
+    tags: Iterable[str] | None = None,
+) -> list[float]:
     """The times at which a tag other than the day counters (``DAY_COUNTERS``) can change without
-    an event: window edges, cart and NPS timers, retention. Unordered, possibly repeated; they do
-    not depend on the clock, so a caller probing them in turn computes them once."""
+    an event: window edges, cart and NPS timers, retention. With ``tags`` only those that can
+    change one of them (``CHANGES_AT``; a tag of unknown timing: all). Unordered, possibly
+    repeated; they do not depend on the clock, so a caller probing them in turn computes them once."""
+    if tags is None:
+        kinds: frozenset[str] = _ALL_KINDS
+    else:
+        wanted = list(tags)
+        if all(t in CHANGES_AT for t in wanted):
+            kinds = frozenset(k for t in wanted for k in CHANGES_AT[t])
+        else:
+            kinds = _ALL_KINDS
     points = [retention_end(state, retention_days)]
+    widths = [w for k, w in _WINDOW_DAYS.items() if k in kinds]
     for day in state.tiles:
-        for width in (7, 30, 35, LONGEST_WINDOW_DAYS):
+        for width in widths:
             points.append(float((day + width) * DAY))
-    if state.last_cart_add is not None and (state.last_order is None or state.last_cart_add > state.last_order):
-        points.append(state.last_cart_add + params.cart_abandon_after)
-        points.append(state.last_cart_add + params.cart_abandon_expiry)
-    if state.nps is not None:
+    cart = state.last_cart_add
+    if "cart" in kinds and cart is not None and (state.last_order is None or cart > state.last_order):
+        points.append(cart + params.cart_abandon_after)
+        points.append(cart + params.cart_abandon_expiry)
+    if "nps" in kinds and state.nps is not None:
         points.append(float((day_of(state.nps.ts) + LONGEST_WINDOW_DAYS) * DAY))
     return points
 

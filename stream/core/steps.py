@@ -35,12 +35,14 @@ from stream.rules.conditions import Condition, as_number, leaf_truth, leaves_of
 from stream.tagging.definitions import TagParams
 from stream.tagging.engine import (
     DAY_COUNTERS,
+    RFM_SEGMENTS,
     TICK_FREE_TAGS,
     RfmThresholds,
     change_points,
     evaluate,
     next_due,
     retention_end,
+    rfm_segment,
 )
 from stream.tagging.lifecycle import DEFAULT_RETENTION_DAYS
 from stream.tagging.state import DAY, UserState
@@ -116,3 +118,38 @@ def next_needed(
         if any(leaf_truth(leaf, tags.get(leaf.tag or "")) != t for leaf, t in zip(leaves.others, truths, strict=True)):
             return at
     return bound
+
+
+# the RFM tags, by the rank metric (stream.storage.store.RANK_METRICS) whose score they show
+_SCORE_TAGS = {"r_score": "r", "f_score": "f", "m_score": "m"}
+_SCORES = range(1, 6)
+
+
+def _segment_cuts() -> dict[str, frozenset[int]]:
+    """Per rank metric, the cut points (0-based: cut k separates score k + 1 from k + 2) at
+    which moving one score can change ``rfm_segment`` (read off ``RFM_SEGMENTS``: R 1 and 2
+    share every segment, so R's first cut never changes it; the M score is not part of it)."""
+    assert {s for _, r, f in RFM_SEGMENTS for s in (*r, *f)} <= set(_SCORES)
+    r_cuts = {k for k in range(4) if any(rfm_segment(k + 1, f) != rfm_segment(k + 2, f) for f in _SCORES)}
+    f_cuts = {k for k in range(4) if any(rfm_segment(r, k + 1) != rfm_segment(r, k + 2) for r in _SCORES)}
+    return {"r": frozenset(r_cuts), "f": frozenset(f_cuts), "m": frozenset()}
+
+
+@per_rule_set
+def rescored_cuts(rules: RuleSet | None) -> dict[str, frozenset[int]]:
+    """Event time, needed steps: per rank metric, the RFM cut points whose move must re-evaluate
+    the users it re-scores (``Store.refresh_rfm``'s ``cuts``), because a rule reads a tag the
+    new score can change; the others are seen at the users' next evaluation (as every profile is
+    brought to the clock when the input stops). No model reads an RFM tag."""
+    every = frozenset(range(4))
+    cuts: dict[str, set[int]] = {"r": set(), "f": set(), "m": set()}
+    segment = _segment_cuts()
+    for rule in rules.active if rules is not None else ():
+        for leaf in leaves_of(rule.when):
+            tag = leaf.tag or ""
+            if tag in _SCORE_TAGS:
+                cuts[_SCORE_TAGS[tag]] |= every
+            elif tag == "rfm_segment":
+                for metric, ks in segment.items():
+                    cuts[metric] |= ks
+    return {metric: frozenset(ks) for metric, ks in cuts.items()}

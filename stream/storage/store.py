@@ -19,7 +19,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -711,11 +711,13 @@ class Store:
                 oldest = float(first[0][1])
         return total, oldest
 
-    async def refresh_rfm(self, now: float) -> int:
+    async def refresh_rfm(self, now: float, rescore: Mapping[str, Collection[int]] | None = None) -> int:
         """Recompute the RFM thresholds exactly from every shard's rank sets; when a cut point
         moved, the users whose metric lies between its old and new value (the only users whose
         score can change) are made due now (re-scored by the time-driven path). The version moves
-        only when a threshold changed. Returns the thresholds version.
+        only when a threshold changed. Returns the thresholds version. ``rescore`` (metric -> 0-based
+        cut points; default all): only those re-score anyone now (event-time backfills:
+        ``stream.core.steps.rescored_cuts``); the others are seen at each user's next evaluation.
 
         The quintile rule lives here only: cut point k (1..4) of n ranked users is the score at
         0-based rank ceil(k * n / 5) - 1 of the whole population (no cut points while it is empty).
@@ -748,7 +750,10 @@ class Store:
         ranges: list[str] = []
         for j in range(len(RANK_METRICS)):
             before, after = [x for x in old[j].split(",") if x], cuts[j]
+            wanted = range(4) if rescore is None else rescore.get(RANK_METRICS[j], ())
             for k in range(4):
+                if k not in wanted:
+                    continue
                 a = before[k] if k < len(before) else None
                 b = after[k] if k < len(after) else None
                 if a is None or b is None:

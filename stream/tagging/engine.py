@@ -355,6 +355,7 @@ def money(cents: int) -> str:
     return f"{cents // 100}.{cents % 100:02d}"
 
 
+@lru_cache(maxsize=65536)  # first_seen/last_seen of every evaluation: the same few times again and again
 def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 

@@ -82,3 +82,15 @@ def test_model_outputs_are_not_probed_and_a_tag_of_unclassified_timing_needs_eve
     assert _needed(state, T0, _rules({"tag": "churn_band", "enters": "high"})) == DAY0 + 400 * DAY
     # a tag the engine does not classify (a new one) may change at any time: the next daily tick
     assert _needed(state, T0, _rules({"tag": "lifecycle_stage", "eq": "lapsed"})) == T0 + DAY
+
+
+def test_only_the_rfm_cut_points_a_rule_can_see_re_score_users() -> None:
+    from stream.core.steps import rescored_cuts
+
+    # by hand from the RFM segment table: R scores 1 and 2 share every segment (Hibernating,
+    # At Risk, Can't Lose), every other R or F step changes some segment; M is not part of it
+    segment = _rules({"tag": "rfm_segment", "enters": "Champions"})
+    assert rescored_cuts(segment) == {"r": {1, 2, 3}, "f": {0, 1, 2, 3}, "m": set()}  # type: ignore[arg-type]
+    m_score = _rules({"tag": "m_score", "ge": 4}, {"tag": "frequency_90d", "ge": 1})
+    assert rescored_cuts(m_score) == {"r": set(), "f": set(), "m": {0, 1, 2, 3}}  # type: ignore[arg-type]
+    assert rescored_cuts(None) == {"r": set(), "f": set(), "m": set()}

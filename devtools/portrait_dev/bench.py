@@ -1348,6 +1348,7 @@ async def _run_all(
         print(
             f"  backfill ({b['steps']}): {b['orders']:,} orders of {b['customers']:,} customers over "
             f"{b['months']} months in {b['seconds']:.1f} s ({b['rate']:,.0f} ev/s), "
+            f"worker CPU {b['worker_cpu_s']:.1f} s, "
             f"{b['reevaluations']:,} time-driven writes, firings {b['firings']}, dead letters {b['dead_letters']}",
             flush=True,
         )

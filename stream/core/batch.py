@@ -301,11 +301,19 @@ def plan_due(
         if user.state is None:
             writes.append(UserWrite(uid, user.version, None))
             continue
-        due = due_at[uid]
-        at = now if due <= 0 else min(now, max(due, user.state.evaluated_at or 0.0))
+        due, state = due_at[uid], user.state
+        at = now if due <= 0 else min(now, max(due, state.evaluated_at or 0.0))
+        # made due now (an RFM re-score, every profile to the clock) after the user's own due point
+        # passed: that point first (a churn snapshot or a rule flip then), as live processing would
+        own = state.due_at if due <= 0 and state.due_at is not None else None
         try:
-            steps = Steps(dict(user.state.published))
-            steps.add(plan_write(uid, user.version, user.state, at, context))
+            steps = Steps(dict(state.published))
+            if own is not None and (state.evaluated_at or 0.0) < own < now:
+                steps.add(plan_write(uid, user.version, state, own, context))
+                if steps.writes[-1].state is not None:
+                    catch_up(steps, uid, user.version, state, now, context)
+            if not steps.writes or (steps.writes[-1].state is not None and (state.evaluated_at or 0.0) < at):
+                steps.add(plan_write(uid, user.version, state, at, context))
             if steps.writes[-1].state is not None:
                 # the user's further change points up to ``now`` in the same claim: one write
                 catch_up(steps, uid, user.version, user.state, now, context)

@@ -111,12 +111,20 @@ def next_needed(
             bound = min(bound, next_flip(leaf, anchor, now))
     if not leaves.others:
         return bound
-    truths = [leaf_truth(leaf, profile.get(leaf.tag or "")) for leaf in leaves.others]
+    values = {tag: profile.get(tag) for tag in leaves.other_tags}
+    truths: dict[int, bool] = {}  # leaf index -> its truth at ``now`` (only those ever compared)
     points = change_points(state, params, retention_days, leaves.other_tags)
     for at in sorted({t for t in points if now < t < bound}):
         tags = evaluate(state, at, thresholds, params)
-        if any(leaf_truth(leaf, tags.get(leaf.tag or "")) != t for leaf, t in zip(leaves.others, truths, strict=True)):
-            return at
+        for i, leaf in enumerate(leaves.others):
+            tag = leaf.tag or ""
+            value = tags.get(tag)
+            if value == values[tag]:
+                continue  # a leaf's truth is a function of its tag's value
+            if i not in truths:
+                truths[i] = leaf_truth(leaf, values[tag])
+            if leaf_truth(leaf, value) != truths[i]:
+                return at
     return bound
 
 

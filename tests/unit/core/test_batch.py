@@ -267,3 +267,19 @@ def test_oversized_messages_and_empty_envelopes_are_dead_lettered_and_cost_no_ne
     assert big.original_sha256 == hashlib.sha256(huge).hexdigest()
     assert len(big.model_dump_json()) < 10_000  # the dead letter itself is small, whatever the message
     assert not dead[1].truncated and dead[1].original == b"[]"
+
+
+def test_a_user_made_due_now_is_first_evaluated_at_its_own_passed_due_point(
+    evaluations: list[tuple[str, float]],
+) -> None:
+    # a page view at T0: recency changes at T0 + 1 d (the user's own due point). An RFM re-score
+    # marks the user due now (score 0); the claim at T0 + 1.5 d evaluates day 1 first, then now
+    state = UserState()
+    apply_event(state, parse_event(_raw(0, T0, "u")), "t/0", 0, CATALOGUE.params)
+    plan_write("u", 0, state, T0, _context(T0))
+    assert state.due_at == T0 + DAY
+    now = T0 + 1.5 * DAY
+    writes, failed = batch.plan_due(["u"], {"u": LoadedUser(1, state)}, {"u": 0.0}, _context(now), now)
+    assert evaluations == [("u", T0 + DAY), ("u", now)]
+    assert failed == [] and writes[0].profile["_evaluated_at"] == f"{now:.3f}"
+    assert writes[0].profile["recency_days"] == "1" and state.due_at == T0 + 2 * DAY

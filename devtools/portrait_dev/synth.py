@@ -19,6 +19,10 @@ they spend, so that the tags of docs/tags.md have something to find:
 * ``new_user``          first appears during the last 2 weeks.
 * ``unhappy``           complaints, low ratings, NPS detractor, some refunds.
 
+``order_history(users, seed, months)`` returns the same users' ``order_paid`` events of the months
+before ``generate``'s window, plus history-only ``lapsed`` customers (``history_personas``): the
+demo's past, so a 90-day churn label closes.
+
 ``malformed_messages(seed, end)`` returns raw messages that the worker must dead-letter, each with
 the expected reason.
 """

@@ -356,19 +356,21 @@ def result_document(
 def format_table(doc: dict[str, Any]) -> str:
     """The human-readable summary of a results document (Markdown-compatible)."""
     lines = [
-        "| scenario | median ev/s | min | max | runs | max CPU used by others |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| scenario | median ev/s | min | max | runs | max CPU used by others | consumer CPU µs/event (median) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for key, _ in THROUGHPUT_SCENARIOS:
         sc = doc["scenarios"][key]
         s = sc["summary"]
         if s is None:
-            lines.append(f"| {sc['label']} | — | — | — | 0 | — |")
+            lines.append(f"| {sc['label']} | — | — | — | 0 | — | — |")
             continue
         foreign = [float(r["foreign_cpu"]) for r in sc["runs"] if r.get("foreign_cpu") is not None]
+        cpu = [float(r["cpu_us_per_event"]) for r in sc["runs"] if r.get("cpu_us_per_event") is not None]
         lines.append(
             f"| {sc['label']} | {fmt_rate(s['median'])} | {fmt_rate(s['min'])} | {fmt_rate(s['max'])} "
-            f"| {len(s['values'])} | {_pct(max(foreign)) if foreign else '—'} |"
+            f"| {len(s['values'])} | {_pct(max(foreign)) if foreign else '—'} "
+            f"| {f'{statistics.median(cpu):,.0f}' if cpu else '—'} |"
         )
     r = doc["ratios"]
     lines.append("")
@@ -684,12 +686,40 @@ def _prepare_topics(bench: Bench, settings: Settings) -> None:
     create_topics(bench.bootstrap, Topics(settings.topic_prefix).all, settings.partitions)
 
 
-async def _wait_count(settings: Settings, total: int, timeout: float, counter: str) -> dict[str, Any]:
+class CpuMeter:
+    """CPU time of the consumer processes from the first counted message to the last, per message:
+    unlike the rate, it barely moves when other processes share the cores. ``wait_processed``
+    calls ``update`` at every increase of the counter."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.first: tuple[int, int] | None = None  # (count, jiffies) at the first increase
+        self.last: tuple[int, int] | None = None
+        self.count = 0
+
+    def update(self, n: int) -> None:
+        self.count += n
+        sample = (self.count, sum(_pid_jiffies(p) for p in self.pids))
+        if self.first is None:
+            self.first = sample
+        self.last = sample
+
+    def us_per_message(self) -> float | None:
+        if self.first is None or self.last is None or self.last[0] <= self.first[0]:
+            return None
+        seconds = (self.last[1] - self.first[1]) / os.sysconf("SC_CLK_TCK")
+        return 1e6 * seconds / (self.last[0] - self.first[0])
+
+
+async def _wait_count(
+    settings: Settings, total: int, timeout: float, counter: str, pids: list[int] | None = None
+) -> dict[str, Any]:
     from portrait_dev.harness import wait_processed
 
     store = _store(settings)
+    meter = CpuMeter(pids or [])
     try:
-        result = await wait_processed(store, total, timeout=timeout, counter=counter)
+        result = await wait_processed(store, total, timeout=timeout, counter=counter, progress=meter)
         stats = await store.stats()
     finally:
         await store.close()
@@ -699,6 +729,7 @@ async def _wait_count(settings: Settings, total: int, timeout: float, counter: s
         "stats": stats,
         # the Redis commands of this wait (each counter read is one HGETALL per shard and the store's)
         "wait_commands": (result.polls + 1) * (store.keys.shards + 1),
+        "cpu_us_per_event": meter.us_per_message() if pids else None,
     }
 
 
@@ -709,7 +740,7 @@ async def run_noop(bench: Bench, rep: int, consumer: str = "faust") -> dict[str,
     proc = bench.spawn([sys.executable, "-m", "portrait_dev.bench", "noop"], settings, f"noop-{rep}.log")
     try:
         with ForeignLoad(bench) as load:
-            out = await _wait_count(settings, len(bench.payloads), bench.timeout, "messages")
+            out = await _wait_count(settings, len(bench.payloads), bench.timeout, "messages", [proc.pid])
     finally:
         _stop(bench, proc)
     out.update(rep=rep, produce_rate=produced, foreign_cpu=load.share)
@@ -789,7 +820,8 @@ async def run_pipeline(
         if profile_dir is not None:
             spies.append(_start_py_spy(bench, procs[0].pid, profile_dir))
         with ForeignLoad(bench) as load:
-            out = await _wait_count(settings, len(bench.payloads), bench.timeout, "events_applied")
+            pids = [p.pid for p in procs]
+            out = await _wait_count(settings, len(bench.payloads), bench.timeout, "events_applied", pids)
     finally:
         for spy in spies:
             _stop_py_spy(spy)
@@ -1326,8 +1358,10 @@ async def _run_all(
             runs[key].append(result)
             busy = result.get("foreign_cpu", 0.0)
             warn = f"  WARNING: other processes used {100 * busy:.0f} % of the CPU" if busy > FOREIGN_WARN else ""
+            cpu = result.get("cpu_us_per_event")
             print(
                 f"  rep {rep} {label:<46} {result['rate']:>9,.0f} ev/s"
+                f"{f', {cpu:,.0f} µs CPU/event' if cpu is not None else ''}"
                 f"  (produced at {result['produce_rate']:,.0f} ev/s){warn}",
                 flush=True,
             )

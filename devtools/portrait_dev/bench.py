@@ -698,6 +698,8 @@ class CpuMeter:
         self.count = 0
 
     def update(self, n: int) -> None:
+        if n <= 0:  # the first poll reports 0 (the worker still starting: not part of the run)
+            return
         self.count += n
         sample = (self.count, sum(_pid_jiffies(p) for p in self.pids))
         if self.first is None:

@@ -38,7 +38,7 @@ test: lint typecheck
 # Long failure injection (minutes): 20 SIGKILLs across 2 workers, a Valkey kill -9 and a broker
 # restart during a 100k-event replay on Apache Kafka; prints the report in docs/reliability.md.
 chaos: $(STAMP)
-	$(BIN)/pytest -q -s -o addopts="" tests/chaos
+	$(BIN)/pytest -q -s -o addopts="" -o timeout=2400 tests/chaos
 
 bench: $(STAMP)
 	$(BIN)/pip install -q -e './devtools[bench]'

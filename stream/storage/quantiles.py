@@ -40,8 +40,17 @@ def score_text(score: float) -> str:
     return str(int(score)) if score.is_integer() and abs(score) < 1e17 else repr(score)
 
 
-async def select(client: Any, requests: Sequence[Request], sizes: Sequence[Sequence[int]]) -> list[float]:
-    """The score at ``request.rank`` of each request; ``sizes[r][i]`` is ZCARD of request r's shard i."""
+async def select(
+    client: Any,
+    requests: Sequence[Request],
+    sizes: Sequence[Sequence[int]],
+    read_whole: dict[str, list[float]] | None = None,
+) -> list[float]:
+    """The score at ``request.rank`` of each request; ``sizes[r][i]`` is ZCARD of request r's shard i.
+
+    ``read_whole``, when given, receives the scores of every set this call happened to read whole
+    (key -> scores in order), so a caller can use them without reading the set again."""
+    sizes_of = {id(r): list(counts) for r, counts in zip(requests, sizes, strict=True)}
     for request, counts in zip(requests, sizes, strict=True):
         request.lo = [0] * len(counts)
         request.hi = list(counts)
@@ -71,6 +80,8 @@ async def select(client: Any, requests: Sequence[Request], sizes: Sequence[Seque
             scores = [float(score) for _, score in reply]
             if whole:
                 merged.setdefault(id(r), []).extend(scores)
+                if read_whole is not None and r.lo[i] == 0 and r.hi[i] == sizes_of[id(r)][i]:
+                    read_whole[r.keys[i]] = scores
             elif scores:
                 picks.setdefault(id(r), []).append((scores[0], r.hi[i] - r.lo[i]))
         counting: list[tuple[Request, float]] = []

@@ -671,16 +671,17 @@ class Store:
     async def claim_due(self, now: float, limit: int, wall_now: float, lease_s: float) -> list[tuple[str, float]]:
         """Claim up to about ``limit`` users due at ``now`` (event or wall time) for ``lease_s`` wall
         seconds, an equal share from each shard visited: the shards the due index says are due by
-        ``now``, and every shard at least every ``SWEEP_S`` (which also returns expired leases).
+        ``now``, and every ``SWEEP_S`` those the sweep (``_sweep_due``: two reads per shard) finds
+        with an expired lease or a due entry the index missed.
 
         Returns (user, due time); a due time of 0 means "re-evaluate now" (forced)."""
         stored: Any = await self.client.zrange(self.keys.due_index, 0, -1, withscores=True)
         index: dict[int, float] = {int(decode_text(m)): float(score) for m, score in stored}
+        swept: set[int] = set()
         if wall_now - self._due_swept_at >= SWEEP_S:
             self._due_swept_at = wall_now
-            shards = list(range(self.keys.shards))
-        else:
-            shards = sorted(s for s, score in index.items() if score <= now)
+            swept = await self._sweep_due(index, now, wall_now)
+        shards = sorted(swept | {s for s, score in index.items() if score <= now})
         if not shards:
             return []
         share = max(1, -(-limit // len(shards)))
@@ -694,6 +695,33 @@ class Store:
             updates.extend((str(shard), repr(seen) if seen is not None else "", decode_text(head)))
         await run_script(self.client, "set_due_index", [self.keys.due_index], updates)
         return out
+
+    async def _sweep_due(self, index: dict[int, float], now: float, wall_now: float) -> set[int]:
+        """The sweep behind ``claim_due``, two reads per shard (not a claim on every shard): the
+        shards holding an expired lease (a claimer that died) or a due entry the index lacks or
+        scores too late (a writer that died between its shard's script and ``finish``). The index
+        is lowered to the heads read (``ZADD LT``: never raised, so a shard is at worst visited
+        once too often), and ``index`` with it, so the claim's compare-and-set sees its own
+        value."""
+        ks = self.keys
+        pipe = self.client.pipeline(transaction=False)
+        for s in range(ks.shards):
+            pipe.zrangebyscore(ks.inflight(s), "-inf", repr(wall_now), start=0, num=1)
+            pipe.zrange(ks.due(s), 0, 0, withscores=True)
+        replies = iter(await pipe.execute())
+        visit: set[int] = set()
+        lower: dict[str, float] = {}
+        for s in range(ks.shards):
+            expired, head = next(replies), next(replies)
+            first = float(head[0][1]) if head else None
+            if first is not None and (s not in index or first < index[s]):
+                lower[str(s)] = first
+                index[s] = first
+            if expired or (first is not None and first <= now):
+                visit.add(s)
+        if lower:
+            await self.client.zadd(ks.due_index, lower, lt=True)
+        return visit
 
     async def due_stats(self, now: float) -> tuple[int, float | None]:
         """(users due now or being re-evaluated, score of the oldest due entry)."""
@@ -744,7 +772,8 @@ class Store:
                 slots.append((j, k - 1))
                 request_sizes.append(sizes[j])
         cuts: list[list[str]] = [[] for _ in RANK_METRICS]
-        for (j, _), score in zip(slots, await select(self.client, requests, request_sizes), strict=True):
+        seen: dict[str, list[float]] = {}  # rank sets the selection read whole: key -> scores
+        for (j, _), score in zip(slots, await select(self.client, requests, request_sizes, seen), strict=True):
             cuts[j].append(score_text(score))
         new = [",".join(c) for c in cuts]
         ranges: list[str] = []
@@ -765,19 +794,44 @@ class Store:
         args = [*new, repr(now), orjson.dumps(ranges)]
         version, changed = await run_script(self.client, "set_thresholds", [self.keys.rfm_thresholds], args)
         if int(changed):
-            await self._mark_rescored(ranges)
+            await self._mark_rescored(ranges, [sizes[j] for j in range(len(RANK_METRICS))], seen)
         return int(version or 0)
 
-    async def _mark_rescored(self, ranges: list[str]) -> None:
+    def _shard_ranges(
+        self, shard: int, ranges: list[str], sizes: list[list[int]] | None, seen: Mapping[str, list[float]]
+    ) -> list[str]:
+        """The part of ``ranges`` (mark_due.lua's triples) that may hold a member of ``shard``'s rank
+        sets: a range of a set this refresh found empty, or read whole without a score in the
+        range, is left out. A user written after that read was scored by a batch that loaded the
+        thresholds before they moved, like a batch written after the marks (the next refresh or
+        the user's next event re-scores it)."""
+        out: list[str] = []
+        for i in range(0, len(ranges), 3):
+            j, lo, hi = int(ranges[i]) - 1, float(ranges[i + 1]), float(ranges[i + 2])
+            if sizes is not None and sizes[j][shard] == 0:
+                continue
+            scores = seen.get(self.keys.rank(shard, RANK_METRICS[j]))
+            if scores is not None and not any(lo <= x <= hi for x in scores):
+                continue
+            out.extend(ranges[i : i + 3])
+        return out
+
+    async def _mark_rescored(
+        self, ranges: list[str], sizes: list[list[int]] | None = None, seen: Mapping[str, list[float]] | None = None
+    ) -> None:
         """Make due now the users of every shard whose metric lies in ``ranges`` (mark_due.lua),
-        then drop the thresholds' ``pending`` record of them."""
+        then drop the thresholds' ``pending`` record of them. ``sizes`` (metric -> shard -> ZCARD)
+        and ``seen`` (the rank sets read whole) let it skip the shards no range can reach."""
         ks = self.keys
         if ranges:
-            shards = range(ks.shards)
+            parts = [(s, self._shard_ranges(s, ranges, sizes, seen or {})) for s in range(ks.shards)]
+            parts = [(s, part) for s, part in parts if part]
+            shards = [s for s, _ in parts]
             marks: list[Call] = [
-                ("mark_due", [*(ks.rank(s, m) for m in RANK_METRICS), ks.due(s)], ranges) for s in shards
+                ("mark_due", [*(ks.rank(s, m) for m in RANK_METRICS), ks.due(s)], part) for s, part in parts
             ]
-            marked = [s for s, n in zip(shards, await run_scripts(self.client, marks), strict=True) if int(n)]
+            replies = await run_scripts(self.client, marks) if marks else []
+            marked = [s for s, n in zip(shards, replies, strict=True) if int(n)]
             if marked:  # due now: the claims visit these shards next
                 await self.client.zadd(ks.due_index, dict.fromkeys(map(str, marked), 0.0), lt=True)
         await self.client.hdel(ks.rfm_thresholds, "pending")

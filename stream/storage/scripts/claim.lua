@@ -8,15 +8,44 @@
 -- ARGV[3] wall time now (leases up to it have expired)   ARGV[4] lease expiry (wall time)
 -- Returns {flat {user, due score, ...}, the earliest due score left ('' when none)}; a score of
 -- 0 means "re-evaluate now" (forced).
+-- Each set is read once and written with one variadic command (in chunks: unpack's arguments
+-- are bounded by Lua's C stack), not one command per user.
+local function each_chunk(list, step, fn)
+  for i = 1, #list, step do
+    fn(unpack(list, i, math.min(i + step - 1, #list)))
+  end
+end
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
-for _, u in ipairs(expired) do
-  redis.call('ZREM', KEYS[2], u)
-  redis.call('ZADD', KEYS[1], 0, u)
+if #expired > 0 then
+  local back = {}
+  for _, u in ipairs(expired) do
+    table.insert(back, 0)
+    table.insert(back, u)
+  end
+  each_chunk(expired, 1000, function(...) redis.call('ZREM', KEYS[2], ...) end)
+  each_chunk(back, 1000, function(...) redis.call('ZADD', KEYS[1], ...) end)
 end
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
-for i = 1, #due, 2 do
-  redis.call('ZREM', KEYS[1], due[i])
-  redis.call('ZADD', KEYS[2], ARGV[4], due[i])
+-- the first `limit + 1` members by score: the due ones among them are claimed, the first member
+-- not claimed is the earliest left
+local limit = tonumber(ARGV[2])
+local first = redis.call('ZRANGE', KEYS[1], 0, limit, 'WITHSCORES')
+local upto = tonumber(ARGV[1])
+local due, claimed, leased = {}, {}, {}
+local head = ''
+for i = 1, #first, 2 do
+  if #claimed < limit and tonumber(first[i + 1]) <= upto then
+    table.insert(due, first[i])
+    table.insert(due, first[i + 1])
+    table.insert(claimed, first[i])
+    table.insert(leased, ARGV[4])
+    table.insert(leased, first[i])
+  else
+    head = first[i + 1]
+    break
+  end
 end
-local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {due, head[2] or ''}
+if #claimed > 0 then
+  each_chunk(claimed, 1000, function(...) redis.call('ZREM', KEYS[1], ...) end)
+  each_chunk(leased, 1000, function(...) redis.call('ZADD', KEYS[2], ...) end)
+end
+return {due, head}

@@ -31,14 +31,18 @@ for i, u in ipairs(meta.users) do
   end
 end
 if #conflicts > 0 then return conflicts end
-local ranked, grown = false, {}
+-- the sorted sets (due, in-flight, ranks) take one variadic command each per script, not one per
+-- user: a batch's users are distinct, so the order among them does not matter
+local grown = {}
+local unleased, undue, due = {}, {}, {}
+local ranks, unranked = {{}, {}, {}}, {}
 for i, u in ipairs(meta.users) do
   local k = SHARD_KEYS + PER_USER * (i - 1)
   local skey, pkey = KEYS[k + 1], KEYS[k + 2]
-  redis.call('ZREM', KEYS[2], u.u)
+  table.insert(unleased, u.u)
   if u.del then
     redis.call('DEL', skey, pkey)
-    redis.call('ZREM', KEYS[1], u.u)
+    table.insert(undue, u.u)
     if u.al then
       redis.call('SET', KEYS[k + 3], u.al, 'EX', meta.aud_ttl)
     end
@@ -50,7 +54,8 @@ for i, u in ipairs(meta.users) do
       redis.call('HSET', pkey, unpack(u.p))
       redis.call('EXPIRE', pkey, u.ttl)
     end
-    redis.call('ZADD', KEYS[1], u.due, u.u)
+    table.insert(due, u.due)
+    table.insert(due, u.u)
   end
   for _, a in ipairs(u.ar) do
     redis.call('SREM', KEYS[a], u.u)
@@ -66,12 +71,28 @@ for i, u in ipairs(meta.users) do
     redis.call('XADD', KEYS[4], '*', 'i', item)
   end
   if type(u.rk) == 'table' then
-    for j = 1, 3 do redis.call('ZADD', KEYS[4 + j], u.rk[j], u.u) end
-    ranked = true
+    for j = 1, 3 do
+      table.insert(ranks[j], u.rk[j])
+      table.insert(ranks[j], u.u)
+    end
   else
-    for j = 1, 3 do redis.call('ZREM', KEYS[4 + j], u.u) end
+    table.insert(unranked, u.u)
   end
 end
+-- in chunks: unpack's arguments are bounded by Lua's C stack
+local function each_chunk(list, step, fn)
+  for i = 1, #list, step do
+    fn(unpack(list, i, math.min(i + step - 1, #list)))
+  end
+end
+each_chunk(unleased, 1000, function(...) redis.call('ZREM', KEYS[2], ...) end)
+each_chunk(undue, 1000, function(...) redis.call('ZREM', KEYS[1], ...) end)
+each_chunk(due, 1000, function(...) redis.call('ZADD', KEYS[1], ...) end)
+for j = 1, 3 do
+  each_chunk(ranks[j], 1000, function(...) redis.call('ZADD', KEYS[4 + j], ...) end)
+  each_chunk(unranked, 1000, function(...) redis.call('ZREM', KEYS[4 + j], ...) end)
+end
+local ranked = #ranks[1] > 0
 -- a set's TTL is refreshed once per script, not once per member
 for a, _ in pairs(grown) do
   redis.call('EXPIRE', KEYS[a], meta.aud_ttl)

@@ -44,12 +44,14 @@ async def select(
     client: Any,
     requests: Sequence[Request],
     sizes: Sequence[Sequence[int]],
-    read_whole: dict[str, list[float]] | None = None,
+    known: dict[str, list[float]] | None = None,
 ) -> list[float]:
     """The score at ``request.rank`` of each request; ``sizes[r][i]`` is ZCARD of request r's shard i.
 
-    ``read_whole``, when given, receives the scores of every set this call happened to read whole
-    (key -> scores in order), so a caller can use them without reading the set again."""
+    ``known``, when given, holds sets whose scores the caller already read whole (key -> scores in
+    order, as consistent with ``sizes``): they are not read again; and it receives every set this
+    call reads whole, so the caller can use them without reading them again either."""
+    known = {} if known is None else known
     sizes_of = {id(r): list(counts) for r, counts in zip(requests, sizes, strict=True)}
     for request, counts in zip(requests, sizes, strict=True):
         request.lo = [0] * len(counts)
@@ -58,30 +60,37 @@ async def select(
             raise ValueError(f"rank {request.rank} outside 0..{sum(counts) - 1}")
     while pending := [r for r in requests if r.answer is None]:
         pipe = client.pipeline(transaction=False)
-        reads: list[tuple[Request, bool, int, int]] = []  # (request, whole window?, shard, reply index)
+        reads: list[tuple[Request, bool, int, int | None]] = []  # (request, whole window?, shard, reply index)
         asked: dict[tuple[str, int, int], int] = {}  # one read per (set, range): cut points share windows
         for r in pending:
-            left = sum(h - lo for lo, h in zip(r.lo, r.hi, strict=True))
+            left = _left(r)
             whole = left <= FETCH_ALL
             target = r.rank - sum(r.lo)
             for i, (lo, hi) in enumerate(zip(r.lo, r.hi, strict=True)):
                 if hi > lo:
                     start = lo if whole else lo + min(hi - lo - 1, target * (hi - lo) // left)
                     span = (r.keys[i], start, hi - 1 if whole else start)
+                    if span[0] in known:
+                        reads.append((r, whole, i, None))
+                        continue
                     if span not in asked:
                         asked[span] = len(asked)
                         pipe.zrange(span[0], span[1], span[2], withscores=True)
                     reads.append((r, whole, i, asked[span]))
-        fetched = await pipe.execute()
+        fetched = await pipe.execute() if asked else []
         picks: dict[int, list[tuple[float, int]]] = {}
         merged: dict[int, list[float]] = {}
         for r, whole, i, at in reads:
-            reply = fetched[at]
-            scores = [float(score) for _, score in reply]
+            lo, hi = r.lo[i], r.hi[i]
+            if at is None:  # known: the same slice a read would have returned
+                start = lo if whole else lo + min(hi - lo - 1, (r.rank - sum(r.lo)) * (hi - lo) // _left(r))
+                scores = known[r.keys[i]][start : hi if whole else start + 1]
+            else:
+                scores = [float(score) for _, score in fetched[at]]
+                if whole and lo == 0 and hi == sizes_of[id(r)][i]:
+                    known[r.keys[i]] = scores
             if whole:
                 merged.setdefault(id(r), []).extend(scores)
-                if read_whole is not None and r.lo[i] == 0 and r.hi[i] == sizes_of[id(r)][i]:
-                    read_whole[r.keys[i]] = scores
             elif scores:
                 picks.setdefault(id(r), []).append((scores[0], r.hi[i] - r.lo[i]))
         counting: list[tuple[Request, float]] = []
@@ -93,6 +102,10 @@ async def select(
         if counting:
             await _cut(client, counting)
     return [r.answer for r in requests if r.answer is not None]
+
+
+def _left(r: Request) -> int:
+    return sum(h - lo for lo, h in zip(r.lo, r.hi, strict=True))
 
 
 def _weighted_median(picks: list[tuple[float, int]]) -> float:

@@ -53,7 +53,7 @@ from stream.storage.keys import (
     layout_value,
     shard_of_token,
 )
-from stream.storage.quantiles import Request, score_text, select
+from stream.storage.quantiles import FETCH_ALL, Request, score_text, select
 from stream.storage.reads import Pair, Reads
 from stream.tagging.engine import RfmThresholds
 from stream.tagging.state import UserState
@@ -234,6 +234,7 @@ class Store:
         self.data_lost = False  # the epoch vanished or changed under us: Redis lost its data
         self._adopted = False
         self._due_swept_at = float("-inf")  # wall time of the last claim over every shard
+        self._ranked: list[int] | None = None  # ranked users per metric at this store's last refresh
         self._outbox_swept_at = float("-inf")  # monotonic time of the last read of every outbox
         self._outbox_dirty: set[int] = set()  # shards this worker wrote triggers to since
 
@@ -751,17 +752,10 @@ class Store:
         0-based rank ceil(k * n / 5) - 1 of the whole population (no cut points while it is empty).
         """
         shards = range(self.keys.shards)
-        pipe = self.client.pipeline(transaction=False)
-        for metric in RANK_METRICS:
-            for s in shards:
-                pipe.zcard(self.keys.rank(s, metric))
-        pipe.hmget(self.keys.rfm_thresholds, *RANK_METRICS, "pending")
-        replies = await pipe.execute()
-        *stored, pending = replies.pop()
+        sizes, seen, stored, pending = await self._rank_sizes()
         old = [decode_text(v) if v else "" for v in stored]
         if pending:  # an earlier refresh stopped before making its users due: finish that first
             await self._mark_rescored(orjson.loads(pending))
-        sizes = [[int(n) for n in replies[j * len(shards) : (j + 1) * len(shards)]] for j in range(len(RANK_METRICS))]
         requests: list[Request] = []
         slots: list[tuple[int, int]] = []  # (metric index, cut point index)
         request_sizes: list[list[int]] = []
@@ -772,7 +766,6 @@ class Store:
                 slots.append((j, k - 1))
                 request_sizes.append(sizes[j])
         cuts: list[list[str]] = [[] for _ in RANK_METRICS]
-        seen: dict[str, list[float]] = {}  # rank sets the selection read whole: key -> scores
         for (j, _), score in zip(slots, await select(self.client, requests, request_sizes, seen), strict=True):
             cuts[j].append(score_text(score))
         new = [",".join(c) for c in cuts]
@@ -796,6 +789,47 @@ class Store:
         if int(changed):
             await self._mark_rescored(ranges, [sizes[j] for j in range(len(RANK_METRICS))], seen)
         return int(version or 0)
+
+    async def _rank_sizes(self) -> tuple[list[list[int]], dict[str, list[float]], list[Any], Any]:
+        """(metric -> shard -> members of its rank set, the rank sets read whole: key -> scores,
+        the stored cut points r, f, m, the stored ``pending`` ranges), in one round trip (two when
+        a small store grew). While this store's last refresh found few ranked users
+        (``FETCH_ALL``), every rank set is read whole, up to ``cap`` members, instead of counted:
+        the selection then reads nothing more, and the sizes come with the scores."""
+        shards, ks = self.keys.shards, self.keys
+        small = self._ranked is not None and max(self._ranked) <= FETCH_ALL
+        cap = max(64, 4 * FETCH_ALL // shards)  # a set that returns cap members is counted too
+        pipe = self.client.pipeline(transaction=False)
+        for metric in RANK_METRICS:
+            for s in range(shards):
+                if small:
+                    pipe.zrange(ks.rank(s, metric), 0, cap - 1, withscores=True)
+                else:
+                    pipe.zcard(ks.rank(s, metric))
+        pipe.hmget(ks.rfm_thresholds, *RANK_METRICS, "pending")
+        replies = await pipe.execute()
+        *stored, pending = replies.pop()
+        sizes = [[0] * shards for _ in RANK_METRICS]
+        seen: dict[str, list[float]] = {}
+        counted: list[tuple[int, int]] = []
+        for j, metric in enumerate(RANK_METRICS):
+            for s in range(shards):
+                reply = replies[j * shards + s]
+                if not small:
+                    sizes[j][s] = int(reply)
+                elif len(reply) < cap:
+                    seen[ks.rank(s, metric)] = [float(score) for _, score in reply]
+                    sizes[j][s] = len(reply)
+                else:
+                    counted.append((j, s))
+        if counted:
+            pipe = self.client.pipeline(transaction=False)
+            for j, s in counted:
+                pipe.zcard(ks.rank(s, RANK_METRICS[j]))
+            for (j, s), n in zip(counted, await pipe.execute(), strict=True):
+                sizes[j][s] = int(n)
+        self._ranked = [sum(row) for row in sizes]
+        return sizes, seen, stored, pending
 
     def _shard_ranges(
         self, shard: int, ranges: list[str], sizes: list[list[int]] | None, seen: Mapping[str, list[float]]

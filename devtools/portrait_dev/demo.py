@@ -36,7 +36,6 @@ from rich.progress import Progress
 from portrait_dev import infra, synth
 from portrait_dev.harness import (
     Stalled,
-    Throughput,
     settle,
     start_worker,
     stop_worker,
@@ -57,12 +56,6 @@ from stream.tagging.definitions import load_catalogue
 LIVE_DAYS = 14
 LIVE_EVENTS_PER_USER = 6
 LIVE_RATE = 25.0
-
-# Months of order history ahead of the 90 days of clickstream (``synth.order_history``): long
-# enough for the shipped churn model's 90-day label to close for many cadence snapshots.
-HISTORY_MONTHS = 12
-# The personas that really lapse: history-only customers and those whose activity stops.
-LAPSING = frozenset({synth.LAPSED, "drifting_away"})
 
 # The demo waits as long as the worker makes progress (a slow, busy machine is fine) and gives up
 # only after this long without any (``--stall-timeout``).
@@ -133,55 +126,6 @@ async def _audiences(store: Store, tags: tuple[str, ...]) -> dict[str, Counter[s
         if tag in out:
             out[tag][value] = size
     return out
-
-
-async def _high_by_persona(store: Store, personas: dict[str, str]) -> str:
-    """Who the model warns about: the synthetic personas of the ``churn_band=high`` audience."""
-    counts: Counter[str] = Counter()
-    async for uids in store.reads.audience_members(("churn_band", "high")):
-        counts.update(personas.get(uid, "other") for uid in uids)
-    return ", ".join(f"{p}={n}" for p, n in counts.most_common()) or "none"
-
-
-def roc_auc(scored: list[tuple[float, bool]]) -> float | None:
-    """ROC AUC of scores against labels (ties count half); None without both classes."""
-    pos = [s for s, y in scored if y]
-    neg = [s for s, y in scored if not y]
-    if not pos or not neg:
-        return None
-    ranked = sorted(scored)
-    rank_sum, i = 0.0, 0
-    while i < len(ranked):
-        j = i
-        while j < len(ranked) and ranked[j][0] == ranked[i][0]:
-            j += 1
-        rank_sum += sum(1 for _, y in ranked[i:j] if y) * (i + j + 1) / 2  # mean 1-based rank of the tie group
-        i = j
-    return (rank_sum - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
-
-
-async def _persona_auc(store: Store, personas: dict[str, str]) -> str:
-    """``churn_risk`` of every scored customer against the personas' truth (``LAPSING``)."""
-    uids = sorted(personas)
-    risks = await store.reads.profile_fields(uids, ["churn_risk"])
-    scored = [(float(r[0]), personas[u] in LAPSING) for u, r in zip(uids, risks, strict=True) if r[0] is not None]
-    auc = roc_auc(scored)
-    return f"{auc:.3f}" if auc is not None else "n/a"
-
-
-async def _wait_processed(store: Store, total: int, label: str, stall_s: float, workdir: Path) -> Throughput:
-    with Progress(console=Console(stderr=True)) as bars:
-        task = bars.add_task(label, total=total, completed=(await store.stats()).get("messages", 0))
-
-        class Bar:
-            def update(self, n: int) -> None:
-                bars.advance(task, n)
-
-        try:
-            return await wait_processed(store, total, timeout=None, progress=Bar(), stall_s=stall_s)
-        except Stalled as exc:
-            tail = "\n".join((workdir / "worker.log").read_text(errors="replace").splitlines()[-20:])
-            raise SystemExit(f"demo stopped, the worker made {exc}; its last log lines:\n{tail}") from None
 
 
 def should_serve(serve: bool | None) -> bool:
@@ -280,25 +224,26 @@ async def _run(
     try:
         url = api.enter_context(serving(settings, workdir / "api.log", serve))
         print(f"worker starting (log: {workdir / 'worker.log'})")
-        history = synth.order_history(users=users, seed=seed, months=HISTORY_MONTHS)
         data = synth.generate(users=users, events=events, seed=seed)
-        personas = synth.history_personas(users=users, seed=seed)
-        print(
-            f"generated {len(history)} orders of the {HISTORY_MONTHS} months before and {len(data)} "
-            f"events of the last {synth.DEFAULT_DAYS} days for {len(personas)} customers "
-            f"({', '.join(sorted(set(personas.values())))})"
-        )
+        personas = synth.personas(users=users, seed=seed)
+        print(f"generated {len(data)} events for {users} users ({', '.join(sorted(set(personas.values())))})")
         started = time.monotonic()
-        # the history first, applied before the clickstream starts: in event time an order a user's
-        # own timeline has left 90 days behind is dead-lettered as too_old, and the clickstream
-        # topics would otherwise run ahead of the transactions topic
-        past = await replay.replay(settings, history, progress=True)
-        await asyncio.to_thread(wait_healthy, settings, worker)
-        await _wait_processed(store, past.total, "history", stall_s, workdir)
         report = await replay.replay(settings, data, progress=True)
         bad = await _send_malformed(settings, seed)
-        total = past.total + report.total + bad
-        throughput = await _wait_processed(store, total, "processed", stall_s, workdir)
+        total = report.total + bad
+        await asyncio.to_thread(wait_healthy, settings, worker)
+        with Progress(console=Console(stderr=True)) as bars:
+            task = bars.add_task("processed", total=total)
+
+            class Bar:
+                def update(self, n: int) -> None:
+                    bars.advance(task, n)
+
+            try:
+                throughput = await wait_processed(store, total, timeout=None, progress=Bar(), stall_s=stall_s)
+            except Stalled as exc:
+                tail = "\n".join((workdir / "worker.log").read_text(errors="replace").splitlines()[-20:])
+                raise SystemExit(f"demo stopped, the worker made {exc}; its last log lines:\n{tail}") from None
         elapsed = time.monotonic() - started
         await settle(store, event_clock=True)
         stats = await store.stats()
@@ -306,10 +251,7 @@ async def _run(
         catalogue = load_catalogue(settings.tags_file)
 
         print("\n=== summary ===")
-        print(
-            f"messages processed : {stats.get('messages', 0)}  (replayed {past.total} history orders + "
-            f"{report.total} events + {bad} malformed)"
-        )
+        print(f"messages processed : {stats.get('messages', 0)}  (replayed {report.total} events + {bad} malformed)")
         print(f"events applied     : {stats.get('events_applied', 0)}")
         print(f"duplicates skipped : {stats.get('events_duplicate', 0)}")
         print(f"redelivered skipped: {stats.get('events_redelivered', 0)}")
@@ -335,11 +277,6 @@ async def _run(
             print(
                 f"churn: {churn['examples']} resolved examples, progressive AUC {churn['auc']} "
                 f"vs recency-only baseline {churn['baseline_auc']}"
-            )
-            print(f"churn_band high by persona: {await _high_by_persona(store, personas)}")
-            print(
-                f"churn_risk vs the personas' truth ({', '.join(sorted(LAPSING))} lapse): "
-                f"ROC AUC {await _persona_auc(store, personas)} over the scored customers"
             )
             for seg in sorted(status["segments"], key=lambda d: -d["share"]):
                 print(f"  {seg['segment_id']:<4} {seg['share']:6.1%}  {seg['text']}")

@@ -19,10 +19,6 @@ they spend, so that the tags of docs/tags.md have something to find:
 * ``new_user``          first appears during the last 2 weeks.
 * ``unhappy``           complaints, low ratings, NPS detractor, some refunds.
 
-``order_history(users, seed, months)`` returns the same users' ``order_paid`` events of the months
-before ``generate``'s window, plus history-only ``lapsed`` customers (``history_personas``): the
-demo's past, so a 90-day churn label closes.
-
 ``malformed_messages(seed, end)`` returns raw messages that the worker must dead-letter, each with
 the expected reason.
 """
@@ -843,97 +839,3 @@ def purchase_history(
             }
         )
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# Order history ahead of the clickstream (the demo's churn model)
-# --------------------------------------------------------------------------------------------
-
-# Mean days between orders of each persona in the history before ``generate``'s window (None: no
-# orders then). Close to the personas' own order rate in ``generate`` (loyal big spenders every
-# ~10 days, regulars about once a quarter), except ``drifting_away``: they used to buy every
-# ~6 weeks and stop in the clickstream window. Gaps are gamma(2), so a quarterly buyer sometimes
-# skips 90 days and comes back: the churn label has both outcomes.
-HISTORY_GAP_DAYS: dict[str, float | None] = {
-    "regular": 95.0,
-    "night_owl": 80.0,
-    "bargain_hunter": 90.0,
-    "loyal_big_spender": 11.0,
-    "drifting_away": 45.0,
-    "window_shopper": None,
-    "new_user": None,
-    "unhappy": 140.0,
-}
-LAPSED = "lapsed"  # the persona of history-only customers: they bought, then stopped for good
-LAPSED_SHARE = 0.25  # lapsed customers per user of ``generate``
-
-
-def _lapsed_count(users: int) -> int:
-    return round(users * LAPSED_SHARE)
-
-
-def history_personas(users: int = 2000, seed: int = 7) -> dict[str, str]:
-    """``personas(users, seed)`` plus the ``lapsed`` customers of ``order_history`` (ids after
-    the users': ``u02001``... for 2,000 users)."""
-    out = personas(users=users, seed=seed)
-    out.update({_user_id(users + i): LAPSED for i in range(_lapsed_count(users))})
-    return out
-
-
-def order_history(
-    users: int = 2000,
-    seed: int = 7,
-    months: int = 12,
-    end: datetime = DEFAULT_END - timedelta(days=DEFAULT_DAYS),
-) -> list[dict[str, Any]]:
-    """The ``order_paid`` events of ``months`` (30-day) months before ``end`` (by default the start
-    of ``generate``'s window) for the same users as ``generate(users=..., seed=...)``, by persona
-    (``HISTORY_GAP_DAYS``), plus ``LAPSED_SHARE`` as many ``lapsed`` customers
-    (``history_personas``) whose last order is between 30 and 240 days before ``end``: a shop's
-    past, so a 90-day churn label closes for many snapshots before the clickstream starts.
-
-    Deterministic (its own ``random.Random``; ``generate``'s output is unchanged), sorted by time,
-    every ``ts`` in ``[end - months, end)``, every event validates. Event and order ids start
-    with ``h``.
-    """
-    if users < 1 or months < 1:
-        raise ValueError("need users >= 1 and months >= 1")
-    if end.tzinfo is None:
-        raise ValueError("end must be timezone-aware")
-    rng = random.Random(f"order-history-{seed}")
-    end_s = int(end.timestamp())
-    span = months * 30 * DAY
-    start_s = end_s - span
-    rows: list[tuple[int, str, float]] = []
-
-    def orders(uid: str, first: float, stop: float, gap_days: float, basket: float) -> None:
-        t = first
-        while t < stop:
-            rows.append((int(t), uid, round(basket * rng.lognormvariate(0.0, 0.35), 2)))
-            t += rng.gammavariate(2.0, gap_days * DAY / 2.0)
-
-    for uid, pname in personas(users=users, seed=seed).items():
-        mean = HISTORY_GAP_DAYS[pname]
-        if mean is None:
-            continue
-        gap = mean * rng.lognormvariate(0.0, 0.3)
-        basket = rng.uniform(120, 400) if pname == "loyal_big_spender" else rng.uniform(20, 120)
-        orders(uid, start_s + rng.random() * 0.6 * span, end_s, gap, basket)
-    for i in range(_lapsed_count(users)):
-        stop = end_s - rng.uniform(30, 240) * DAY
-        first = start_s + rng.random() * max(stop - start_s, DAY) * 0.7
-        orders(_user_id(users + i), first, stop, rng.uniform(25, 70), rng.uniform(20, 120))
-    rows.sort()
-    return [
-        {
-            "schema_version": 1,
-            "event_id": f"h{n:08d}",
-            "type": "order_paid",
-            "user_id": uid,
-            "ts": datetime.fromtimestamp(ts, UTC).isoformat(),
-            "order_id": f"h{n:08d}",
-            "amount": amount,
-            "currency": "USD",
-        }
-        for n, (ts, uid, amount) in enumerate(rows)
-    ]

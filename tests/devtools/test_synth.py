@@ -315,26 +315,3 @@ def test_write_jsonl_round_trip(tmp_path: Path) -> None:
     assert synth.write_jsonl(events, path) == len(events)
     lines = path.read_bytes().splitlines()
     assert [orjson.loads(line) for line in lines] == events
-
-
-def test_order_history_precedes_the_window_for_the_same_users_plus_lapsed_ones() -> None:
-    history = synth.order_history(users=400, seed=3, months=12)
-    assert history == synth.order_history(users=400, seed=3, months=12)
-    start = END - timedelta(days=synth.DEFAULT_DAYS)
-    assert all(e["type"] == "order_paid" and isinstance(parse_event(orjson.dumps(e)), OrderPaid) for e in history)
-    times = [datetime.fromisoformat(e["ts"]) for e in history]
-    assert times == sorted(times)
-    assert start - timedelta(days=360) <= times[0] and times[-1] < start
-    assert len({e["event_id"] for e in history}) == len({e["order_id"] for e in history}) == len(history)
-    people = synth.history_personas(users=400, seed=3)
-    assert {u: p for u, p in people.items() if p != "lapsed"} == synth.personas(users=400, seed=3)
-    assert sum(p == "lapsed" for p in people.values()) == 100  # a quarter of 400, by hand
-    by_persona = Counter(people[e["user_id"]] for e in history)
-    assert by_persona["window_shopper"] == by_persona["new_user"] == 0
-    last: dict[str, datetime] = {}
-    for e, ts in zip(history, times, strict=True):
-        last[e["user_id"]] = ts
-    # lapsed customers stop at least 30 days before the window; loyal big spenders keep buying
-    assert all(ts <= start - timedelta(days=30) for u, ts in last.items() if people[u] == "lapsed")
-    loyal = [ts for u, ts in last.items() if people[u] == "loyal_big_spender"]
-    assert loyal and min(loyal) > start - timedelta(days=60)

@@ -20,17 +20,25 @@ log = logging.getLogger(__name__)
 OBSERVE_S = 5.0
 
 
+def partition_counts(client: Any, topics: tuple[str, ...]) -> list[int | None]:
+    """How many partitions each topic has, from the Kafka client's cluster metadata (None: not
+    known yet). Not Faust's ``Consumer.topic_partitions``: it reads the group coordinator's
+    metadata snapshot, which only the group's leader fills, so on every other worker the
+    watermark never got end offsets and fell back to the stale CAUGHT flags (issue 11 §4)."""
+    return [len(parts) if (parts := client.partitions_for_topic(t)) else None for t in topics]
+
+
 async def input_ends(app: Any, topics: tuple[str, ...]) -> Ends | None:
     """(log start, end offset) of every partition of the input topics, asked of the broker now
     (not the consumer's last fetch); None while the consumer does not know the topics yet."""
     try:
         consumer = app.consumer
-        counts = [consumer.topic_partitions(t) for t in topics]
+        counts = partition_counts(consumer._thread._ensure_consumer(), topics)
     except Exception:  # no consumer thread yet
         return None
     if not all(counts):
         return None
-    tps = [TP(t, p) for t, n in zip(topics, counts, strict=True) for p in range(n)]
+    tps = [TP(t, p) for t, n in zip(topics, counts, strict=True) for p in range(n or 0)]
     begins = await consumer.earliest_offsets(*tps)
     ends = await consumer.highwaters(*tps)
     return {f"{tp.topic}/{tp.partition}": (int(begins[tp]), int(ends[tp])) for tp in tps}

@@ -24,7 +24,7 @@ from stream.core.pipeline import PlanContext, plan_write
 from stream.core.writes import LoadedUser, UserWrite
 from stream.identity.merge import anon_subject
 from stream.tagging.definitions import TagParams
-from stream.tagging.engine import Applied, apply_event, left_window
+from stream.tagging.engine import Applied, apply_event, left_window, redelivered
 from stream.tagging.state import UserState
 
 log = logging.getLogger(__name__)
@@ -239,11 +239,14 @@ class _Planner:
             self.broken[uid] = f"evaluate: {exc!r}"
             log.exception("bug evaluating user %s", uid)
             return
-        if self.event_time and too_late(self.states[uid], epoch):
+        m = item.message
+        state = self.states[uid]
+        # an event already applied (redelivered after a rebalance, or written by an earlier attempt
+        # of this batch whose other shards conflicted) is never late: it counts as redelivered
+        if self.event_time and not redelivered(state, m.source, m.position) and too_late(state, epoch):
             self.late.append(item)
             return
         try:
-            m = item.message
             applied = self.apply(self.states[uid], item.event, m.source, m.position, self.context.catalogue.params)
         except Exception as exc:
             self.broken[uid] = f"apply: {exc!r}"

@@ -111,6 +111,13 @@ def check_event(event: Event, params: TagParams) -> None:
         to_cents(event.amount, event.currency, params)
 
 
+def redelivered(state: UserState, source: str, offset: int) -> bool:
+    """Whether the message at ``offset`` of ``source`` ("topic/partition") was already applied to
+    ``state`` (offset not above the last applied one for that source)."""
+    last = state.offsets.get(source)
+    return last is not None and offset <= last
+
+
 def apply_event(state: UserState, event: Event, source: str, offset: int, params: TagParams) -> Applied:
     """Fold one event into ``state`` unless it was already applied.
 
@@ -118,8 +125,7 @@ def apply_event(state: UserState, event: Event, source: str, offset: int, params
     (offset not above the last applied one for that source) is skipped, which makes
     replays after a crash or rebalance idempotent.
     """
-    last = state.offsets.get(source)
-    if last is not None and offset <= last:
+    if redelivered(state, source, offset):
         return Applied.REDELIVERED
     state.offsets[source] = offset
     if event.event_id in state.recent_ids:

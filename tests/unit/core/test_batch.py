@@ -201,6 +201,28 @@ def test_wall_time_evaluates_each_user_once_at_now(evaluations: list[tuple[str, 
     assert list(plan.touched) == ["u", "v"]
 
 
+def test_an_event_already_applied_comes_again_as_redelivered_never_as_too_old() -> None:
+    # Issue 11 §4: "u" has events on day 0 and day 200 (offsets 0 and 1 of one partition); the batch
+    # was already written for "u" (by an earlier attempt of it whose other shards lost the
+    # compare-and-set, or before a rebalance) and comes again. Its day-0 event is 200 days behind
+    # the user's evaluation, but it was applied: redelivered, not dead-lettered as too_old (the bug:
+    # the age check ran before the redelivery check). A day-10 event at a new offset is too old.
+    now = T0 + 200 * DAY
+    events = [_valid(0, "u", T0), _valid(1, "u", now)]
+    first = _plan(events, event_time=True, now=now)
+    assert first.outcomes == Counter({"applied": 2}) and first.late == []
+    stored = UserState.from_bytes(first.writes[0].encode())
+    assert stored.evaluated_at == now
+    late = _valid(2, "u", T0 + 10 * DAY)
+    again = [*events, late]
+    identity = resolve(again, {}, POLICY)
+    loaded = {"u": LoadedUser(1, stored)}
+    merges = merge(identity, loaded, POLICY, CATALOGUE.params.dedupe_window_events)
+    plan = plan_batch(again, identity.owner, loaded, merges, _context(now, now), now=now, event_time=True)
+    assert plan.late == [late]
+    assert plan.outcomes == Counter({"redelivered": 2})
+
+
 def test_a_bug_applying_one_users_event_breaks_only_that_user() -> None:
     def buggy(state, event, *args):  # type: ignore[no-untyped-def]
         if event.user_id == "bad":

@@ -73,26 +73,41 @@ class Inbox:
         self._ready.set()
 
     async def take(self, max_records: int) -> list[Batch]:
-        """Wait for records, then hand out what is queued, at most ``max_records`` (a partition
-        batch is split if needed; the rest stays first in line). Stale batches are skipped."""
+        """Wait for records, then hand out at most ``max_records`` of what is queued, shared
+        round-robin between the queued partitions (each partition's records in offset order; what
+        is left stays queued). Stale batches are skipped.
+
+        Sharing matters in event time: a user's events sit on several topics (clickstream,
+        transactions, ...), and a batch filled from one partition would apply its days of events
+        before the other partitions' events of the same days, closing exposures (conversions)
+        and deciding rules in another order than live processing. Faust's own delivery
+        round-robins between partitions too; the processor orders a batch by event time."""
         while True:
             while not self._queue:
                 self._ready.clear()
                 await self._ready.wait()
-            taken: list[Batch] = []
+            queued: dict[Any, list[Any]] = {}  # tp -> its records, in offset order
+            for batch in self._queue:
+                if batch.epoch == self.epoch:
+                    queued.setdefault(batch.tp, []).extend(batch.records)
+            self._queue.clear()
+            shares = dict.fromkeys(queued, 0)
             room = max_records
-            while self._queue and room > 0:
-                batch = self._queue.popleft()
-                self._queued -= len(batch.records)
-                if batch.epoch != self.epoch:
-                    continue
-                if len(batch.records) > room:
-                    rest = Batch(batch.tp, batch.records[room:], batch.epoch)
-                    self._queue.appendleft(rest)
-                    self._queued += len(rest.records)
-                    batch = Batch(batch.tp, batch.records[:room], batch.epoch)
-                taken.append(batch)
-                room -= len(batch.records)
+            while room > 0:
+                open_tps = [tp for tp, records in queued.items() if shares[tp] < len(records)]
+                if not open_tps:
+                    break
+                share = max(1, room // len(open_tps))
+                for tp in open_tps:
+                    n = min(share, len(queued[tp]) - shares[tp], room)
+                    shares[tp] += n
+                    room -= n
+                    if room == 0:
+                        break
+            taken = [Batch(tp, queued[tp][:n], self.epoch) for tp, n in shares.items() if n]
+            rest = [Batch(tp, queued[tp][n:], self.epoch) for tp, n in shares.items() if n < len(queued[tp])]
+            self._queue.extend(rest)
+            self._queued = sum(len(b.records) for b in rest)
             if self._queued < self.bound:
                 self._room.set()
             if taken:

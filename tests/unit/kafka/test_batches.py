@@ -36,14 +36,19 @@ def offsets(batches: list[Batch]) -> list[tuple[tuple[str, int], list[int]]]:
     return [(b.tp, [r.offset for r in b.records]) for b in batches]
 
 
-def test_take_splits_at_max_records_and_keeps_the_rest_first() -> None:
+def test_take_shares_max_records_between_partitions_and_keeps_the_rest() -> None:
     async def run() -> None:
         inbox = Inbox(["in.a"], bound=100)
         await inbox.put(Batch(A0, records(A0, 10, 4), inbox.epoch))
         await inbox.put(Batch(A1, records(A1, 0, 2), inbox.epoch))
-        assert offsets(await inbox.take(3)) == [(A0, [10, 11, 12])]
+        await inbox.put(Batch(A0, records(A0, 14, 2), inbox.epoch))  # a later fetch of A0
+        # one each, then the last place to the first partition in line
+        assert offsets(await inbox.take(3)) == [(A0, [10, 11]), (A1, [0])]
         inbox.done([])
-        assert offsets(await inbox.take(3)) == [(A0, [13]), (A1, [0, 1])]
+        # A0's two fetches are one run of offsets; a partition that runs out leaves its share
+        assert offsets(await inbox.take(4)) == [(A0, [12, 13, 14]), (A1, [1])]
+        inbox.done([])
+        assert offsets(await inbox.take(4)) == [(A0, [15])]
 
     asyncio.run(run())
 

@@ -31,6 +31,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 BATCH = 500
 WARMUP_EVENTS = 2000  # processed once before the repetitions (imports, script loading, caches)
@@ -48,12 +49,8 @@ def _epoch_per_call() -> Iterator[None]:
     """Before: ``EventBase.epoch`` converted ``ts`` on every read."""
     from stream.contracts.events import EventBase
 
-    once = EventBase.__dict__["epoch"]
-    EventBase.epoch = property(lambda self: self.ts.timestamp())  # type: ignore[assignment,method-assign]
-    try:
+    with mock.patch.object(EventBase, "epoch", property(lambda self: self.ts.timestamp())):
         yield
-    finally:
-        EventBase.epoch = once  # type: ignore[method-assign]
 
 
 @contextlib.contextmanager
@@ -67,12 +64,8 @@ def _interpreted_conditions() -> Iterator[None]:
     def interpreted(rules: Any) -> Any:
         return tuple((r, functools.partial(holds, r.when)) for r in rules.active)
 
-    compiled = evaluate._conditions
-    evaluate._conditions = interpreted
-    try:
+    with mock.patch.object(evaluate, "_conditions", interpreted):
         yield
-    finally:
-        evaluate._conditions = compiled
 
 
 @contextlib.contextmanager
@@ -80,12 +73,8 @@ def _parse_numbers_every_time() -> Iterator[None]:
     """Before: every comparison parsed its operand and the tag's value (``conditions.as_number``)."""
     from stream.rules import conditions
 
-    memo = conditions.as_number
-    conditions.as_number = memo.__wrapped__  # type: ignore[assignment]
-    try:
+    with mock.patch.object(conditions, "as_number", conditions.as_number.__wrapped__):
         yield
-    finally:
-        conditions.as_number = memo
 
 
 @contextlib.contextmanager
@@ -101,13 +90,11 @@ def _score_every_time() -> Iterator[None]:
         x = build_features(profile, self.churn_specs)
         return x, self.churn.tags(x)
 
-    memo = runtime.Models.segment_features, runtime.Models.churn_tags
-    runtime.Models.segment_features = segment_features  # type: ignore[method-assign]
-    runtime.Models.churn_tags = churn_tags  # type: ignore[method-assign]
-    try:
+    with (
+        mock.patch.object(runtime.Models, "segment_features", segment_features),
+        mock.patch.object(runtime.Models, "churn_tags", churn_tags),
+    ):
         yield
-    finally:
-        runtime.Models.segment_features, runtime.Models.churn_tags = memo  # type: ignore[method-assign]
 
 
 def _record_batch_per_event(
@@ -146,15 +133,11 @@ def _record_decisions_per_write(metrics: Any, writes: Any) -> None:
 def _metrics_per_event() -> Iterator[None]:
     from stream.service import processor
 
-    names = ("record_batch", "record_decisions")
-    batch = [getattr(processor, name) for name in names]
-    for name, before in zip(names, (_record_batch_per_event, _record_decisions_per_write), strict=True):
-        setattr(processor, name, before)
-    try:
+    with (
+        mock.patch.object(processor, "record_batch", _record_batch_per_event),
+        mock.patch.object(processor, "record_decisions", _record_decisions_per_write),
+    ):
         yield
-    finally:
-        for name, now in zip(names, batch, strict=True):
-            setattr(processor, name, now)
 
 
 @contextlib.contextmanager
@@ -163,16 +146,14 @@ def _catalogue_sets_per_call() -> Iterator[None]:
     from stream.rules.config import RuleSet
     from stream.tagging.definitions import TagCatalogue
 
-    once = TagCatalogue.__dict__["names"], TagCatalogue.__dict__["audience_tags"], RuleSet.__dict__["active"]
-    TagCatalogue.names = property(lambda c: frozenset(t.name for t in c.tags))  # type: ignore[assignment,method-assign]
-    TagCatalogue.audience_tags = property(  # type: ignore[assignment,method-assign]
-        lambda c: frozenset(t.name for t in c.tags if t.audience)
-    )
-    RuleSet.active = property(lambda r: tuple(x for x in r.rules if x.enabled))  # type: ignore[assignment,method-assign]
-    try:
+    with (
+        mock.patch.object(TagCatalogue, "names", property(lambda c: frozenset(t.name for t in c.tags))),
+        mock.patch.object(
+            TagCatalogue, "audience_tags", property(lambda c: frozenset(t.name for t in c.tags if t.audience))
+        ),
+        mock.patch.object(RuleSet, "active", property(lambda r: tuple(x for x in r.rules if x.enabled))),
+    ):
         yield
-    finally:
-        TagCatalogue.names, TagCatalogue.audience_tags, RuleSet.active = once  # type: ignore[method-assign]
 
 
 # lever name -> a context manager that undoes the lever for one run

@@ -228,7 +228,7 @@ class Processor:
             valid = [v for v in valid if owner(v) not in erased]
         await self.sync_models()
         now = max(self.event_clock, stored_clock or 0.0, batch_max_ts or 0.0) if event_time else wall
-        mark = watermark(now, self.store.parts_seen, progress) if event_time else now
+        mark = self._settled(watermark(now, self.store.parts_seen, progress)) if event_time else now
         # the fold is this module's apply_event, read per batch (a component test substitutes a buggy one)
         context = self._context(thresholds, wall, mark)
         plan = plan_batch(valid, owner, loaded, merges, context, now=now, event_time=event_time, apply=apply_event)
@@ -275,14 +275,26 @@ class Processor:
             return watermark(clock, parts)
         try:
             ends = await self.input_ends()  # fetched after the clock and progress were read
-        except Exception as exc:  # the broker is away: the last exact watermark is still safe
+        except Exception as exc:  # the broker is away: the last exact watermark stays safe
             log.warning("could not fetch the input partitions' end offsets (%r); watermark held", exc)
             ends = None
-        if ends is None:  # before the first exact one (no metadata yet): the stored flags
-            return self._exact_mark if self._exact_mark is not None else watermark(clock, parts)
+        if ends is None:  # no metadata yet, or the broker is away: the last exact one (or hold)
+            return self._exact_mark or 0.0
         mark = watermark(clock, parts, None, ends)
         self._exact_mark = mark if self._exact_mark is None else max(self._exact_mark, mark)
         return self._exact_mark
+
+    def _settled(self, flagged: float) -> float:
+        """The time a batch counts as settled (exposures close, change points are evaluated up to
+        it): the watermark of the stored CAUGHT flags, capped by the last exact one (``now``) when
+        the worker can fetch end offsets. Those flags are as old as the fetch that set them: a
+        partition another worker (or this one's queue) still holds messages for can read CAUGHT,
+        and a batch trusting it closed a user's exposure ahead of their order on another topic, or
+        fired a rule change point ahead of their unread events. The exact mark only grows, so an
+        older one stays safe; before the first one nothing counts as settled."""
+        if self.input_ends is None:
+            return flagged  # a finite input read to its end (the offline driver, component tests)
+        return min(flagged, self._exact_mark or 0.0)
 
     async def reevaluate_due(self, now: float | None = None) -> int:
         """Re-evaluate a bounded batch of users whose tags change without an event (windows,

@@ -189,3 +189,53 @@ def test_one_batch_gives_the_steps_of_one_event_at_a_time(make_settings, names, 
     assert {k: v for k, v in batched[2].items() if k not in drop} == {
         k: v for k, v in single[2].items() if k not in drop
     }
+
+
+def test_an_order_waiting_on_another_topic_converts_the_exposure(make_settings, names, tmp_path: Path) -> None:
+    """u1's first page view (day 0) fires the rule and opens a 7-day exposure; their order of day 3
+    waits on the transactions partition while a page view of day 10 is applied. The last fetch said
+    that partition was read to its end (CAUGHT), but the broker's end offsets say a message is
+    waiting: the day-10 batch must not close the exposure as expired, and the order converts it.
+    Trusting the stale flag closed it unconverted (the failure, shown observable with no fresh end
+    offsets)."""
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(RULES.replace("cooldown: 1d", "cooldown: 365d\n    conversion_window: 7d"))
+    topics_of = Topics(make_settings().topic_prefix)
+    clicks, orders = f"{topics_of.clickstream}/0", f"{topics_of.transactions}/0"
+
+    def run(tag: str, fresh_ends: bool) -> dict[str, int]:
+        settings = make_settings(clock="event", key_prefix=f"{names.key_prefix}-{tag}", delivery_horizon_s=0)
+
+        async def ends() -> dict[str, tuple[int, int]]:  # the broker now: the order is waiting
+            return {clicks: (0, 2), orders: (0, 1)}
+
+        async def tick(proc: Processor) -> None:  # the worker's timer: drain what is due
+            mark = await proc.now()
+            while await proc.reevaluate_due(mark):
+                pass
+
+        async def go() -> dict[str, int]:
+            store, proc, _ = _spied_processor(settings, rules_file)
+            if fresh_ends:
+                proc.input_ends = ends
+            try:
+                stale = {clicks: 2, orders: 0}  # the last fetch found the transactions partition empty
+                await proc.process([Message(topics_of.clickstream, 0, 0, b"u1", _event(0, 0))], stale)
+                await tick(proc)
+                await proc.process([Message(topics_of.clickstream, 0, 1, b"u1", _event(1, 10))], stale)
+                await tick(proc)
+                order = Message(topics_of.transactions, 0, 0, b"u1", _event(2, 3, "order_paid"))
+                await proc.process([order], {clicks: 2, orders: 1})
+                await tick(proc)
+                return {k: int(v) for k, v in (await store.stats()).items() if k.startswith("effect:")}
+            finally:
+                await store.close()
+
+        return asyncio.run(go())
+
+    trusted = run("flags", fresh_ends=False)
+    assert trusted.get("effect:welcome_back:treated:expired") == 1
+    assert "effect:welcome_back:treated:converted" not in trusted
+    exact = run("exact", fresh_ends=True)
+    assert exact.get("effect:welcome_back:treated:converted") == 1
+    assert "effect:welcome_back:treated:expired" not in exact

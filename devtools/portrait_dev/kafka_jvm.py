@@ -242,7 +242,12 @@ def _tail(path: Path, lines: int) -> str:
 
 
 def _cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A random cluster id as Kafka makes them (``Uuid.randomUuid``): URL-safe base64 of 16 bytes,
+    never starting with "-" (the storage tool would read it as an option and refuse to format:
+    one session start in 64 failed so)."""
+    while (cid := base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()).startswith("-"):
+        pass
+    return cid
 
 
 def server_properties(

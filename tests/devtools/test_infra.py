@@ -242,3 +242,16 @@ def test_embedded_valkey_uses_the_deploy_encoding_settings(tmp_path: Path) -> No
         client.close()
     finally:
         proc.stop()
+
+
+def test_kafka_cluster_ids_never_start_with_a_dash(monkeypatch) -> None:
+    """Kafka's storage tool reads an id starting with "-" as an option and refuses to format."""
+    import uuid
+
+    from portrait_dev import kafka_jvm
+
+    dashed, plain = uuid.UUID(bytes=b"\xf8" + bytes(15)), uuid.UUID(bytes=bytes(16))
+    drawn = iter([dashed, plain])
+    monkeypatch.setattr(kafka_jvm.uuid, "uuid4", lambda: next(drawn))
+    assert kafka_jvm.base64.urlsafe_b64encode(dashed.bytes).startswith(b"-")  # the case is real
+    assert kafka_jvm._cluster_id() == "A" * 22

@@ -70,14 +70,16 @@ def catch_up(steps: Steps, uid: str, version: int, state: UserState, until: floa
     The time-driven path only reaches a user once the watermark passes their due time; when the
     user's next event gets there first, the change (a window emptying, a churn label resolving,
     a rule firing on it) is evaluated here, at its own time, before the event is applied, as
-    live processing would have. Each step counts as settled up to ``until``.
+    live processing would have. Each step counts as settled up to ``until`` (or the context's
+    ``settled``, if lower).
     """
     settled: PlanContext | None = None
     taken = 0
     while (
         taken < MAX_CATCH_UP_STEPS and state.due_at is not None and (state.evaluated_at or 0.0) < state.due_at <= until
     ):
-        settled = settled or replace(context, settled=until)
+        bound = until if context.settled is None else min(until, context.settled)
+        settled = settled or replace(context, settled=bound)
         step = plan_write(uid, version, state, state.due_at, settled)
         steps.add(step)
         taken += 1
@@ -158,14 +160,18 @@ def plan_batch(
     now: float,
     event_time: bool,
     apply: Apply = apply_event,
+    steps_until: float | None = None,
 ) -> BatchPlan:
     """Apply ``valid`` (in order) to the owners' states and plan every write of the batch.
 
     ``loaded`` holds every owner (merged states in ``merges`` take precedence); ``context.settled``
-    is the watermark (``now`` in wall time). ``apply`` folds one event (``apply_event``; a
-    parameter so the service's fold is the one used). Mutates the loaded states.
+    is the watermark (``now`` in wall time). ``steps_until`` (default ``context.settled``): how far
+    a user's change points are evaluated before their next event (``catch_up``); the service passes
+    the watermark of the stored progress flags there and a safer, possibly lower, ``settled``.
+    ``apply`` folds one event (``apply_event``; a parameter so the service's fold is the one used).
+    Mutates the loaded states.
     """
-    planner = _Planner(valid, owner, loaded, merges, context, now, event_time, apply)
+    planner = _Planner(valid, owner, loaded, merges, context, now, event_time, apply, steps_until)
     for item in valid:
         planner.step(item)
     merges.count_refusals(planner.applied)
@@ -209,10 +215,11 @@ class _Planner:
         now: float,
         event_time: bool,
         apply: Apply,
+        steps_until: float | None,
     ) -> None:
         self.owner, self.loaded, self.context, self.now, self.event_time = owner, loaded, context, now, event_time
         self.apply = apply
-        self.mark = now if context.settled is None else context.settled
+        self.mark = steps_until if steps_until is not None else now if context.settled is None else context.settled
         uids = list(dict.fromkeys(owner(v) for v in valid))
         self.states = {uid: merges.states.get(uid) or loaded[uid].state or UserState() for uid in uids}
         self.latest: dict[str, float] = {}  # user -> their latest event in the batch

@@ -88,8 +88,11 @@ def count_decisions(decisions: list[Decision], counters: dict[str, int]) -> None
 
 
 def exposure_due(state: UserState, now: float) -> float | None:
-    """The next end of an open exposure after ``now``: the user must be evaluated then."""
-    ends = [e.until for e in state.exposures if e.until > now]
+    """When the user must be evaluated for their open exposures: the earliest end. An end at or
+    before ``now`` belongs to an exposure that could not close yet (its window was not settled:
+    an order inside it may still wait on a slower partition); it is due at once, and the
+    time-driven path closes it when its watermark has passed the end."""
+    ends = [e.until for e in state.exposures]
     return min(ends) if ends else None
 
 

@@ -344,7 +344,11 @@ def test_an_order_already_seen_converts_nothing_new() -> None:
     counters: dict[str, int] = {}
     track_conversions(state, t0, counters)  # the order the rule fired on does not convert its own firing
     assert counters == {} and len(state.exposures) == 1
-    assert exposure_due(state, t0) == t0 + DAY and exposure_due(state, t0 + DAY) is None
+    assert exposure_due(state, t0) == t0 + DAY
+    # still open at its end (not settled up to it yet): due at once, so the time path closes it
+    assert exposure_due(state, t0 + 2 * DAY) == t0 + DAY
+    track_conversions(state, t0 + DAY, counters)
+    assert exposure_due(state, t0 + DAY) is None and counters
 
 
 def test_exposures_use_groups_and_conversion_window() -> None:

@@ -148,13 +148,16 @@ def test_result_document_with_missing_scenarios() -> None:
     assert "| (1) Faust no-op agent (framework floor) | — | — | — | 0 | — |" in bench.format_table(doc)
 
 
-def test_trigger_latency_uses_the_users_latest_event_before_the_firing() -> None:
-    from portrait_dev.bench import trigger_latency
+def test_trigger_latency_by_what_decided_the_firing() -> None:
+    from portrait_dev.bench import trigger_latencies
 
-    sends = [("a", 100.0), ("a", 105.0), ("a", 110.0), ("b", 100.0)]
-    triggers = [("a", 106.0, 106.25), ("b", 100.5, 100.75), ("c", 1.0, 2.0)]
-    # a: latest send at or before 106.0 is 105.0 -> 1.25 s; b: 0.75 s; c: no send -> ignored
-    assert trigger_latency(sends, triggers) == [1.25, 0.75]
+    sends = [("a", 100.0), ("a", 105.0), ("a", 110.0), ("b", 100.0), ("d", 50.0)]
+    writes = {"a": [100.1, 105.2, 110.1], "b": [100.6], "d": [50.1]}
+    triggers = [("a", 105.1, 106.25), ("b", 100.5, 100.75), ("c", 1.0, 2.0), ("d", 60.0, 60.5)]
+    # a: latest send at or before 105.1 is 105.0, decided before its profile write (105.2): from
+    # the event, 1.25 s; b: 0.75 s; c: no send, left out; d: decided at 60.0, after its event's
+    # write (50.1): time-driven, decision -> topic 0.5 s
+    assert trigger_latencies(sends, triggers, writes) == {"event": [1.25, 0.75], "time": [0.5]}
 
 
 def test_ownwork_messages_are_partitioned_by_user_with_rising_offsets() -> None:

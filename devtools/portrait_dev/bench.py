@@ -25,7 +25,10 @@ the consumer starts and the rate is measured from the first processed message to
                  (1,000,000 by default) in Valkey, cloned the same way (``portrait_dev.bench_api``).
 8. ``backfill``  an event-time backfill of a purchase history (100,000 orders of 25,000
                  customers over 18 months by default) until every profile is at the final clock
-                 (``portrait_dev.bench_backfill``).
+                 (``portrait_dev.bench_backfill``);
+9. ``quixnoop``, ``quix``: a Quix Streams no-op and a Quix Streams reference of the core tag job
+                 (state + batched Valkey writes), one process each, measured like (1)
+                 (``portrait_dev.bench_quix`` says exactly what the reference computes).
 
 Results: a table on stdout, ``results/bench-<stamp>.json`` and ``results/bench-<stamp>.png``.
 Everything started is stopped at the end, also on Ctrl-C or an error.
@@ -72,7 +75,10 @@ THROUGHPUT_SCENARIOS: tuple[tuple[str, str], ...] = (
     ("pipeline1f", "(3f) full pipeline, 1 worker, Faust consumer"),
     ("pipeline2", "(4) full pipeline, 2 workers"),
     ("envelope", "(3e) full pipeline, 1 worker, envelopes"),
+    ("quixnoop", "(Q0) Quix Streams no-op (its framework floor)"),
+    ("quix", "(Q) Quix Streams reference of the core tag job"),
 )
+QUIX_SCENARIOS = frozenset({"quixnoop", "quix"})  # portrait_dev.bench_quix
 # events per batch envelope in scenario (3e): a web collector's typical flush
 ENVELOPE_EVENTS = 50
 TARGETS = {
@@ -81,6 +87,7 @@ TARGETS = {
     "p99_ms": 100.0,
     "bytes_per_user": 2048.0,
     "stretch_events_per_s": 10_000.0,
+    "pipeline_vs_quix": 1.0,
 }
 PROFILE_HISTOGRAM = "portrait_event_to_profile_seconds"
 OWNWORK_MIN_REPS = 5  # scenario ownwork reports medians of at least this many runs
@@ -224,7 +231,7 @@ def targets_report(
     def row(name: str, target: str, measured: float | None, met: bool | None) -> dict[str, Any]:
         return {"name": name, "target": target, "measured": measured, "met": met}
 
-    r1, r2 = ratios.get("pipeline_vs_noop"), ratios.get("two_vs_one")
+    r1, r2, rq = ratios.get("pipeline_vs_noop"), ratios.get("two_vs_one"), ratios.get("pipeline_vs_quix")
     return [
         row(
             "full pipeline vs Faust no-op",
@@ -255,6 +262,12 @@ def targets_report(
             f">= {TARGETS['stretch_events_per_s']:,.0f} ev/s",
             best_rate,
             None if best_rate is None else best_rate >= TARGETS["stretch_events_per_s"],
+        ),
+        row(
+            "(6) >= 1.0x the Quix Streams reference per worker",
+            f">= {TARGETS['pipeline_vs_quix']}x",
+            rq,
+            None if rq is None else rq >= TARGETS["pipeline_vs_quix"],
         ),
     ]
 
@@ -325,11 +338,14 @@ def result_document(
     """The results JSON: config, environment, per-scenario runs and summaries, ratios, targets."""
     scenarios: dict[str, Any] = {}
     medians: dict[str, float | None] = {}
+    cpu_medians: dict[str, float | None] = {}
     for key, label in THROUGHPUT_SCENARIOS:
         rates = [float(r["rate"]) for r in runs.get(key, []) if r.get("rate")]
         summary = summarize(rates).as_dict() if rates else None
         scenarios[key] = {"label": label, "unit": "events/s", "runs": runs.get(key, []), "summary": summary}
         medians[key] = summary["median"] if summary else None
+        cpu = [float(r["cpu_us_per_event"]) for r in runs.get(key, []) if r.get("cpu_us_per_event") is not None]
+        cpu_medians[key] = statistics.median(cpu) if cpu else None
     ratios = {
         "pipeline_vs_noop": ratio(medians["pipeline1"], medians["noop"]),
         "two_vs_one": ratio(medians["pipeline2"], medians["pipeline1"]),
@@ -337,6 +353,11 @@ def result_document(
         "envelope_vs_single": ratio(medians["envelope"], medians["pipeline1"]),
         "batch_vs_faust_consumer": ratio(medians["pipeline1"], medians["pipeline1f"]),
         "noop_batch_vs_faust": ratio(medians["noopb"], medians["noop"]),
+        "pipeline_vs_quix": ratio(medians["pipeline1"], medians["quix"]),
+        "quixnoop_vs_noop": ratio(medians["quixnoop"], medians["noop"]),
+        # CPU per event, reference / Portrait (> 1: Portrait spends less per event); steadier than
+        # the rates when the box is shared
+        "pipeline_vs_quix_cpu": ratio(cpu_medians["quix"], cpu_medians["pipeline1"]),
     }
     best = max((m for m in (medians["pipeline1"], medians["pipeline2"]) if m), default=None)
     p99 = latency.get("p99_ms") if latency else None
@@ -380,6 +401,9 @@ def format_table(doc: dict[str, Any]) -> str:
     lines.append(f"ratio (3e)/(3) envelopes / single events  : {fmt_ratio(r.get('envelope_vs_single'))}")
     lines.append(f"ratio (3)/(3f) batch / Faust consumer     : {fmt_ratio(r.get('batch_vs_faust_consumer'))}")
     lines.append(f"ratio (1b)/(1) no-op batch / Faust        : {fmt_ratio(r.get('noop_batch_vs_faust'))}")
+    lines.append(f"ratio (3)/(Q) full pipeline / Quix ref    : {fmt_ratio(r.get('pipeline_vs_quix'))}")
+    lines.append(f"ratio (Q0)/(1) Quix no-op / Faust no-op   : {fmt_ratio(r.get('quixnoop_vs_noop'))}")
+    lines.append(f"CPU/event (Q)/(3) Quix ref / pipeline     : {fmt_ratio(r.get('pipeline_vs_quix_cpu'))}")
     lat = doc.get("latency")
     if lat:
         lines.append("")
@@ -1238,9 +1262,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-requests", type=int, default=200, help="calls per endpoint in (7)")
     parser.add_argument(
         "--only",
-        default="noop,noopb,raw,pipeline1,pipeline1f,pipeline2,envelope,latency,memory,api,backfill",
-        help="comma-separated scenarios to run (noop,noopb,raw,pipeline1,pipeline1f,pipeline2,envelope,latency,memory,"
-        "api,backfill; "
+        default="noop,noopb,raw,pipeline1,pipeline1f,pipeline2,envelope,quixnoop,quix,latency,memory,api,backfill",
+        help="comma-separated scenarios to run (noop,noopb,raw,pipeline1,pipeline1f,pipeline2,envelope,quixnoop,quix,"
+        "latency,memory,api,backfill; "
         "also cluster: 2 workers on a 3-master cluster vs standalone, commands per event; "
         "ownwork: the processor's own work per event without Kafka, and each lever of issue 16 undone)",
     )
@@ -1284,6 +1308,13 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         print(f"unknown scenarios: {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
+    if only & QUIX_SCENARIOS:
+        from portrait_dev.bench_quix import quix_available
+
+        missing = quix_available()
+        if missing is not None:
+            print(f"bench: skipping {', '.join(sorted(only & QUIX_SCENARIOS))}: {missing}", flush=True)
+            only -= QUIX_SCENARIOS
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -1375,7 +1406,11 @@ async def _run_all(
         for key, label in THROUGHPUT_SCENARIOS:
             if key not in only:
                 continue
-            if key == "noop":
+            if key in QUIX_SCENARIOS:
+                from portrait_dev.bench_quix import run_quix
+
+                result = await run_quix(bench, rep, "noop" if key == "quixnoop" else "ref")
+            elif key == "noop":
                 result = await run_noop(bench, rep)
             elif key == "noopb":
                 result = await run_noop(bench, rep, consumer="batch")

@@ -114,7 +114,17 @@ def test_result_document_shape_ratios_and_targets() -> None:
     json.dumps(doc)  # serialisable
     assert doc["schema"] == "portrait-bench/1"
     assert set(doc) >= {"config", "environment", "scenarios", "ratios", "latency", "memory", "targets"}
-    assert list(doc["scenarios"]) == ["noop", "noopb", "raw", "pipeline1", "pipeline1f", "pipeline2", "envelope"]
+    assert list(doc["scenarios"]) == [
+        "noop",
+        "noopb",
+        "raw",
+        "pipeline1",
+        "pipeline1f",
+        "pipeline2",
+        "envelope",
+        "quixnoop",
+        "quix",
+    ]
     assert doc["scenarios"]["pipeline1"]["summary"] == {
         "values": [4000.0, 4500.0, 3500.0],
         "median": 4000.0,
@@ -131,6 +141,7 @@ def test_result_document_shape_ratios_and_targets() -> None:
         "p99 event -> profile at half rate": True,
         "Redis memory per user": False,
         "stretch: full pipeline throughput": False,
+        "(6) >= 1.0x the Quix Streams reference per worker": None,
     }
     table = bench.format_table(doc)
     assert "| (3) full pipeline, 1 worker | 4,000 | 3,500 | 4,500 | 3 | — |" in table
@@ -203,3 +214,76 @@ def test_ownwork_baselines_restore_the_levers() -> None:
         with patch():
             assert current() != before, name
         assert current() == before, name
+
+
+def _cpu_runs(rates: list[float], cpu: list[float]) -> list[dict[str, object]]:
+    return [{"rep": i + 1, "rate": r, "cpu_us_per_event": c} for i, (r, c) in enumerate(zip(rates, cpu, strict=True))]
+
+
+def test_result_document_quix_ratios_and_goal_6() -> None:
+    runs = {
+        "noop": _cpu_runs([8000.0, 7000.0, 9000.0], [130.0, 120.0, 140.0]),
+        "pipeline1": _cpu_runs([4000.0, 3000.0, 5000.0], [250.0, 280.0, 275.0]),
+        "quixnoop": _cpu_runs([10000.0, 11000.0, 9000.0], [15.0, 14.0, 16.0]),
+        "quix": _cpu_runs([6000.0, 6500.0, 5500.0], [50.0, 55.0, 45.0]),
+    }
+    doc = bench.result_document(config={}, environment={}, runs=runs, latency=None, memory=None)
+    assert doc["ratios"]["pipeline_vs_quix"] == pytest.approx(4000 / 6000)
+    assert doc["ratios"]["quixnoop_vs_noop"] == pytest.approx(10000 / 8000)
+    assert doc["ratios"]["pipeline_vs_quix_cpu"] == pytest.approx(50 / 275)
+    goal = next(t for t in doc["targets"] if t["name"].startswith("(6)"))
+    assert goal["target"] == ">= 1.0x" and goal["met"] is False
+    assert goal["measured"] == pytest.approx(4000 / 6000)
+    table = bench.format_table(doc)
+    assert "| (Q) Quix Streams reference of the core tag job | 6,000 | 5,500 | 6,500 | 3 | — | 50 |" in table
+    assert "full pipeline / Quix ref    : 0.67×" in table
+    assert "Quix no-op / Faust no-op   : 1.25×" in table
+    assert "| (6) >= 1.0x the Quix Streams reference per worker | >= 1.0x | 0.67× | **no** |" in table
+
+
+def test_quix_reference_state_and_profile_by_hand() -> None:
+    from datetime import UTC, datetime
+
+    from portrait_dev import bench_quix
+
+    def at(*args: int) -> float:
+        return datetime(*args, tzinfo=UTC).timestamp()
+
+    events = [
+        {"type": "order_paid", "ts": "2026-10-15T10:00:00+00:00", "amount": 20.0},  # 47 days before now
+        {"type": "order_paid", "ts": "2026-11-30T09:00:00+00:00", "amount": 10.55},  # yesterday
+        {"type": "page_view", "ts": "2026-12-01T08:00:00+00:00", "page": "/"},
+        # 122 days before the newest event: counted, but its day is past the 90 kept
+        {"type": "order_paid", "ts": "2026-08-01T00:00:00+00:00", "amount": 99.99},
+    ]
+    state = None
+    for event in events:
+        state = bench_quix.ref_update(state, event)
+    assert state is not None
+    assert state["n"] == {"order_paid": 3, "page_view": 1}
+    assert state["fs"] == at(2026, 8, 1) and state["ls"] == at(2026, 12, 1, 8)
+    assert sorted(state["d"].values()) == [[1, 1055], [1, 2000]]
+    now = at(2026, 12, 1, 12)
+    assert bench_quix.ref_profile(state, now) == {
+        "events": "4",
+        "n_order_paid": "3",
+        "n_page_view": "1",
+        "orders_30d": "1",
+        "spend_30d": "10.55",
+        "orders_90d": "2",
+        "spend_90d": "30.55",
+        "buyer_90d": "1",
+        "first_seen": f"{at(2026, 8, 1):.3f}",
+        "last_seen": f"{at(2026, 12, 1, 8):.3f}",
+        "days_since_seen": "0",
+        "_updated_at": f"{now:.3f}",
+    }
+    # 50 days later: no order within 30 days; within 90 only November's (October's aged out)
+    later = bench_quix.ref_profile(state, at(2027, 1, 20, 12))
+    assert (later["orders_30d"], later["orders_90d"], later["spend_90d"], later["buyer_90d"]) == (
+        "0",
+        "1",
+        "10.55",
+        "1",
+    )
+    assert later["days_since_seen"] == "50"

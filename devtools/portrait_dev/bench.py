@@ -52,7 +52,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -708,11 +708,11 @@ def pack(payloads: list[tuple[str, bytes, bytes]], size: int) -> list[tuple[str,
     return out
 
 
-def _prepare_topics(bench: Bench, settings: Settings) -> None:
+def _prepare_topics(bench: Bench, settings: Settings, configs: dict[str, str] | None = None) -> None:
     from stream.contracts.topics import Topics
     from stream.kafka.admin import create_topics
 
-    create_topics(bench.bootstrap, Topics(settings.topic_prefix).all, settings.partitions)
+    create_topics(bench.bootstrap, Topics(settings.topic_prefix).all, settings.partitions, configs=configs)
 
 
 class CpuMeter:
@@ -776,6 +776,48 @@ async def run_noop(bench: Bench, rep: int, consumer: str = "faust") -> dict[str,
         _stop(bench, proc)
     out.update(rep=rep, produce_rate=produced, foreign_cpu=load.share)
     return out
+
+
+async def run_child(
+    bench: Bench, rep: int, scenario: str, argv: list[str], topic_configs: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """A consumer child process (``argv``, e.g. the Quix Streams ones of ``portrait_dev.bench_quix``)
+    on a fresh backlog, measured like (1): it adds each batch to the stats hash's ``messages``."""
+    settings = bench.fresh_settings(scenario)
+    _prepare_topics(bench, settings, topic_configs)
+    produced = await produce(settings, bench.payloads)
+    log = bench.workdir / f"{scenario}-{rep}.log"
+    proc = bench.spawn(argv, settings, log.name)
+    try:
+        with ForeignLoad(bench) as load:
+            wait = _wait_count(settings, len(bench.payloads), bench.timeout, "messages", [proc.pid])
+            out = await _unless_exited(wait, proc, log)
+    finally:
+        _stop(bench, proc)
+    out.update(rep=rep, produce_rate=produced, foreign_cpu=load.share)
+    return out
+
+
+async def _unless_exited(
+    wait: Coroutine[Any, Any, dict[str, Any]], proc: subprocess.Popen[bytes], log: Path
+) -> dict[str, Any]:
+    """``wait``'s result; RuntimeError naming the child's last log line as soon as it exits."""
+    task = asyncio.ensure_future(wait)
+    try:
+        while not task.done():
+            if proc.poll() is not None:
+                lines = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
+                raise RuntimeError(
+                    f"the {log.stem} child exited with {proc.returncode}: {lines[-1] if lines else 'no output'} "
+                    f"(log: {log})"
+                )
+            await asyncio.wait([task], timeout=0.5)
+        return task.result()
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 async def run_raw(bench: Bench, rep: int) -> dict[str, Any]:
@@ -1407,9 +1449,10 @@ async def _run_all(
             if key not in only:
                 continue
             if key in QUIX_SCENARIOS:
-                from portrait_dev.bench_quix import run_quix
+                from portrait_dev.bench_quix import TOPIC_CONFIGS, child_argv
 
-                result = await run_quix(bench, rep, "noop" if key == "quixnoop" else "ref")
+                argv = child_argv("noop" if key == "quixnoop" else "ref")
+                result = await run_child(bench, rep, key, argv, TOPIC_CONFIGS)
             elif key == "noop":
                 result = await run_noop(bench, rep)
             elif key == "noopb":

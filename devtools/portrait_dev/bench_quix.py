@@ -49,17 +49,14 @@ message unchanged (15 µs). The reference should be Quix at its reasonable best,
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from portrait_dev.bench import Bench
     from stream.settings import Settings
 
 DAY = 86400
@@ -67,7 +64,10 @@ WINDOWS_DAYS = (30, 90)
 KEEP_DAYS = max(WINDOWS_DAYS)
 QUIX_COMMIT_INTERVAL = 0.1  # seconds; see the module docstring
 MODES = ("noop", "ref")
-TOPIC_CONFIGS = {"retention.ms": "604800000"}  # Kafka's default retention (7 days); see run_quix
+# the input topics get an explicit retention.ms, Kafka's default (no change there): Quix derives its
+# changelog topic's retention from the input topics' retention.ms, and Tansu describes only the
+# configs a topic was created with (without it the stateful app fails with KeyError 'retention.ms')
+TOPIC_CONFIGS = {"retention.ms": "604800000"}
 
 
 # =============================================================================================
@@ -237,48 +237,11 @@ def quix_available() -> str | None:
     return None
 
 
-async def run_quix(bench: Bench, rep: int, mode: str) -> dict[str, Any]:
-    """One run of ``quixnoop`` (mode ``noop``) or ``quix`` (mode ``ref``) on a fresh backlog."""
-    from portrait_dev.bench import ForeignLoad, _stop, _wait_count, produce
-    from stream.contracts.topics import Topics
-    from stream.kafka.admin import create_topics
-
-    settings = bench.fresh_settings("quixnoop" if mode == "noop" else "quix")
-    # the topics of the other scenarios plus an explicit retention.ms, Kafka's default (no change
-    # there): Quix derives its changelog topic's retention from the input topics' retention.ms, and
-    # Tansu describes only the configs a topic was created with
-    create_topics(bench.bootstrap, Topics(settings.topic_prefix).all, settings.partitions, configs=TOPIC_CONFIGS)
-    produced = await produce(settings, bench.payloads)
-    argv = [sys.executable, "-m", "portrait_dev.bench_quix", mode]
-    log_name = f"quix{mode}-{rep}.log"
-    proc = bench.spawn(argv, settings, log_name)
-    try:
-        with ForeignLoad(bench) as load:
-            wait = _wait_count(settings, len(bench.payloads), bench.timeout, "messages", [proc.pid])
-            out = await _unless_exited(wait, proc, bench.workdir / log_name)
-    finally:
-        _stop(bench, proc)
-    out.update(rep=rep, produce_rate=produced, foreign_cpu=load.share)
-    return out
-
-
-async def _unless_exited(wait: Awaitable[dict[str, Any]], proc: subprocess.Popen[bytes], log: Path) -> dict[str, Any]:
-    """``wait``'s result; RuntimeError naming the child's last log line as soon as it exits."""
-    task = asyncio.ensure_future(wait)
-    try:
-        while not task.done():
-            if proc.poll() is not None:
-                task.cancel()
-                lines = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
-                raise RuntimeError(
-                    f"the Quix Streams child exited with {proc.returncode}: {lines[-1] if lines else 'no output'} "
-                    f"(log: {log})"
-                )
-            await asyncio.wait([task], timeout=0.5)
-        return task.result()
-    finally:
-        if not task.done():
-            task.cancel()
+def child_argv(mode: str) -> list[str]:
+    """The command line of the child process of ``mode`` (``noop`` or ``ref``)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r} (one of {', '.join(MODES)})")
+    return [sys.executable, "-m", "portrait_dev.bench_quix", mode]
 
 
 if __name__ == "__main__":

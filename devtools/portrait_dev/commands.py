@@ -163,10 +163,10 @@ def bench(
         str,
         typer.Option(
             help="Comma-separated scenarios to run "
-            "(noop,noopb,raw,pipeline1,pipeline1f,pipeline2,envelope,latency,memory,api,backfill; "
+            "(noop,noopb,raw,pipeline1,pipeline1f,pipeline2,envelope,quixnoop,quix,latency,memory,api,backfill; "
             "also cluster, and ownwork: the processor's own work per event without Kafka, each lever undone)."
         ),
-    ] = "noop,noopb,raw,pipeline1,pipeline1f,pipeline2,envelope,latency,memory,api,backfill",
+    ] = "noop,noopb,raw,pipeline1,pipeline1f,pipeline2,envelope,quixnoop,quix,latency,memory,api,backfill",
     profile: Annotated[
         bool, typer.Option("--profile", help="py-spy record the worker during pipeline1 rep 1.")
     ] = False,

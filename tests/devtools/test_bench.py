@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import orjson
 import pytest
@@ -287,3 +288,23 @@ def test_quix_reference_state_and_profile_by_hand() -> None:
         "1",
     )
     assert later["days_since_seen"] == "50"
+
+
+def test_a_child_that_exits_ends_the_wait_with_its_last_log_line(tmp_path: Path) -> None:
+    import asyncio
+    import subprocess
+    import sys
+
+    log = tmp_path / "quix-1.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "print('starting'); print('KeyError: x'); raise SystemExit(3)"], stdout=out
+        )
+    proc.wait(30)
+
+    async def forever() -> dict[str, object]:
+        await asyncio.sleep(3600)
+        return {}
+
+    with pytest.raises(RuntimeError, match=r"the quix-1 child exited with 3: KeyError: x \(log: "):
+        asyncio.run(asyncio.wait_for(bench._unless_exited(forever(), proc, log), 30))

@@ -1324,6 +1324,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=300.0, help="max seconds to wait for one run")
 
 
+def _version_of(distribution: str) -> str | None:
+    """The installed version of ``distribution``; None when it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
+
+
 def _environment(handle: Any) -> dict[str, Any]:
     import aiokafka
     import faust
@@ -1335,6 +1345,7 @@ def _environment(handle: Any) -> dict[str, Any]:
         "python": platform.python_version(),
         "faust": getattr(faust, "__version__", "?"),
         "aiokafka": getattr(aiokafka, "__version__", "?"),
+        "quixstreams": _version_of("quixstreams"),
         "broker": handle.broker_kind,
         "broker_version": handle.broker_version,
     }

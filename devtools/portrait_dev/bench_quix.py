@@ -31,9 +31,10 @@ recent event ids in the state), the full tile set (13 counters per day, hours, i
 NPS, lifecycle), the tag catalogue with time-driven re-evaluation, rules and triggers, models,
 the compressed versioned state and the profile both in Valkey (one Lua script per batch).
 
-Delivery: Quix's default at-least-once. A checkpoint flushes the sink (the Redis pipeline), then
-the changelog, then the state, then commits the offsets; a crash before the commit replays
-messages (counters could be applied twice: the reference has no dedupe). Checkpoints are taken
+Delivery: Quix's default at-least-once. A checkpoint flushes the sink (the Redis pipeline),
+produces and flushes the state's changelog, commits the offsets, then flushes RocksDB; a crash
+before the commit replays messages (counters could be applied twice: the reference has no dedupe,
+Portrait applies each event exactly once through the offsets in its state). Checkpoints are taken
 every ``settings.batch_size`` messages (Portrait's batch bound) or ``QUIX_COMMIT_INTERVAL``
 seconds, whichever comes first; Quix's default interval (5 s) would leave the last partial batch
 of the backlog waiting up to 5 s, which is not processing cost.

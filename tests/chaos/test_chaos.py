@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 import redis
 from portrait_dev import synth
-from portrait_dev.harness import settle, start_worker, stop_worker, wait_healthy
+from portrait_dev.harness import outbox_drained, settle, start_worker, stop_worker, wait_healthy
 from portrait_dev.infra import InfraHandle, ManagedProcess, embedded, free_port, wait_for_broker, wait_for_redis
 
 from stream.contracts.topics import Topics
@@ -210,6 +210,7 @@ def test_chaos(tmp_path: Path) -> None:
                 store = store_for(base)
                 try:
                     await settle(store, event_clock=True)
+                    await outbox_drained(store)
                 finally:
                     await store.close()
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from portrait_dev.harness import settle, start_worker, stop_worker, wait_healthy, wait_processed
+from portrait_dev.harness import outbox_drained, settle, start_worker, stop_worker, wait_healthy, wait_processed
 
 from stream.kafka import replay
 from stream.models import MODEL_TAGS
@@ -157,6 +157,7 @@ async def processed_and_settled(
     async with Store.open(settings) as store:
         await wait_processed(store, messages, timeout=timeout, counter=counter)
         await settle(store, event_clock=settings.clock == "event")
+        await outbox_drained(store)
 
 
 def replay_and_settle(settings: Settings, events: list[dict], counter: str = "messages") -> None:

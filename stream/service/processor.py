@@ -335,9 +335,11 @@ class Processor:
             return 0
         wall_time = s.clock == "wall"
         size = WALL_DUE_SLICE if wall_time else len(claimed)
-        done = 0
+        began, done = time.monotonic(), 0
         for start in range(0, len(claimed), size):
             if wall_time:
+                if time.monotonic() - began > s.due_lease_s / 2:
+                    break  # a saturated worker: the rest stays claimed until its lease expires, then is retried
                 await self._ingest_first()
             done += await self._reevaluate(dict(claimed[start : start + size]), now)
         return done

@@ -74,3 +74,46 @@ def test_wall_time_re_evaluations_wait_for_the_batch_of_events_and_come_in_slice
     assert while_ingesting == []
     assert done == USERS
     assert timed == [WALL_DUE_SLICE, WALL_DUE_SLICE, 5]
+
+
+def test_a_saturated_worker_leaves_the_rest_of_its_claim_to_the_lease(make_settings) -> None:
+    """While events keep the worker busy, each slice waits its full ``INGEST_FIRST_S``; once half
+    the claim's lease is spent the rest of the claim is left (its lease expires and the users are
+    claimed again), so the time-driven path never works on users whose lease another claim may
+    already hold. Nothing is lost: every user is re-evaluated once the events let go."""
+    settings = make_settings(clock="wall", due_lease_s=1.0)
+    clicks = Topics(settings.topic_prefix).clickstream
+
+    async def dead(letters: list[DeadLetter]) -> None:
+        raise AssertionError(f"unexpected dead letters: {letters}")
+
+    async def run() -> tuple[int, int]:
+        store = store_for(settings)
+        try:
+            proc = Processor(settings, load_catalogue(), store, dead, Metrics())
+            await proc.process([_view(clicks, n, f"u{n}") for n in range(USERS)])
+            await store.mark_all_due()
+            write, gate = store.write, asyncio.Event()
+
+            async def held(writes: Any, *args: Any) -> Any:
+                if any(w.uid == "live" for w in writes):
+                    await gate.wait()
+                return await write(writes, *args)
+
+            store.write = held  # type: ignore[method-assign]
+            ingest = asyncio.create_task(proc.process([_view(clicks, USERS, "live")]))
+            await asyncio.sleep(0.05)
+            while_busy = await proc.reevaluate_due()
+            gate.set()
+            await ingest
+            rest, deadline = 0, asyncio.get_running_loop().time() + 30
+            while while_busy + rest < USERS and asyncio.get_running_loop().time() < deadline:
+                rest += await proc.reevaluate_due()
+                await asyncio.sleep(0.2)
+            return while_busy, rest
+        finally:
+            await store.close()
+
+    while_busy, rest = asyncio.run(run())
+    assert while_busy == WALL_DUE_SLICE  # one slice, after its full wait; then half the lease was gone
+    assert while_busy + rest == USERS

@@ -9,7 +9,6 @@ from typing import Any
 from faust.types import TP
 
 from stream.contracts.topics import Topics
-from stream.core.steps import rescored_cuts
 from stream.service.processor import Processor
 from stream.settings import Settings
 from stream.storage.store import Ends
@@ -50,11 +49,6 @@ def register_timers(app: Any, processor: Processor, settings: Settings) -> None:
     # the event-time watermark checks the stored progress against the broker's end offsets
     processor.input_ends = lambda: input_ends(app, inputs)
     observed_at = [float("-inf")]  # monotonic time of the last read of the gauges
-    needed = settings.clock == "event" and settings.time_steps == "needed"
-
-    def cuts() -> dict[str, frozenset[int]] | None:
-        """The RFM cut points whose move re-scores users now (all but in a needed-steps replay)."""
-        return rescored_cuts(processor.rules) if needed else None
 
     async def reevaluate() -> None:
         # Drain everything due now, a bounded batch at a time, so a clock jump catches up at once.
@@ -65,7 +59,7 @@ def register_timers(app: Any, processor: Processor, settings: Settings) -> None:
                 mark = await processor.now()
                 if mark - refreshed_at[0] >= settings.rfm_refresh_event_s:
                     # users whose scores the new thresholds move are made due, and re-scored below
-                    await processor.store.refresh_rfm(mark, cuts())
+                    await processor.store.refresh_rfm(mark, processor.rescored_cuts())
                     refreshed_at[0] = mark
             # users may be due several times within one clock jump (each change point); bounded per tick
             for _ in range(100):
@@ -83,7 +77,7 @@ def register_timers(app: Any, processor: Processor, settings: Settings) -> None:
     async def refresh_rfm() -> None:
         try:
             now = await processor.now()
-            await processor.store.refresh_rfm(now, cuts())
+            await processor.store.refresh_rfm(now, processor.rescored_cuts())
         except Exception:
             processor.metrics.processing_errors.labels("rfm_refresh").inc()
             log.exception("RFM threshold refresh failed")

@@ -73,13 +73,13 @@ def catch_up(steps: Steps, uid: str, version: int, state: UserState, until: floa
     live processing would have. Each step counts as settled up to ``until`` (or the context's
     ``settled``, if lower).
     """
-    settled: PlanContext | None = None
+    settled: PlanContext | None = None  # built at the first step: most calls take none
     taken = 0
     while (
         taken < MAX_CATCH_UP_STEPS and state.due_at is not None and (state.evaluated_at or 0.0) < state.due_at <= until
     ):
-        bound = until if context.settled is None else min(until, context.settled)
-        settled = settled or replace(context, settled=bound)
+        if settled is None:
+            settled = replace(context, settled=until if context.settled is None else min(until, context.settled))
         step = plan_write(uid, version, state, state.due_at, settled)
         steps.add(step)
         taken += 1
@@ -219,7 +219,9 @@ class _Planner:
     ) -> None:
         self.owner, self.loaded, self.context, self.now, self.event_time = owner, loaded, context, now, event_time
         self.apply = apply
-        self.mark = steps_until if steps_until is not None else now if context.settled is None else context.settled
+        if steps_until is None:
+            steps_until = now if context.settled is None else context.settled
+        self.mark = steps_until
         uids = list(dict.fromkeys(owner(v) for v in valid))
         self.states = {uid: merges.states.get(uid) or loaded[uid].state or UserState() for uid in uids}
         self.latest: dict[str, float] = {}  # user -> their latest event in the batch

@@ -57,7 +57,6 @@ from stream.contracts.deadletter import DeadLetter
 from stream.contracts.events import parse_event
 from stream.contracts.topics import Topics
 from stream.core.pipeline import Message, PlanContext, plan_write
-from stream.core.steps import rescored_cuts
 from stream.core.writes import Decided, UserWrite
 from stream.kafka.replay import route
 from stream.metrics import Metrics
@@ -274,8 +273,7 @@ async def _replay(
             await processor.retry("clock", store.advance_clock, current * rfm_interval)
             await drain()
         period = current
-        cuts = rescored_cuts(processor.rules) if settings.time_steps == "needed" else None
-        await processor.retry("rfm_refresh", store.refresh_rfm, current * rfm_interval, cuts)
+        await processor.retry("rfm_refresh", store.refresh_rfm, current * rfm_interval, processor.rescored_cuts())
         run.rfm_refreshes += 1
 
     async def train(clock: float, final: bool = False) -> None:

@@ -33,6 +33,7 @@ from stream.core.identity import anonymous_subjects, merge, refuse_blocked, reso
 from stream.core.intake import Message, Valid, intake
 from stream.core.pipeline import PlanContext
 from stream.core.progress import InputProgress, Progress
+from stream.core.steps import rescored_cuts
 from stream.core.writes import LoadedUser, UserWrite
 from stream.identity.merge import IdentityPolicy
 from stream.metrics import Metrics
@@ -389,6 +390,12 @@ class Processor:
             settled=settled,
             retention_days=self.settings.lifecycle_retention_days,
         )
+
+    def rescored_cuts(self) -> dict[str, frozenset[int]] | None:
+        """The RFM cut points whose move re-scores users at once (``Store.refresh_rfm``): all
+        (None), except in an event-time replay of needed steps (``steps.rescored_cuts``)."""
+        s = self.settings
+        return rescored_cuts(self.rules) if s.clock == "event" and s.time_steps == "needed" else None
 
     async def sync_models(self) -> None:
         """Score with the trainer's newer checkpoint, if the last ``load`` saw one."""

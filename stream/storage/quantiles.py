@@ -60,7 +60,8 @@ async def select(
             raise ValueError(f"rank {request.rank} outside 0..{sum(counts) - 1}")
     while pending := [r for r in requests if r.answer is None]:
         pipe = client.pipeline(transaction=False)
-        reads: list[tuple[Request, bool, int, int | None]] = []  # (request, whole window?, shard, reply index)
+        # (request, whole window?, shard, (set, first, last), reply index: None for a known set)
+        reads: list[tuple[Request, bool, int, tuple[str, int, int], int | None]] = []
         asked: dict[tuple[str, int, int], int] = {}  # one read per (set, range): cut points share windows
         for r in pending:
             left = _left(r)
@@ -71,24 +72,22 @@ async def select(
                     start = lo if whole else lo + min(hi - lo - 1, target * (hi - lo) // left)
                     span = (r.keys[i], start, hi - 1 if whole else start)
                     if span[0] in known:
-                        reads.append((r, whole, i, None))
+                        reads.append((r, whole, i, span, None))
                         continue
                     if span not in asked:
                         asked[span] = len(asked)
                         pipe.zrange(span[0], span[1], span[2], withscores=True)
-                    reads.append((r, whole, i, asked[span]))
+                    reads.append((r, whole, i, span, asked[span]))
         fetched = await pipe.execute() if asked else []
         picks: dict[int, list[tuple[float, int]]] = {}
         merged: dict[int, list[float]] = {}
-        for r, whole, i, at in reads:
-            lo, hi = r.lo[i], r.hi[i]
-            if at is None:  # known: the same slice a read would have returned
-                start = lo if whole else lo + min(hi - lo - 1, (r.rank - sum(r.lo)) * (hi - lo) // _left(r))
-                scores = known[r.keys[i]][start : hi if whole else start + 1]
+        for r, whole, i, (key, first, last), at in reads:
+            if at is None:  # known: the same slice the read would have returned
+                scores = known[key][first : last + 1]
             else:
                 scores = [float(score) for _, score in fetched[at]]
-                if whole and lo == 0 and hi == sizes_of[id(r)][i]:
-                    known[r.keys[i]] = scores
+                if whole and first == 0 and last + 1 == sizes_of[id(r)][i]:
+                    known[key] = scores
             if whole:
                 merged.setdefault(id(r), []).extend(scores)
             elif scores:

@@ -7,7 +7,7 @@ engine with an independent offline implementation of that document.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
@@ -261,24 +261,25 @@ _WINDOW_DAYS = {"7d": 7, "30d": 30, "35d": 35, "90d": LONGEST_WINDOW_DAYS}
 _ALL_KINDS = frozenset({*_WINDOW_DAYS, "cart", "nps"})
 
 
+@lru_cache(maxsize=256)
+def _kinds(tags: frozenset[str]) -> frozenset[str]:
+    """The kinds of change point that can move one of ``tags`` (all, for a tag of unknown timing)."""
+    if all(t in CHANGES_AT for t in tags):
+        return frozenset(k for t in tags for k in CHANGES_AT[t])
+    return _ALL_KINDS
+
+
 def change_points(
     state: UserState,
     params: TagParams,
     retention_days: int = DEFAULT_RETENTION_DAYS,
-    tags: Iterable[str] | None = None,
+    tags: Collection[str] | None = None,
 ) -> list[float]:
     """The times at which a tag other than the day counters (``DAY_COUNTERS``) can change without
     an event: window edges, cart and NPS timers, retention. With ``tags`` only those that can
     change one of them (``CHANGES_AT``; a tag of unknown timing: all). Unordered, possibly
     repeated; they do not depend on the clock, so a caller probing them in turn computes them once."""
-    if tags is None:
-        kinds: frozenset[str] = _ALL_KINDS
-    else:
-        wanted = list(tags)
-        if all(t in CHANGES_AT for t in wanted):
-            kinds = frozenset(k for t in wanted for k in CHANGES_AT[t])
-        else:
-            kinds = _ALL_KINDS
+    kinds = _ALL_KINDS if tags is None else _kinds(frozenset(tags))
     points = [retention_end(state, retention_days)]
     widths = [w for k, w in _WINDOW_DAYS.items() if k in kinds]
     for day in state.tiles:

@@ -15,6 +15,10 @@ few pipelined round trips and without reading the sets whole:
 
 Shards hold random samples of the population (users are placed by a hash), so the proportional
 pick lands next to the answer and one or two rounds usually suffice.
+
+The sets may change while a selection runs (batches rank their users between its round trips):
+a read that returns fewer members than its window held raises ``SetsChanged``, and the caller
+starts over from fresh sizes (``Store.refresh_rfm``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 FETCH_ALL = 4096  # read the remaining windows whole once they hold at most this many members
+
+
+class SetsChanged(RuntimeError):
+    """A sorted set shrank between reading its size and reading its members: start over."""
 
 
 @dataclass
@@ -86,18 +94,23 @@ async def select(
                 scores = known[key][first : last + 1]
             else:
                 scores = [float(score) for _, score in fetched[at]]
+                if len(scores) < last + 1 - first:
+                    raise SetsChanged(f"{key} holds fewer than {last + 1} members")
                 if whole and first == 0 and last + 1 == sizes_of[id(r)][i]:
                     known[key] = scores
             if whole:
                 merged.setdefault(id(r), []).extend(scores)
-            elif scores:
+            else:
                 picks.setdefault(id(r), []).append((scores[0], r.hi[i] - r.lo[i]))
         counting: list[tuple[Request, float]] = []
         for r in pending:
-            if id(r) in merged:
-                r.answer = sorted(merged[id(r)])[r.rank - sum(r.lo)]
-            else:
+            at = r.rank - sum(r.lo)
+            if id(r) in merged and 0 <= at < len(merged[id(r)]):
+                r.answer = sorted(merged[id(r)])[at]
+            elif id(r) in picks and id(r) not in merged:
                 counting.append((r, _weighted_median(picks[id(r)])))
+            else:  # the counts of a set that grew since its size was read cut past the answer
+                raise SetsChanged(f"rank {r.rank} of {r.keys[0]}... left every window")
         if counting:
             await _cut(client, counting)
     return [r.answer for r in requests if r.answer is not None]

@@ -53,7 +53,7 @@ from stream.storage.keys import (
     layout_value,
     shard_of_token,
 )
-from stream.storage.quantiles import FETCH_ALL, Request, score_text, select
+from stream.storage.quantiles import FETCH_ALL, Request, SetsChanged, score_text, select
 from stream.storage.reads import Pair, Reads
 from stream.tagging.engine import RfmThresholds
 from stream.tagging.state import UserState
@@ -64,6 +64,7 @@ AUDIENCE_TTL_S = 92 * 86400
 RANK_METRICS = ("r", "f", "m")  # the population rank sets behind the RFM thresholds, in script order
 OUTBOX_GROUP = "senders"
 MAX_ERASE_ATTEMPTS = 20  # erase re-reads the state when a write moved its version in between
+RFM_SELECT_ATTEMPTS = 5  # refresh_rfm starts over when batches changed the rank sets under its selection
 # Every shard's due set and outbox are visited at least this often (wall seconds); in between,
 # claims visit the shards the due index says are due and deliveries the shards this worker wrote
 # triggers to. The sweep also returns expired claim leases and a dead sender's outbox entries.
@@ -751,23 +752,17 @@ class Store:
         The quintile rule lives here only: cut point k (1..4) of n ranked users is the score at
         0-based rank ceil(k * n / 5) - 1 of the whole population (no cut points while it is empty).
         """
-        shards = range(self.keys.shards)
-        sizes, seen, stored, pending = await self._rank_sizes()
+        for attempt in range(1, RFM_SELECT_ATTEMPTS + 1):
+            sizes, seen, stored, pending = await self._rank_sizes()
+            if pending:  # an earlier refresh stopped before making its users due: finish that first
+                await self._mark_rescored(orjson.loads(pending))
+            try:
+                cuts = await self._cut_points(sizes, seen)
+                break
+            except SetsChanged:
+                if attempt == RFM_SELECT_ATTEMPTS:
+                    raise
         old = [decode_text(v) if v else "" for v in stored]
-        if pending:  # an earlier refresh stopped before making its users due: finish that first
-            await self._mark_rescored(orjson.loads(pending))
-        requests: list[Request] = []
-        slots: list[tuple[int, int]] = []  # (metric index, cut point index)
-        request_sizes: list[list[int]] = []
-        for j, metric in enumerate(RANK_METRICS):
-            n = sum(sizes[j])
-            for k in range(1, 5) if n else ():
-                requests.append(Request([self.keys.rank(s, metric) for s in shards], -(-k * n // 5) - 1))
-                slots.append((j, k - 1))
-                request_sizes.append(sizes[j])
-        cuts: list[list[str]] = [[] for _ in RANK_METRICS]
-        for (j, _), score in zip(slots, await select(self.client, requests, request_sizes, seen), strict=True):
-            cuts[j].append(score_text(score))
         new = [",".join(c) for c in cuts]
         ranges: list[str] = []
         for j in range(len(RANK_METRICS)):
@@ -789,6 +784,23 @@ class Store:
         if int(changed):
             await self._mark_rescored(ranges, [sizes[j] for j in range(len(RANK_METRICS))], seen)
         return int(version or 0)
+
+    async def _cut_points(self, sizes: list[list[int]], seen: dict[str, list[float]]) -> list[list[str]]:
+        """Metric -> its cut points (as ranked) for rank sets of ``sizes``: the quintile rule."""
+        shards = range(self.keys.shards)
+        requests: list[Request] = []
+        slots: list[int] = []  # metric index of each request
+        request_sizes: list[list[int]] = []
+        for j, metric in enumerate(RANK_METRICS):
+            n = sum(sizes[j])
+            for k in range(1, 5) if n else ():
+                requests.append(Request([self.keys.rank(s, metric) for s in shards], -(-k * n // 5) - 1))
+                slots.append(j)
+                request_sizes.append(sizes[j])
+        cuts: list[list[str]] = [[] for _ in RANK_METRICS]
+        for j, score in zip(slots, await select(self.client, requests, request_sizes, seen), strict=True):
+            cuts[j].append(score_text(score))
+        return cuts
 
     async def _rank_sizes(self) -> tuple[list[list[int]], dict[str, list[float]], list[Any], Any]:
         """(metric -> shard -> members of its rank set, the rank sets read whole: key -> scores,

@@ -304,6 +304,48 @@ def test_quintile_thresholds_follow_the_redis_script(settings: Settings) -> None
     assert asyncio.run(run([])) == ()
 
 
+def test_quintile_thresholds_start_over_when_batches_change_the_rank_sets(settings: Settings) -> None:
+    """A batch that re-ranks users between the refresh's size read and its member reads (seen in
+    an event-time backfill: the selection read past a shrunk set and failed with IndexError):
+    the refresh starts over and gives the quintiles of the sets as they are then."""
+    rng = random.Random(11)
+    values = [float(rng.randint(0, 5000)) for _ in range(12000)]
+    kept = values[:1500]  # the "batch" removes the rest right after the first size read
+
+    async def run() -> tuple[tuple[float, ...], int]:
+        store = Store.from_settings(
+            settings.model_copy(update={"key_prefix": f"{settings.key_prefix}-rfm-{uuid.uuid4().hex[:6]}"})
+        )
+        keys, reads = store.keys, [0]
+        try:
+            pipe = store.client.pipeline(transaction=False)
+            for i, v in enumerate(values):
+                pipe.zadd(keys.rank(keys.shard(f"u{i}"), "r"), {f"u{i}": v})
+            await pipe.execute()
+            sizes_of = store._rank_sizes
+
+            async def sizes_then_a_batch() -> Any:
+                sizes = await sizes_of()
+                reads[0] += 1
+                if reads[0] == 1:
+                    pipe = store.client.pipeline(transaction=False)
+                    for i in range(len(kept), len(values)):
+                        pipe.zrem(keys.rank(keys.shard(f"u{i}"), "r"), f"u{i}")
+                    await pipe.execute()
+                return sizes
+
+            store._rank_sizes = sizes_then_a_batch  # type: ignore[method-assign]
+            await store.refresh_rfm(T0)
+            return (await store.rfm_thresholds()).r, reads[0]
+        finally:
+            await store.delete_namespace()
+            await store.close()
+
+    thresholds, size_reads = asyncio.run(run())
+    assert size_reads == 2  # the first selection saw the change and the refresh started over
+    assert list(thresholds) == oracle.rfm_thresholds(kept)
+
+
 # Synthetic personas (users=400, events=12000 over 90 days, seed 7), 30-day horizon, cutoffs on
 # days 45 and 60. Only 30 days of closed label windows before the last cutoff (50 examples): this
 # checks the evaluation's customers, labels and tables against the events and the segments; the

@@ -620,6 +620,13 @@ def _busy_jiffies() -> int:
     return sum(values) - values[3] - (values[4] if len(values) > 4 else 0)  # minus idle and iowait
 
 
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return str(pid)
+
+
 def _pid_jiffies(pid: int) -> int:
     """utime + stime (+ reaped children's) of one process in clock ticks; 0 when gone."""
     try:
@@ -720,11 +727,13 @@ class CpuMeter:
     unlike the rate, it barely moves when other processes share the cores. ``wait_processed``
     calls ``update`` at every increase of the counter."""
 
-    def __init__(self, pids: list[int]) -> None:
+    def __init__(self, pids: list[int], services: list[int] | None = None) -> None:
         self.pids = pids
+        self.services = services or []  # broker and Valkey: their share of the cores is reported too
         self.first: tuple[int, int] | None = None  # (count, jiffies) at the first increase
         self.last: tuple[int, int] | None = None
         self.count = 0
+        self.marks: list[tuple[float, dict[str, int]]] = []  # (monotonic, jiffies per role) first, last
 
     def update(self, n: int) -> None:
         if n <= 0:  # the first poll reports 0 (the worker still starting: not part of the run)
@@ -734,6 +743,25 @@ class CpuMeter:
         if self.first is None:
             self.first = sample
         self.last = sample
+        mark = (time.monotonic(), self._by_role())
+        self.marks[1:] = [mark] if self.marks else []
+        if not self.marks:
+            self.marks.append(mark)
+
+    def _by_role(self) -> dict[str, int]:
+        roles: dict[str, int] = {"workers": sum(_pid_jiffies(p) for p in self.pids), "machine": _busy_jiffies()}
+        for pid in self.services:
+            roles[_comm(pid)] = roles.get(_comm(pid), 0) + _pid_jiffies(pid)
+        return roles
+
+    def cores(self) -> dict[str, float] | None:
+        """Cores used per role from the first counted message to the last: the workers, each
+        service by its command name, ``machine`` (every process, busy jiffies of /proc/stat)."""
+        if len(self.marks) < 2 or self.marks[1][0] <= self.marks[0][0]:
+            return None
+        (t0, a), (t1, b) = self.marks
+        ticks = os.sysconf("SC_CLK_TCK") * (t1 - t0)
+        return {role: (b[role] - a.get(role, 0)) / ticks for role in b}
 
     def us_per_message(self) -> float | None:
         if self.first is None or self.last is None or self.last[0] <= self.first[0]:
@@ -743,12 +771,17 @@ class CpuMeter:
 
 
 async def _wait_count(
-    settings: Settings, total: int, timeout: float, counter: str, pids: list[int] | None = None
+    settings: Settings,
+    total: int,
+    timeout: float,
+    counter: str,
+    pids: list[int] | None = None,
+    services: list[int] | None = None,
 ) -> dict[str, Any]:
     from portrait_dev.harness import wait_processed
 
     store = _store(settings)
-    meter = CpuMeter(pids or [])
+    meter = CpuMeter(pids or [], services)
     try:
         result = await wait_processed(store, total, timeout=timeout, counter=counter, progress=meter)
         stats = await store.stats()
@@ -761,6 +794,7 @@ async def _wait_count(
         # the Redis commands of this wait (each counter read is one HGETALL per shard and the store's)
         "wait_commands": (result.polls + 1) * (store.keys.shards + 1),
         "cpu_us_per_event": meter.us_per_message() if pids else None,
+        "cores": meter.cores() if pids else None,
     }
 
 
@@ -891,10 +925,12 @@ async def run_pipeline(
             s = settings if i == 0 else settings.model_copy(update={"web_port": _free_port()})
             procs.append(bench.start_worker(s, f"pipeline{workers}-{rep}-w{i}.log"))
         if profile_dir is not None:
-            spies.append(_start_py_spy(bench, procs[0].pid, profile_dir))
+            spies += [_start_py_spy(bench, p.pid, profile_dir, f"worker{i}.txt") for i, p in enumerate(procs)]
         with ForeignLoad(bench) as load:
             pids = [p.pid for p in procs]
-            out = await _wait_count(settings, len(bench.payloads), bench.timeout, "events_applied", pids)
+            out = await _wait_count(
+                settings, len(bench.payloads), bench.timeout, "events_applied", pids, bench.service_pids
+            )
     finally:
         for spy in spies:
             _stop_py_spy(spy)
@@ -917,15 +953,25 @@ def _py_spy() -> str | None:
     return str(candidate) if candidate.exists() else None
 
 
-def _start_py_spy(bench: Bench, pid: int, out_dir: Path) -> subprocess.Popen[bytes]:
+def _start_py_spy(bench: Bench, pid: int, out_dir: Path, name: str = "worker0.txt") -> subprocess.Popen[bytes]:
     exe = _py_spy()
     if exe is None:
         raise RuntimeError("py-spy is not installed in this environment (pip install py-spy)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    argv = [exe, "record", "--pid", str(pid), "--rate", "200", "--format", "raw", "-o", str(out_dir / "worker.txt")]
+    argv = [exe, "record", "--pid", str(pid), "--rate", "200", "--format", "raw", "-o", str(out_dir / name)]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=(out_dir / "py-spy.log").open("ab"))
     bench.procs.append(proc)
     return proc
+
+
+def _print_profiles(profile_dir: Path) -> None:
+    """The breakdown of every worker profile recorded (``--profile``: rep 1 of each pipeline scenario)."""
+    for raw in sorted(profile_dir.glob("*/worker*.txt")):
+        samples, shares = profile_breakdown(raw.read_text())
+        raw.with_suffix(".json").write_text(json.dumps({"samples": samples, "shares": shares}, indent=2))
+        print(f"  py-spy profile, {raw.parent.name} {raw.stem} (rep 1, {samples} samples, start-up excluded):")
+        for name, share in shares:
+            print(f"    {100 * share:5.1f} %  {name}", flush=True)
 
 
 def _stop_py_spy(proc: subprocess.Popen[bytes]) -> None:
@@ -1319,7 +1365,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="needed",
         help="PORTRAIT_TIME_STEPS of the backfill (8): needed (fast) or every (the per-day path)",
     )
-    parser.add_argument("--profile", action="store_true", help="py-spy record the worker during pipeline1 rep 1")
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy every worker in rep 1 of pipeline1, pipeline2, envelope"
+    )
     parser.add_argument("--out", default="results", help="directory for the JSON and PNG")
     parser.add_argument("--timeout", type=float, default=300.0, help="max seconds to wait for one run")
 
@@ -1470,30 +1518,27 @@ async def _run_all(
                 result = await run_noop(bench, rep, consumer="batch")
             elif key == "raw":
                 result = await run_raw(bench, rep)
-            elif key == "envelope":
-                result = await run_pipeline(bench, rep, 1, envelope=ENVELOPE_EVENTS)
             elif key == "pipeline1f":
                 result = await run_pipeline(bench, rep, 1, consumer="faust")
             else:
-                workers = 1 if key == "pipeline1" else 2
-                spy = profile_dir if args.profile and key == "pipeline1" and rep == 1 else None
-                result = await run_pipeline(bench, rep, workers, spy)
+                spy = profile_dir / key if args.profile and rep == 1 else None
+                envelope = ENVELOPE_EVENTS if key == "envelope" else 0
+                result = await run_pipeline(bench, rep, 2 if key == "pipeline2" else 1, spy, envelope=envelope)
             runs[key].append(result)
             busy = result.get("foreign_cpu", 0.0)
             warn = f"  WARNING: other processes used {100 * busy:.0f} % of the CPU" if busy > FOREIGN_WARN else ""
             cpu = result.get("cpu_us_per_event")
+            cores = result.get("cores")
             print(
                 f"  rep {rep} {label:<46} {result['rate']:>9,.0f} ev/s"
                 f"{f', {cpu:,.0f} µs CPU/event' if cpu is not None else ''}"
                 f"  (produced at {result['produce_rate']:,.0f} ev/s){warn}",
                 flush=True,
             )
-    if args.profile and (profile_dir / "worker.txt").exists():
-        samples, shares = profile_breakdown((profile_dir / "worker.txt").read_text())
-        profile_dir.joinpath("breakdown.json").write_text(json.dumps({"samples": samples, "shares": shares}, indent=2))
-        print(f"  py-spy profile of worker (pipeline1 rep 1, {samples} samples, start-up excluded):", flush=True)
-        for name, share in shares:
-            print(f"    {100 * share:5.1f} %  {name}", flush=True)
+            if cores:
+                print("        cores used: " + ", ".join(f"{k} {v:.2f}" for k, v in cores.items()), flush=True)
+    if args.profile:
+        _print_profiles(profile_dir)
     latency = memory = None
     if "backfill" in only:
         from portrait_dev.bench_backfill import run_backfill

@@ -168,7 +168,7 @@ def bench(
         ),
     ] = "noop,noopb,raw,pipeline1,pipeline1f,pipeline2,envelope,quixnoop,quix,latency,memory,api,backfill",
     profile: Annotated[
-        bool, typer.Option("--profile", help="py-spy record the worker during pipeline1 rep 1.")
+        bool, typer.Option("--profile", help="py-spy every worker in rep 1 of pipeline1, pipeline2, envelope.")
     ] = False,
     out: Annotated[Path, typer.Option(file_okay=False, help="Directory for the JSON and PNG.")] = Path("results"),
     timeout: Annotated[float, typer.Option(help="Max seconds to wait for one run.")] = 300.0,

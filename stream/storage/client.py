@@ -47,6 +47,7 @@ SCRIPT_NAMES = (
     "set_due_index",
     "mark_due",
     "set_thresholds",
+    "rank_probe",
     "lease",
     "advance_clock",
 )

@@ -13,12 +13,17 @@ few pipelined round trips and without reading the sets whole:
   every window is cut at the pivot (at least a quarter of what is left goes);
 * once few enough remain, the windows are read and merged, and the answer picked.
 
+Each round's probes of a shard go in one call (``rank_probe.lua``), so a round costs one command
+per shard whatever the number of requests.
+
 Shards hold random samples of the population (users are placed by a hash), so the proportional
 pick lands next to the answer and one or two rounds usually suffice.
 
 The sets may change while a selection runs (batches rank their users between its round trips):
-a read that returns fewer members than its window held raises ``SetsChanged``, and the caller
-starts over from fresh sizes (``Store.refresh_rfm``).
+a set probed at another size than the one the selection began with raises ``SetsChanged`` (so do
+a short read and windows that stop narrowing), and the caller starts over from fresh sizes
+(``Store.refresh_rfm``). A member re-ranked in between (the size unchanged) can shift the answer
+by that member; the next refresh reads the sets as they are then.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from stream.storage.client import run_scripts
 
 FETCH_ALL = 4096  # read the remaining windows whole once they hold at most this many members
 
@@ -48,6 +55,43 @@ def score_text(score: float) -> str:
     return str(int(score)) if score.is_integer() and abs(score) < 1e17 else repr(score)
 
 
+class _Probes:
+    """One round's probes, grouped per shard into one ``rank_probe`` call each (``keys[i]`` of
+    every request is shard i's set: they share its cluster slot). The same probe asked twice is
+    sent once (cut points share windows)."""
+
+    def __init__(self, sizes: dict[str, int]) -> None:
+        self.sizes = sizes  # key -> members when the selection began: a set of another size changed
+        self.keys: dict[int, list[str]] = {}
+        self.args: dict[int, list[Any]] = {}
+        self.asked: dict[tuple[int, str, str, Any, Any], int] = {}
+        self.replies: dict[int, list[Any]] = {}
+
+    def add(self, shard: int, key: str, kind: str, a: Any, b: Any = "") -> tuple[int, int]:
+        """Ask shard ``shard``'s set ``key`` a probe (rank_probe.lua's kinds); returns its reply's
+        address for ``reply``."""
+        probe = (shard, key, kind, a, b)
+        if probe not in self.asked:
+            keys, args = self.keys.setdefault(shard, []), self.args.setdefault(shard, [])
+            if key not in keys:
+                keys.append(key)
+            self.asked[probe] = len(args) // 4
+            args.extend((kind, keys.index(key) + 1, a, b))
+        return shard, self.asked[probe]
+
+    async def run(self, client: Any) -> None:
+        shards = list(self.args)
+        calls = [("rank_probe", self.keys[s], self.args[s]) for s in shards]
+        self.replies = dict(zip(shards, await run_scripts(client, calls), strict=True))
+        for shard, (cards, *_) in self.replies.items():
+            for key, card in zip(self.keys[shard], cards, strict=True):
+                if int(card) != self.sizes[key]:
+                    raise SetsChanged(f"{key} holds {int(card)} members, not {self.sizes[key]}")
+
+    def reply(self, address: tuple[int, int]) -> Any:
+        return self.replies[address[0]][address[1] + 1]
+
+
 async def select(
     client: Any,
     requests: Sequence[Request],
@@ -61,16 +105,18 @@ async def select(
     call reads whole, so the caller can use them without reading them again either."""
     known = {} if known is None else known
     sizes_of = {id(r): list(counts) for r, counts in zip(requests, sizes, strict=True)}
+    size_of_set = {
+        key: n for r, counts in zip(requests, sizes, strict=True) for key, n in zip(r.keys, counts, strict=True)
+    }
     for request, counts in zip(requests, sizes, strict=True):
         request.lo = [0] * len(counts)
         request.hi = list(counts)
         if not 0 <= request.rank < sum(counts):
             raise ValueError(f"rank {request.rank} outside 0..{sum(counts) - 1}")
     while pending := [r for r in requests if r.answer is None]:
-        pipe = client.pipeline(transaction=False)
-        # (request, whole window?, shard, (set, first, last), reply index: None for a known set)
-        reads: list[tuple[Request, bool, int, tuple[str, int, int], int | None]] = []
-        asked: dict[tuple[str, int, int], int] = {}  # one read per (set, range): cut points share windows
+        probes = _Probes(size_of_set)
+        # (request, whole window?, shard, (set, first, last), reply address: None for a known set)
+        reads: list[tuple[Request, bool, int, tuple[str, int, int], tuple[int, int] | None]] = []
         for r in pending:
             left = _left(r)
             whole = left <= FETCH_ALL
@@ -79,21 +125,16 @@ async def select(
                 if hi > lo:
                     start = lo if whole else lo + min(hi - lo - 1, target * (hi - lo) // left)
                     span = (r.keys[i], start, hi - 1 if whole else start)
-                    if span[0] in known:
-                        reads.append((r, whole, i, span, None))
-                        continue
-                    if span not in asked:
-                        asked[span] = len(asked)
-                        pipe.zrange(span[0], span[1], span[2], withscores=True)
-                    reads.append((r, whole, i, span, asked[span]))
-        fetched = await pipe.execute() if asked else []
+                    address = None if span[0] in known else probes.add(i, span[0], "z", span[1], span[2])
+                    reads.append((r, whole, i, span, address))
+        await probes.run(client)
         picks: dict[int, list[tuple[float, int]]] = {}
         merged: dict[int, list[float]] = {}
-        for r, whole, i, (key, first, last), at in reads:
-            if at is None:  # known: the same slice the read would have returned
+        for r, whole, i, (key, first, last), address in reads:
+            if address is None:  # known: the same slice the read would have returned
                 scores = known[key][first : last + 1]
             else:
-                scores = [float(score) for _, score in fetched[at]]
+                scores = [float(score) for score in probes.reply(address)]
                 if len(scores) < last + 1 - first:
                     raise SetsChanged(f"{key} holds fewer than {last + 1} members")
                 if whole and first == 0 and last + 1 == sizes_of[id(r)][i]:
@@ -112,7 +153,7 @@ async def select(
             else:  # the counts of a set that grew since its size was read cut past the answer
                 raise SetsChanged(f"rank {r.rank} of {r.keys[0]}... left every window")
         if counting:
-            await _cut(client, counting)
+            await _cut(client, counting, size_of_set)
     return [r.answer for r in requests if r.answer is not None]
 
 
@@ -130,25 +171,25 @@ def _weighted_median(picks: list[tuple[float, int]]) -> float:
     return picks[-1][0]
 
 
-async def _cut(client: Any, counting: list[tuple[Request, float]]) -> None:
+async def _cut(client: Any, counting: list[tuple[Request, float]], sizes: dict[str, int]) -> None:
     """Count below / at most each pivot and narrow the windows (or settle the answer)."""
-    pipe = client.pipeline(transaction=False)
-    asked: list[tuple[Request, int]] = []
+    probes = _Probes(sizes)
+    asked: list[tuple[Request, int, tuple[int, int]]] = []
     for r, pivot in counting:
         text = score_text(pivot)
         for i, (lo, hi) in enumerate(zip(r.lo, r.hi, strict=True)):
             if hi > lo:  # an empty window's counts are known: everything before lo is below
-                pipe.zcount(r.keys[i], "-inf", f"({text}")
-                pipe.zcount(r.keys[i], "-inf", text)
-                asked.append((r, i))
-    replies = iter(await pipe.execute())
+                asked.append((r, i, probes.add(i, r.keys[i], "c", text)))
+    await probes.run(client)
     below: dict[int, dict[int, tuple[int, int]]] = {}
-    for r, i in asked:
-        below.setdefault(id(r), {})[i] = (int(next(replies)), int(next(replies)))
+    for r, i, address in asked:
+        n_lt, n_le = probes.reply(address)
+        below.setdefault(id(r), {})[i] = (int(n_lt), int(n_le))
     for r, pivot in counting:
         counts = below[id(r)]
         lt = sum(counts[i][0] if i in counts else r.lo[i] for i in range(len(r.lo)))
         le = sum(counts[i][1] if i in counts else r.lo[i] for i in range(len(r.lo)))
+        windows = (list(r.lo), list(r.hi))
         if lt <= r.rank < le:
             r.answer = pivot
         elif r.rank < lt:
@@ -157,3 +198,7 @@ async def _cut(client: Any, counting: list[tuple[Request, float]]) -> None:
         else:
             for i, (_, n_le) in counts.items():
                 r.lo[i] = max(r.lo[i], n_le)
+        if r.answer is None and (r.lo, r.hi) == windows:
+            # counts past the windows (a set grew since its size was read) cut nothing: the same
+            # pivot would come back in every round
+            raise SetsChanged(f"rank {r.rank} of {r.keys[0]}...: the windows no longer narrow")

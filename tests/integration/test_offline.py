@@ -304,38 +304,48 @@ def test_quintile_thresholds_follow_the_redis_script(settings: Settings) -> None
     assert asyncio.run(run([])) == ()
 
 
-def test_quintile_thresholds_start_over_when_batches_change_the_rank_sets(settings: Settings) -> None:
-    """A batch that re-ranks users between the refresh's size read and its member reads (seen in
-    an event-time backfill: the selection read past a shrunk set and failed with IndexError):
-    the refresh starts over and gives the quintiles of the sets as they are then."""
+@pytest.mark.parametrize("change", ["shrink", "grow"])
+def test_quintile_thresholds_start_over_when_batches_change_the_rank_sets(settings: Settings, change: str) -> None:
+    """A batch that changes the rank sets between the refresh's size read and its member reads
+    (seen in an event-time backfill of 25,000 customers: a shrunk set made the selection read past
+    its end, IndexError; a grown one gave counts past the stale windows, which then never
+    narrowed, and the refresh looped forever): the refresh starts over and gives the quintiles of
+    the sets as they are then."""
     rng = random.Random(11)
     values = [float(rng.randint(0, 5000)) for _ in range(12000)]
-    kept = values[:1500]  # the "batch" removes the rest right after the first size read
+    # the "batch" right after the first size read: most members leave, or as many again arrive,
+    # all ranked below the rest (every count then lands past the stale windows)
+    if change == "grow":
+        values[6000:] = [-1.0 - i for i in range(6000)]
+    before, after = (values, values[:1500]) if change == "shrink" else (values[:6000], values)
 
     async def run() -> tuple[tuple[float, ...], int]:
         store = Store.from_settings(
             settings.model_copy(update={"key_prefix": f"{settings.key_prefix}-rfm-{uuid.uuid4().hex[:6]}"})
         )
         keys, reads = store.keys, [0]
-        try:
+
+        async def rank(members: range, add: bool) -> None:
             pipe = store.client.pipeline(transaction=False)
-            for i, v in enumerate(values):
-                pipe.zadd(keys.rank(keys.shard(f"u{i}"), "r"), {f"u{i}": v})
+            for i in members:
+                key = keys.rank(keys.shard(f"u{i}"), "r")
+                pipe.zadd(key, {f"u{i}": values[i]}) if add else pipe.zrem(key, f"u{i}")
             await pipe.execute()
+
+        try:
+            await rank(range(len(before)), add=True)
             sizes_of = store._rank_sizes
 
             async def sizes_then_a_batch() -> Any:
                 sizes = await sizes_of()
                 reads[0] += 1
                 if reads[0] == 1:
-                    pipe = store.client.pipeline(transaction=False)
-                    for i in range(len(kept), len(values)):
-                        pipe.zrem(keys.rank(keys.shard(f"u{i}"), "r"), f"u{i}")
-                    await pipe.execute()
+                    shrink = change == "shrink"
+                    await rank(range(len(after), len(before)) if shrink else range(len(before), len(after)), not shrink)
                 return sizes
 
             store._rank_sizes = sizes_then_a_batch  # type: ignore[method-assign]
-            await store.refresh_rfm(T0)
+            await asyncio.wait_for(store.refresh_rfm(T0), timeout=60)
             return (await store.rfm_thresholds()).r, reads[0]
         finally:
             await store.delete_namespace()
@@ -343,7 +353,7 @@ def test_quintile_thresholds_start_over_when_batches_change_the_rank_sets(settin
 
     thresholds, size_reads = asyncio.run(run())
     assert size_reads == 2  # the first selection saw the change and the refresh started over
-    assert list(thresholds) == oracle.rfm_thresholds(kept)
+    assert list(thresholds) == oracle.rfm_thresholds(after)
 
 
 # Synthetic personas (users=400, events=12000 over 90 days, seed 7), 30-day horizon, cutoffs on

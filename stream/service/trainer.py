@@ -59,18 +59,19 @@ class Trainer:
         assert self.models is not None
         learned = 0
         while True:
-            items = await self.store.read_model_items(self.position, READ_BATCH)
-            for n, (entry_id, raw) in enumerate(items, 1):
-                if n % LEARN_SLICE == 0:
+            batch = await self.store.read_model_items(self.position, READ_BATCH)
+            for n, (_, entry_id, raw) in enumerate(batch.items):
+                if n and n % LEARN_SLICE == 0:
+                    self.position = batch.position_after(n)  # what a cancellation at the await keeps
                     await asyncio.sleep(0)
                 try:
                     self.models.learn_item(orjson.loads(raw))
                 except Exception:
                     self.metrics.processing_errors.labels("model_learn").inc()
                     log.exception("cannot learn model item %s", entry_id)
-                self.position = entry_id
-            learned += len(items)
-            if len(items) < READ_BATCH:
+            self.position = batch.position_after(len(batch.items))
+            learned += len(batch.items)
+            if not batch.more:
                 break
         self.unpublished += learned
         if self.unpublished and time.monotonic() - self.last_publish >= self.checkpoint_interval_s:

@@ -19,11 +19,12 @@ per shard whatever the number of requests.
 Shards hold random samples of the population (users are placed by a hash), so the proportional
 pick lands next to the answer and one or two rounds usually suffice.
 
-The sets may change while a selection runs (batches rank their users between its round trips):
-a set probed at another size than the one the selection began with raises ``SetsChanged`` (so do
-a short read and windows that stop narrowing), and the caller starts over from fresh sizes
-(``Store.refresh_rfm``). A member re-ranked in between (the size unchanged) can shift the answer
-by that member; the next refresh reads the sets as they are then.
+The sets may change while a selection runs (batches rank their users between its round trips).
+Every probe also returns its sets' sizes: when more members than ``DRIFT_SHARE`` of them were
+added or removed since the selection began, ``SetsChanged`` is raised (so do a short read and
+windows that stop narrowing) and the caller starts over from fresh sizes (``Store.refresh_rfm``).
+Below that share the answer may be off by the members that changed (a member re-ranked in between
+too); the next refresh reads the sets as they are then, and with no writes the answer is exact.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ from typing import Any
 from stream.storage.client import run_scripts
 
 FETCH_ALL = 4096  # read the remaining windows whole once they hold at most this many members
+# Members ranked or dropped while a selection runs that it absorbs (a share of all members): up to
+# that, an answer is off by at most as many ranks; beyond, it starts over (``SetsChanged``).
+DRIFT_SHARE = 0.01
 
 
 class SetsChanged(RuntimeError):
@@ -61,7 +65,8 @@ class _Probes:
     sent once (cut points share windows)."""
 
     def __init__(self, sizes: dict[str, int]) -> None:
-        self.sizes = sizes  # key -> members when the selection began: a set of another size changed
+        self.sizes = sizes  # key -> members when the selection began
+        self.tolerance = int(DRIFT_SHARE * sum(sizes.values()))
         self.keys: dict[int, list[str]] = {}
         self.args: dict[int, list[Any]] = {}
         self.asked: dict[tuple[int, str, str, Any, Any], int] = {}
@@ -83,10 +88,13 @@ class _Probes:
         shards = list(self.args)
         calls = [("rank_probe", self.keys[s], self.args[s]) for s in shards]
         self.replies = dict(zip(shards, await run_scripts(client, calls), strict=True))
-        for shard, (cards, *_) in self.replies.items():
-            for key, card in zip(self.keys[shard], cards, strict=True):
-                if int(card) != self.sizes[key]:
-                    raise SetsChanged(f"{key} holds {int(card)} members, not {self.sizes[key]}")
+        drift = sum(
+            abs(int(card) - self.sizes[key])
+            for shard, (cards, *_) in self.replies.items()
+            for key, card in zip(self.keys[shard], cards, strict=True)
+        )
+        if drift > self.tolerance:
+            raise SetsChanged(f"{drift} members ranked or dropped since the selection began")
 
     def reply(self, address: tuple[int, int]) -> Any:
         return self.replies[address[0]][address[1] + 1]

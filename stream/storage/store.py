@@ -64,6 +64,7 @@ AUDIENCE_TTL_S = 92 * 86400
 RANK_METRICS = ("r", "f", "m")  # the population rank sets behind the RFM thresholds, in script order
 OUTBOX_GROUP = "senders"
 MAX_ERASE_ATTEMPTS = 20  # erase re-reads the state when a write moved its version in between
+MODEL_READ_MIN_SHARE = 64  # model items read per shard at least (read_model_items)
 RFM_SELECT_ATTEMPTS = 5  # refresh_rfm starts over when batches changed the rank sets under its selection
 # Every shard's due set and outbox are visited at least this often (wall seconds); in between,
 # claims visit the shards the due index says are due and deliveries the shards this worker wrote
@@ -211,6 +212,24 @@ def _examples_position(raw: str, shards: int) -> dict[int, str]:
 
 def _position_text(positions: Mapping[int, str]) -> str:
     return ",".join(f"{s}/{eid}" for s, eid in sorted(positions.items())) or "0-0"
+
+
+@dataclass
+class ModelItems:
+    """Model items read in stream order (``Store.read_model_items``): (shard, entry id, item),
+    and the trainer position after any prefix of them."""
+
+    items: list[tuple[int, str, bytes]]
+    positions: dict[int, str]  # per shard: the last entry id covered so far (advanced below)
+    more: bool = False  # items are left after these
+    covered: int = 0
+
+    def position_after(self, n: int) -> str:
+        """The position covering the first ``n`` items (``n`` never below an earlier call's)."""
+        for shard, eid, _ in self.items[self.covered : n]:
+            self.positions[shard] = eid
+        self.covered = max(self.covered, n)
+        return _position_text(self.positions)
 
 
 def _entry_order(eid: str) -> tuple[int, int]:
@@ -594,26 +613,32 @@ class Store:
     async def acquire_trainer_lease(self, holder: str, lease_ms: int) -> bool:
         return bool(await run_script(self.client, "lease", [self.keys.model_trainer], [holder, lease_ms]))
 
-    async def read_model_items(self, after: str, count: int) -> list[tuple[str, bytes]]:
+    async def read_model_items(self, after: str, count: int) -> ModelItems:
         """Up to ``count`` model items after the position ``after``, merged from every shard's
-        stream in entry-id (time) order. Each item comes with the position that includes it (an
-        opaque string: "shard/entry id,..."; "0-0" is the start)."""
-        positions = _examples_position(after, self.keys.shards)
+        stream in entry-id (time) order: a prefix of that order, ``more`` when items are left.
+
+        Each shard is read a share of ``count`` (twice its even share): the items up to the
+        earliest last item of a shard that returned its full share are exactly the first ones
+        in that order (any unread item of such a shard comes after it). Reading ``count`` from
+        every shard instead cost 128 times the items returned."""
+        shards = self.keys.shards
+        positions = _examples_position(after, shards)
+        share = max(MODEL_READ_MIN_SHARE, -(-2 * count // shards))
         pipe = self.client.pipeline(transaction=False)
-        for shard in range(self.keys.shards):
+        for shard in range(shards):
             start = positions.get(shard)
-            pipe.xrange(self.keys.model_examples(shard), min=f"({start}" if start else "-", max="+", count=count)
+            pipe.xrange(self.keys.model_examples(shard), min=f"({start}" if start else "-", max="+", count=share)
         merged: list[tuple[tuple[int, int], int, str, bytes]] = []
+        horizon: tuple[int, int] | None = None  # the earliest last item of a full share
         for shard, entries in enumerate(await pipe.execute()):
-            merged.extend(
-                (_entry_order(decode_text(eid)), shard, decode_text(eid), fields[b"i"]) for eid, fields in entries
-            )
+            read = [(_entry_order(eid := decode_text(e)), shard, eid, fields[b"i"]) for e, fields in entries]
+            if len(read) == share and (horizon is None or read[-1][0] < horizon):
+                horizon = read[-1][0]
+            merged.extend(read)
         merged.sort()
-        out: list[tuple[str, bytes]] = []
-        for _, shard, eid, item in merged[:count]:
-            positions[shard] = eid
-            out.append((_position_text(positions), item))
-        return out
+        safe = merged if horizon is None else [m for m in merged if m[0] <= horizon]
+        items = [(shard, eid, item) for _, shard, eid, item in safe[:count]]
+        return ModelItems(items, positions, more=len(safe) > count or horizon is not None)
 
     async def publish_checkpoint(self, raw: bytes, position: str, status: dict[str, Any]) -> int:
         """Store a checkpoint atomically with the stream position it covers; drop learned items."""
@@ -759,9 +784,10 @@ class Store:
             try:
                 cuts = await self._cut_points(sizes, seen)
                 break
-            except SetsChanged:
+            except SetsChanged as exc:
                 if attempt == RFM_SELECT_ATTEMPTS:
-                    raise
+                    log.warning("RFM thresholds kept: %s, in %d refreshes in a row", exc, attempt)
+                    return int(await self.client.hget(self.keys.rfm_thresholds, "version") or 0)
         old = [decode_text(v) if v else "" for v in stored]
         new = [",".join(c) for c in cuts]
         ranges: list[str] = []

@@ -42,7 +42,8 @@ DRIFT_SHARE = 0.01
 
 
 class SetsChanged(RuntimeError):
-    """A sorted set shrank between reading its size and reading its members: start over."""
+    """The sets changed under a running selection more than it absorbs (``DRIFT_SHARE``), or so
+    that its windows no longer hold the answer: start over from fresh sizes."""
 
 
 @dataclass

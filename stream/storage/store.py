@@ -767,7 +767,8 @@ class Store:
         return total, oldest
 
     async def refresh_rfm(self, now: float, rescore: Mapping[str, Collection[int]] | None = None) -> int:
-        """Recompute the RFM thresholds exactly from every shard's rank sets; when a cut point
+        """Recompute the RFM thresholds from every shard's rank sets (exactly; while batches rank
+        users under it, to within the members they changed, ``quantiles.DRIFT_SHARE``); when a cut point
         moved, the users whose metric lies between its old and new value (the only users whose
         score can change) are made due now (re-scored by the time-driven path). The version moves
         only when a threshold changed. Returns the thresholds version. ``rescore`` (metric -> 0-based

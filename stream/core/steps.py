@@ -27,6 +27,7 @@ worker holds, which is not deterministic in a replay either.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from stream.models import MODEL_TAGS
@@ -143,21 +144,46 @@ def _segment_cuts() -> dict[str, frozenset[int]]:
     return {"r": frozenset(r_cuts), "f": frozenset(f_cuts), "m": frozenset()}
 
 
+@dataclass(frozen=True)
+class Rescore:
+    """What an RFM refresh re-scores at once in an event-time replay of needed steps
+    (``Store.refresh_rfm``). ``cuts``: per rank metric, the cut points whose move matters.
+    ``segments``: when the rules read the RFM scores only through set tests of ``rfm_segment``
+    (eq, ne, in, enters, leaves), the segments those tests name; of the users a moved cut
+    re-scores, only those whose segment moves into or out of one of them can change a rule's
+    truth (None: every re-scored user). The others are seen at their next evaluation."""
+
+    cuts: Mapping[str, frozenset[int]]
+    segments: frozenset[str] | None
+
+
+_SET_TESTS = ("eq", "ne", "in_", "enters", "leaves")
+
+
 @per_rule_set
-def rescored_cuts(rules: RuleSet | None) -> dict[str, frozenset[int]]:
-    """Event time, needed steps: per rank metric, the RFM cut points whose move must re-evaluate
-    the users it re-scores (``Store.refresh_rfm``'s ``cuts``), because a rule reads a tag the
-    new score can change; the others are seen at the users' next evaluation (as every profile is
-    brought to the clock when the input stops). No model reads an RFM tag."""
+def rescored_cuts(rules: RuleSet | None) -> Rescore:
+    """Event time, needed steps: the RFM cut points whose move must re-evaluate the users it
+    re-scores, because a rule reads a tag the new score can change, and the segments that matter
+    (``Rescore``); the rest is seen at the users' next evaluation (as every profile is brought to
+    the clock when the input stops). No model reads an RFM tag."""
     every = frozenset(range(4))
     cuts: dict[str, set[int]] = {"r": set(), "f": set(), "m": set()}
     segment = _segment_cuts()
+    named: set[str] | None = set()
     for rule in rules.active if rules is not None else ():
         for leaf in leaves_of(rule.when):
             tag = leaf.tag or ""
             if tag in _SCORE_TAGS:
                 cuts[_SCORE_TAGS[tag]] |= every
+                named = None  # a score read directly: every re-scored user may change a truth
             elif tag == "rfm_segment":
                 for metric, ks in segment.items():
                     cuts[metric] |= ks
-    return {metric: frozenset(ks) for metric, ks in cuts.items()}
+                tests = {k: getattr(leaf, k) for k in Condition.model_fields if k != "tag"}
+                tests = {k: v for k, v in tests.items() if v is not None}
+                if named is not None and tests.keys() <= set(_SET_TESTS):
+                    for value in tests.values():
+                        named |= {value} if isinstance(value, str) else set(value)
+                else:
+                    named = None
+    return Rescore({metric: frozenset(ks) for metric, ks in cuts.items()}, None if named is None else frozenset(named))

@@ -33,7 +33,7 @@ from stream.core.identity import anonymous_subjects, merge, refuse_blocked, reso
 from stream.core.intake import Message, Valid, intake
 from stream.core.pipeline import PlanContext
 from stream.core.progress import InputProgress, Progress
-from stream.core.steps import rescored_cuts
+from stream.core.steps import Rescore, rescored_cuts
 from stream.core.writes import LoadedUser, UserWrite
 from stream.identity.merge import IdentityPolicy
 from stream.metrics import Metrics
@@ -391,9 +391,9 @@ class Processor:
             retention_days=self.settings.lifecycle_retention_days,
         )
 
-    def rescored_cuts(self) -> dict[str, frozenset[int]] | None:
-        """The RFM cut points whose move re-scores users at once (``Store.refresh_rfm``): all
-        (None), except in an event-time replay of needed steps (``steps.rescored_cuts``)."""
+    def rescored_cuts(self) -> Rescore | None:
+        """What an RFM refresh re-scores at once (``Store.refresh_rfm``): every user a moved cut
+        point re-scores (None), except in an event-time replay of needed steps (``steps.rescored_cuts``)."""
         s = self.settings
         return rescored_cuts(self.rules) if s.clock == "event" and s.time_steps == "needed" else None
 

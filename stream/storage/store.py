@@ -19,7 +19,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Collection, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -29,6 +29,7 @@ from redis.exceptions import ResponseError
 
 # re-exported: the types of Store.load and Store.write (defined in the pure core)
 from stream.core.progress import Ends as Ends, Progress as Progress
+from stream.core.steps import Rescore
 from stream.core.writes import LoadedUser as LoadedUser, UserWrite
 from stream.errors import ConfigError
 from stream.settings import Settings
@@ -55,7 +56,7 @@ from stream.storage.keys import (
 )
 from stream.storage.quantiles import FETCH_ALL, Request, SetsChanged, score_text, select
 from stream.storage.reads import Pair, Reads
-from stream.tagging.engine import RfmThresholds
+from stream.tagging.engine import RfmThresholds, rfm_segment, score
 from stream.tagging.state import UserState
 
 log = logging.getLogger(__name__)
@@ -766,14 +767,15 @@ class Store:
                 oldest = float(first[0][1])
         return total, oldest
 
-    async def refresh_rfm(self, now: float, rescore: Mapping[str, Collection[int]] | None = None) -> int:
+    async def refresh_rfm(self, now: float, rescore: Rescore | None = None) -> int:
         """Recompute the RFM thresholds from every shard's rank sets (exactly; while batches rank
         users under it, to within the members they changed, ``quantiles.DRIFT_SHARE``); when a cut point
         moved, the users whose metric lies between its old and new value (the only users whose
         score can change) are made due now (re-scored by the time-driven path). The version moves
-        only when a threshold changed. Returns the thresholds version. ``rescore`` (metric -> 0-based
-        cut points; default all): only those re-score anyone now (event-time backfills:
-        ``stream.core.steps.rescored_cuts``); the others are seen at each user's next evaluation.
+        only when a threshold changed. Returns the thresholds version. ``rescore`` (default: all;
+        event-time backfills: ``stream.core.steps.rescored_cuts``): only its cut points re-score
+        anyone now, and with its ``segments`` only the users whose ``rfm_segment`` moves into or
+        out of them; the others are seen at each user's next evaluation.
 
         The quintile rule lives here only: cut point k (1..4) of n ranked users is the score at
         0-based rank ceil(k * n / 5) - 1 of the whole population (no cut points while it is empty).
@@ -794,7 +796,7 @@ class Store:
         ranges: list[str] = []
         for j in range(len(RANK_METRICS)):
             before, after = [x for x in old[j].split(",") if x], cuts[j]
-            wanted = range(4) if rescore is None else rescore.get(RANK_METRICS[j], ())
+            wanted = range(4) if rescore is None else rescore.cuts.get(RANK_METRICS[j], ())
             for k in range(4):
                 if k not in wanted:
                     continue
@@ -809,8 +811,55 @@ class Store:
         args = [*new, repr(now), orjson.dumps(ranges)]
         version, changed = await run_script(self.client, "set_thresholds", [self.keys.rfm_thresholds], args)
         if int(changed):
-            await self._mark_rescored(ranges, [sizes[j] for j in range(len(RANK_METRICS))], seen)
+            before_cuts = _thresholds({name.encode(): v or b"" for name, v in zip(RANK_METRICS, stored, strict=True)})
+            after_cuts = _thresholds({name.encode(): v for name, v in zip(RANK_METRICS, new, strict=True)})
+            segments = None if rescore is None else rescore.segments
+            complete = all((t.r, t.f, t.m) for t in (before_cuts, after_cuts))  # else rfm_segment (dis)appears
+            if segments is not None and complete and "-inf" not in ranges[1::3]:
+                await self._mark_segment_moves(ranges, before_cuts, after_cuts, segments)
+            else:
+                await self._mark_rescored(ranges, [sizes[j] for j in range(len(RANK_METRICS))], seen)
         return int(version or 0)
+
+    async def _mark_segment_moves(
+        self, ranges: list[str], before: RfmThresholds, after: RfmThresholds, segments: frozenset[str]
+    ) -> None:
+        """Of the users in ``ranges`` (R and F triples as ``mark_due``'s), make due now those whose
+        ``rfm_segment`` under ``after`` differs from the one under ``before`` and is, or was, one of
+        ``segments``; then drop the ``pending`` record (which still names every user in the
+        ranges: a refresh interrupted before this ends marks them all)."""
+        ks, shards = self.keys, range(self.keys.shards)
+        pipe = self.client.pipeline(transaction=False)
+        for s in shards:
+            for i in range(0, len(ranges), 3):
+                pipe.zrangebyscore(ks.rank(s, RANK_METRICS[int(ranges[i]) - 1]), ranges[i + 1], ranges[i + 2])
+        replies = iter(await pipe.execute())
+        candidates: dict[int, list[Any]] = {}
+        for s in shards:
+            found = {member for _ in range(0, len(ranges), 3) for member in next(replies)}  # one reply per range
+            if found:
+                candidates[s] = sorted(found)
+        pipe = self.client.pipeline(transaction=False)
+        for s, users in candidates.items():
+            pipe.zmscore(ks.rank(s, "r"), users)
+            pipe.zmscore(ks.rank(s, "f"), users)
+        replies = iter(await pipe.execute())
+        due: dict[int, dict[Any, float]] = {}
+        for s, users in candidates.items():
+            for user, r, f in zip(users, next(replies), next(replies), strict=True):
+                if r is not None and f is not None:
+                    was = rfm_segment(score(r, before.r), score(f, before.f))
+                    becomes = rfm_segment(score(r, after.r), score(f, after.f))
+                    if was == becomes or not {was, becomes} & segments:
+                        continue
+                due.setdefault(s, {})[user] = 0.0  # (a user with one metric only: re-scored, to be safe)
+        if due:
+            pipe = self.client.pipeline(transaction=False)
+            for s, marks in due.items():
+                pipe.zadd(ks.due(s), marks, lt=True)
+            await pipe.execute()
+            await self.client.zadd(ks.due_index, {str(s): 0.0 for s in due}, lt=True)  # the claims visit them next
+        await self.client.hdel(ks.rfm_thresholds, "pending")
 
     async def _cut_points(self, sizes: list[list[int]], seen: dict[str, list[float]]) -> list[list[str]]:
         """Metric -> its cut points (as ranked) for rank sets of ``sizes``: the quintile rule."""
@@ -825,8 +874,8 @@ class Store:
                 slots.append(j)
                 request_sizes.append(sizes[j])
         cuts: list[list[str]] = [[] for _ in RANK_METRICS]
-        for j, score in zip(slots, await select(self.client, requests, request_sizes, seen), strict=True):
-            cuts[j].append(score_text(score))
+        for j, cut in zip(slots, await select(self.client, requests, request_sizes, seen), strict=True):
+            cuts[j].append(score_text(cut))
         return cuts
 
     async def _rank_sizes(self) -> tuple[list[list[int]], dict[str, list[float]], list[Any], Any]:

@@ -368,6 +368,65 @@ def test_quintile_thresholds_start_over_when_batches_change_the_rank_sets(settin
     assert list(thresholds) == oracle.rfm_thresholds(after)
 
 
+def test_a_refresh_in_a_backfill_re_scores_only_users_whose_tested_segment_moves(settings: Settings) -> None:
+    """Event-time backfill with the shipped rules (they read the RFM scores only as rfm_segment
+    entering At Risk / Can't Lose / Champions): of the users a moved cut point re-scores, exactly
+    those whose segment moves into or out of one of those are made due, checked against the oracle's
+    quintiles and segments for every user; the full marking makes a superset due."""
+    from stream.core.steps import Rescore, rescored_cuts
+    from stream.storage.client import decode_text
+
+    rescore = rescored_cuts(load_rules(ROOT / "deploy" / "rules.yaml"))
+    assert rescore.segments == {"At Risk", "Can't Lose", "Champions"}
+    rng = random.Random(5)
+    n = 3000
+    r0 = [float(rng.randint(0, 500)) for _ in range(n)]
+    f = [float(min(12, int(rng.expovariate(0.5)) + 1)) for _ in range(n)]
+    m = [float(rng.randint(100, 50000)) for _ in range(n)]
+    r1 = [v + rng.choice((0.0, 0.0, 30.0, 90.0)) for v in r0]  # a month of event time: some order again
+
+    async def due_after_refresh(filtered: bool) -> set[str]:
+        store = Store.from_settings(
+            settings.model_copy(update={"key_prefix": f"{settings.key_prefix}-rfm-{uuid.uuid4().hex[:6]}"})
+        )
+        keys = store.keys
+
+        async def rank(r: list[float]) -> None:
+            pipe = store.client.pipeline(transaction=False)
+            for i in range(n):
+                s = keys.shard(f"u{i}")
+                for metric, values in (("r", r), ("f", f), ("m", m)):
+                    pipe.zadd(keys.rank(s, metric), {f"u{i}": values[i]})
+            await pipe.execute()
+
+        try:
+            await rank(r0)
+            await store.refresh_rfm(T0)
+            await store.client.delete(*(keys.due(s) for s in range(keys.shards)))
+            await rank(r1)
+            await store.refresh_rfm(T0 + 30 * 86400, rescore if filtered else Rescore(rescore.cuts, None))
+            due: set[str] = set()
+            for s in range(keys.shards):
+                due |= {decode_text(u) for u in await store.client.zrange(keys.due(s), 0, -1)}
+            return due
+        finally:
+            await store.delete_namespace()
+            await store.close()
+
+    before = [oracle.rfm_thresholds(v) for v in (r0, f)]
+    after = [oracle.rfm_thresholds(v) for v in (r1, f)]
+    expected = set()
+    for i in range(n):
+        was = oracle.rfm_segment(oracle.rfm_score(r1[i], before[0]), oracle.rfm_score(f[i], before[1]))
+        becomes = oracle.rfm_segment(oracle.rfm_score(r1[i], after[0]), oracle.rfm_score(f[i], after[1]))
+        if was != becomes and {was, becomes} & rescore.segments:
+            expected.add(f"u{i}")
+    filtered, full = asyncio.run(due_after_refresh(True)), asyncio.run(due_after_refresh(False))
+    assert expected and filtered == expected
+    assert filtered < full
+    print(f"re-scored at once: {len(filtered)} of {len(full)} users in the moved ranges")
+
+
 # Synthetic personas (users=400, events=12000 over 90 days, seed 7), 30-day horizon, cutoffs on
 # days 45 and 60. Only 30 days of closed label windows before the last cutoff (50 examples): this
 # checks the evaluation's customers, labels and tables against the events and the segments; the

@@ -16,7 +16,7 @@ import orjson
 
 from stream.contracts.events import parse_event
 from stream.core.steps import next_flip, next_needed
-from stream.rules import parse_rules
+from stream.rules import RuleSet, parse_rules
 from stream.rules.conditions import Condition
 from stream.rules.config import default_known_tags
 from stream.tagging.definitions import load_catalogue
@@ -29,7 +29,7 @@ DAY0 = datetime(2026, 3, 10, tzinfo=UTC).timestamp()
 PARAMS = load_catalogue().params
 
 
-def _rules(*conditions: dict) -> object:
+def _rules(*conditions: dict) -> RuleSet:
     rules = [
         {"id": f"r{i}", "version": 1, "when": c, "action": {"type": "care_sms", "params": {"template": "t"}}}
         for i, c in enumerate(conditions)
@@ -90,7 +90,20 @@ def test_only_the_rfm_cut_points_a_rule_can_see_re_score_users() -> None:
     # by hand from the RFM segment table: R scores 1 and 2 share every segment (Hibernating,
     # At Risk, Can't Lose), every other R or F step changes some segment; M is not part of it
     segment = _rules({"tag": "rfm_segment", "enters": "Champions"})
-    assert rescored_cuts(segment) == {"r": {1, 2, 3}, "f": {0, 1, 2, 3}, "m": set()}  # type: ignore[arg-type]
+    assert rescored_cuts(segment).cuts == {"r": {1, 2, 3}, "f": {0, 1, 2, 3}, "m": set()}
     m_score = _rules({"tag": "m_score", "ge": 4}, {"tag": "frequency_90d", "ge": 1})
-    assert rescored_cuts(m_score) == {"r": set(), "f": set(), "m": {0, 1, 2, 3}}  # type: ignore[arg-type]
-    assert rescored_cuts(None) == {"r": set(), "f": set(), "m": set()}
+    assert rescored_cuts(m_score).cuts == {"r": set(), "f": set(), "m": {0, 1, 2, 3}}
+    assert rescored_cuts(None).cuts == {"r": set(), "f": set(), "m": set()}
+
+
+def test_re_scored_users_are_narrowed_to_the_segments_the_rules_test() -> None:
+    from stream.core.steps import rescored_cuts
+
+    # set tests name their segments; ne names the one whose membership flips its truth
+    rules = _rules({"tag": "rfm_segment", "enters": ["At Risk", "Can't Lose"]}, {"tag": "rfm_segment", "ne": "Lost"})
+    assert rescored_cuts(rules).segments == frozenset({"At Risk", "Can't Lose", "Lost"})
+    assert rescored_cuts(_rules({"tag": "rfm_segment", "in": ["Champions"]})).segments == frozenset({"Champions"})
+    # a score read directly, or an ordering test, can change with any re-scored user
+    assert rescored_cuts(_rules({"tag": "rfm_segment", "eq": "Lost"}, {"tag": "r_score", "ge": 4})).segments is None
+    assert rescored_cuts(_rules({"tag": "rfm_segment", "gt": "B"})).segments is None
+    assert rescored_cuts(None).segments == frozenset()

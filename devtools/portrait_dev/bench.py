@@ -730,43 +730,36 @@ class CpuMeter:
     def __init__(self, pids: list[int], services: list[int] | None = None) -> None:
         self.pids = pids
         self.services = services or []  # broker and Valkey: their share of the cores is reported too
-        self.first: tuple[int, int] | None = None  # (count, jiffies) at the first increase
-        self.last: tuple[int, int] | None = None
+        # (count, monotonic, jiffies per role: "workers", "machine", each service) at the first and
+        # the latest increase
+        self.first: tuple[int, float, dict[str, int]] | None = None
+        self.last: tuple[int, float, dict[str, int]] | None = None
         self.count = 0
-        self.marks: list[tuple[float, dict[str, int]]] = []  # (monotonic, jiffies per role) first, last
 
     def update(self, n: int) -> None:
         if n <= 0:  # the first poll reports 0 (the worker still starting: not part of the run)
             return
         self.count += n
-        sample = (self.count, sum(_pid_jiffies(p) for p in self.pids))
-        if self.first is None:
-            self.first = sample
-        self.last = sample
-        mark = (time.monotonic(), self._by_role())
-        self.marks[1:] = [mark] if self.marks else []
-        if not self.marks:
-            self.marks.append(mark)
-
-    def _by_role(self) -> dict[str, int]:
-        roles: dict[str, int] = {"workers": sum(_pid_jiffies(p) for p in self.pids), "machine": _busy_jiffies()}
+        roles = {"workers": sum(_pid_jiffies(p) for p in self.pids), "machine": _busy_jiffies()}
         for pid in self.services:
-            roles[_comm(pid)] = roles.get(_comm(pid), 0) + _pid_jiffies(pid)
-        return roles
+            name = _comm(pid)
+            roles[name] = roles.get(name, 0) + _pid_jiffies(pid)
+        self.last = (self.count, time.monotonic(), roles)
+        self.first = self.first or self.last
 
     def cores(self) -> dict[str, float] | None:
         """Cores used per role from the first counted message to the last: the workers, each
         service by its command name, ``machine`` (every process, busy jiffies of /proc/stat)."""
-        if len(self.marks) < 2 or self.marks[1][0] <= self.marks[0][0]:
+        if self.first is None or self.last is None or self.last[1] <= self.first[1]:
             return None
-        (t0, a), (t1, b) = self.marks
+        (_, t0, a), (_, t1, b) = self.first, self.last
         ticks = os.sysconf("SC_CLK_TCK") * (t1 - t0)
         return {role: (b[role] - a.get(role, 0)) / ticks for role in b}
 
     def us_per_message(self) -> float | None:
         if self.first is None or self.last is None or self.last[0] <= self.first[0]:
             return None
-        seconds = (self.last[1] - self.first[1]) / os.sysconf("SC_CLK_TCK")
+        seconds = (self.last[2]["workers"] - self.first[2]["workers"]) / os.sysconf("SC_CLK_TCK")
         return 1e6 * seconds / (self.last[0] - self.first[0])
 
 

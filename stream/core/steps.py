@@ -157,7 +157,7 @@ class Rescore:
     segments: frozenset[str] | None
 
 
-_SET_TESTS = ("eq", "ne", "in_", "enters", "leaves")
+_SET_TESTS = frozenset({"eq", "ne", "in", "enters", "leaves"})  # a leaf's truth: membership in named values
 
 
 @per_rule_set
@@ -179,11 +179,9 @@ def rescored_cuts(rules: RuleSet | None) -> Rescore:
             elif tag == "rfm_segment":
                 for metric, ks in segment.items():
                     cuts[metric] |= ks
-                tests = {k: getattr(leaf, k) for k in Condition.model_fields if k != "tag"}
-                tests = {k: v for k, v in tests.items() if v is not None}
-                if named is not None and tests.keys() <= set(_SET_TESTS):
-                    for value in tests.values():
-                        named |= {value} if isinstance(value, str) else set(value)
+                if named is not None and leaf.operator in _SET_TESTS:
+                    operand = leaf.operand(leaf.operator)
+                    named |= {operand} if isinstance(operand, str) else set(operand)
                 else:
                     named = None
     return Rescore({metric: frozenset(ks) for metric, ks in cuts.items()}, None if named is None else frozenset(named))

@@ -70,13 +70,13 @@ class _Probes:
         self.tolerance = int(DRIFT_SHARE * sum(sizes.values()))
         self.keys: dict[int, list[str]] = {}
         self.args: dict[int, list[Any]] = {}
-        self.asked: dict[tuple[int, str, str, Any, Any], int] = {}
+        self.asked: dict[tuple[str, str, Any, Any], int] = {}  # (set, kind, a, b) -> its reply's index
         self.replies: dict[int, list[Any]] = {}
 
     def add(self, shard: int, key: str, kind: str, a: Any, b: Any = "") -> tuple[int, int]:
         """Ask shard ``shard``'s set ``key`` a probe (rank_probe.lua's kinds); returns its reply's
         address for ``reply``."""
-        probe = (shard, key, kind, a, b)
+        probe = (key, kind, a, b)
         if probe not in self.asked:
             keys, args = self.keys.setdefault(shard, []), self.args.setdefault(shard, [])
             if key not in keys:
@@ -113,7 +113,6 @@ async def select(
     order, as consistent with ``sizes``): they are not read again; and it receives every set this
     call reads whole, so the caller can use them without reading them again either."""
     known = {} if known is None else known
-    sizes_of = {id(r): list(counts) for r, counts in zip(requests, sizes, strict=True)}
     size_of_set = {
         key: n for r, counts in zip(requests, sizes, strict=True) for key, n in zip(r.keys, counts, strict=True)
     }
@@ -146,7 +145,7 @@ async def select(
                 scores = [float(score) for score in probes.reply(address)]
                 if len(scores) < last + 1 - first:
                     raise SetsChanged(f"{key} holds fewer than {last + 1} members")
-                if whole and first == 0 and last + 1 == sizes_of[id(r)][i]:
+                if whole and first == 0 and last + 1 == size_of_set[key]:
                     known[key] = scores
             if whole:
                 merged.setdefault(id(r), []).extend(scores)

@@ -19,7 +19,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -81,14 +81,30 @@ class OutboxEntry:
     value: bytes
 
 
+def _cuts(text: str) -> tuple[float, ...]:
+    """The cut points of one metric as stored (comma-separated)."""
+    return tuple(float(x) for x in text.split(",") if x)
+
+
+def _segment_moved(
+    before: RfmThresholds, after: RfmThresholds, segments: frozenset[str]
+) -> Callable[[float, float], bool]:
+    """Whether a user of R and F values changes ``rfm_segment`` from ``before``'s cut points to
+    ``after``'s, into or out of one of ``segments`` (the only change a rule testing them sees)."""
+
+    def moved(r: float, f: float) -> bool:
+        was = rfm_segment(score(r, before.r), score(f, before.f))
+        becomes = rfm_segment(score(r, after.r), score(f, after.f))
+        return was != becomes and bool({was, becomes} & segments)
+
+    return moved
+
+
 def _thresholds(raw: Any) -> RfmThresholds:
     if not raw:
         return RfmThresholds()
-
-    def parse(name: bytes) -> tuple[float, ...]:
-        return tuple(float(x) for x in decode_text(raw.get(name, b"")).split(",") if x)
-
-    return RfmThresholds(int(raw.get(b"version", b"0")), parse(b"r"), parse(b"f"), parse(b"m"))
+    r, f, m = (_cuts(decode_text(raw.get(name, b""))) for name in (b"r", b"f", b"m"))
+    return RfmThresholds(int(raw.get(b"version", b"0")), r, f, m)
 
 
 CAUGHT = "caught"  # progress of a partition whose last batch read it to its end: holds nothing back
@@ -811,55 +827,13 @@ class Store:
         args = [*new, repr(now), orjson.dumps(ranges)]
         version, changed = await run_script(self.client, "set_thresholds", [self.keys.rfm_thresholds], args)
         if int(changed):
-            before_cuts = _thresholds({name.encode(): v or b"" for name, v in zip(RANK_METRICS, stored, strict=True)})
-            after_cuts = _thresholds({name.encode(): v for name, v in zip(RANK_METRICS, new, strict=True)})
-            segments = None if rescore is None else rescore.segments
-            complete = all((t.r, t.f, t.m) for t in (before_cuts, after_cuts))  # else rfm_segment (dis)appears
-            if segments is not None and complete and "-inf" not in ranges[1::3]:
-                await self._mark_segment_moves(ranges, before_cuts, after_cuts, segments)
-            else:
-                await self._mark_rescored(ranges, [sizes[j] for j in range(len(RANK_METRICS))], seen)
+            moved = None
+            if rescore is not None and rescore.segments is not None:
+                was, becomes = (RfmThresholds(0, *map(_cuts, texts)) for texts in (old, new))
+                if all((t.r, t.f, t.m) for t in (was, becomes)):  # else rfm_segment (dis)appears: everyone
+                    moved = _segment_moved(was, becomes, rescore.segments)
+            await self._mark_rescored(ranges, sizes, seen, moved)
         return int(version or 0)
-
-    async def _mark_segment_moves(
-        self, ranges: list[str], before: RfmThresholds, after: RfmThresholds, segments: frozenset[str]
-    ) -> None:
-        """Of the users in ``ranges`` (R and F triples as ``mark_due``'s), make due now those whose
-        ``rfm_segment`` under ``after`` differs from the one under ``before`` and is, or was, one of
-        ``segments``; then drop the ``pending`` record (which still names every user in the
-        ranges: a refresh interrupted before this ends marks them all)."""
-        ks, shards = self.keys, range(self.keys.shards)
-        pipe = self.client.pipeline(transaction=False)
-        for s in shards:
-            for i in range(0, len(ranges), 3):
-                pipe.zrangebyscore(ks.rank(s, RANK_METRICS[int(ranges[i]) - 1]), ranges[i + 1], ranges[i + 2])
-        replies = iter(await pipe.execute())
-        candidates: dict[int, list[Any]] = {}
-        for s in shards:
-            found = {member for _ in range(0, len(ranges), 3) for member in next(replies)}  # one reply per range
-            if found:
-                candidates[s] = sorted(found)
-        pipe = self.client.pipeline(transaction=False)
-        for s, users in candidates.items():
-            pipe.zmscore(ks.rank(s, "r"), users)
-            pipe.zmscore(ks.rank(s, "f"), users)
-        replies = iter(await pipe.execute())
-        due: dict[int, dict[Any, float]] = {}
-        for s, users in candidates.items():
-            for user, r, f in zip(users, next(replies), next(replies), strict=True):
-                if r is not None and f is not None:
-                    was = rfm_segment(score(r, before.r), score(f, before.f))
-                    becomes = rfm_segment(score(r, after.r), score(f, after.f))
-                    if was == becomes or not {was, becomes} & segments:
-                        continue
-                due.setdefault(s, {})[user] = 0.0  # (a user with one metric only: re-scored, to be safe)
-        if due:
-            pipe = self.client.pipeline(transaction=False)
-            for s, marks in due.items():
-                pipe.zadd(ks.due(s), marks, lt=True)
-            await pipe.execute()
-            await self.client.zadd(ks.due_index, {str(s): 0.0 for s in due}, lt=True)  # the claims visit them next
-        await self.client.hdel(ks.rfm_thresholds, "pending")
 
     async def _cut_points(self, sizes: list[list[int]], seen: dict[str, list[float]]) -> list[list[str]]:
         """Metric -> its cut points (as ranked) for rank sets of ``sizes``: the quintile rule."""
@@ -939,24 +913,62 @@ class Store:
         return out
 
     async def _mark_rescored(
-        self, ranges: list[str], sizes: list[list[int]] | None = None, seen: Mapping[str, list[float]] | None = None
+        self,
+        ranges: list[str],
+        sizes: list[list[int]] | None = None,
+        seen: Mapping[str, list[float]] | None = None,
+        moved: Callable[[float, float], bool] | None = None,
     ) -> None:
         """Make due now the users of every shard whose metric lies in ``ranges`` (mark_due.lua),
         then drop the thresholds' ``pending`` record of them. ``sizes`` (metric -> shard -> ZCARD)
-        and ``seen`` (the rank sets read whole) let it skip the shards no range can reach."""
+        and ``seen`` (the rank sets read whole) let it skip the shards no range can reach. With
+        ``moved`` (R and F values -> whether the user's score change matters), only those users
+        (``_segment_moved``); the ``pending`` record still names every user in the ranges, so a
+        refresh interrupted before this ends re-scores them all."""
         ks = self.keys
         if ranges:
             parts = [(s, self._shard_ranges(s, ranges, sizes, seen or {})) for s in range(ks.shards)]
             parts = [(s, part) for s, part in parts if part]
-            shards = [s for s, _ in parts]
-            marks: list[Call] = [
-                ("mark_due", [*(ks.rank(s, m) for m in RANK_METRICS), ks.due(s)], part) for s, part in parts
-            ]
-            replies = await run_scripts(self.client, marks) if marks else []
-            marked = [s for s, n in zip(shards, replies, strict=True) if int(n)]
+            marked = await (self._mark_in_ranges(parts) if moved is None else self._mark_moved(parts, moved))
             if marked:  # due now: the claims visit these shards next
                 await self.client.zadd(ks.due_index, dict.fromkeys(map(str, marked), 0.0), lt=True)
         await self.client.hdel(ks.rfm_thresholds, "pending")
+
+    async def _mark_in_ranges(self, parts: list[tuple[int, list[str]]]) -> list[int]:
+        """Every user of each (shard, its ranges) made due (mark_due.lua); the shards it marked."""
+        ks = self.keys
+        marks: list[Call] = [
+            ("mark_due", [*(ks.rank(s, m) for m in RANK_METRICS), ks.due(s)], part) for s, part in parts
+        ]
+        replies = await run_scripts(self.client, marks) if marks else []
+        return [s for (s, _), n in zip(parts, replies, strict=True) if int(n)]
+
+    async def _mark_moved(self, parts: list[tuple[int, list[str]]], moved: Callable[[float, float], bool]) -> list[int]:
+        """The users of each (shard, its ranges) whose R and F values ``moved`` keeps made due
+        (a user ranked in one of the two only: made due, to be safe); the shards it marked."""
+        ks = self.keys
+        pipe = self.client.pipeline(transaction=False)
+        for s, part in parts:
+            for i in range(0, len(part), 3):
+                pipe.zrangebyscore(ks.rank(s, RANK_METRICS[int(part[i]) - 1]), part[i + 1], part[i + 2])
+        replies = iter(await pipe.execute())
+        candidates = {s: sorted({u for _ in range(0, len(part), 3) for u in next(replies)}) for s, part in parts}
+        pipe = self.client.pipeline(transaction=False)
+        for s, users in candidates.items():
+            pipe.zmscore(ks.rank(s, "r"), users)
+            pipe.zmscore(ks.rank(s, "f"), users)
+        replies = iter(await pipe.execute())
+        due: dict[int, dict[Any, float]] = {}
+        for s, users in candidates.items():
+            for user, r, f in zip(users, next(replies), next(replies), strict=True):
+                if r is None or f is None or moved(r, f):
+                    due.setdefault(s, {})[user] = 0.0
+        if due:
+            pipe = self.client.pipeline(transaction=False)
+            for s, users_due in due.items():
+                pipe.zadd(ks.due(s), users_due, lt=True)
+            await pipe.execute()
+        return list(due)
 
     async def rfm_thresholds(self) -> RfmThresholds:
         return _thresholds(await self.client.hgetall(self.keys.rfm_thresholds))

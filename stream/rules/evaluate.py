@@ -200,7 +200,11 @@ def evaluate_rules(
     local_date = local.date().isoformat()
     decisions: list[Decision] = []
     if previous is not None:
-        for rule, holds in _conditions(rules):
+        for rule, tags, holds in _conditions(rules):
+            # a condition reads only its tags: with none of them changed it holds for previous ->
+            # current exactly as for previous -> previous, so the edge cannot fire (most steps)
+            if all(current.get(t) == previous.get(t) for t in tags):
+                continue
             # edge trigger (``fires``): holds for previous -> current, not for previous -> previous
             if not holds(previous, current) or holds(previous, previous):
                 continue
@@ -215,9 +219,9 @@ def evaluate_rules(
 
 
 @per_rule_set
-def _conditions(rules: RuleSet) -> tuple[tuple[Rule, Predicate], ...]:
-    """Every active rule with its compiled condition."""
-    return tuple((rule, compiled(rule.when)) for rule in rules.active)
+def _conditions(rules: RuleSet) -> tuple[tuple[Rule, tuple[str, ...], Predicate], ...]:
+    """Every active rule with the tags its condition reads and the compiled condition."""
+    return tuple((rule, tuple(sorted(tags_of(rule.when))), compiled(rule.when)) for rule in rules.active)
 
 
 @per_rule_set

@@ -48,6 +48,7 @@ SCRIPT_NAMES = (
     "mark_due",
     "set_thresholds",
     "rank_probe",
+    "model_read",
     "lease",
     "advance_clock",
 )

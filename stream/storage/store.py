@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -270,6 +270,8 @@ class Store:
         self.epoch: bytes | None = None  # this store's epoch as first seen (``ensure_epoch``)
         self.data_lost = False  # the epoch vanished or changed under us: Redis lost its data
         self._adopted = False
+        # read_model_items: per shard, (the position they follow, entries read and not yet returned)
+        self._read_ahead: dict[int, tuple[str, list[tuple[tuple[int, int], int, str, bytes]]]] = {}
         self._due_swept_at = float("-inf")  # wall time of the last claim over every shard
         self._ranked: list[int] | None = None  # ranked users per metric at this store's last refresh
         self._outbox_swept_at = float("-inf")  # monotonic time of the last read of every outbox
@@ -637,24 +639,47 @@ class Store:
         Each shard is read a share of ``count`` (twice its even share): the items up to the
         earliest last item of a shard that returned its full share are exactly the first ones
         in that order (any unread item of such a shard comes after it). Reading ``count`` from
-        every shard instead cost 128 times the items returned."""
+        every shard instead cost 128 times the items returned. What a call read and did not
+        return is kept (``_read_ahead``) and stands in for re-reading it when the next call starts
+        where this one ended (the trainer's next round): entries are immutable and appended in
+        id order, and only entries a checkpoint covers are ever trimmed."""
         shards = self.keys.shards
         positions = _examples_position(after, shards)
         share = max(MODEL_READ_MIN_SHARE, -(-2 * count // shards))
-        pipe = self.client.pipeline(transaction=False)
+        ahead = self._read_ahead
+        kept: dict[int, list[tuple[tuple[int, int], int, str, bytes]]] = {}
+        calls: list[Call] = []
         for shard in range(shards):
-            start = positions.get(shard)
-            pipe.xrange(self.keys.model_examples(shard), min=f"({start}" if start else "-", max="+", count=share)
+            start = positions.get(shard, "-")
+            cached = ahead.get(shard)
+            kept[shard] = cached[1][:share] if cached is not None and cached[0] == start else []
+            if len(kept[shard]) < share:
+                last = kept[shard][-1][2] if kept[shard] else start
+                calls.append(("model_read", [self.keys.model_examples(shard)], [last, share - len(kept[shard])]))
+        replies = iter(await run_scripts(self.client, calls))
         merged: list[tuple[tuple[int, int], int, str, bytes]] = []
         horizon: tuple[int, int] | None = None  # the earliest last item of a full share
-        for shard, entries in enumerate(await pipe.execute()):
-            read = [(_entry_order(eid := decode_text(e)), shard, eid, fields[b"i"]) for e, fields in entries]
+        for shard in range(shards):
+            read = kept[shard]
+            if len(read) < share:
+                flat = next(replies)
+                read = read + [
+                    (_entry_order(eid := decode_text(flat[i])), shard, eid, flat[i + 1]) for i in range(0, len(flat), 2)
+                ]
+                kept[shard] = read
             if len(read) == share and (horizon is None or read[-1][0] < horizon):
                 horizon = read[-1][0]
             merged.extend(read)
         merged.sort()
         safe = merged if horizon is None else [m for m in merged if m[0] <= horizon]
-        items = [(shard, eid, item) for _, shard, eid, item in safe[:count]]
+        returned = safe[:count]
+        taken = Counter(shard for _, shard, _, _ in returned)
+        self._read_ahead = {
+            shard: (read[taken[shard] - 1][2] if taken[shard] else positions.get(shard, "-"), read[taken[shard] :])
+            for shard, read in kept.items()
+            if len(read) > taken[shard]
+        }
+        items = [(shard, eid, item) for _, shard, eid, item in returned]
         return ModelItems(items, positions, more=len(safe) > count or horizon is not None)
 
     async def publish_checkpoint(self, raw: bytes, position: str, status: dict[str, Any]) -> int:

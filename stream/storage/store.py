@@ -978,6 +978,7 @@ class Store:
                 pipe.zrangebyscore(ks.rank(s, RANK_METRICS[int(part[i]) - 1]), part[i + 1], part[i + 2])
         replies = iter(await pipe.execute())
         candidates = {s: sorted({u for _ in range(0, len(part), 3) for u in next(replies)}) for s, part in parts}
+        candidates = {s: users for s, users in candidates.items() if users}  # nobody in this shard's ranges
         pipe = self.client.pipeline(transaction=False)
         for s, users in candidates.items():
             pipe.zmscore(ks.rank(s, "r"), users)

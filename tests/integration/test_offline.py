@@ -28,6 +28,7 @@ from stream.offline.driver import drive
 from stream.offline.evaluation import evaluate_events
 from stream.rules import RuleSet, holdout, load_rules, parse_rules
 from stream.settings import ConfigError, Settings
+from stream.storage.quantiles import FETCH_ALL
 from stream.storage.store import Store
 from stream.tagging.definitions import load_catalogue
 from tests import oracle
@@ -368,22 +369,31 @@ def test_quintile_thresholds_start_over_when_batches_change_the_rank_sets(settin
     assert list(thresholds) == oracle.rfm_thresholds(after)
 
 
-def test_a_refresh_in_a_backfill_re_scores_only_users_whose_tested_segment_moves(settings: Settings) -> None:
+@pytest.mark.parametrize("narrow", [False, True], ids=["wide", "narrow"])
+def test_a_refresh_in_a_backfill_re_scores_only_users_whose_tested_segment_moves(
+    settings: Settings, narrow: bool
+) -> None:
     """Event-time backfill with the shipped rules (they read the RFM scores only as rfm_segment
     entering At Risk / Can't Lose / Champions): of the users a moved cut point re-scores, exactly
     those whose segment moves into or out of one of those are made due, checked against the oracle's
-    quintiles and segments for every user; the full marking makes a superset due."""
+    quintiles and segments for every user; the full marking makes a superset due. ``narrow``: more
+    users than a refresh reads whole (``FETCH_ALL``) and 2 % of them ordering again, so the cut
+    points move a little and most shards hold nobody in the moved ranges (a refresh failed there
+    on a ZMSCORE of no members, in a 5,000-customer backfill)."""
     from stream.core.steps import Rescore, rescored_cuts
     from stream.storage.client import decode_text
 
     rescore = rescored_cuts(load_rules(ROOT / "deploy" / "rules.yaml"))
     assert rescore.segments == {"At Risk", "Can't Lose", "Champions"}
     rng = random.Random(5)
-    n = 3000
+    n = FETCH_ALL + 1000 if narrow else 3000
     r0 = [float(rng.randint(0, 500)) for _ in range(n)]
     f = [float(min(12, int(rng.expovariate(0.5)) + 1)) for _ in range(n)]
     m = [float(rng.randint(100, 50000)) for _ in range(n)]
-    r1 = [v + rng.choice((0.0, 0.0, 30.0, 90.0)) for v in r0]  # a month of event time: some order again
+    if narrow:
+        r1 = [v + (90.0 if rng.random() < 0.02 else 0.0) for v in r0]
+    else:  # a month of event time: some order again
+        r1 = [v + rng.choice((0.0, 0.0, 30.0, 90.0)) for v in r0]
 
     async def due_after_refresh(filtered: bool) -> set[str]:
         store = Store.from_settings(

@@ -1543,7 +1543,8 @@ async def _run_all(
         print(
             f"  backfill ({b['steps']}): {b['orders']:,} orders of {b['customers']:,} customers over "
             f"{b['months']} months in {b['seconds']:.1f} s ({b['rate']:,.0f} ev/s), "
-            f"worker CPU {b['worker_cpu_s']:.1f} s, "
+            f"worker CPU {b['worker_cpu_s']:.1f} s (all applied after {b['ingest_s']:.1f} s, "
+            f"{b['ingest_cpu_s']:.1f} s of CPU), "
             f"{b['reevaluations']:,} time-driven writes, firings {b['firings']}, dead letters {b['dead_letters']}",
             flush=True,
         )

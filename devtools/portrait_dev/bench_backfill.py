@@ -7,8 +7,9 @@ started on the backlog. The backfill is done when every order is applied, nothin
 the clock, and the time-driven path has been idle for ``QUIET_S`` (so the profiles have been
 brought to the final clock). Reported: wall seconds from the worker's first processed message to
 done, events/s over that time, the worker's CPU seconds over that time (user + system: on a box
-other work keeps busy, the figure the wall time hides), time-driven re-evaluations written, and
-rule firings by outcome.
+other work keeps busy, the figure the wall time hides), the same two until every order was applied
+(the rest is the time-driven tail: the last change points and every profile brought to the clock),
+time-driven re-evaluations written, and rule firings by outcome.
 ``--backfill-steps every`` runs the per-day path (every change point of every tag) for comparison.
 """
 
@@ -51,18 +52,25 @@ async def run_backfill(bench: Any, customers: int, orders: int, months: int, ste
     proc = bench.start_worker(settings, f"backfill-{steps}.log")
     try:
         first_at: float | None = None
+        applied_at: float | None = None  # every order applied: the rest is the time-driven tail
+        cpu_applied = 0.0
         quiet_since: float | None = None
         cpu_first = cpu_quiet = 0.0
         last_reevaluations = -1
+        timeline: list[tuple[float, int, int, int, float]] = []  # (s, applied, re-evaluations, due, clock)
         deadline = time.monotonic() + bench.timeout
         while True:
             stats = await store.stats()
             now = time.monotonic()
             if first_at is None and stats.get("messages", 0) > 0:
                 first_at, cpu_first = now, cpu_seconds(proc.pid)
+            if applied_at is None and stats.get("events_applied", 0) >= len(payloads):
+                applied_at, cpu_applied = now, cpu_seconds(proc.pid)
             clock = await store.clock() or 0.0
             due, _ = await store.due_stats(clock)
             reevaluations = stats.get("reevaluations", 0)
+            if first_at is not None and (not timeline or now - first_at - timeline[-1][0] >= 1.0):
+                timeline.append((now - first_at, stats.get("events_applied", 0), reevaluations, due, clock))
             settled = stats.get("events_applied", 0) >= len(payloads) and due == 0
             if settled and reevaluations == last_reevaluations:
                 if quiet_since is None:
@@ -80,7 +88,7 @@ async def run_backfill(bench: Any, customers: int, orders: int, months: int, ste
         stop_worker(proc, timeout=15)
         with contextlib.suppress(ValueError):
             bench.procs.remove(proc)
-    assert first_at is not None and quiet_since is not None
+    assert first_at is not None and applied_at is not None and quiet_since is not None
     seconds = quiet_since - first_at
     firings: dict[str, int] = {}
     for counter, n in parsed(stats):
@@ -94,7 +102,10 @@ async def run_backfill(bench: Any, customers: int, orders: int, months: int, ste
         "seconds": seconds,
         "rate": len(payloads) / seconds if seconds > 0 else 0.0,
         "worker_cpu_s": cpu_quiet - cpu_first,
+        "ingest_s": applied_at - first_at,  # until every order was applied
+        "ingest_cpu_s": cpu_applied - cpu_first,
         "reevaluations": stats.get("reevaluations", 0),
         "dead_letters": {k: n for k, n in stats.items() if k.startswith("dlq_")},
         "firings": firings,
+        "timeline": timeline,
     }

@@ -314,7 +314,12 @@ def plan_due(
             writes.append(UserWrite(uid, user.version, None))
             continue
         due, state = due_at[uid], user.state
+        # never before the user's own latest evaluation: in event time a batch of a partition that
+        # runs ahead of the watermark evaluates its users beyond it, and a user made due now (an RFM
+        # re-score, a freshen) or written by such a batch since the claim is evaluated there, not
+        # months back with their later events already applied (negative recency, rules on it)
         at = now if due <= 0 else min(now, max(due, state.evaluated_at or 0.0))
+        at = max(at, state.evaluated_at or 0.0)
         # made due now (an RFM re-score, every profile to the clock) after the user's own due point
         # passed: that point first (a churn snapshot or a rule flip then), as live processing would
         own = state.due_at if due <= 0 and state.due_at is not None else None

@@ -364,12 +364,17 @@ class Processor:
             writes, failed = plan_due(pending, loaded, due_at, self._context(thresholds, wall, now), now)
             if failed:  # they stay in flight until their lease expires, then are retried
                 self.metrics.processing_errors.labels("reevaluate").inc(len(failed))
-            stats = sum_counters({"reevaluations": len(writes)}, writes)
-            conflicts = await self.retry("write", self.store.write, writes, None, stats)
-            if not conflicts:
-                done = writes
+            # the store-wide count is stored only by a write without conflicts: it includes the
+            # users earlier attempts wrote (their own counters went with their shards)
+            stats = sum_counters({"reevaluations": len(done) + len(writes)}, writes)
+            lost = set(await self.retry("write", self.store.write, writes, None, stats))
+            # a conflict leaves only its shards unwritten (a batch of events wrote one of their
+            # users since the load): the others are done, and those shards' users are re-read and
+            # planned again, not left claimed until their lease expires
+            done += [w for w in writes if w.uid not in lost]
+            pending = [w.uid for w in writes if w.uid in lost]
+            if not pending:
                 break
-            pending = [w.uid for w in writes if w.uid not in conflicts]  # nothing was written: retry the rest
         self.metrics.reevaluations.inc(len(done))
         self._count_decisions(done)
         if any(w.triggers for w in done):

@@ -134,3 +134,106 @@ def test_time_driven_writes_racing_a_batch_cost_no_event(make_settings) -> None:
     applied, profile = asyncio.run(run())
     assert letters == [] and applied == 2
     assert profile["frequency_30d"] == "2"
+
+
+def test_a_user_made_due_now_is_never_evaluated_before_their_own_latest_evaluation(make_settings) -> None:
+    """Partition 0 runs 300 days ahead of partition 1, which still has a message waiting, so the
+    watermark stays at day 0 while "fast" was evaluated at day 300 with its day-300 order applied.
+    Made due now (as an RFM re-score or a freshen does), "fast" was evaluated at the watermark,
+    300 days before its own order: recency_days -300 and every rule comparing against that profile.
+    It is evaluated at its own day 300 instead."""
+    settings = make_settings(clock="event")
+    orders = f"{settings.topic_prefix}.transactions"
+    fast, slow = f"{orders}/0", f"{orders}/1"
+
+    async def dead(letters: list[DeadLetter]) -> None:
+        raise AssertionError(f"unexpected dead letters: {letters}")
+
+    async def ends() -> Ends:  # partition 1 has a second message not read yet
+        return {fast: (0, 2), slow: (0, 2)}
+
+    async def run() -> tuple[float, dict[str, str]]:
+        store = store_for(settings)
+        try:
+            proc = Processor(settings, load_catalogue(), store, dead, Metrics())
+            proc.input_ends = ends
+            await proc.process([Message(orders, 1, 0, b"slow", _order(0, "slow", 0))], {slow: 1})
+            batch = [
+                Message(orders, 0, 0, b"fast", _order(1, "fast", 0)),
+                Message(orders, 0, 1, b"fast", _order(2, "fast", 300)),
+            ]
+            await proc.process(batch, {fast: 2, slow: 1})
+            mark = await proc.now()
+            await store.mark_all_due()
+            while await proc.reevaluate_due(mark):
+                pass
+            return mark, await store.profile("fast")
+        finally:
+            await store.close()
+
+    mark, profile = asyncio.run(run())
+    day300 = (START + timedelta(days=300)).timestamp()
+    assert mark == START.timestamp()  # the watermark held at partition 1's day 0
+    assert float(profile["_evaluated_at"]) == day300
+    assert profile["recency_days"] == "0" and profile["days_since_last_order"] == "0"
+
+
+def test_a_time_driven_write_that_conflicts_on_one_shard_writes_the_others_once_and_retries_that_shard(
+    make_settings,
+) -> None:
+    """A batch of events writes one user of a claim between its load and its write: the claim's
+    write conflicts on that user's shard only. The other shards' users were written once (not
+    planned and written again), and the conflicting shard's users (the raced one and its innocent
+    neighbour) are re-read and written in the same claim, not left in flight for the lease."""
+    settings = make_settings(clock="wall")
+    clicks = f"{settings.topic_prefix}.clickstream"
+
+    async def dead(letters: list[DeadLetter]) -> None:
+        raise AssertionError(f"unexpected dead letters: {letters}")
+
+    async def run() -> tuple[dict[str, int], dict[str, int], int, int]:
+        store = store_for(settings)
+        try:
+            keys = store.keys
+            by_shard: dict[int, list[str]] = {}
+            for n in range(1000):
+                by_shard.setdefault(keys.shard(f"u{n}"), []).append(f"u{n}")
+            raced, neighbour = next(users for users in by_shard.values() if len(users) >= 2)[:2]
+            other = next(users[0] for s, users in by_shard.items() if s != keys.shard(raced))
+            users = [raced, neighbour, other]
+            proc = Processor(settings, load_catalogue(), store, dead, Metrics())
+            now = datetime.now(UTC).isoformat()
+            views = [
+                orjson.dumps({"event_id": f"v{i}", "type": "page_view", "user_id": u, "ts": now})
+                for i, u in enumerate(users)
+            ]
+            await proc.process(
+                [Message(clicks, 0, i, u.encode(), v) for i, (u, v) in enumerate(zip(users, views, strict=True))]
+            )
+
+            async def versions() -> dict[str, int]:
+                return {u: int(await store.client.hget(keys.state(u), "ver") or 0) for u in users}
+
+            before = await versions()
+            await store.mark_all_due()
+            write, raced_once = store.write, [True]
+
+            async def raced_by_a_batch(writes: Any, *args: Any) -> Any:
+                if raced_once[0]:
+                    raced_once[0] = False
+                    await store.client.hincrby(keys.state(raced), "ver", 1)  # a batch of events wrote it
+                return await write(writes, *args)
+
+            store.write = raced_by_a_batch  # type: ignore[method-assign]
+            written = await proc.reevaluate_due()
+            in_flight = sum([await store.client.zcard(keys.inflight(s)) for s in range(keys.shards)])
+            return before, await versions(), written, in_flight
+        finally:
+            await store.close()
+
+    before, after, written, in_flight = asyncio.run(run())
+    raced, neighbour, other = before
+    assert written == 3 and in_flight == 0
+    assert after[other] == before[other] + 1  # written once
+    assert after[neighbour] == before[neighbour] + 1  # re-read and written in the same claim
+    assert after[raced] == before[raced] + 2  # the batch's write, then the claim's

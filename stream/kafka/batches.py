@@ -20,7 +20,7 @@ Contract (the one ``take_events`` gave the agent):
   partition back to its committed offset, so dropped records come again (at-least-once, none
   skipped). Like Faust waits for its streams, the revocation waits for the batch in flight
   (``idle``), so old and new owner do not work on the same records at once.
-- **Backpressure.** ``put`` waits while ``bound`` records are queued (one fetch is always let in).
+- **Backpressure.** ``put`` waits while ``bound`` records are queued, then lets the whole fetch in.
 """
 
 from __future__ import annotations
@@ -64,12 +64,18 @@ class Inbox:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    async def put(self, batch: Batch) -> None:
+    async def put(self, fetch: Sequence[Batch]) -> None:
+        """Queue the batches of one fetch (one per partition), once fewer than ``bound`` records
+        are queued. A fetch goes in whole: one put per partition let the first partition's batch
+        fill the bound, and the others waited until it was nearly worked off, so in event time one
+        partition ran months ahead of the rest (the watermark, and every change point the
+        time-driven path evaluates, held back) instead of ``take`` sharing them out."""
         while self._queued >= self.bound:
             self._room.clear()
             await self._room.wait()
-        self._queue.append(batch)
-        self._queued += len(batch.records)
+        for batch in fetch:
+            self._queue.append(batch)
+            self._queued += len(batch.records)
         self._ready.set()
 
     async def take(self, max_records: int) -> list[Batch]:

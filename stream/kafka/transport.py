@@ -52,6 +52,7 @@ class Consumer(faust_aiokafka.Consumer):
         if inbox is None or not records or not self.flow_active or self.should_stop:
             return records, active  # flow stopped: Faust's getmany drops them and seeks back
         rest: dict[Any, Any] = {}
+        fetch: list[Batch] = []
         epoch = inbox.epoch
         monitor = self.app.monitor
         for tp, fetched in records.items():
@@ -69,7 +70,9 @@ class Consumer(faust_aiokafka.Consumer):
             if monitor is not None:  # what Faust's per-message path feeds its livelock detector
                 monitor.stream_inbound_time[tp] = monotonic()
                 monitor.track_tp_end_offset(tp, self.highwater(tp))
-            await inbox.put(Batch(tp, fresh, epoch))
+            fetch.append(Batch(tp, fresh, epoch))
+        if fetch:
+            await inbox.put(fetch)  # every partition of the fetch at once, for ``take`` to share out
         return rest, active
 
     async def on_partitions_revoked(self, revoked: set[Any]) -> None:

@@ -39,9 +39,9 @@ def offsets(batches: list[Batch]) -> list[tuple[tuple[str, int], list[int]]]:
 def test_take_shares_max_records_between_partitions_and_keeps_the_rest() -> None:
     async def run() -> None:
         inbox = Inbox(["in.a"], bound=100)
-        await inbox.put(Batch(A0, records(A0, 10, 4), inbox.epoch))
-        await inbox.put(Batch(A1, records(A1, 0, 2), inbox.epoch))
-        await inbox.put(Batch(A0, records(A0, 14, 2), inbox.epoch))  # a later fetch of A0
+        await inbox.put([Batch(A0, records(A0, 10, 4), inbox.epoch)])
+        await inbox.put([Batch(A1, records(A1, 0, 2), inbox.epoch)])
+        await inbox.put([Batch(A0, records(A0, 14, 2), inbox.epoch)])  # a later fetch of A0
         # one each, then the last place to the first partition in line
         assert offsets(await inbox.take(3)) == [(A0, [10, 11]), (A1, [0])]
         inbox.done([])
@@ -56,7 +56,7 @@ def test_take_shares_max_records_between_partitions_and_keeps_the_rest() -> None
 def test_offsets_become_committable_only_when_done() -> None:
     async def run() -> None:
         inbox = Inbox(["in.a"], bound=100)
-        await inbox.put(Batch(A0, records(A0, 10, 4), inbox.epoch))
+        await inbox.put([Batch(A0, records(A0, 10, 4), inbox.epoch)])
         taken = await inbox.take(10)
         assert inbox.committable == {}
         inbox.done(taken)
@@ -69,8 +69,8 @@ def test_offsets_become_committable_only_when_done() -> None:
 def test_a_revocation_drops_queued_batches_and_the_ack_in_flight() -> None:
     async def run() -> None:
         inbox = Inbox(["in.a"], bound=100)
-        await inbox.put(Batch(A0, records(A0, 0, 2), inbox.epoch))
-        await inbox.put(Batch(A1, records(A1, 0, 2), inbox.epoch))
+        await inbox.put([Batch(A0, records(A0, 0, 2), inbox.epoch)])
+        await inbox.put([Batch(A1, records(A1, 0, 2), inbox.epoch)])
         in_flight = await inbox.take(2)
         stale = Batch(A1, records(A1, 2, 2), inbox.epoch)  # fetched before the revocation
         inbox.revoke()
@@ -80,8 +80,8 @@ def test_a_revocation_drops_queued_batches_and_the_ack_in_flight() -> None:
         inbox.done(in_flight)
         await idle
         assert inbox.committable == {}  # the old owner commits nothing of it
-        await inbox.put(stale)
-        await inbox.put(Batch(A0, records(A0, 0, 1), inbox.epoch))  # refetched after the seek
+        await inbox.put([stale])
+        await inbox.put([Batch(A0, records(A0, 0, 1), inbox.epoch)])  # refetched after the seek
         assert offsets(await inbox.take(10)) == [(A0, [0])]
 
     asyncio.run(run())
@@ -90,12 +90,34 @@ def test_a_revocation_drops_queued_batches_and_the_ack_in_flight() -> None:
 def test_put_waits_while_the_bound_is_queued() -> None:
     async def run() -> None:
         inbox = Inbox(["in.a"], bound=3)
-        await inbox.put(Batch(A0, records(A0, 0, 5), inbox.epoch))  # one fetch is always let in
-        blocked = asyncio.ensure_future(inbox.put(Batch(A1, records(A1, 0, 1), inbox.epoch)))
+        await inbox.put([Batch(A0, records(A0, 0, 5), inbox.epoch)])  # one fetch is always let in
+        blocked = asyncio.ensure_future(inbox.put([Batch(A1, records(A1, 0, 1), inbox.epoch)]))
         await asyncio.sleep(0)
         assert not blocked.done()
         assert offsets(await inbox.take(3)) == [(A0, [0, 1, 2])]
         await asyncio.wait_for(blocked, 1)  # two left: room again
+
+    asyncio.run(run())
+
+
+def test_a_fetch_goes_in_whole_and_its_partitions_share_the_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fetch whose first partition alone is more than the bound: every partition of it is
+    queued, and the batches taken share them out (one put per partition let A0 fill the bound,
+    and A1 waited until A0 was nearly worked off: in event time, one partition months ahead)."""
+    a0, a1 = TP(A0), TP(A1)
+    fetched = {a0: records(A0, 0, 8), a1: records(A1, 0, 8)}
+
+    async def fetch(self: Any, timeout: float) -> Any:
+        return dict(fetched), {a0, a1}
+
+    monkeypatch.setattr(FaustConsumer, "_wait_next_records", fetch)
+
+    async def run() -> None:
+        inbox = Inbox(["in.a"], bound=4)
+        consumer = _consumer(inbox)
+        await asyncio.wait_for(consumer._wait_next_records(1.0), 1)
+        assert offsets(await inbox.take(4)) == [(A0, [0, 1]), (A1, [0, 1])]
+        assert offsets(await inbox.take(4)) == [(A0, [2, 3]), (A1, [2, 3])]
 
     asyncio.run(run())
 
@@ -142,7 +164,7 @@ def test_commits_come_from_the_inbox_for_its_topics_and_from_faust_for_the_other
         consumer = _consumer(inbox)
         a0, p0 = TP(A0), TP(P0)
         consumer._acked[p0] = [0, 1, 2]  # acked by a Faust stream
-        await inbox.put(Batch(a0, records(A0, 0, 4), inbox.epoch))
+        await inbox.put([Batch(a0, records(A0, 0, 4), inbox.epoch)])
         inbox.done(await inbox.take(10))
         assert set(consumer._filter_tps_with_pending_acks()) == {a0, p0}
         assert set(consumer._filter_tps_with_pending_acks({"privacy"})) == {p0}
@@ -163,7 +185,7 @@ def test_a_revocation_reaches_the_inbox_before_faust_forgets_the_offsets(monkeyp
     async def run() -> None:
         inbox = Inbox(["in.a"], bound=100)
         consumer = _consumer(inbox)
-        await inbox.put(Batch(TP(A0), records(A0, 0, 2), inbox.epoch))
+        await inbox.put([Batch(TP(A0), records(A0, 0, 2), inbox.epoch)])
         inbox.done(await inbox.take(10))
         await consumer.on_partitions_revoked({TP(A0)})
         assert seen == [{}] and inbox.epoch == 1

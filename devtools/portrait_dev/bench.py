@@ -1545,7 +1545,8 @@ async def _run_all(
             f"{b['months']} months in {b['seconds']:.1f} s ({b['rate']:,.0f} ev/s), "
             f"worker CPU {b['worker_cpu_s']:.1f} s (all applied after {b['ingest_s']:.1f} s, "
             f"{b['ingest_cpu_s']:.1f} s of CPU), "
-            f"{b['reevaluations']:,} time-driven writes, firings {b['firings']}, dead letters {b['dead_letters']}",
+            f"{b['reevaluations']:,} time-driven writes, firings {b['firings']} (by rule {b['firings_by_rule']}), "
+            f"dead letters {b['dead_letters']}",
             flush=True,
         )
     if "latency" in only:

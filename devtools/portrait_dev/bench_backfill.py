@@ -91,9 +91,11 @@ async def run_backfill(bench: Any, customers: int, orders: int, months: int, ste
     assert first_at is not None and applied_at is not None and quiet_since is not None
     seconds = quiet_since - first_at
     firings: dict[str, int] = {}
+    by_rule: dict[str, int] = {}
     for counter, n in parsed(stats):
         if isinstance(counter, RuleCounter):
             firings[counter.outcome] = firings.get(counter.outcome, 0) + n
+            by_rule[counter.rule] = by_rule.get(counter.rule, 0) + n
     return {
         "steps": steps,
         "customers": customers,
@@ -107,5 +109,6 @@ async def run_backfill(bench: Any, customers: int, orders: int, months: int, ste
         "reevaluations": stats.get("reevaluations", 0),
         "dead_letters": {k: n for k, n in stats.items() if k.startswith("dlq_")},
         "firings": firings,
+        "firings_by_rule": by_rule,
         "timeline": timeline,
     }

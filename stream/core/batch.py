@@ -161,6 +161,7 @@ def plan_batch(
     event_time: bool,
     apply: Apply = apply_event,
     steps_until: float | None = None,
+    partition_times: Mapping[str, float] | None = None,
 ) -> BatchPlan:
     """Apply ``valid`` (in order) to the owners' states and plan every write of the batch.
 
@@ -168,10 +169,13 @@ def plan_batch(
     is the watermark (``now`` in wall time). ``steps_until`` (default ``context.settled``): how far
     a user's change points are evaluated before their next event (``catch_up``); the service passes
     the watermark of the stored progress flags there and a safer, possibly lower, ``settled``.
+    ``partition_times`` ("topic/partition" -> how far it has been read, with this batch:
+    ``store.partition_times``): a user's change points are then evaluated up to the lowest of the
+    partitions their events can be on (``_Planner.steps_bound``), not held back by the others.
     ``apply`` folds one event (``apply_event``; a parameter so the service's fold is the one used).
     Mutates the loaded states.
     """
-    planner = _Planner(valid, owner, loaded, merges, context, now, event_time, apply, steps_until)
+    planner = _Planner(valid, owner, loaded, merges, context, now, event_time, apply, steps_until, partition_times)
     for item in valid:
         planner.step(item)
     merges.count_refusals(planner.applied)
@@ -216,12 +220,15 @@ class _Planner:
         event_time: bool,
         apply: Apply,
         steps_until: float | None,
+        partition_times: Mapping[str, float] | None,
     ) -> None:
         self.owner, self.loaded, self.context, self.now, self.event_time = owner, loaded, context, now, event_time
         self.apply = apply
         if steps_until is None:
             steps_until = now if context.settled is None else context.settled
         self.mark = steps_until
+        self.partition_times = partition_times
+        self.bounds: dict[frozenset[str], float] = {}  # partition numbers -> steps_bound
         uids = list(dict.fromkeys(owner(v) for v in valid))
         self.states = {uid: merges.states.get(uid) or loaded[uid].state or UserState() for uid in uids}
         self.latest: dict[str, float] = {}  # user -> their latest event in the batch
@@ -243,7 +250,7 @@ class _Planner:
         epoch = item.event.epoch
         try:
             if self.event_time:
-                self._before(uid, epoch)
+                self._before(uid, epoch, item.message.source)
         except Exception as exc:
             self.broken[uid] = f"evaluate: {exc!r}"
             log.exception("bug evaluating user %s", uid)
@@ -266,14 +273,32 @@ class _Planner:
             self.applied[id(item)] = uid
             self.unevaluated[uid] = max(self.unevaluated.get(uid, epoch), epoch)
 
-    def _before(self, uid: str, epoch: float) -> None:
+    def steps_bound(self, state: UserState, source: str) -> float:
+        """How far the user's change points are safe to evaluate: up to the lowest read time of
+        the partitions their events can be on, those numbered like a partition they have events
+        from (``state.offsets``, and ``source``, this event's) in every input topic (a key lands
+        on the same partition number of topics with as many partitions). Not held back by other
+        users' partitions: with the global mark, a batch of a partition ahead of the others
+        skipped the change points its events overtook (a rule flip between an order and the next
+        one, lost). Never below ``steps_until``; an event from a partition numbered otherwise
+        (another partitioner) arriving later counts as a late event, as in live processing."""
+        if self.partition_times is None:
+            return self.mark
+        numbers = frozenset(s.rpartition("/")[2] for s in (*state.offsets, source))
+        bound = self.bounds.get(numbers)
+        if bound is None:
+            times = [t for key, t in self.partition_times.items() if key.rpartition("/")[2] in numbers]
+            bound = self.bounds[numbers] = max(self.mark, min(times, default=self.mark))
+        return bound
+
+    def _before(self, uid: str, epoch: float, source: str) -> None:
         state, version = self.states[uid], self.loaded[uid].version
         user_steps = self.steps.get(uid) or self.steps.setdefault(uid, Steps(dict(state.published)))
         if uid in self.unevaluated:
             at = max(self.unevaluated.pop(uid), state.evaluated_at or 0.0)
             user_steps.add(plan_write(uid, version, state, at, self.context))
-        # change points are safe to evaluate only where no partition may still hold events
-        catch_up(user_steps, uid, version, state, min(epoch, self.mark), self.context)
+        # change points are safe to evaluate only where none of the user's partitions may still hold events
+        catch_up(user_steps, uid, version, state, min(epoch, self.steps_bound(state, source)), self.context)
 
     def finish(self, uid: str, touched: bool) -> UserWrite | None:
         """The user's one write for the batch (None: a bug broke the user)."""

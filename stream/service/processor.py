@@ -46,7 +46,7 @@ from stream.service.retry import RedisRetry
 from stream.service.trainer import Scoring
 from stream.settings import Settings
 from stream.storage.keys import erased_token
-from stream.storage.store import Ends, Store, watermark
+from stream.storage.store import Ends, Store, partition_times, watermark
 from stream.tagging.definitions import TagCatalogue
 from stream.tagging.engine import RfmThresholds, apply_event
 
@@ -250,7 +250,16 @@ class Processor:
         # the fold is this module's apply_event, read per batch (a component test substitutes a buggy one)
         context = self._context(thresholds, wall, self._settled(mark) if event_time else now)
         plan = plan_batch(
-            valid, owner, loaded, merges, context, now=now, event_time=event_time, apply=apply_event, steps_until=mark
+            valid,
+            owner,
+            loaded,
+            merges,
+            context,
+            now=now,
+            event_time=event_time,
+            apply=apply_event,
+            steps_until=mark,
+            partition_times=partition_times(self.store.parts_seen, progress) if event_time else None,
         )
         if plan.late:
             late = {id(v) for v in plan.late}

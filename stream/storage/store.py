@@ -16,6 +16,7 @@ lost whatever fails in between (``write``).
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -190,8 +191,17 @@ def watermark(
             held = [t for t in (reached, _numeric(stored.get(key))) if t is not None]
             marks.append(max(held, default=0.0))
         return min(marks)
+    return min([clock, *partition_times(parts, progress).values()])
+
+
+def partition_times(parts: Mapping[bytes, bytes], progress: Progress | None = None) -> dict[str, float]:
+    """Per input partition in the stored progress hash ``parts`` (with a batch's ``progress`` not
+    written yet): how far it is known to have been read, by its CAUGHT flag (``inf``: read to the
+    end of its last fetch) or else the highest event time applied from it (0: none yet). The
+    watermark without end offsets is the lowest of them (``watermark``)."""
+    stored = decode_hash(parts)
     values: dict[str, float | str] = {**stored, **progress_updates(stored, progress)}
-    return min([clock, *(float(v) for k, v in values.items() if v != CAUGHT and not k.endswith(POSITION))])
+    return {k: math.inf if v == CAUGHT else float(v) for k, v in values.items() if not k.endswith(POSITION)}
 
 
 def _by_shard(keys: Keys, subjects: Iterable[str]) -> dict[int, list[str]]:

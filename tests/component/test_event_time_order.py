@@ -239,3 +239,40 @@ def test_an_order_waiting_on_another_topic_converts_the_exposure(make_settings, 
     exact = run("exact", fresh_ends=True)
     assert exact.get("effect:welcome_back:treated:converted") == 1
     assert "effect:welcome_back:treated:expired" not in exact
+
+
+LAPSE_RULES = """
+version: 1
+rules:
+  - id: lapsed
+    version: 1
+    when: {tag: recency_days, ge: 14}
+    action: {type: coupon, params: {campaign: miss_you, value: 3.0}}
+"""
+
+
+def test_a_partition_behind_holds_back_only_its_own_users_change_points(make_settings, tmp_path: Path) -> None:
+    """Partition 1 of the orders has a message waiting at day 0 while partition 0 is read on: "fast"
+    orders on days 0 and 100 there, and the time-driven path is held at day 0 by partition 1. The
+    rule's flip on day 14 (two weeks without activity) lies between fast's orders: it is evaluated
+    before the day-100 order, as live processing would, because fast's events can only be on
+    partition 0 of each topic. Held back by the global watermark, the flip was skipped and the
+    firing lost (the day-100 order makes recency 0 again)."""
+    rules_file = tmp_path / "lapse.yaml"
+    rules_file.write_text(LAPSE_RULES)
+    settings = make_settings(clock="event", delivery_horizon_s=0)
+    orders = Topics(settings.topic_prefix).transactions
+
+    async def run() -> list[tuple[str, float]]:
+        store, proc, writes = _spied_processor(settings, rules_file)
+        try:
+            waiting = {f"{orders}/0": 2, f"{orders}/1": 2}  # partition 1: a second message not read yet
+            await proc.process([Message(orders, 1, 0, b"slow", _event(0, 0, "order_paid", user="slow"))], waiting)
+            await proc.process([Message(orders, 0, 0, b"fast", _event(1, 0, "order_paid", user="fast"))], waiting)
+            assert await proc.reevaluate_due() == 0  # held at day 0 by partition 1
+            await proc.process([Message(orders, 0, 1, b"fast", _event(2, 100, "order_paid", user="fast"))], waiting)
+            return [(d.rule, d.at) for w in writes if w.uid == "fast" for d in w.decisions]
+        finally:
+            await store.close()
+
+    assert asyncio.run(run()) == [("lapsed", START.timestamp() + 14 * 86400.0)]

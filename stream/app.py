@@ -117,7 +117,9 @@ def create_app(settings: Settings, catalogue: TagCatalogue | None = None) -> Ser
         models=Models(models_config) if models_config is not None else None,
     )
     if models_config is not None and settings.trainer == "embedded":  # external: `portrait trainer` learns
-        trainer = Trainer(store, models_config, metrics, settings.model_checkpoint_interval_s)
+        trainer = Trainer(
+            store, models_config, metrics, settings.model_checkpoint_interval_s, event_time=settings.clock == "event"
+        )
 
         @app.timer(settings.timer_interval_s)  # type: ignore[untyped-decorator]
         async def train() -> None:

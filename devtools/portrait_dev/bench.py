@@ -1546,7 +1546,8 @@ async def _run_all(
             f"worker CPU {b['worker_cpu_s']:.1f} s (all applied after {b['ingest_s']:.1f} s, "
             f"{b['ingest_cpu_s']:.1f} s of CPU), "
             f"{b['reevaluations']:,} time-driven writes, firings {b['firings']} (by rule {b['firings_by_rule']}), "
-            f"dead letters {b['dead_letters']}",
+            f"dead letters {b['dead_letters']}, churn examples learned {b['churn_examples']}, "
+            f"churn bands {b['churn_bands']}",
             flush=True,
         )
     if "latency" in only:

@@ -83,6 +83,8 @@ async def run_backfill(bench: Any, customers: int, orders: int, months: int, ste
             if now > deadline:
                 raise TimeoutError(f"backfill not settled after {bench.timeout:.0f}s: {stats}")
             await asyncio.sleep(0.2)
+        model = (await store.model_status()).get("churn", {})
+        bands = {v: n for (t, v), n in (await store.audience_sizes()).items() if t == "churn_band"}
     finally:
         await store.close()
         stop_worker(proc, timeout=15)
@@ -110,5 +112,7 @@ async def run_backfill(bench: Any, customers: int, orders: int, months: int, ste
         "dead_letters": {k: n for k, n in stats.items() if k.startswith("dlq_")},
         "firings": firings,
         "firings_by_rule": by_rule,
+        "churn_examples": model.get("examples"),  # the trainer's last published checkpoint
+        "churn_bands": bands,
         "timeline": timeline,
     }

@@ -59,7 +59,9 @@ async def _run(settings: Settings, config: ModelsConfig) -> None:
             {"version": settings.processor_version, "clock": settings.clock, "config_hash": settings.config_hash()}
         )
         process = TrainerProcess(
-            Trainer(store, config, metrics, settings.model_checkpoint_interval_s), metrics, settings.timer_interval_s
+            Trainer(store, config, metrics, settings.model_checkpoint_interval_s, event_time=settings.clock == "event"),
+            metrics,
+            settings.timer_interval_s,
         )
         if settings.trainer == "embedded":
             logging.getLogger(__name__).info(

@@ -36,12 +36,25 @@ LEARN_SLICE = 32
 
 class Trainer:
     def __init__(
-        self, store: Store, config: ModelsConfig, metrics: Metrics, checkpoint_interval_s: float, lease_s: float = 30.0
+        self,
+        store: Store,
+        config: ModelsConfig,
+        metrics: Metrics,
+        checkpoint_interval_s: float,
+        lease_s: float = 30.0,
+        event_time: bool = False,
     ) -> None:
+        """``checkpoint_interval_s``: publish at most this often, in wall time, and with
+        ``event_time`` (``PORTRAIT_CLOCK=event``) also each time the input's event clock moved on
+        by as much: a replay sweeps months of event time in a minute, and on wall time alone the
+        workers scored that history with a checkpoint months behind it (live, the two clocks
+        agree)."""
         self.store = store
         self.config = config
         self.metrics = metrics
         self.checkpoint_interval_s = checkpoint_interval_s
+        self.event_time = event_time
+        self.published_clock = float("-inf")  # event clock at the last publish
         self.lease_ms = int(lease_s * 1000)
         self.holder = f"{socket.gethostname()}-{os.getpid()}"
         self.models: Models | None = None
@@ -74,9 +87,16 @@ class Trainer:
             if not batch.more:
                 break
         self.unpublished += learned
-        if self.unpublished and time.monotonic() - self.last_publish >= self.checkpoint_interval_s:
+        if self.unpublished and await self._publish_due():
             await self.publish()
         return learned
+
+    async def _publish_due(self) -> bool:
+        if time.monotonic() - self.last_publish >= self.checkpoint_interval_s:
+            return True
+        return (
+            self.event_time and (await self.store.clock() or 0.0) - self.published_clock >= self.checkpoint_interval_s
+        )
 
     async def _resume(self) -> None:
         raw, position, version = await self.store.model_checkpoint()
@@ -116,8 +136,11 @@ class Trainer:
         assert self.models is not None
         self.models.segments.publish()
         status = self.status()
+        clock = await self.store.clock() if self.event_time else None
         version = await self.store.publish_checkpoint(dump(self.models), self.position, status)
         self.unpublished, self.last_publish = 0, time.monotonic()
+        if clock is not None:
+            self.published_clock = clock
         churn = status["churn"]
         if churn["auc"] is not None:
             self.metrics.model_auc.labels("churn").set(churn["auc"])

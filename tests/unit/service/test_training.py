@@ -133,3 +133,37 @@ def test_web_views() -> None:
     samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels}
     assert status == 200
     assert samples["portrait_trainer_lease_held"] == 1 and samples["portrait_model_items_learned_total"] == 6
+
+
+def test_in_event_time_a_checkpoint_is_due_each_interval_of_event_time_too() -> None:
+    """Wall time alone: a replay sweeping months of event time in a minute was scored with a
+    checkpoint months behind it. In event time the input's event clock (the store's) also makes
+    one due, each ``checkpoint_interval_s`` of it; in wall time it does not count."""
+    import time
+
+    from stream.models import load_models_config
+    from stream.service.trainer import Trainer
+
+    class EventClock:
+        t = 1_000.0
+
+        async def clock(self) -> float:
+            return self.t
+
+    store = EventClock()
+
+    def trainer(event_time: bool) -> Trainer:
+        made = Trainer(store, load_models_config(None), Metrics(), 10.0, event_time=event_time)  # type: ignore[arg-type]
+        made.last_publish, made.published_clock = time.monotonic(), 1_000.0  # just published
+        return made
+
+    async def due(made: Trainer) -> bool:
+        return await made._publish_due()
+
+    replay, live = trainer(event_time=True), trainer(event_time=False)
+    store.t = 1_009.0
+    assert not asyncio.run(due(replay))
+    store.t = 1_010.0
+    assert asyncio.run(due(replay)) and not asyncio.run(due(live))
+    live.last_publish -= 10.0  # ten seconds of wall time since the last publish
+    assert asyncio.run(due(live))

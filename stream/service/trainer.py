@@ -44,9 +44,10 @@ class Trainer:
         lease_s: float = 30.0,
         event_time: bool = False,
     ) -> None:
-        """``checkpoint_interval_s``: publish at most this often, in wall time, and with
-        ``event_time`` (``PORTRAIT_CLOCK=event``) also each time the input's event clock moved on
-        by as much: a replay sweeps months of event time in a minute, and on wall time alone the
+        """``checkpoint_interval_s``: a tick that learned something publishes once this many
+        seconds of wall time have passed since the last publish, and with ``event_time``
+        (``PORTRAIT_CLOCK=event``) also once the input's event clock (the store's) has moved on by
+        as much: a replay sweeps months of event time in a minute, and on wall time alone the
         workers scored that history with a checkpoint months behind it (live, the two clocks
         agree)."""
         self.store = store

@@ -85,11 +85,14 @@ class Trainer:
                     log.exception("cannot learn model item %s", entry_id)
             self.position = batch.position_after(len(batch.items))
             learned += len(batch.items)
+            self.unpublished += len(batch.items)
+            # also between rounds: a tick that never catches up (a backfill writing items as fast
+            # as they are learned) published nothing until the input stopped, and the workers
+            # scored the whole history with the first checkpoints (churn band never "high")
+            if self.unpublished and await self._publish_due():
+                await self.publish()
             if not batch.more:
                 break
-        self.unpublished += learned
-        if self.unpublished and await self._publish_due():
-            await self.publish()
         return learned
 
     async def _publish_due(self) -> bool:

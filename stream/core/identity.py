@@ -35,13 +35,18 @@ class Resolution:
     # the store fences a merge across state shards (alias first), so the anonymous state may still
     # be there (a crash or a conflict after the fence): ``merge`` completes it
     pending: dict[str, tuple[str, float]] = field(default_factory=dict)  # -> (user, link time)
+    # anonymous subject -> (user, event time): merged (an alias exists), and an event of this batch
+    # carries only the anonymous id. A fenced merge's anonymous state still holds the events it
+    # applied; when they come again (the worker died after the fence) they resolve to the user,
+    # so ``merge`` folds that state first and they count as redelivered, not twice.
+    leftovers: dict[str, tuple[str, float]] = field(default_factory=dict)
 
     @property
     def subjects(self) -> list[str]:
         """Everyone to load: the events' owners and both sides of every candidate link."""
         linked = [u for u, _, _ in self.links.values()]
         fenced = [u for u, _ in self.pending.values()]
-        return list(dict.fromkeys([*self.owners, *self.links, *linked, *self.pending, *fenced]))
+        return list(dict.fromkeys([*self.owners, *self.links, *linked, *self.pending, *fenced, *self.leftovers]))
 
     def owner(self, v: Valid) -> str:
         subject = self.initial(v)
@@ -108,9 +113,18 @@ def resolve(valid: list[Valid], aliases: dict[str, str], policy: IdentityPolicy)
     links: dict[str, tuple[str, float, int]] = {}
     refused: list[tuple[int, Refusal]] = []
     pending: dict[str, tuple[str, float]] = {}
+    leftovers: dict[str, tuple[str, float]] = {}
     for v in valid:
         e = v.event
-        if e.user_id is None or e.anonymous_id is None:
+        if e.anonymous_id is None:
+            continue
+        if e.user_id is None:
+            # an event of a merged anonymous id: its state may still be there (the merge was
+            # fenced, then the worker died) holding events that come again now; folding it before
+            # they resolve to the user makes them redelivered, not counted twice
+            merged_into = aliases.get(anon_subject(e.anonymous_id))
+            if merged_into is not None:
+                leftovers.setdefault(anon_subject(e.anonymous_id), (merged_into, e.epoch))
             continue
         if policy.is_blocked(e.anonymous_id):
             refused.append((id(v), "blocked_id"))
@@ -125,7 +139,7 @@ def resolve(valid: list[Valid], aliases: dict[str, str], policy: IdentityPolicy)
             refused.append((id(v), "already_linked"))
             continue
         links[subject] = (e.user_id, e.epoch, id(v))
-    resolution = Resolution(aliases, links, refused, pending=pending)
+    resolution = Resolution(aliases, links, refused, pending=pending, leftovers=leftovers)
     resolution.owners = list(dict.fromkeys(resolution.initial(v) for v in valid))
     return resolution
 
@@ -135,6 +149,13 @@ def merge(identity: Resolution, loaded: Mapping[str, LoadedUser], policy: Identi
     the accepted ones in ``identity.redirect``. ``keep_ids``: the catalogue's dedupe window."""
     merges = Merges()
     merges.refused.extend(identity.refused)
+    # merges fenced by an earlier attempt first: they were accepted then, and a new link of this
+    # batch is refused or accepted counting them (after a crash they were not in the user's state)
+    for subject, (uid, at) in identity.pending.items():
+        _complete(merges, subject, uid, at, loaded, keep_ids)
+    for subject, (uid, at) in identity.leftovers.items():
+        if subject not in identity.pending and loaded[subject].state is not None:
+            _complete(merges, subject, uid, at, loaded, keep_ids)  # the link time is unknown here
     for subject, (uid, at, link) in identity.links.items():
         if loaded[uid].erased or loaded[subject].erased:
             continue  # the erased side's events are dead-lettered; nothing to merge
@@ -157,8 +178,6 @@ def merge(identity: Resolution, loaded: Mapping[str, LoadedUser], policy: Identi
             UserWrite(subject, loaded[subject].version, None, audience_remove=list(published.items()), alias_to=uid)
         )
         merges.count(uid, "identity_merged")
-    for subject, (uid, at) in identity.pending.items():
-        _complete(merges, subject, uid, at, loaded, keep_ids)
     return merges
 
 

@@ -246,7 +246,9 @@ class Processor:
             valid = [v for v in valid if owner(v) not in erased]
         await self.sync_models()
         now = max(self.event_clock, stored_clock or 0.0, batch_max_ts or 0.0) if event_time else wall
-        mark = watermark(now, self.store.parts_seen, progress) if event_time else now
+        # the watermark without end offsets is the lowest partition time (``watermark``)
+        times = partition_times(self.store.parts_seen, progress) if event_time else None
+        mark = min([now, *times.values()]) if times is not None else now
         # the fold is this module's apply_event, read per batch (a component test substitutes a buggy one)
         context = self._context(thresholds, wall, self._settled(mark) if event_time else now)
         plan = plan_batch(
@@ -259,7 +261,7 @@ class Processor:
             event_time=event_time,
             apply=apply_event,
             steps_until=mark,
-            partition_times=partition_times(self.store.parts_seen, progress) if event_time else None,
+            partition_times=times,
         )
         if plan.late:
             late = {id(v) for v in plan.late}

@@ -437,8 +437,9 @@ class Store:
         shard than its user) goes in three ordered steps, so that a failure or crash anywhere
         loses nothing: the anonymous subject is fenced (its alias set, ``fence.lua``: no one can
         write it any more), then the user's shard is written, then the anonymous state deleted.
-        A retry finds a fenced subject whose state is still there and completes the merge
-        (``stream.core.identity.resolve``: pending merges).
+        The next batch with the link or an event of the anonymous id finds a fenced subject whose
+        state is still there and completes the merge (``stream.core.identity.resolve``: pending
+        merges and leftovers).
         """
         if not writes and clock is None and not stats and not progress:
             return []

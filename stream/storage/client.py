@@ -66,10 +66,19 @@ def decode_hash(raw: Mapping[Any, Any]) -> dict[str, str]:
     return {decode_text(k): decode_text(v) for k, v in raw.items()}
 
 
+INCLUDE = "--#include "
+
+
 @functools.cache
 def script_source(name: str) -> str:
-    """The Lua source of ``stream/storage/scripts/<name>.lua`` (package data), read once."""
-    return (resources.files("stream.storage") / "scripts" / f"{name}.lua").read_text()
+    """The Lua source of ``stream/storage/scripts/<name>.lua`` (package data), read once; a line
+    ``--#include <helper>`` is replaced by ``<helper>.lua`` of the same directory (Redis scripts
+    cannot load one another, and a helper is written once)."""
+    text = (resources.files("stream.storage") / "scripts" / f"{name}.lua").read_text()
+    return "\n".join(
+        script_source(line.removeprefix(INCLUDE)).rstrip("\n") if line.startswith(INCLUDE) else line
+        for line in text.split("\n")
+    )
 
 
 @functools.cache

@@ -8,13 +8,8 @@
 -- ARGV[3] wall time now (leases up to it have expired)   ARGV[4] lease expiry (wall time)
 -- Returns {flat {user, due score, ...}, the earliest due score left ('' when none)}; a score of
 -- 0 means "re-evaluate now" (forced).
--- Each set is read once and written with one variadic command (in chunks: unpack's arguments
--- are bounded by Lua's C stack), not one command per user.
-local function each_chunk(list, step, fn)
-  for i = 1, #list, step do
-    fn(unpack(list, i, math.min(i + step - 1, #list)))
-  end
-end
+-- Each set is read once and written with variadic commands (each_chunk), not one per user.
+--#include _chunks
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
 if #expired > 0 then
   local back = {}

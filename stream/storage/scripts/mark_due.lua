@@ -6,17 +6,16 @@
 -- ARGV[1], ARGV[2], ARGV[3]   metric index (1..3), low score, high score ('-inf'/'+inf' allowed);
 -- then the same three for each further range
 -- Returns how many users were made due (moved earlier).
--- One variadic ZADD per range (in chunks: unpack's arguments are bounded by Lua's C stack).
+-- Variadic ZADDs per range (each_chunk), not one per user.
+--#include _chunks
 local marked = 0
 for i = 1, #ARGV, 3 do
   local uids = redis.call('ZRANGEBYSCORE', KEYS[tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2])
-  for j = 1, #uids, 500 do
-    local args = {}
-    for n = j, math.min(j + 499, #uids) do
-      table.insert(args, 0)
-      table.insert(args, uids[n])
-    end
-    marked = marked + redis.call('ZADD', KEYS[4], 'LT', 'CH', unpack(args))
+  local args = {}
+  for _, u in ipairs(uids) do
+    table.insert(args, 0)
+    table.insert(args, u)
   end
+  each_chunk(args, 1000, function(...) marked = marked + redis.call('ZADD', KEYS[4], 'LT', 'CH', ...) end)
 end
 return marked

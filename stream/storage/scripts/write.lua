@@ -14,6 +14,7 @@
 --              ln: model examples}], aud_ttl: seconds, stats: {counter: increment}
 -- ARGV[1 + i]  state blob of user i
 -- Returns the user ids whose version moved (then nothing was written), else an empty list.
+--#include _chunks
 local SHARD_KEYS, PER_USER = 9, 3
 local meta = cjson.decode(ARGV[1])
 local conflicts = {}
@@ -77,12 +78,6 @@ for i, u in ipairs(meta.users) do
     end
   else
     table.insert(unranked, u.u)
-  end
-end
--- in chunks: unpack's arguments are bounded by Lua's C stack
-local function each_chunk(list, step, fn)
-  for i = 1, #list, step do
-    fn(unpack(list, i, math.min(i + step - 1, #list)))
   end
 end
 each_chunk(unleased, 1000, function(...) redis.call('ZREM', KEYS[2], ...) end)

@@ -28,8 +28,11 @@ SCRIPTS = ROOT / "stream" / "storage" / "scripts"
 LUA_FILES = sorted(SCRIPTS.glob("*.lua"))
 
 
-def test_every_lua_file_is_a_named_script_and_package_data() -> None:
-    assert {p.stem for p in LUA_FILES} == set(SCRIPT_NAMES)
+def test_every_lua_file_is_a_named_script_or_an_included_helper_and_package_data() -> None:
+    assert {p.stem for p in LUA_FILES if not p.stem.startswith("_")} == set(SCRIPT_NAMES)
+    helpers = {p.stem for p in LUA_FILES if p.stem.startswith("_")}
+    included = {line.removeprefix("--#include ") for p in LUA_FILES for line in p.read_text().splitlines()}
+    assert helpers and helpers <= included, "a helper no script includes"
     globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["stream"]
     for path in LUA_FILES:
         relative = path.relative_to(ROOT / "stream").as_posix()
@@ -39,7 +42,10 @@ def test_every_lua_file_is_a_named_script_and_package_data() -> None:
 @pytest.mark.parametrize("name", SCRIPT_NAMES)
 def test_scripts_load_through_importlib_resources(name: str) -> None:
     source = script_source(name)
-    assert source == (SCRIPTS / f"{name}.lua").read_text()
+    text = (SCRIPTS / f"{name}.lua").read_text()
+    for helper in re.findall(r"^--#include (\w+)$", text, flags=re.MULTILINE):
+        text = text.replace(f"--#include {helper}\n", (SCRIPTS / f"{helper}.lua").read_text())
+    assert source == text and not re.search(r"^--#include", source, flags=re.MULTILINE)
     header = "\n".join(line for line in source.splitlines() if line.startswith("--"))
     assert source.startswith(f"-- {name}: ")  # the contract comes first: KEYS (built by keys.py) and ARGV
     assert "KEYS[1]" in header and "ARGV[1]" in header and "stream/storage/keys.py" in header

@@ -1358,6 +1358,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="needed",
         help="PORTRAIT_TIME_STEPS of the backfill (8): needed (fast) or every (the per-day path)",
     )
+    parser.add_argument("--backfill-workers", type=int, default=1, help="workers of the backfill (8)")
     parser.add_argument(
         "--profile", action="store_true", help="py-spy every worker in rep 1 of pipeline1, pipeline2, envelope"
     )
@@ -1537,13 +1538,20 @@ async def _run_all(
         from portrait_dev.bench_backfill import run_backfill
 
         bench.backfill = await run_backfill(
-            bench, args.backfill_customers, args.backfill_orders, args.backfill_months, args.backfill_steps, args.seed
+            bench,
+            args.backfill_customers,
+            args.backfill_orders,
+            args.backfill_months,
+            args.backfill_steps,
+            args.seed,
+            args.backfill_workers,
         )
         b = bench.backfill
         print(
-            f"  backfill ({b['steps']}): {b['orders']:,} orders of {b['customers']:,} customers over "
+            f"  backfill ({b['steps']}, {b['workers']} worker(s)): {b['orders']:,} orders of "
+            f"{b['customers']:,} customers over "
             f"{b['months']} months in {b['seconds']:.1f} s ({b['rate']:,.0f} ev/s), "
-            f"worker CPU {b['worker_cpu_s']:.1f} s (all applied after {b['ingest_s']:.1f} s, "
+            f"workers' CPU {b['worker_cpu_s']:.1f} s (all applied after {b['ingest_s']:.1f} s, "
             f"{b['ingest_cpu_s']:.1f} s of CPU), "
             f"{b['reevaluations']:,} time-driven writes, firings {b['firings']} (by rule {b['firings_by_rule']}), "
             f"dead letters {b['dead_letters']}, churn examples learned {b['churn_examples']}, "

@@ -1,15 +1,15 @@
 """``portrait bench --only backfill``: an event-time backfill of a purchase history, end to end.
 
 A purchase log (``synth.purchase_history``: by default 100,000 orders of 25,000 customers over 18
-months) is produced to the input topics, then one worker in event time (``PORTRAIT_CLOCK=event``,
-the shipped rules and models, delivery as configured: history is withheld as ``backfill``) is
-started on the backlog. The backfill is done when every order is applied, nothing is due up to
-the clock, and the time-driven path has been idle for ``QUIET_S`` (so the profiles have been
-brought to the final clock). Reported: wall seconds from the worker's first processed message to
-done, events/s over that time, the worker's CPU seconds over that time (user + system: on a box
-other work keeps busy, the figure the wall time hides), the same two until every order was applied
-(the rest is the time-driven tail: the last change points and every profile brought to the clock),
-time-driven re-evaluations written, and rule firings by outcome.
+months) is produced to the input topics, then ``workers`` workers (one by default) in event time
+(``PORTRAIT_CLOCK=event``, the shipped rules and models, delivery as configured: history is
+withheld as ``backfill``) are started on the backlog. The backfill is done when every order is
+applied, nothing is due up to the clock, and the time-driven path has been idle for ``QUIET_S``
+(so the profiles have been brought to the final clock). Reported: wall seconds from the first
+processed message to done, events/s over that time, the workers' CPU seconds over that time (user
++ system: on a box other work keeps busy, the figure the wall time hides), the same two until
+every order was applied (the rest is the time-driven tail: the last change points and every
+profile brought to the clock), time-driven re-evaluations written, and rule firings by outcome.
 ``--backfill-steps every`` runs the per-day path (every change point of every tag) for comparison.
 """
 
@@ -34,8 +34,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def run_backfill(bench: Any, customers: int, orders: int, months: int, steps: str, seed: int) -> dict[str, Any]:
-    """Scenario (7) on ``bench`` (a ``portrait_dev.bench.Bench``: its services and processes)."""
+async def run_backfill(
+    bench: Any, customers: int, orders: int, months: int, steps: str, seed: int, workers: int = 1
+) -> dict[str, Any]:
+    """Scenario (8) on ``bench`` (a ``portrait_dev.bench.Bench``: its services and processes)."""
     from portrait_dev import synth
     from portrait_dev.harness import stop_worker
     from stream.contracts.topics import Topics
@@ -49,7 +51,11 @@ async def run_backfill(bench: Any, customers: int, orders: int, months: int, ste
     create_topics(bench.bootstrap, Topics(settings.topic_prefix).all, settings.partitions)
     await replay(settings, history, progress=False)
     store = Store.from_settings(settings)
-    proc = bench.start_worker(settings, f"backfill-{steps}.log")
+    procs = [bench.start_worker(settings, f"backfill-{steps}-{n}.log") for n in range(workers)]
+
+    def cpu() -> float:
+        return sum(cpu_seconds(p.pid) for p in procs)
+
     try:
         first_at: float | None = None
         applied_at: float | None = None  # every order applied: the rest is the time-driven tail
@@ -62,19 +68,20 @@ async def run_backfill(bench: Any, customers: int, orders: int, months: int, ste
         while True:
             stats = await store.stats()
             now = time.monotonic()
+            applied = stats.get("events_applied", 0)
             if first_at is None and stats.get("messages", 0) > 0:
-                first_at, cpu_first = now, cpu_seconds(proc.pid)
-            if applied_at is None and stats.get("events_applied", 0) >= len(payloads):
-                applied_at, cpu_applied = now, cpu_seconds(proc.pid)
+                first_at, cpu_first = now, cpu()
+            if applied_at is None and applied >= len(payloads):
+                applied_at, cpu_applied = now, cpu()
             clock = await store.clock() or 0.0
             due, _ = await store.due_stats(clock)
             reevaluations = stats.get("reevaluations", 0)
             if first_at is not None and (not timeline or now - first_at - timeline[-1][0] >= 1.0):
-                timeline.append((now - first_at, stats.get("events_applied", 0), reevaluations, due, clock))
-            settled = stats.get("events_applied", 0) >= len(payloads) and due == 0
+                timeline.append((now - first_at, applied, reevaluations, due, clock))
+            settled = applied >= len(payloads) and due == 0
             if settled and reevaluations == last_reevaluations:
                 if quiet_since is None:
-                    quiet_since, cpu_quiet = now, cpu_seconds(proc.pid)
+                    quiet_since, cpu_quiet = now, cpu()
                 if now - quiet_since >= QUIET_S:
                     break
             else:
@@ -87,9 +94,10 @@ async def run_backfill(bench: Any, customers: int, orders: int, months: int, ste
         bands = {v: n for (t, v), n in (await store.audience_sizes()).items() if t == "churn_band"}
     finally:
         await store.close()
-        stop_worker(proc, timeout=15)
-        with contextlib.suppress(ValueError):
-            bench.procs.remove(proc)
+        for proc in procs:
+            stop_worker(proc, timeout=15)
+            with contextlib.suppress(ValueError):
+                bench.procs.remove(proc)
     assert first_at is not None and applied_at is not None and quiet_since is not None
     seconds = quiet_since - first_at
     firings: dict[str, int] = {}
@@ -100,6 +108,7 @@ async def run_backfill(bench: Any, customers: int, orders: int, months: int, ste
             by_rule[counter.rule] = by_rule.get(counter.rule, 0) + n
     return {
         "steps": steps,
+        "workers": workers,
         "customers": customers,
         "orders": len(payloads),
         "months": months,

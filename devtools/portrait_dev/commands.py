@@ -179,6 +179,7 @@ def bench(
         Literal["needed", "every"],
         typer.Option(help="PORTRAIT_TIME_STEPS of the backfill (8): needed (fast) or every (the per-day path)."),
     ] = "needed",
+    backfill_workers: Annotated[int, typer.Option(min=1, help="Workers of the backfill (8).")] = 1,
 ) -> None:
     """Throughput, latency, memory and read-API benchmark on embedded infrastructure (results in --out)."""
     from portrait_dev.bench import run
@@ -207,6 +208,7 @@ def bench(
         backfill_orders=backfill_orders,
         backfill_months=backfill_months,
         backfill_steps=backfill_steps,
+        backfill_workers=backfill_workers,
     )
     code = run(args)
     if code:

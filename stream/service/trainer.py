@@ -62,6 +62,7 @@ class Trainer:
         self.position = "0-0"
         self.unpublished = 0
         self.last_publish = 0.0
+        self.drifts_reported = 0  # churn drifts already counted in the metric
 
     async def tick(self) -> int:
         """Learn what arrived since the last tick if this worker holds the lease; returns items learned."""
@@ -151,11 +152,11 @@ class Trainer:
             self.metrics.model_auc.labels("churn_recency_baseline").set(churn["baseline_auc"])
         if churn["log_loss"] is not None:
             self.metrics.model_log_loss.labels("churn").set(churn["log_loss"])
-        new_drifts = churn["drifts"] - getattr(self, "_drifts_reported", 0)
+        new_drifts = churn["drifts"] - self.drifts_reported
         if new_drifts > 0:
             self.metrics.model_drift.labels("churn").inc(new_drifts)
             log.warning("churn model drift detected (%d so far)", churn["drifts"])
-        self._drifts_reported = churn["drifts"]
+        self.drifts_reported = churn["drifts"]
         self.metrics.model_checkpoint_time.labels("models").set(time.time())
         log.info("published model checkpoint v%d (churn examples %d)", version, churn["examples"])
         return version

@@ -28,7 +28,7 @@ from stream.metrics import Metrics
 from stream.service.processor import Processor
 from stream.storage.store import Ends
 from stream.tagging.definitions import load_catalogue
-from tests.integration.helpers import store_for
+from tests.integration.helpers import no_dead_letters, store_for
 
 pytestmark = pytest.mark.integration
 START = datetime(2026, 1, 5, 12, tzinfo=UTC)
@@ -146,16 +146,13 @@ def test_a_user_made_due_now_is_never_evaluated_before_their_own_latest_evaluati
     orders = f"{settings.topic_prefix}.transactions"
     fast, slow = f"{orders}/0", f"{orders}/1"
 
-    async def dead(letters: list[DeadLetter]) -> None:
-        raise AssertionError(f"unexpected dead letters: {letters}")
-
     async def ends() -> Ends:  # partition 1 has a second message not read yet
         return {fast: (0, 2), slow: (0, 2)}
 
     async def run() -> tuple[float, dict[str, str]]:
         store = store_for(settings)
         try:
-            proc = Processor(settings, load_catalogue(), store, dead, Metrics())
+            proc = Processor(settings, load_catalogue(), store, no_dead_letters, Metrics())
             proc.input_ends = ends
             await proc.process([Message(orders, 1, 0, b"slow", _order(0, "slow", 0))], {slow: 1})
             batch = [
@@ -188,9 +185,6 @@ def test_a_time_driven_write_that_conflicts_on_one_shard_writes_the_others_once_
     settings = make_settings(clock="wall")
     clicks = f"{settings.topic_prefix}.clickstream"
 
-    async def dead(letters: list[DeadLetter]) -> None:
-        raise AssertionError(f"unexpected dead letters: {letters}")
-
     async def run() -> tuple[dict[str, int], dict[str, int], int, int]:
         store = store_for(settings)
         try:
@@ -201,7 +195,7 @@ def test_a_time_driven_write_that_conflicts_on_one_shard_writes_the_others_once_
             raced, neighbour = next(users for users in by_shard.values() if len(users) >= 2)[:2]
             other = next(users[0] for s, users in by_shard.items() if s != keys.shard(raced))
             users = [raced, neighbour, other]
-            proc = Processor(settings, load_catalogue(), store, dead, Metrics())
+            proc = Processor(settings, load_catalogue(), store, no_dead_letters, Metrics())
             now = datetime.now(UTC).isoformat()
             views = [
                 orjson.dumps({"event_id": f"v{i}", "type": "page_view", "user_id": u, "ts": now})

@@ -15,14 +15,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream.contracts.deadletter import DeadLetter
 from stream.contracts.topics import Topics
 from stream.core.pipeline import Message
 from stream.metrics import Metrics
 from stream.rules import load_rules
 from stream.service.processor import Processor
 from stream.tagging.definitions import load_catalogue
-from tests.integration.helpers import store_for
+from tests.integration.helpers import no_dead_letters, store_for
 
 pytestmark = pytest.mark.integration
 START = datetime(2026, 8, 1, 12, tzinfo=UTC)
@@ -49,17 +48,13 @@ def _event(n: int, day: float, kind: str = "page_view", user: str = "u1") -> byt
     return orjson.dumps(event)
 
 
-async def _dead(letters: list[DeadLetter]) -> None:
-    raise AssertionError(f"unexpected dead letters: {letters}")
-
-
 def _spied_processor(settings, rules_file: Path):  # type: ignore[no-untyped-def]
     """A processor on the session's Valkey with ``rules_file``; every write it makes is also
     appended to the returned list. Returns (store, processor, writes)."""
     store = store_for(settings)
     catalogue = load_catalogue()
     rules = load_rules(rules_file, catalogue)
-    proc = Processor(settings, catalogue, store, _dead, Metrics(), rules=rules)
+    proc = Processor(settings, catalogue, store, no_dead_letters, Metrics(), rules=rules)
     writes: list = []  # type: ignore[type-arg]
     original = proc._count_decisions
 

@@ -20,13 +20,12 @@ from typing import Any
 import orjson
 import pytest
 
-from stream.contracts.deadletter import DeadLetter
 from stream.core.pipeline import Message
 from stream.metrics import Metrics
 from stream.service.processor import Processor
 from stream.storage.store import Store
 from stream.tagging.definitions import load_catalogue
-from tests.integration.helpers import store_for
+from tests.integration.helpers import no_dead_letters, store_for
 
 pytestmark = pytest.mark.integration
 START = datetime(2026, 1, 5, 12, tzinfo=UTC)
@@ -56,9 +55,6 @@ def test_events_of_a_fenced_anonymous_profile_redelivered_after_a_crash_count_on
     settings = make_settings(clock="event")
     clicks = f"{settings.topic_prefix}.clickstream"
 
-    async def dead(letters: list[DeadLetter]) -> None:
-        raise AssertionError(f"unexpected dead letters: {letters}")
-
     async def run() -> tuple[dict[str, str], str | None]:
         store = store_for(settings)
         try:
@@ -67,13 +63,13 @@ def test_events_of_a_fenced_anonymous_profile_redelivered_after_a_crash_count_on
             anonymous = [Message(clicks, 0, 0, device.encode(), _view(0, 0, anonymous_id=device))]
             link = [Message(clicks, 1, 0, user.encode(), _view(1, 0.5, user_id=user, anonymous_id=device))]
             ends = {f"{clicks}/0": 1, f"{clicks}/1": 1}
-            first = Processor(settings, load_catalogue(), store, dead, Metrics())
+            first = Processor(settings, load_catalogue(), store, no_dead_letters, Metrics())
             await first.process(anonymous, ends)  # written; its offset not committed yet
             _crash_after_the_fence(store)
             with pytest.raises(Crash):
                 await first.process(link, ends)
             # the next worker: both partitions come again from their committed offsets
-            second = Processor(settings, load_catalogue(), store, dead, Metrics())
+            second = Processor(settings, load_catalogue(), store, no_dead_letters, Metrics())
             await second.process(anonymous, ends)
             await second.process(link, ends)
             alias = await store.client.get(store.keys.alias(f"anon:{device}"))
@@ -95,9 +91,6 @@ def test_a_merge_over_the_daily_limit_is_refused_when_the_earlier_merges_were_fe
     settings = make_settings(clock="event", identity_max_merges_per_day=2)
     clicks = f"{settings.topic_prefix}.clickstream"
 
-    async def dead(letters: list[DeadLetter]) -> None:
-        raise AssertionError(f"unexpected dead letters: {letters}")
-
     async def run() -> tuple[dict[str, str | None], dict[str, int]]:
         store = store_for(settings)
         try:
@@ -109,11 +102,11 @@ def test_a_merge_over_the_daily_limit_is_refused_when_the_earlier_merges_were_fe
                 for n, d in enumerate(devices)
             ]
             ends = {f"{clicks}/1": 3}
-            first = Processor(settings, load_catalogue(), store, dead, Metrics())
+            first = Processor(settings, load_catalogue(), store, no_dead_letters, Metrics())
             _crash_after_the_fence(store)
             with pytest.raises(Crash):
                 await first.process(links[:2], ends)
-            second = Processor(settings, load_catalogue(), store, dead, Metrics())
+            second = Processor(settings, load_catalogue(), store, no_dead_letters, Metrics())
             await second.process(links, ends)
             aliases = {}
             for d in devices:

@@ -16,13 +16,12 @@ from typing import Any
 import orjson
 import pytest
 
-from stream.contracts.deadletter import DeadLetter
 from stream.contracts.topics import Topics
 from stream.core.pipeline import Message
 from stream.metrics import Metrics
 from stream.service.processor import INGEST_FIRST_S, WALL_DUE_SLICE, Processor
 from stream.tagging.definitions import load_catalogue
-from tests.integration.helpers import store_for
+from tests.integration.helpers import no_dead_letters, store_for
 
 pytestmark = pytest.mark.integration
 USERS = 2 * WALL_DUE_SLICE + 5
@@ -37,13 +36,10 @@ def test_wall_time_re_evaluations_wait_for_the_batch_of_events_and_come_in_slice
     settings = make_settings(clock="wall")
     clicks = Topics(settings.topic_prefix).clickstream
 
-    async def dead(letters: list[DeadLetter]) -> None:
-        raise AssertionError(f"unexpected dead letters: {letters}")
-
     async def run() -> tuple[list[int], list[int], int]:
         store = store_for(settings)
         try:
-            proc = Processor(settings, load_catalogue(), store, dead, Metrics())
+            proc = Processor(settings, load_catalogue(), store, no_dead_letters, Metrics())
             await proc.process([_view(clicks, n, f"u{n}") for n in range(USERS)])
             await store.mark_all_due()  # as an RFM refresh or a catalogue sweep does
             write, gate = store.write, asyncio.Event()
@@ -84,13 +80,10 @@ def test_a_saturated_worker_leaves_the_rest_of_its_claim_to_the_lease(make_setti
     settings = make_settings(clock="wall", due_lease_s=1.0)
     clicks = Topics(settings.topic_prefix).clickstream
 
-    async def dead(letters: list[DeadLetter]) -> None:
-        raise AssertionError(f"unexpected dead letters: {letters}")
-
     async def run() -> tuple[int, int]:
         store = store_for(settings)
         try:
-            proc = Processor(settings, load_catalogue(), store, dead, Metrics())
+            proc = Processor(settings, load_catalogue(), store, no_dead_letters, Metrics())
             await proc.process([_view(clicks, n, f"u{n}") for n in range(USERS)])
             await store.mark_all_due()
             write, gate = store.write, asyncio.Event()

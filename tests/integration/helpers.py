@@ -19,11 +19,17 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from portrait_dev.harness import outbox_drained, settle, start_worker, stop_worker, wait_healthy, wait_processed
 
+from stream.contracts.deadletter import DeadLetter
 from stream.kafka import replay
 from stream.models import MODEL_TAGS
 from stream.settings import Settings
 from stream.storage.store import Store
 from tests import oracle
+
+
+async def no_dead_letters(letters: list[DeadLetter]) -> None:
+    """A processor's dead-letter sink for tests whose input is all valid."""
+    raise AssertionError(f"unexpected dead letters: {letters}")
 
 
 def store_for(settings: Settings) -> Store:

@@ -40,6 +40,7 @@ async def run_backfill(
     """Scenario (8) on ``bench`` (a ``portrait_dev.bench.Bench``: its services and processes)."""
     from portrait_dev import synth
     from portrait_dev.harness import stop_worker
+    from portrait_dev.infra import free_port
     from stream.contracts.topics import Topics
     from stream.kafka.admin import create_topics
     from stream.kafka.replay import replay
@@ -51,7 +52,9 @@ async def run_backfill(
     create_topics(bench.bootstrap, Topics(settings.topic_prefix).all, settings.partitions)
     await replay(settings, history, progress=False)
     store = Store.from_settings(settings)
-    procs = [bench.start_worker(settings, f"backfill-{steps}-{n}.log") for n in range(workers)]
+    # each worker serves its own health and metrics port
+    each = [settings, *(settings.model_copy(update={"web_port": free_port()}) for _ in range(workers - 1))]
+    procs = [bench.start_worker(s, f"backfill-{steps}-{n}.log") for n, s in enumerate(each)]
 
     def cpu() -> float:
         return sum(cpu_seconds(p.pid) for p in procs)

@@ -43,7 +43,8 @@ class Resolution:
 
     @property
     def subjects(self) -> list[str]:
-        """Everyone to load: the events' owners and both sides of every candidate link."""
+        """Everyone to load: the events' owners, both sides of every candidate link, and the
+        merged anonymous ids a fence may have left a state for (``pending``, ``leftovers``)."""
         linked = [u for u, _, _ in self.links.values()]
         fenced = [u for u, _ in self.pending.values()]
         return list(dict.fromkeys([*self.owners, *self.links, *linked, *self.pending, *fenced, *self.leftovers]))

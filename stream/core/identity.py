@@ -38,7 +38,8 @@ class Resolution:
     # anonymous subject -> (user, event time): merged (an alias exists), and an event of this batch
     # carries only the anonymous id. A fenced merge's anonymous state still holds the events it
     # applied; when they come again (the worker died after the fence) they resolve to the user,
-    # so ``merge`` folds that state first and they count as redelivered, not twice.
+    # so ``merge`` folds that state first and they count as redelivered, not twice. None of them
+    # is in ``pending`` (a link of the batch completes its merge).
     leftovers: dict[str, tuple[str, float]] = field(default_factory=dict)
 
     @property
@@ -119,18 +120,17 @@ def resolve(valid: list[Valid], aliases: dict[str, str], policy: IdentityPolicy)
         e = v.event
         if e.anonymous_id is None:
             continue
+        subject = anon_subject(e.anonymous_id)
         if e.user_id is None:
             # an event of a merged anonymous id: its state may still be there (the merge was
             # fenced, then the worker died) holding events that come again now; folding it before
             # they resolve to the user makes them redelivered, not counted twice
-            merged_into = aliases.get(anon_subject(e.anonymous_id))
-            if merged_into is not None:
-                leftovers.setdefault(anon_subject(e.anonymous_id), (merged_into, e.epoch))
+            if subject in aliases:
+                leftovers.setdefault(subject, (aliases[subject], e.epoch))
             continue
         if policy.is_blocked(e.anonymous_id):
             refused.append((id(v), "blocked_id"))
             continue
-        subject = anon_subject(e.anonymous_id)
         linked = aliases.get(subject) or links.get(subject, (None, 0.0, 0))[0]
         if linked == e.user_id:
             if aliases.get(subject) == e.user_id:
@@ -140,6 +140,7 @@ def resolve(valid: list[Valid], aliases: dict[str, str], policy: IdentityPolicy)
             refused.append((id(v), "already_linked"))
             continue
         links[subject] = (e.user_id, e.epoch, id(v))
+    leftovers = {s: found for s, found in leftovers.items() if s not in pending}  # the link completes those
     resolution = Resolution(aliases, links, refused, pending=pending, leftovers=leftovers)
     resolution.owners = list(dict.fromkeys(resolution.initial(v) for v in valid))
     return resolution
@@ -155,7 +156,7 @@ def merge(identity: Resolution, loaded: Mapping[str, LoadedUser], policy: Identi
     for subject, (uid, at) in identity.pending.items():
         _complete(merges, subject, uid, at, loaded, keep_ids)
     for subject, (uid, at) in identity.leftovers.items():
-        if subject not in identity.pending and loaded[subject].state is not None:
+        if loaded[subject].state is not None:
             _complete(merges, subject, uid, at, loaded, keep_ids)  # the link time is unknown here
     for subject, (uid, at, link) in identity.links.items():
         if loaded[uid].erased or loaded[subject].erased:

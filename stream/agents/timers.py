@@ -63,9 +63,12 @@ def register_timers(app: Any, processor: Processor, settings: Settings) -> None:
                     refreshed_at[0] = mark
             # users may be due several times within one clock jump (each change point); bounded per tick
             for _ in range(100):
-                if await processor.reevaluate_due(mark) == 0:
+                written = await processor.reevaluate_due(mark)
+                if mark is not None:  # how far every due user is evaluated: the trainer learns up to it
+                    await processor.retry("clock", processor.store.advance_timed, mark)
+                if written == 0:
                     break
-            if settings.clock == "event":
+            if mark is not None:
                 await processor.freshen(await processor.now())
             if time.monotonic() - observed_at[0] >= OBSERVE_S:
                 observed_at[0] = time.monotonic()

@@ -155,6 +155,11 @@ class Keys:
         return f"{self.global_base}:models:checkpoint"
 
     @property
+    def model_held(self) -> str:
+        """Items the trainer read and holds unlearned, checkpointed with the model (a JSON list)."""
+        return f"{self.global_base}:models:held"
+
+    @property
     def model_meta(self) -> str:
         return f"{self.global_base}:models:meta"
 
@@ -175,6 +180,11 @@ class Keys:
     @property
     def clock_parts(self) -> str:
         return f"{self.global_base}:clock:parts"
+
+    @property
+    def clock_timed(self) -> str:
+        """Event time up to which the time-driven path has evaluated every user due (event time)."""
+        return f"{self.global_base}:clock:timed"
 
     @property
     def stats(self) -> str:

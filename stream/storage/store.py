@@ -264,6 +264,15 @@ def _entry_order(eid: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+def position_covers(position: str, head: str, shards: int) -> bool:
+    """Whether the trainer position ``position`` covers every model item up to ``head`` (both
+    as ``read_model_items`` / ``model_examples_head`` give them)."""
+    have = _examples_position(position, shards)
+    return all(
+        s in have and _entry_order(have[s]) >= _entry_order(eid) for s, eid in _examples_position(head, shards).items()
+    )
+
+
 class Store:
     """Async Redis access for the worker. All writes go through ``write``; reads outside the
     batch path go through ``reads`` (the one reader, on this store's adopted layout), which the
@@ -693,10 +702,18 @@ class Store:
         items = [(shard, eid, item) for _, shard, eid, item in returned]
         return ModelItems(items, positions, more=len(safe) > count or horizon is not None)
 
-    async def publish_checkpoint(self, raw: bytes, position: str, status: dict[str, Any]) -> int:
-        """Store a checkpoint atomically with the stream position it covers; drop learned items."""
+    async def publish_checkpoint(
+        self, raw: bytes, position: str, status: dict[str, Any], held: bytes | None = None
+    ) -> int:
+        """Store a checkpoint atomically with the stream position it covers and the items read up
+        to it that the trainer holds, not learned yet (``held``, a JSON list; None: none); drop
+        the items the position covers."""
         pipe = self.client.pipeline(transaction=True)
         pipe.set(self.keys.model_checkpoint, raw)
+        if held is None:
+            pipe.delete(self.keys.model_held)
+        else:
+            pipe.set(self.keys.model_held, held)
         pipe.hset(self.keys.model_meta, mapping={"position": position, "status": orjson.dumps(status)})
         pipe.hincrby(self.keys.model_meta, "version", 1)
         replies = await pipe.execute()
@@ -706,7 +723,7 @@ class Store:
             for shard, eid in positions.items():
                 trim.xtrim(self.keys.model_examples(shard), minid=eid)
             await trim.execute()
-        return int(replies[2])
+        return int(replies[-1])
 
     async def model_checkpoint(self) -> tuple[bytes | None, str, int]:
         """(checkpoint bytes, stream position it covers, version)."""
@@ -715,6 +732,15 @@ class Store:
         pipe.hmget(self.keys.model_meta, "position", "version")
         raw, (position, version) = await pipe.execute()
         return raw, decode_text(position) if position else "0-0", int(version or 0)
+
+    async def trainer_checkpoint(self) -> tuple[bytes | None, str, int, bytes | None]:
+        """``model_checkpoint`` and the items it holds (``publish_checkpoint``), read together."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.get(self.keys.model_checkpoint)
+        pipe.hmget(self.keys.model_meta, "position", "version")
+        pipe.get(self.keys.model_held)
+        raw, (position, version), held = await pipe.execute()
+        return raw, decode_text(position) if position else "0-0", int(version or 0), held
 
     async def model_status(self) -> dict[str, Any]:
         return await self.reads.model_status()
@@ -1063,6 +1089,23 @@ class Store:
     async def advance_clock(self, value: float) -> float:
         """Move the event-time clock forward to ``value`` (never backwards); returns the clock."""
         return float(await run_script(self.client, "advance_clock", [self.keys.clock], [f"{value:.6f}"]))
+
+    async def advance_timed(self, value: float) -> float:
+        """Record that the time-driven path has evaluated every user due up to the event time
+        ``value``, or up to the earliest due time still indexed if that is lower (never back):
+        every churn label with a deadline before it has been written (``Trainer`` learns up to
+        it). Returns the recorded time."""
+        keys = [self.keys.clock_timed, self.keys.due_index]
+        return float(await run_script(self.client, "advance_timed", keys, [f"{value:.6f}"]))
+
+    async def timed(self) -> tuple[float, float]:
+        """(the event-time clock, ``advance_timed``'s value) in one round trip; 0 for one not set
+        yet (the time-driven path has not completed a drain)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(self.keys.clock)
+        pipe.get(self.keys.clock_timed)
+        clock, timed = await pipe.execute()
+        return float(clock) if clock else 0.0, float(timed) if timed else 0.0
 
     # -- privacy ----------------------------------------------------------------------------
     async def erase(self, uid: str) -> list[str]:

@@ -14,6 +14,7 @@ from stream.metrics import Metrics
 from stream.models import Models, load_models_config
 from stream.models.features import feature_columns
 from stream.service.trainer import READ_BATCH, Trainer
+from stream.storage.store import Store
 from tests.integration.helpers import store_for
 
 pytestmark = pytest.mark.integration
@@ -42,3 +43,107 @@ def test_a_tick_of_several_rounds_publishes_after_each_round_that_makes_one_due(
     learned, version = asyncio.run(run())
     assert learned == READ_BATCH + 1000
     assert version == 2  # one checkpoint per round; before, one at the end of the tick
+
+
+DAY = 86_400.0
+
+
+def test_in_event_time_the_trainer_learns_churn_examples_in_deadline_order_and_checkpoints_the_held_ones(
+    make_settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backfill writes a returning customer's example (applied ahead of the watermark) long
+    before the churned ones the time-driven path resolves at it; learned in that order, the model
+    followed each skewed stretch. In event time the trainer learns by deadline (snapshot time +
+    horizon), holds an example until the time-driven path has drained past its deadline, and
+    checkpoints what it holds: the next lease holder learns it once, and nothing twice. It reads two
+    items a round here: what the time-driven path had drained when the trainer looked is released
+    only once the trainer has read every item written by then (it reads behind the writes)."""
+    monkeypatch.setattr("stream.service.trainer.READ_BATCH", 2)
+    settings = make_settings()
+    config = load_models_config(None)
+    horizon = config.churn.horizon
+    x = dict.fromkeys(feature_columns(Models(config).churn_specs), 0.5)
+    # (deadline in days, label), in the order the workers wrote them
+    written = [(50.0, 0), (20.0, 1), (200.0, 0), (30.0, 1)]
+
+    async def write(store: Store) -> None:
+        pipe = store.client.pipeline(transaction=False)
+        for n, (deadline, label) in enumerate(written):
+            item = {"kind": "churn", "x": x, "ts": deadline * DAY - horizon, "y": label}
+            pipe.xadd(store.keys.model_examples(n % store.keys.shards), {"i": orjson.dumps(item)})
+        await pipe.execute()
+
+    async def run() -> tuple[list[tuple[int, float]], list[tuple[int, float]], bytes | None, list[tuple[int, float]]]:
+        store = store_for(settings)
+        try:
+            await write(store)
+            await store.advance_clock(250 * DAY)  # the events applied reach day 250
+            await store.advance_timed(100 * DAY)  # and the time-driven path day 100
+
+            def order(trainer: Trainer) -> list[tuple[int, float]]:
+                assert trainer.models is not None and trainer.models.churn.record is not None
+                return [(y, (ts + horizon) / DAY) for y, _, _, ts in trainer.models.churn.record]
+
+            first = Trainer(store, config, Metrics(), checkpoint_interval_s=0.0, event_time=True)
+            await first._resume()
+            assert first.models is not None
+            first.models.churn.record = []
+            assert await first.tick() == 3
+            first.models.churn.record, learned_first = None, order(first)
+            await first.publish()  # the checkpoint a crash leaves behind
+            _, _, _, held = await store.trainer_checkpoint()
+            assert (await store.model_status())["churn"]["held"] == 1  # what `models status` shows
+
+            await store.client.delete(store.keys.model_trainer)  # the lease moves on
+            await store.advance_timed(250 * DAY)
+            second = Trainer(store, config, Metrics(), checkpoint_interval_s=0.0, event_time=True)
+            await second._resume()
+            assert second.models is not None
+            second.models.churn.record = []
+            assert await second.tick() == 1
+            learned_second = order(second)
+            assert second.status()["churn"]["examples"] == 4
+
+            await store.client.delete(store.keys.model_trainer)
+            await store.client.delete(*[store.keys.model_examples(s) for s in range(store.keys.shards)])
+            await write(store)
+            fresh = store_for(settings)  # no read-ahead of the streams just replaced
+            try:
+                live = Trainer(fresh, config, Metrics(), checkpoint_interval_s=0.0)  # wall time: read order
+                live.models = Models(config)
+                live.models.churn.record = []
+                assert await live.tick() == 4
+            finally:
+                await fresh.close()
+            return learned_first, learned_second, held, order(live)
+        finally:
+            await store.close()
+
+    learned_first, learned_second, held, live = asyncio.run(run())
+    assert learned_first == [(1, 20.0), (1, 30.0), (0, 50.0)]  # by deadline, up to day 100
+    assert held is not None and [item["ts"] for item in orjson.loads(held)] == [200 * DAY - horizon]
+    assert learned_second == [(0, 200.0)]  # the held one, once; none of the others again
+    assert live == [(0, 50.0), (1, 20.0), (0, 200.0), (1, 30.0)]  # as written
+
+
+def test_the_time_driven_path_records_how_far_every_due_user_is_evaluated(make_settings) -> None:
+    """``clock:timed`` is the lower of the drained watermark and the earliest due score still
+    indexed (a drain bounded per tick stops short of the watermark), and never moves back."""
+    settings = make_settings()
+
+    async def run() -> list[float]:
+        store = store_for(settings)
+        try:
+            seen = [await store.advance_timed(100.0)]  # nothing due: the watermark
+            await store.client.zadd(store.keys.due_index, {"3": 140.0, "7": 120.0})
+            seen.append(await store.advance_timed(200.0))  # shard 7 still has a user due at 120
+            await store.client.zadd(store.keys.due_index, {"7": 110.0})  # lower than recorded
+            seen.append(await store.advance_timed(200.0))
+            await store.client.zadd(store.keys.due_index, {"7": 300.0, "3": 300.0})
+            seen.append(await store.advance_timed(250.0))
+            seen.append((await store.timed())[1])
+            return seen
+        finally:
+            await store.close()
+
+    assert asyncio.run(run()) == [100.0, 120.0, 120.0, 250.0, 250.0]

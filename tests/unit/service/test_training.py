@@ -144,26 +144,13 @@ def test_in_event_time_a_checkpoint_is_due_each_interval_of_event_time_too() -> 
     from stream.models import load_models_config
     from stream.service.trainer import Trainer
 
-    class EventClock:
-        t = 1_000.0
-
-        async def clock(self) -> float:
-            return self.t
-
-    store = EventClock()
-
     def trainer(event_time: bool) -> Trainer:
-        made = Trainer(store, load_models_config(None), Metrics(), 10.0, event_time=event_time)  # type: ignore[arg-type]
+        made = Trainer(None, load_models_config(None), Metrics(), 10.0, event_time=event_time)  # type: ignore[arg-type]
         made.last_publish, made.published_clock = time.monotonic(), 1_000.0  # just published
         return made
 
-    async def due(made: Trainer) -> bool:
-        return await made._publish_due()
-
     replay, live = trainer(event_time=True), trainer(event_time=False)
-    store.t = 1_009.0
-    assert not asyncio.run(due(replay))
-    store.t = 1_010.0
-    assert asyncio.run(due(replay)) and not asyncio.run(due(live))
+    assert not replay._publish_due(1_009.0)
+    assert replay._publish_due(1_010.0) and not live._publish_due(1_010.0)
     live.last_publish -= 10.0  # ten seconds of wall time since the last publish
-    assert asyncio.run(due(live))
+    assert live._publish_due(1_000.0)

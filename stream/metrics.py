@@ -102,6 +102,12 @@ class Metrics:
         self.model_items_learned = Counter(
             "portrait_model_items_learned", "Model items (churn examples, segment vectors) learned", registry=r
         )
+        self.model_items_held = Gauge(
+            "portrait_model_items_held",
+            "Model items this trainer has read and holds unlearned (event time: churn examples waiting"
+            " for the time-driven path to pass their deadline)",
+            registry=r,
+        )
         self.model_version = Gauge(
             "portrait_model_version", "Model checkpoint version this worker scores with", registry=r
         )

@@ -130,6 +130,7 @@ class Trainer:
             n = await self._learn_released(self._release_time())
             learned += n
             self.unpublished += n
+            self.metrics.model_items_held.set(len(self.held))
             # also between rounds: a tick that never catches up (a backfill writing items as fast
             # as they are learned) published nothing until the input stopped, and the workers
             # scored the whole history with the first checkpoints (churn band never "high")

@@ -84,11 +84,13 @@ def test_in_event_time_the_trainer_learns_churn_examples_in_deadline_order_and_c
                 assert trainer.models is not None and trainer.models.churn.record is not None
                 return [(y, (ts + horizon) / DAY) for y, _, _, ts in trainer.models.churn.record]
 
-            first = Trainer(store, config, Metrics(), checkpoint_interval_s=0.0, event_time=True)
+            metrics = Metrics()
+            first = Trainer(store, config, metrics, checkpoint_interval_s=0.0, event_time=True)
             await first._resume()
             assert first.models is not None
             first.models.churn.record = []
             assert await first.tick() == 3
+            assert metrics.model_items_held._value.get() == 1  # the gauge an operator watches
             first.models.churn.record, learned_first = None, order(first)
             await first.publish()  # the checkpoint a crash leaves behind
             _, _, _, held = await store.trainer_checkpoint()

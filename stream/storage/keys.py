@@ -156,7 +156,7 @@ class Keys:
 
     @property
     def model_held(self) -> str:
-        """Items the trainer read and holds unlearned, checkpointed with the model (a JSON list)."""
+        """Items the trainer read and holds unlearned, checkpointed with the model (zlib-compressed JSON)."""
         return f"{self.global_base}:models:held"
 
     @property

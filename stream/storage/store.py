@@ -706,7 +706,7 @@ class Store:
         self, raw: bytes, position: str, status: dict[str, Any], held: bytes | None = None
     ) -> int:
         """Store a checkpoint atomically with the stream position it covers and the items read up
-        to it that the trainer holds, not learned yet (``held``, a JSON list; None: none); drop
+        to it that the trainer holds, not learned yet (``held``, opaque bytes; None: none); drop
         the items the position covers."""
         pipe = self.client.pipeline(transaction=True)
         pipe.set(self.keys.model_checkpoint, raw)

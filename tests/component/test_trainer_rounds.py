@@ -6,6 +6,7 @@ the first checkpoints (the churn band was never "high" during a 5,000-customer b
 from __future__ import annotations
 
 import asyncio
+import zlib
 
 import orjson
 import pytest
@@ -123,7 +124,7 @@ def test_in_event_time_the_trainer_learns_churn_examples_in_deadline_order_and_c
 
     learned_first, learned_second, held, live = asyncio.run(run())
     assert learned_first == [(1, 20.0), (1, 30.0), (0, 50.0)]  # by deadline, up to day 100
-    assert held is not None and [item["ts"] for item in orjson.loads(held)] == [200 * DAY - horizon]
+    assert held is not None and [item["ts"] for item in orjson.loads(zlib.decompress(held))] == [200 * DAY - horizon]
     assert learned_second == [(0, 200.0)]  # the held one, once; none of the others again
     assert live == [(0, 50.0), (1, 20.0), (0, 200.0), (1, 30.0)]  # as written
 

@@ -101,8 +101,8 @@ def status(ctx: typer.Context, json: JsonOption = False) -> None:
             f"  log loss {_number(c['log_loss'], '.4f')}  positive rate {_number(c['positive_rate'], '.3f')}  "
             f"drift alarms {c['drifts']}"
         )
-        if c.get("held"):  # event time: examples waiting for the watermark to pass their deadline
-            echo(f"  {c['held']} resolved examples held until the event-time watermark reaches their deadline")
+        if c.get("held"):  # event time: learned in deadline order (docs/models.md, "Learning order")
+            echo(f"  {c['held']} resolved examples wait until every user due by their deadline is evaluated")
     else:
         echo("no model checkpoint published yet")
     if evaluation is None:

@@ -46,6 +46,10 @@ READ_BATCH = 5000
 # Learning costs ~65 µs per item and the trainer shares the event loop with ingest: yield every
 # LEARN_SLICE items (~2 ms) so a second's worth of examples does not stall a batch for 30+ ms.
 LEARN_SLICE = 32
+# In event time (a backfill) no event waits on a latency goal, and between slices the trainer
+# waited on whole batches: it read the items 10-20 s of wall time behind the workers (months of
+# event time), so they scored with a model that had not learned the latest labels. ~65 ms.
+EVENT_TIME_LEARN_SLICE = 1024
 
 
 class Trainer:
@@ -96,9 +100,9 @@ class Trainer:
     async def _learn_released(self, until: float) -> int:
         """Learn the held items released by ``until`` (release order); returns how many."""
         assert self.models is not None
-        learned = 0
+        learned, slice_size = 0, EVENT_TIME_LEARN_SLICE if self.event_time else LEARN_SLICE
         while self.held and self.held[0][0] <= until:
-            if learned and learned % LEARN_SLICE == 0:
+            if learned and learned % slice_size == 0:
                 await asyncio.sleep(0)  # a cancellation here keeps the rest held (and checkpointed)
             _, _, item = heapq.heappop(self.held)
             learned += 1

@@ -727,20 +727,22 @@ class Store:
 
     async def model_checkpoint(self) -> tuple[bytes | None, str, int]:
         """(checkpoint bytes, stream position it covers, version)."""
-        pipe = self.client.pipeline(transaction=True)
-        pipe.get(self.keys.model_checkpoint)
-        pipe.hmget(self.keys.model_meta, "position", "version")
-        raw, (position, version) = await pipe.execute()
-        return raw, decode_text(position) if position else "0-0", int(version or 0)
+        raw, position, version, _ = await self._checkpoint(with_held=False)
+        return raw, position, version
 
     async def trainer_checkpoint(self) -> tuple[bytes | None, str, int, bytes | None]:
-        """``model_checkpoint`` and the items it holds (``publish_checkpoint``), read together."""
+        """``model_checkpoint`` and the items the trainer held with it (``publish_checkpoint``),
+        read together; the workers, which only score, read ``model_checkpoint``."""
+        return await self._checkpoint(with_held=True)
+
+    async def _checkpoint(self, with_held: bool) -> tuple[bytes | None, str, int, bytes | None]:
         pipe = self.client.pipeline(transaction=True)
         pipe.get(self.keys.model_checkpoint)
         pipe.hmget(self.keys.model_meta, "position", "version")
-        pipe.get(self.keys.model_held)
-        raw, (position, version), held = await pipe.execute()
-        return raw, decode_text(position) if position else "0-0", int(version or 0), held
+        if with_held:
+            pipe.get(self.keys.model_held)
+        raw, (position, version), *held = await pipe.execute()
+        return raw, decode_text(position) if position else "0-0", int(version or 0), held[0] if held else None
 
     async def model_status(self) -> dict[str, Any]:
         return await self.reads.model_status()

@@ -221,10 +221,10 @@ class Health:
 
     def readiness(self) -> Readiness:
         now = self.clock()
+        # both when both failed: a call's timeout and the probe's PING say different things
+        redis_errors = [e for e in (self.retry.last_error, self.ping_error) if e]
         checks = Checks(
-            redis=Check(
-                ok=self.retry.healthy and self.ping_error is None, error=self.retry.last_error or self.ping_error
-            ),
+            redis=Check(ok=not redis_errors, error="; ".join(redis_errors) or None),
             broker=self._broker(now),
             ingest=self._ingest(now),
             progress=self._progress(now),

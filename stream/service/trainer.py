@@ -149,7 +149,7 @@ class Trainer:
         """Note how far the time-driven path has drained (``Store.timed``) with the stream head
         written by then; returns the store's event clock."""
         clock, timed = await self.store.timed()
-        if timed > max(self.release, self.releases[-1][1] if self.releases else -math.inf):
+        if timed > (self.releases[-1][1] if self.releases else self.release):  # noted ones only grow
             self.releases.append((await self.store.model_examples_head(), timed))
         return clock
 
@@ -173,23 +173,21 @@ class Trainer:
         raw, position, version, held = await self.store.trainer_checkpoint()
         self.models, self.position, self.held = Models(self.config), "0-0", []
         self.release, self.releases = -math.inf, []
-        if raw is not None:
-            try:
-                self.models, self.position = restore(raw, self.config), position
-                for item in orjson.loads(zlib.decompress(held)) if held else []:
-                    self._hold(item)
-                log.info(
-                    "trainer resumed model checkpoint v%d at stream position %s (%d items held)",
-                    version,
-                    position,
-                    len(self.held),
-                )
-            except (CheckpointError, orjson.JSONDecodeError, zlib.error) as exc:
-                self.models, self.position, self.held = Models(self.config), "0-0", []
-                log.error("model checkpoint v%d unusable (%s); training a fresh model", version, exc)
-                self.metrics.processing_errors.labels("model_checkpoint").inc()
-        else:
+        if raw is None:
             log.info("no model checkpoint yet; training a fresh model")
+            return
+        try:
+            models, items = restore(raw, self.config), orjson.loads(zlib.decompress(held)) if held else []
+        except (CheckpointError, orjson.JSONDecodeError, zlib.error) as exc:
+            log.error("model checkpoint v%d unusable (%s); training a fresh model", version, exc)
+            self.metrics.processing_errors.labels("model_checkpoint").inc()
+            return
+        self.models, self.position = models, position
+        for item in items:
+            self._hold(item)
+        log.info(
+            "trainer resumed model checkpoint v%d at stream position %s (%d items held)", version, position, len(items)
+        )
 
     def status(self) -> dict[str, Any]:
         assert self.models is not None

@@ -51,7 +51,6 @@ SCRIPT_NAMES = (
     "model_read",
     "lease",
     "advance_clock",
-    "advance_timed",
 )
 CLUSTER_ROUNDS = 40  # rounds of redirections a script call follows (``_on_cluster``)
 TRYAGAIN_PAUSE_S = 0.05  # before sending again a script that met a slot half-moved

@@ -1097,8 +1097,8 @@ class Store:
         ``value``, or up to the earliest due time still indexed if that is lower (never back):
         every churn label with a deadline before it has been written (``Trainer`` learns up to
         it). Returns the recorded time."""
-        keys = [self.keys.clock_timed, self.keys.due_index]
-        return float(await run_script(self.client, "advance_timed", keys, [f"{value:.6f}"]))
+        keys = [self.keys.clock_timed, self.keys.due_index]  # capped by the earliest due time indexed
+        return float(await run_script(self.client, "advance_clock", keys, [f"{value:.6f}"]))
 
     async def timed(self) -> tuple[float, float]:
         """(the event-time clock, ``advance_timed``'s value) in one round trip; 0 for one not set

@@ -247,6 +247,12 @@ class Settings(BaseSettings):
     # Event time (replays, backfills): thresholds also refresh whenever the event clock moved this
     # far since the last refresh, so they follow the replayed months, not the wall clock.
     rfm_refresh_event_s: float = Field(default=86400.0, gt=0)
+    # Event time: "tick": the timer refreshes once a tick when the clock moved rfm_refresh_event_s
+    # (batches may apply days past it on the thresholds before); "batches": a batch is applied in
+    # pieces cut at the period starts it crosses, the users due before each start evaluated and the
+    # thresholds refreshed there first, as the offline driver does (RFM rule firings as in a
+    # replay in event-time order; slower: docs/performance.md, "RFM refreshes in step").
+    rfm_event_refresh: Literal["tick", "batches"] = "tick"
     # Lifecycle memory: a user inactive this many whole days (after the day of their latest event)
     # is deleted; until then the profile keeps lifetime tags and monthly tiles (docs/tags.md).
     # At least the 90-day window of the daily tiles.

@@ -44,7 +44,6 @@ async def input_ends(app: Any, topics: tuple[str, ...]) -> Ends | None:
 
 
 def register_timers(app: Any, processor: Processor, settings: Settings) -> None:
-    refreshed_at = [float("-inf")]  # event time of the last event-time-cadence RFM refresh
     inputs = Topics(settings.topic_prefix).inputs
     # the event-time watermark checks the stored progress against the broker's end offsets
     processor.input_ends = lambda: input_ends(app, inputs)
@@ -57,17 +56,9 @@ def register_timers(app: Any, processor: Processor, settings: Settings) -> None:
             if settings.clock == "event":
                 # one watermark per tick (it stays safe while the drain runs)
                 mark = await processor.now()
-                if mark - refreshed_at[0] >= settings.rfm_refresh_event_s:
-                    # users whose scores the new thresholds move are made due, and re-scored below
-                    await processor.store.refresh_rfm(mark, processor.rescored_cuts())
-                    refreshed_at[0] = mark
-            # users may be due several times within one clock jump (each change point); bounded per tick
-            for _ in range(100):
-                written = await processor.reevaluate_due(mark)
-                if mark is not None:  # how far every due user is evaluated: the trainer learns up to it
-                    await processor.retry("clock", processor.store.advance_timed, mark)
-                if written == 0:
-                    break
+                # users whose scores the new thresholds move are made due, and re-scored below
+                await processor.refresh_rfm_on_tick(mark)
+            await processor.drain_due(mark)
             if mark is not None:
                 await processor.freshen(await processor.now())
             if time.monotonic() - observed_at[0] >= OBSERVE_S:

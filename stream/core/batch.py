@@ -142,6 +142,15 @@ class BatchReport:
     dead_letters: Counter[str] = field(default_factory=Counter)  # by reason
     users: int = 0
 
+    def add(self, other: BatchReport) -> None:
+        """Count a part of the same batch (applied in pieces)."""
+        self.messages += other.messages
+        self.applied += other.applied
+        self.redelivered += other.redelivered
+        self.duplicates += other.duplicates
+        self.dead_letters.update(other.dead_letters)
+        self.users += other.users
+
     def record(self, plan: BatchPlan) -> None:
         """Take the event outcomes and the users touched from the batch's written plan."""
         self.applied = plan.outcomes[Applied.APPLIED.value]

@@ -1,0 +1,86 @@
+"""Component tier (real Valkey, in-process processor): RFM refreshes in step with the batches.
+
+With ``rfm_event_refresh: batches`` a batch that spans several RFM periods (event-time days) is
+applied in pieces: before the events of each new day the thresholds are refreshed from the rank
+sets of the days before, as a replay in strict event-time order (the offline driver) does. With
+"tick" (the default) only the timer refreshes, so a batch's later days are scored on the
+thresholds of before the batch: none at all here, since no timer runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+
+from stream.contracts.topics import Topics
+from stream.core.pipeline import Message
+from stream.metrics import Metrics
+from stream.service.processor import Processor, refresh_points
+from stream.tagging.definitions import load_catalogue
+from tests.integration.helpers import no_dead_letters, store_for
+
+pytestmark = pytest.mark.integration
+START = datetime(2026, 8, 1, 12, tzinfo=UTC)
+DAY = 86400.0
+
+
+def _order(n: int, day: int, user: str, amount: float) -> bytes:
+    ts = (START + timedelta(days=day, minutes=n)).isoformat()
+    event = {"event_id": f"e{n}", "type": "order_paid", "user_id": user, "ts": ts}
+    return orjson.dumps(event | {"order_id": f"o{n}", "amount": amount, "currency": "EUR", "items": []})
+
+
+# day 0: five customers order; day 1: one more; day 2: u0 orders again
+ORDERS = [(0, f"u{i}", 10.0 * (i + 1)) for i in range(5)] + [(1, "u5", 60.0), (2, "u0", 5.0)]
+
+
+def _run(make_settings, names, mode: str) -> tuple[int, dict[str, str], dict[str, str]]:  # type: ignore[no-untyped-def]
+    """One batch holding every order, its partition read to the end. Returns (thresholds
+    version, u0's profile, u5's profile)."""
+    settings = make_settings(clock="event", key_prefix=f"{names.key_prefix}-{mode}", rfm_event_refresh=mode)
+    topics = Topics(settings.topic_prefix)
+    batch = [
+        Message(topics.transactions, 0, n, user.encode(), _order(n, day, user, amount))
+        for n, (day, user, amount) in enumerate(ORDERS)
+    ]
+
+    async def run() -> tuple[int, dict[str, str], dict[str, str]]:
+        store = store_for(settings)
+        processor = Processor(settings, load_catalogue(), store, no_dead_letters, Metrics())
+        try:
+            report = await processor.process(batch, {f"{topics.transactions}/0": len(batch)})
+            assert (report.messages, report.applied) == (len(batch), len(batch))
+            version = (await store.rfm_thresholds()).version
+            return version, await store.profile("u0"), await store.profile("u5")
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def test_a_batch_over_several_days_is_scored_on_each_days_thresholds(make_settings, names) -> None:
+    version, u0, u5 = _run(make_settings, names, "batches")
+    # refreshed at the start of day 0 (nobody ranked yet: empty thresholds, version 1), day 1
+    # and day 2
+    assert version == 3
+    assert u5["_rfm_version"] == "2"  # day 1: the thresholds of the day-0 customers
+    assert u0["_rfm_version"] == "3"  # day 2: those of day 0 and day 1
+    assert u0["f_score"] == "5"  # the only customer with two orders
+    assert "rfm_segment" in u0
+
+
+def test_without_it_the_batch_is_scored_on_the_thresholds_before_it(make_settings, names) -> None:
+    version, u0, u5 = _run(make_settings, names, "tick")
+    assert version == 0
+    assert u0["_rfm_version"] == u5["_rfm_version"] == "0"
+    assert "rfm_segment" not in u0
+
+
+def test_refresh_points_are_the_period_starts_after_the_last_refresh() -> None:
+    assert refresh_points(5.5 * DAY, 5.9 * DAY, DAY) == []
+    assert refresh_points(5.5 * DAY, 8.2 * DAY, DAY) == [6 * DAY, 7 * DAY, 8 * DAY]
+    assert refresh_points(6 * DAY, 7 * DAY, DAY) == [7 * DAY]
+    assert refresh_points(0.0, 100 * DAY, DAY, limit=3) == [DAY, 2 * DAY, 3 * DAY]

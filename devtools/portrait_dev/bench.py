@@ -1360,6 +1360,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--backfill-workers", type=int, default=1, help="workers of the backfill (8)")
     parser.add_argument(
+        "--backfill-rfm",
+        choices=["tick", "batches"],
+        default="tick",
+        help="PORTRAIT_RFM_EVENT_REFRESH of the backfill (8): tick (fast) or batches (exact RFM rules)",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="py-spy every worker in rep 1 of pipeline1, pipeline2, envelope"
     )
     parser.add_argument("--out", default="results", help="directory for the JSON and PNG")
@@ -1545,10 +1551,11 @@ async def _run_all(
             args.backfill_steps,
             args.seed,
             args.backfill_workers,
+            args.backfill_rfm,
         )
         b = bench.backfill
         print(
-            f"  backfill ({b['steps']}, {b['workers']} worker(s)): {b['orders']:,} orders of "
+            f"  backfill ({b['steps']}, RFM refresh {b['rfm']}, {b['workers']} worker(s)): {b['orders']:,} orders of "
             f"{b['customers']:,} customers over "
             f"{b['months']} months in {b['seconds']:.1f} s ({b['rate']:,.0f} ev/s), "
             f"workers' CPU {b['worker_cpu_s']:.1f} s (all applied after {b['ingest_s']:.1f} s, "

@@ -10,7 +10,9 @@ processed message to done, events/s over that time, the workers' CPU seconds ove
 + system: on a box other work keeps busy, the figure the wall time hides), the same two until
 every order was applied (the rest is the time-driven tail: the last change points and every
 profile brought to the clock), time-driven re-evaluations written, and rule firings by outcome.
-``--backfill-steps every`` runs the per-day path (every change point of every tag) for comparison.
+``--backfill-steps every`` runs the per-day path (every change point of every tag) for comparison;
+``--backfill-rfm batches`` refreshes the RFM thresholds at every period start the batches cross
+(``PORTRAIT_RFM_EVENT_REFRESH``), the default ``tick`` once a timer tick.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def run_backfill(
-    bench: Any, customers: int, orders: int, months: int, steps: str, seed: int, workers: int = 1
+    bench: Any, customers: int, orders: int, months: int, steps: str, seed: int, workers: int = 1, rfm: str = "tick"
 ) -> dict[str, Any]:
     """Scenario (8) on ``bench`` (a ``portrait_dev.bench.Bench``: its services and processes)."""
     from portrait_dev import synth
@@ -48,7 +50,7 @@ async def run_backfill(
 
     history = synth.purchase_history(customers=customers, orders=orders, months=months, seed=seed)
     payloads = history
-    settings = bench.fresh_settings("bf", clock="event", time_steps=steps)
+    settings = bench.fresh_settings("bf", clock="event", time_steps=steps, rfm_event_refresh=rfm)
     create_topics(bench.bootstrap, Topics(settings.topic_prefix).all, settings.partitions)
     await replay(settings, history, progress=False)
     store = Store.from_settings(settings)
@@ -111,6 +113,7 @@ async def run_backfill(
             by_rule[counter.rule] = by_rule.get(counter.rule, 0) + n
     return {
         "steps": steps,
+        "rfm": rfm,
         "workers": workers,
         "customers": customers,
         "orders": len(payloads),

@@ -180,6 +180,10 @@ def bench(
         typer.Option(help="PORTRAIT_TIME_STEPS of the backfill (8): needed (fast) or every (the per-day path)."),
     ] = "needed",
     backfill_workers: Annotated[int, typer.Option(min=1, help="Workers of the backfill (8).")] = 1,
+    backfill_rfm: Annotated[
+        Literal["tick", "batches"],
+        typer.Option(help="PORTRAIT_RFM_EVENT_REFRESH of the backfill (8): tick (fast) or batches (exact RFM rules)."),
+    ] = "tick",
 ) -> None:
     """Throughput, latency, memory and read-API benchmark on embedded infrastructure (results in --out)."""
     from portrait_dev.bench import run
@@ -209,6 +213,7 @@ def bench(
         backfill_months=backfill_months,
         backfill_steps=backfill_steps,
         backfill_workers=backfill_workers,
+        backfill_rfm=backfill_rfm,
     )
     code = run(args)
     if code:

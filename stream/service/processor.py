@@ -189,9 +189,12 @@ class Processor:
         at = next((i for i, v in enumerate(valid) if v.event.epoch >= start), None)
         if at is None:
             return None
+        # periods without events change no rank set: straight to the one of the next event (as the driver)
+        start = math.floor(valid[at].event.epoch / interval) * interval
         read = InputProgress()  # how far every partition is read once this batch is
         read.read_to, read.applied_ts = dict(self.progress.read_to), dict(self.progress.applied_ts)
-        if min(partition_times(self.store.parts_seen, read.update(messages, valid, highwaters)).values()) < start:
+        times = partition_times(self.store.parts_seen, read.update(messages, valid, highwaters))
+        if min(times.values(), default=0.0) < start:
             return None  # a partition lags: its events before ``start`` may still come (applied after it)
         later = {id(v.message) for v in valid[at:]} - {id(v.message) for v in valid[:at]}
         return [m for m in messages if id(m) not in later], [m for m in messages if id(m) in later], start

@@ -30,6 +30,12 @@ class InputProgress:
         self.read_to: dict[str, int] = {}
         self.applied_ts: dict[str, float] = {}
 
+    def copy(self) -> InputProgress:
+        """A copy to record a batch on without recording it here (what the batch would reach)."""
+        other = InputProgress()
+        other.read_to, other.applied_ts = dict(self.read_to), dict(self.applied_ts)
+        return other
+
     def reached(self, stored: Mapping[bytes, bytes] | None = None) -> dict[str, float]:
         """Per input partition: the highest event time applied from it so far, by this worker or
         (``stored``: the shared progress hash as last read) by its previous owner. What an event's

@@ -67,6 +67,8 @@ WALL_DUE_SLICE = 20  # users planned and written at once by the time-driven path
 INGEST_FIRST_S = 1.0  # the longest a wall-time slice of it waits for a batch of events to finish
 MAX_REFRESHES_PER_TICK = 31  # event time, rfm_event_refresh "batches": RFM period starts a tick catches up
 __all__ = ["BatchReport", "Processor"]
+# A batch, or a part of one applied on its own: its messages, valid events (event-time order) and dead letters.
+Part = tuple[list[Message], list[Valid], list[DeadLetter]]
 
 
 def carry_written(plan: BatchPlan, written: list[UserWrite], outcomes: Mapping[str, Counter[str]]) -> None:
@@ -88,11 +90,16 @@ def _applied(user: LoadedUser) -> Offsets:
     return tuple(sorted(user.state.offsets.items())) if user.state is not None else None
 
 
+def period_start(ts: float, interval: float) -> float:
+    """The start of the RFM period (a multiple of ``interval`` of event time) ``ts`` is in."""
+    return math.floor(ts / interval) * interval
+
+
 def refresh_points(last: float, mark: float, interval: float, limit: int = MAX_REFRESHES_PER_TICK) -> list[float]:
-    """The RFM period starts (multiples of ``interval``) after ``last`` up to ``mark``, the
-    earliest ``limit`` of them (the rest at the next tick)."""
-    first = math.floor(last / interval) + 1
-    return [k * interval for k in range(first, min(math.floor(mark / interval), first + limit - 1) + 1)]
+    """The RFM period starts after ``last`` up to ``mark``, the earliest ``limit`` of them (the
+    rest at the next tick)."""
+    first = period_start(last, interval) + interval
+    return [t for t in (first + k * interval for k in range(limit)) if t <= mark]
 
 
 class Processor:
@@ -154,50 +161,50 @@ class Processor:
         self._ingesting += 1
         self._ingest_idle.clear()
         try:
+            received = time.perf_counter()
+            part: Part = (messages, *self._intake(messages))
             if self.settings.clock == "wall" or self.settings.rfm_event_refresh != "batches":
-                return await self._process(messages, highwaters)
+                return await self._process(part, highwaters, received)
             report = BatchReport()
-            while (cut := self._period_cut(messages, highwaters)) is not None:
-                head, messages, start = cut
-                if head:
-                    report.add(await self._process(head, highwaters))
+            while (cut := self._period_cut(part, highwaters)) is not None:
+                head, part, start = cut
+                if head[0]:
+                    report.add(await self._process(head, highwaters, received))
                 await self.drain_due(start)
                 await self.refresh_rfm_at(start)
-            report.add(await self._process(messages, highwaters))
+            report.add(await self._process(part, highwaters, received))
             return report
         finally:
             self._ingesting -= 1
             if not self._ingesting:
                 self._ingest_idle.set()
 
-    def _period_cut(
-        self, messages: list[Message], highwaters: Mapping[str, int | None] | None
-    ) -> tuple[list[Message], list[Message], float] | None:
-        """``rfm_event_refresh`` "batches": (the messages before the next RFM period start, the
-        rest, that start) when the batch crosses it and every input partition will have been read
-        up to it once the batch is; None: apply the batch whole. The first batch refreshes the
-        period its first event is in before anything is applied. Each partition's part is a
-        prefix of its records (per-user offsets stay increasing); an envelope goes with its
-        first event. Intake runs again on each part: a repeat of pure parsing, ~1 % of a batch."""
-        valid, _ = self._intake(messages)
+    def _period_cut(self, part: Part, highwaters: Mapping[str, int | None] | None) -> tuple[Part, Part, float] | None:
+        """``rfm_event_refresh`` "batches": (the part of the batch before the next RFM period
+        start, the rest, that start) when the batch crosses it and every input partition will
+        have been read up to it once the batch is; None: apply the batch whole. The first batch
+        refreshes the period its first event is in before anything is applied. Each partition's
+        part is a prefix of its records (per-user offsets stay increasing); an envelope goes with
+        its first event, dead letters with the first part. The batch is parsed once: an event's
+        age is judged against its partition's time within the batch either way (``intake``)."""
+        messages, valid, dead = part
         if not valid:
             return None
         interval, last = self.settings.rfm_refresh_event_s, self.rfm_refreshed_at
         if last == -math.inf:
-            return [], messages, math.floor(valid[0].event.epoch / interval) * interval
-        start = (math.floor(last / interval) + 1) * interval
+            return ([], [], []), part, period_start(valid[0].event.epoch, interval)
+        start = period_start(last, interval) + interval
         at = next((i for i, v in enumerate(valid) if v.event.epoch >= start), None)
         if at is None:
             return None
         # periods without events change no rank set: straight to the one of the next event (as the driver)
-        start = math.floor(valid[at].event.epoch / interval) * interval
-        read = InputProgress()  # how far every partition is read once this batch is
-        read.read_to, read.applied_ts = dict(self.progress.read_to), dict(self.progress.applied_ts)
-        times = partition_times(self.store.parts_seen, read.update(messages, valid, highwaters))
-        if min(times.values(), default=0.0) < start:
+        start = period_start(valid[at].event.epoch, interval)
+        read = self.progress.copy().update(messages, valid, highwaters)  # how far each partition is read after it
+        if min(partition_times(self.store.parts_seen, read).values(), default=0.0) < start:
             return None  # a partition lags: its events before ``start`` may still come (applied after it)
         later = {id(v.message) for v in valid[at:]} - {id(v.message) for v in valid[:at]}
-        return [m for m in messages if id(m) not in later], [m for m in messages if id(m) in later], start
+        head = ([m for m in messages if id(m) not in later], [v for v in valid if id(v.message) not in later], dead)
+        return head, ([m for m in messages if id(m) in later], [v for v in valid if id(v.message) in later], []), start
 
     def _intake(self, messages: list[Message]) -> tuple[list[Valid], list[DeadLetter]]:
         """Parse and check a batch (``intake``) with this worker's settings and clocks."""
@@ -248,12 +255,12 @@ class Processor:
             await self.drain_due(at)
             await self.refresh_rfm_at(at)
 
-    async def _process(self, messages: list[Message], highwaters: Mapping[str, int | None] | None) -> BatchReport:
-        received = time.perf_counter()
+    async def _process(self, part: Part, highwaters: Mapping[str, int | None] | None, received: float) -> BatchReport:
+        """Apply one batch (or part of one, ``received`` at ``perf_counter`` time) and write it."""
+        messages, valid, dead = part
         report = BatchReport(messages=len(messages))
         wall = self.wall_clock()
         event_time = self.settings.clock == "event"
-        valid, dead = self._intake(messages)
         await self.dead_letters.send(dead, report.dead_letters)
         valid, blocked = refuse_blocked(valid, self.identity_policy)
         await self.dead_letters.reject("blocked_identifier", [(v.message, e) for v, e in blocked], report.dead_letters)

@@ -22,7 +22,7 @@ from stream.agents.timers import register_timers
 from stream.contracts.deadletter import DeadLetter
 from stream.contracts.topics import Topics
 from stream.kafka import transport
-from stream.kafka.batches import Inbox
+from stream.kafka.batches import Inbox, record_time
 from stream.kafka.lag import LagReader
 from stream.metrics import Metrics
 from stream.models import Models, load_models_config
@@ -126,7 +126,11 @@ def create_app(settings: Settings, catalogue: TagCatalogue | None = None) -> Ser
             await train_once(trainer, metrics)
 
     ingest_state = IngestState()
-    inbox = Inbox(topics.inputs, bound=INBOX_BATCHES * settings.batch_size) if settings.consumer == "batch" else None
+    inbox = (
+        Inbox(topics.inputs, INBOX_BATCHES * settings.batch_size, record_time if settings.clock == "event" else None)
+        if settings.consumer == "batch"
+        else None
+    )
     app.portrait_inbox = inbox  # read by stream.kafka.transport.Consumer
     register_ingest(app, input_topic, processor, settings, ingest_state, inbox)
     privacy = PrivacyService(store, DeadLetters(send_dead_letters, metrics, settings.processor_version), metrics)

@@ -64,7 +64,7 @@ def register_ingest(
             batches = await inbox.take(settings.batch_size)
             messages = [Message(r.topic, r.partition, r.offset, r.key, r.value) for b in batches for r in b.records]
             try:
-                await _apply(messages)
+                await _apply(messages, inbox.read_through if inbox.time_of is not None else None)
             except asyncio.CancelledError:
                 inbox.release()
                 raise
@@ -73,10 +73,10 @@ def register_ingest(
                 raise
             inbox.done(batches)
 
-    async def _apply(messages: list[Message]) -> None:
+    async def _apply(messages: list[Message], read_through: dict[str, float] | None = None) -> None:
         heartbeat.batch_begun()
         try:
-            await processor.process(messages, _highwaters(app))
+            await processor.process(messages, _highwaters(app), read_through)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

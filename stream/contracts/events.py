@@ -56,6 +56,15 @@ Money = Annotated[float, Field(ge=0, le=MAX_MONEY, allow_inf_nan=False)]
 Quantity = Annotated[int, Field(ge=1, le=MAX_QUANTITY)]
 
 
+class EventTime(BaseModel):
+    """An event's ``ts`` alone, read without validating the rest: what delivering the input
+    partitions in step by event time needs (``stream.core.intake.message_time``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    ts: AwareDatetime
+
+
 class EventBase(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 

@@ -17,7 +17,7 @@ import orjson
 from pydantic import ValidationError
 
 from stream.contracts.deadletter import DeadLetter, Reason
-from stream.contracts.events import Event, parse_event
+from stream.contracts.events import Event, EventTime, parse_event
 from stream.tagging.definitions import TagCatalogue
 from stream.tagging.engine import LONGEST_WINDOW_DAYS, UnknownCurrency, check_event, left_window
 from stream.tagging.state import POSITIONS_PER_OFFSET
@@ -109,8 +109,7 @@ def unpack(message: Message, processor_version: str) -> list[Message] | DeadLett
     """The events of a message: itself, or one message per event of a batch envelope
     (``{"batch": [event, ...]}`` or a JSON array of events)."""
     value = message.value
-    head = value[:64].lstrip()[:1]
-    if head != b"[" and not (head == b"{" and b'"batch"' in value[:64]):
+    if not _may_be_envelope(value):
         return [message]
     try:
         doc = orjson.loads(value)
@@ -126,6 +125,25 @@ def unpack(message: Message, processor_version: str) -> list[Message] | DeadLett
         Message(message.topic, message.partition, message.offset, message.key, orjson.dumps(item), index)
         for index, item in enumerate(items)
     ]
+
+
+def _may_be_envelope(value: bytes) -> bool:
+    head = value[:64].lstrip()[:1]
+    return head == b"[" or (head == b"{" and b'"batch"' in value[:64])
+
+
+def message_time(value: bytes) -> float | None:
+    """A message's event time (a batch envelope's: its first event's), read without validating
+    the rest; None when it cannot be told (``intake`` then judges the message as usual)."""
+    try:
+        if not _may_be_envelope(value):
+            return EventTime.model_validate_json(value).ts.timestamp()
+        doc = orjson.loads(value)
+        items = doc.get("batch", doc) if isinstance(doc, dict) and "type" not in doc else doc
+        first = items[0] if isinstance(items, list) and items else items
+        return EventTime.model_validate(first).ts.timestamp()
+    except (ValidationError, orjson.JSONDecodeError):
+        return None
 
 
 def rejection(exc: ValidationError) -> tuple[Reason, str]:

@@ -9,7 +9,9 @@
   partition, before Faust's per-message path (``Consumer.getmany``: a Message and an Event per
   record, conductor, channel queue, stream, per-message acks) sees them; their commits come from
   ``Inbox.committable`` through Faust's own commit timer. The contract is in
-  ``stream.kafka.batches``.
+  ``stream.kafka.batches``. In event time the consumer tells the inbox after every fetch which
+  partitions it has not read to their end (``Inbox.note_behind``), for the inbox to hand the
+  partitions out in step.
 
 Selected with the ``portrait-kafka://`` broker scheme.
 """
@@ -18,8 +20,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from time import monotonic
-from typing import Any
+from typing import Any, cast
 
+from aiokafka.structs import TopicPartition
 from faust.transport import drivers
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
@@ -34,6 +37,18 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = getattr(self.app, "portrait_fetch_max_wait_ms", DEFAULT_FETCH_MAX_WAIT_MS)
         return consumer
+
+    def fetch_position(self, tp: Any) -> int | None:
+        """The offset after what the fetcher has handed out of ``tp``, past any control records
+        (None: not known yet, e.g. while its offset is being reset). Read from the fetcher's
+        assignment state as Faust's own livelock check reads it; aiokafka's ``position`` is a
+        coroutine on the consumer's thread."""
+        try:
+            assignment = self._ensure_consumer()._fetcher._subscriptions.subscription.assignment
+            state = assignment.state_value(TopicPartition(tp.topic, tp.partition))
+        except Exception:  # no consumer or no assignment yet
+            return None
+        return int(state.position) if state is not None and state.has_valid_position else None
 
 
 class Consumer(faust_aiokafka.Consumer):
@@ -50,6 +65,8 @@ class Consumer(faust_aiokafka.Consumer):
         records, active = await super()._wait_next_records(timeout)
         inbox = self.inbox
         if inbox is None or not records or not self.flow_active or self.should_stop:
+            if inbox is not None and inbox.time_of is not None and self.flow_active:
+                inbox.note_behind(self._behind(inbox))
             return records, active  # flow stopped: Faust's getmany drops them and seeks back
         rest: dict[Any, Any] = {}
         fetch: list[Batch] = []
@@ -73,7 +90,23 @@ class Consumer(faust_aiokafka.Consumer):
             fetch.append(Batch(tp, fresh, epoch))
         if fetch:
             await inbox.put(fetch)  # every partition of the fetch at once, for ``take`` to share out
+        if inbox.time_of is not None and inbox.epoch == epoch:
+            inbox.note_behind(self._behind(inbox))
         return rest, active
+
+    def _behind(self, inbox: Inbox) -> set[Any]:
+        """The inbox's assigned partitions with records not fetched yet: the fetcher's position
+        is short of the high-water mark of its last fetch. Unknown counts as behind (the inbox
+        waits for such a partition only ``align_wait_s``)."""
+        behind = set()
+        thread = cast(ConsumerThread, self._thread)
+        for tp in self.assignment():
+            if tp.topic not in inbox.topics:
+                continue
+            end, position = self.highwater(tp), thread.fetch_position(tp)
+            if end is None or position is None or position < end:
+                behind.add(tp)
+        return behind
 
     async def on_partitions_revoked(self, revoked: set[Any]) -> None:
         inbox = self.inbox

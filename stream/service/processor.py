@@ -150,13 +150,20 @@ class Processor:
         return self.retry.last_error
 
     # -- event path ----------------------------------------------------------------------
-    async def process(self, messages: list[Message], highwaters: Mapping[str, int | None] | None = None) -> BatchReport:
+    async def process(
+        self,
+        messages: list[Message],
+        highwaters: Mapping[str, int | None] | None = None,
+        read_through: Mapping[str, float] | None = None,
+    ) -> BatchReport:
         """Apply one batch exactly once (idempotent under redelivery).
 
         ``highwaters``: the consumer's high-water mark of every input partition assigned to this
         worker ("topic/partition" -> next offset to be written), from which the event-time
         watermark learns which partitions still have messages waiting. A caller that cannot tell
-        passes None and the watermark stays the clock.
+        passes None and the watermark stays the clock. ``read_through``: per input partition, the
+        event time before which the consumer has handed out all its records, this batch included
+        (``Inbox.read_through``, in step); it tells a period cut that no earlier event can come.
         """
         self._ingesting += 1
         self._ingest_idle.clear()
@@ -166,7 +173,7 @@ class Processor:
             if self.settings.clock == "wall" or self.settings.rfm_event_refresh != "batches":
                 return await self._process(part, highwaters, received)
             report = BatchReport()
-            while (cut := self._period_cut(part, highwaters)) is not None:
+            while (cut := self._period_cut(part, highwaters, read_through)) is not None:
                 head, part, start = cut
                 if head[0]:
                     report.add(await self._process(head, highwaters, received))
@@ -179,7 +186,9 @@ class Processor:
             if not self._ingesting:
                 self._ingest_idle.set()
 
-    def _period_cut(self, part: Part, highwaters: Mapping[str, int | None] | None) -> tuple[Part, Part, float] | None:
+    def _period_cut(
+        self, part: Part, highwaters: Mapping[str, int | None] | None, read_through: Mapping[str, float] | None
+    ) -> tuple[Part, Part, float] | None:
         """``rfm_event_refresh`` "batches": (the part of the batch before the next RFM period
         start, the rest, that start) when the batch crosses it and every input partition will
         have been read up to it once the batch is; None: apply the batch whole. The first batch
@@ -200,7 +209,10 @@ class Processor:
         # periods without events change no rank set: straight to the one of the next event (as the driver)
         start = period_start(valid[at].event.epoch, interval)
         read = self.progress.copy().update(messages, valid, highwaters)  # how far each partition is read after it
-        if min(partition_times(self.store.parts_seen, read).values(), default=0.0) < start:
+        times = partition_times(self.store.parts_seen, read)
+        for source, through in (read_through or {}).items():
+            times[source] = max(times.get(source, through), through)
+        if min(times.values(), default=0.0) < start:
             return None  # a partition lags: its events before ``start`` may still come (applied after it)
         later = {id(v.message) for v in valid[at:]} - {id(v.message) for v in valid[:at]}
         head = ([m for m in messages if id(m) not in later], [v for v in valid if id(v.message) not in later], dead)

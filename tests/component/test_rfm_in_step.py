@@ -84,3 +84,39 @@ def test_refresh_points_are_the_period_starts_after_the_last_refresh() -> None:
     assert refresh_points(5.5 * DAY, 8.2 * DAY, DAY) == [6 * DAY, 7 * DAY, 8 * DAY]
     assert refresh_points(6 * DAY, 7 * DAY, DAY) == [7 * DAY]
     assert refresh_points(0.0, 100 * DAY, DAY, limit=3) == [DAY, 2 * DAY, 3 * DAY]
+
+
+def _run_with_a_lagging_partition(make_settings, names, read_through: dict[str, float] | None) -> int:  # type: ignore[no-untyped-def]
+    """The same orders on partition 0, and one day-0 order on partition 1, which has more records
+    to read (high-water mark 5): its applied time holds every cut back, unless ``read_through``
+    (what the in-step inbox hands over) says all its records before a later time are out."""
+    settings = make_settings(clock="event", key_prefix=f"{names.key_prefix}-lag", rfm_event_refresh="batches")
+    topics = Topics(settings.topic_prefix)
+    batch = [
+        Message(topics.transactions, 0, n, user.encode(), _order(n, day, user, amount))
+        for n, (day, user, amount) in enumerate(ORDERS)
+    ] + [Message(topics.transactions, 1, 0, b"u9", _order(99, 0, "u9", 1.0))]
+
+    async def run() -> int:
+        store = store_for(settings)
+        processor = Processor(settings, load_catalogue(), store, no_dead_letters, Metrics())
+        try:
+            ends = {f"{topics.transactions}/0": len(ORDERS), f"{topics.transactions}/1": 5}
+            report = await processor.process(batch, ends, read_through)
+            assert report.applied == len(batch)
+            return (await store.rfm_thresholds()).version
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def test_a_partition_not_read_up_to_a_period_start_holds_the_cut_back(make_settings, names) -> None:
+    # only the first batch's refresh (day 0): partition 1 may still hold day-0 and day-1 events
+    assert _run_with_a_lagging_partition(make_settings, names, None) == 1
+
+
+def test_a_partition_handed_out_past_the_period_starts_lets_the_batch_be_cut(make_settings, names) -> None:
+    topics = Topics(make_settings().topic_prefix)
+    through = {f"{topics.transactions}/1": (START + timedelta(days=3)).timestamp()}
+    assert _run_with_a_lagging_partition(make_settings, names, through) == 3

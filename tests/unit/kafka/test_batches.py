@@ -25,6 +25,10 @@ class TP(tuple[str, int]):
     def topic(self) -> str:
         return self[0]
 
+    @property
+    def partition(self) -> int:
+        return self[1]
+
 
 def records(tp: tuple[str, int], first: int, count: int) -> list[Any]:
     topic, partition = tp
@@ -189,5 +193,114 @@ def test_a_revocation_reaches_the_inbox_before_faust_forgets_the_offsets(monkeyp
         inbox.done(await inbox.take(10))
         await consumer.on_partitions_revoked({TP(A0)})
         assert seen == [{}] and inbox.epoch == 1
+
+    asyncio.run(run())
+
+
+# -- in step by event time (Settings.clock == "event") -------------------------------------------
+
+
+def timed(tp: tuple[str, int], first: int, times: list[float]) -> list[Any]:
+    """Records of ``tp`` from offset ``first`` whose event times are ``times`` (the value is the time)."""
+    return [
+        SimpleNamespace(topic=tp[0], partition=tp[1], offset=first + i, key=b"", value=t) for i, t in enumerate(times)
+    ]
+
+
+def in_step(bound: int = 100, wait_s: float = 5.0) -> Inbox:
+    return Inbox(["in.a"], bound, time_of=lambda record: record.value, align_wait_s=wait_s)
+
+
+def test_in_step_hands_out_by_event_time_up_to_the_partition_that_is_behind() -> None:
+    """A0 is fetched to day 10, A1 (with more to read) only to day 3: nothing of A0 after day 3
+    goes out, and the batch is merged by event time; ``read_through`` tells how far each is out."""
+
+    async def run() -> None:
+        a0, a1 = TP(A0), TP(A1)
+        inbox = in_step()
+        await inbox.put([Batch(a0, timed(A0, 0, [1, 2, 4, 5, 7, 10]), 0), Batch(a1, timed(A1, 0, [1, 3]), 0)])
+        inbox.note_behind({a1})
+        taken = await inbox.take(100)
+        assert offsets(taken) == [(a0, [0, 1]), (a1, [0, 1])]
+        assert inbox.read_through == {"in.a/0": 4, "in.a/1": 3}
+        inbox.done(taken)
+        # A1's next fetch: up to day 7, and it is read to its end now
+        await inbox.put([Batch(a1, timed(A1, 2, [6, 7]), 0)])
+        inbox.note_behind(set())
+        taken = await inbox.take(3)  # merged by time: A0's 4 and 5, A1's 6
+        assert offsets(taken) == [(a0, [2, 3]), (a1, [2])]
+        assert inbox.read_through == {"in.a/0": 7, "in.a/1": 7}
+
+    asyncio.run(run())
+
+
+def test_in_step_waits_for_a_partition_that_has_nothing_fetched_yet() -> None:
+    """A1 is behind with nothing queued: take waits until its fetch comes (which gets in past the
+    bound, since take waits for it), then hands out both partitions merged."""
+
+    async def run() -> None:
+        a0, a1 = TP(A0), TP(A1)
+        inbox = in_step(bound=2)
+        inbox.note_behind({a1})
+        await inbox.put([Batch(a0, timed(A0, 0, [5, 6, 7]), 0)])
+        taking = asyncio.ensure_future(inbox.take(100))
+        await asyncio.sleep(0.05)
+        assert not taking.done()
+        await asyncio.wait_for(inbox.put([Batch(a1, timed(A1, 0, [4, 6]), 0)]), 1)  # not held by the bound
+        assert offsets(await asyncio.wait_for(taking, 1)) == [(a1, [0, 1]), (a0, [0, 1])]
+
+    asyncio.run(run())
+
+
+def test_in_step_hands_out_anyway_once_the_wait_is_over() -> None:
+    async def run() -> None:
+        a0, a1 = TP(A0), TP(A1)
+        inbox = in_step(wait_s=0.1)
+        inbox.note_behind({a1})
+        await inbox.put([Batch(a0, timed(A0, 0, [5, 6]), 0)])
+        assert offsets(await asyncio.wait_for(inbox.take(100), 2)) == [(a0, [0, 1])]
+        assert inbox.read_through == {"in.a/0": float("inf"), "in.a/1": float("-inf")}
+
+    asyncio.run(run())
+
+
+def test_in_step_a_record_without_a_time_goes_with_its_neighbour() -> None:
+    async def run() -> None:
+        a0, a1 = TP(A0), TP(A1)
+        inbox = in_step()
+        inbox.note_behind({a0, a1})
+        await inbox.put([Batch(a0, timed(A0, 0, [1, None, 9]), 0), Batch(a1, timed(A1, 0, [2, 8]), 0)])
+        # A1's last fetched time (8) holds A0's 9 back; A0's unreadable record counts as day 1
+        assert offsets(await inbox.take(100)) == [(a0, [0, 1]), (a1, [0, 1])]
+
+    asyncio.run(run())
+
+
+def test_the_consumer_tells_the_inbox_which_partitions_are_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After every fetch, by the fetcher's position against the high-water mark: A0 is read to its
+    end, A1 has records after the fetch, A2 is empty, A3's position is not known yet (its offset is
+    being reset); the privacy topic is not the inbox's."""
+    a0, a1, a2, a3 = TP(A0), TP(A1), TP(("in.a", 2)), TP(("in.a", 3))
+    ends = {a0: 3, a1: 10, a2: 0, a3: 5}
+    positions = {a0: 3, a1: 2, a2: 0, a3: None}
+    fetched = {a0: timed(A0, 0, [1, 2, 3]), a1: timed(A1, 0, [1, 2])}
+
+    async def fetch(self: Any, timeout: float) -> Any:
+        return dict(fetched), {a0, a1, a2, a3}
+
+    monkeypatch.setattr(FaustConsumer, "_wait_next_records", fetch)
+    monkeypatch.setattr(Consumer, "assignment", lambda self: {a0, a1, a2, a3, TP(P0)})
+    monkeypatch.setattr(Consumer, "highwater", lambda self, tp: ends[tp])
+
+    async def run() -> None:
+        inbox = in_step()
+        consumer = _consumer(inbox)
+        consumer.flow_active, consumer._thread = True, SimpleNamespace(fetch_position=positions.get)
+        await consumer._wait_next_records(1.0)
+        assert inbox._behind == {a1, a3}
+        fetched.clear()
+        ends[a2], positions[a3] = 4, 5  # new records on A2, nothing fetched; A3 reset to its end
+        await consumer._wait_next_records(1.0)
+        assert inbox._behind == {a1, a2}
 
     asyncio.run(run())

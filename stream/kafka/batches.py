@@ -272,6 +272,7 @@ class Inbox:
             state.clear()
         self._behind = set()
         self._queued = 0
+        self._stalled = False
         self._room.set()
 
     async def idle(self) -> None:

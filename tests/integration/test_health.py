@@ -165,10 +165,10 @@ from stream.service.processor import Processor
 
 process, park = Processor.process, ingest.park
 
-async def crashing_process(self, messages, highwaters=None):
+async def crashing_process(self, messages, highwaters=None, read_through=None):
     if any(m.key == b"crash-the-agent" for m in messages):
         raise RuntimeError("injected processing bug")
-    return await process(self, messages, highwaters)
+    return await process(self, messages, highwaters, read_through)
 
 async def crashing_park(processor, messages, error):
     if any(m.key == b"crash-the-agent" for m in messages):

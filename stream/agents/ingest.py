@@ -64,7 +64,7 @@ def register_ingest(
             batches = await inbox.take(settings.batch_size)
             messages = [Message(r.topic, r.partition, r.offset, r.key, r.value) for b in batches for r in b.records]
             try:
-                await _apply(messages, inbox.read_through if inbox.time_of is not None else None)
+                await _apply(messages, inbox.read_through)  # empty unless in step
             except asyncio.CancelledError:
                 inbox.release()
                 raise

@@ -115,9 +115,9 @@ def unpack(message: Message, processor_version: str) -> list[Message] | DeadLett
         doc = orjson.loads(value)
     except orjson.JSONDecodeError:
         return [message]  # classify reports the invalid JSON
-    if isinstance(doc, dict) and ("type" in doc or "batch" not in doc):
-        return [message]  # an event (one may well carry a field called "batch")
-    items = doc["batch"] if isinstance(doc, dict) else doc
+    items = _envelope_items(doc)
+    if items is None:
+        return [message]
     if not isinstance(items, list) or not items or len(items) > ENVELOPE_MAX:
         error = f"batch envelope must be a list of 1 to {ENVELOPE_MAX} events"
         return DeadLetter.for_message(message, "schema_violation", error, processor_version)
@@ -132,6 +132,14 @@ def _may_be_envelope(value: bytes) -> bool:
     return head == b"[" or (head == b"{" and b'"batch"' in value[:64])
 
 
+def _envelope_items(doc: object) -> object | None:
+    """The items of a parsed batch envelope (``{"batch": [...]}`` or a JSON array), not checked
+    yet; None: the document is an event (one may well carry a field called "batch")."""
+    if isinstance(doc, dict):
+        return None if "type" in doc or "batch" not in doc else doc["batch"]
+    return doc
+
+
 def message_time(value: bytes) -> float | None:
     """A message's event time (a batch envelope's: its first event's), read without validating
     the rest; None when it cannot be told (``intake`` then judges the message as usual)."""
@@ -139,8 +147,8 @@ def message_time(value: bytes) -> float | None:
         if not _may_be_envelope(value):
             return EventTime.model_validate_json(value).ts.timestamp()
         doc = orjson.loads(value)
-        items = doc.get("batch", doc) if isinstance(doc, dict) and "type" not in doc else doc
-        first = items[0] if isinstance(items, list) and items else items
+        items = _envelope_items(doc)
+        first = doc if items is None else items[0] if isinstance(items, list) and items else None
         return EventTime.model_validate(first).ts.timestamp()
     except (ValidationError, orjson.JSONDecodeError):
         return None

@@ -205,28 +205,21 @@ class Inbox:
         return frontier
 
     def _take_in_step(self, max_records: int, frontier: float) -> list[Batch]:
-        heads = [(times[0], i, tp) for i, (tp, times) in enumerate(self._times.items()) if times]
+        heads = [(times[0], i, tp) for i, (tp, times) in enumerate(self._times.items())]
         heapq.heapify(heads)
         counts: dict[Any, int] = {}
-        taken = 0
-        while heads and taken < max_records:
-            t, i, tp = heads[0]
-            if t > frontier:
+        for _ in range(max_records):
+            if not heads or heads[0][0] > frontier:
                 break
-            n = counts.get(tp, 0) + 1
-            counts[tp] = n
-            taken += 1
+            t, i, tp = heads[0]
+            counts[tp] = counts.get(tp, 0) + 1
+            self._handed[tp] = t
             times = self._times[tp]
-            if n < len(times):
-                heapq.heapreplace(heads, (times[n], i, tp))
+            times.popleft()
+            if times:
+                heapq.heapreplace(heads, (times[0], i, tp))
             else:
                 heapq.heappop(heads)
-        for tp, n in counts.items():
-            times = self._times[tp]
-            for _ in range(n - 1):
-                times.popleft()
-            self._handed[tp] = times.popleft()
-            if not times:
                 del self._times[tp]
         batches = [Batch(tp, self._pop(tp, n), self.epoch) for tp, n in counts.items()]
         if batches:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 
 from stream.contracts.deadletter import DeadLetter
-from stream.core.intake import ENVELOPE_MAX, Message, unpack
+from stream.core.intake import ENVELOPE_MAX, Message, message_time, unpack
 
 EVENT = {"event_id": "e1", "type": "page_view", "user_id": "u1", "ts": "2026-11-01T10:00:00+00:00"}
 
@@ -50,3 +50,14 @@ def test_the_benchmark_packs_the_same_events_it_sends_singly() -> None:
     assert [len(orjson.loads(v)["batch"]) for _, _, v in packed] == [3, 3, 1]
     events = [p.value for _, _, v in packed for p in unpack(_message(v), "v")]  # type: ignore[union-attr]
     assert [orjson.loads(e) for e in events] == [orjson.loads(v) for _, _, v in payloads]
+
+
+def test_message_time_reads_the_first_events_ts_without_validating_the_rest() -> None:
+    may_first = 1714557600.0  # 2024-05-01T10:00:00Z, by `date -d ... +%s`
+    assert message_time(b'{"type": "order_paid", "ts": "2024-05-01T12:00:00+02:00"}') == may_first
+    assert message_time(b'[{"ts": "2024-05-01T10:00:00Z"}, {"ts": "2025-01-01T00:00:00Z"}]') == may_first
+    assert message_time(b'{"batch": [{"ts": "2024-05-01T10:00:00Z"}]}') == may_first
+    # an event that carries a field called "batch" is an event
+    assert message_time(b'{"type": "x", "batch": 1, "ts": "2024-05-01T10:00:00Z"}') == may_first
+    for unreadable in (b"nope", b'{"ts": "2024-05-01T10:00:00"}', b"[]", b'{"batch": 5}', b"[1]"):
+        assert message_time(unreadable) is None

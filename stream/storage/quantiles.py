@@ -13,6 +13,13 @@ few pipelined round trips and without reading the sets whole:
   every window is cut at the pivot (at least a quarter of what is left goes);
 * once few enough remain, the windows are read and merged, and the answer picked.
 
+A refresh asks nearly the ranks of the one before, so a request may come with a *guess* (the
+previous answer): one round counts at the guess, which settles the answer when the rank falls
+among the guess's ties and otherwise keeps only the windows' part on the answer's side; a second
+round reads each shard's few members next to the guess on that side, and the answer is settled
+when those reads provably hold every member between the guess and it (``_from_guesses``). The
+pivot rounds go on from the narrowed windows only when they do not.
+
 Each round's probes of a shard go in one call (``rank_probe.lua``), so a round costs one command
 per shard whatever the number of requests.
 
@@ -36,6 +43,9 @@ from typing import Any
 from stream.storage.client import run_scripts
 
 FETCH_ALL = 4096  # read the remaining windows whole once they hold at most this many members
+# Members read next to a guess in a shard beyond twice its expected share of the ranks between the
+# guess and the answer: a shard then rarely holds more of them than it returned.
+GUESS_MARGIN = 3
 # Members ranked or dropped while a selection runs that it absorbs (a share of all members): up to
 # that, an answer is off by at most as many ranks; beyond, it starts over (``SetsChanged``).
 DRIFT_SHARE = 0.01
@@ -106,12 +116,15 @@ async def select(
     requests: Sequence[Request],
     sizes: Sequence[Sequence[int]],
     known: dict[str, list[float]] | None = None,
+    guesses: Sequence[float | None] | None = None,
 ) -> list[float]:
     """The score at ``request.rank`` of each request; ``sizes[r][i]`` is ZCARD of request r's shard i.
 
     ``known``, when given, holds sets whose scores the caller already read whole (key -> scores in
     order, as consistent with ``sizes``): they are not read again; and it receives every set this
-    call reads whole, so the caller can use them without reading them again either."""
+    call reads whole, so the caller can use them without reading them again either. ``guesses[r]``
+    (None: none) is a score near request r's answer, such as the previous refresh's: any value
+    gives the same answer, a near one in fewer round trips."""
     known = {} if known is None else known
     size_of_set = {
         key: n for r, counts in zip(requests, sizes, strict=True) for key, n in zip(r.keys, counts, strict=True)
@@ -121,6 +134,13 @@ async def select(
         request.hi = list(counts)
         if not 0 <= request.rank < sum(counts):
             raise ValueError(f"rank {request.rank} outside 0..{sum(counts) - 1}")
+    guessed = [
+        (r, guess)
+        for r, guess in zip(requests, guesses or [None] * len(requests), strict=True)
+        if guess is not None and _left(r) > FETCH_ALL  # else the first round reads the windows whole
+    ]
+    if guessed:
+        await _from_guesses(client, guessed, size_of_set)
     while pending := [r for r in requests if r.answer is None]:
         probes = _Probes(size_of_set)
         # (request, whole window?, shard, (set, first, last), reply address: None for a known set)
@@ -165,6 +185,93 @@ async def select(
     return [r.answer for r in requests if r.answer is not None]
 
 
+async def _from_guesses(client: Any, guessed: list[tuple[Request, float]], sizes: dict[str, int]) -> None:
+    """Settle or narrow each request from its guess, in at most two rounds (see the module
+    docstring); the requests left unsettled keep their narrowed windows for the pivot rounds."""
+    counted = await _count_at(client, guessed, sizes)
+    near: list[tuple[Request, bool, int]] = []  # (request, answer above the guess?, ranks from it)
+    for r, guess in guessed:
+        lt, le = _narrow(r, counted[id(r)], guess)
+        if r.answer is None:
+            above = r.rank >= le
+            near.append((r, above, r.rank - le if above else lt - 1 - r.rank))
+    probes = _Probes(sizes)
+    # (request, above, depth, shard, members asked, more beyond them?, reply address)
+    reads: list[tuple[Request, bool, int, int, int, bool, tuple[int, int]]] = []
+    for r, above, depth in near:
+        left = _left(r)
+        take = {
+            i: min(hi - lo, -(-2 * (depth + 1) * (hi - lo) // left) + GUESS_MARGIN)
+            for i, (lo, hi) in enumerate(zip(r.lo, r.hi, strict=True))
+            if hi > lo
+        }
+        if sum(take.values()) > FETCH_ALL:
+            continue  # far from its guess: the pivot rounds find it
+        for i, n in take.items():
+            lo, hi = r.lo[i], r.hi[i]
+            first = lo if above else hi - n
+            reads.append((r, above, depth, i, n, hi - lo > n, probes.add(i, r.keys[i], "z", first, first + n - 1)))
+    if not reads:
+        return
+    await probes.run(client)
+    # each shard's read is its run of members next to the guess; the answer is the depth-th member
+    # of their union counted from the guess, provided no member unread lies between: every shard
+    # with members beyond its read must have read up to (at least) that candidate
+    found: dict[int, tuple[Request, bool, int, list[float], list[tuple[bool, float]]]] = {}
+    for r, above, depth, i, n, more, address in reads:
+        scores = [float(score) for score in probes.reply(address)]
+        if len(scores) < n:
+            raise SetsChanged(f"{r.keys[i]} holds fewer members than counted")
+        entry = found.setdefault(id(r), (r, above, depth, [], []))
+        entry[3].extend(scores)
+        if more:
+            entry[4].append((above, scores[-1] if above else scores[0]))
+    for r, above, depth, merged, edges in found.values():
+        if depth >= len(merged):
+            continue
+        candidate = sorted(merged, reverse=not above)[depth]
+        if all(edge >= candidate if up else edge <= candidate for up, edge in edges):
+            r.answer = candidate
+
+
+async def _count_at(
+    client: Any, scored: list[tuple[Request, float]], sizes: dict[str, int]
+) -> dict[int, dict[int, tuple[int, int]]]:
+    """id(request) -> shard -> (members below, members at most) the request's score, in one round,
+    for the shards whose window is not empty (an empty window's counts are known: everything
+    before lo is below)."""
+    probes = _Probes(sizes)
+    asked: list[tuple[Request, int, tuple[int, int]]] = []
+    for r, score in scored:
+        text = score_text(score)
+        for i, (lo, hi) in enumerate(zip(r.lo, r.hi, strict=True)):
+            if hi > lo:
+                asked.append((r, i, probes.add(i, r.keys[i], "c", text)))
+    await probes.run(client)
+    counted: dict[int, dict[int, tuple[int, int]]] = {id(r): {} for r, _ in scored}
+    for r, i, address in asked:
+        n_lt, n_le = probes.reply(address)
+        counted[id(r)][i] = (int(n_lt), int(n_le))
+    return counted
+
+
+def _narrow(r: Request, counts: dict[int, tuple[int, int]], score: float) -> tuple[int, int]:
+    """Settle ``r`` at ``score`` when its rank falls among the score's ties, else cut its windows
+    at it (``counts``: shard -> members below / at most it, from ``_count_at``); returns the
+    union's (members below, members at most) the score."""
+    lt = sum(counts[i][0] if i in counts else r.lo[i] for i in range(len(r.lo)))
+    le = sum(counts[i][1] if i in counts else r.lo[i] for i in range(len(r.lo)))
+    if lt <= r.rank < le:
+        r.answer = score
+    elif r.rank < lt:
+        for i, (n_lt, _) in counts.items():
+            r.hi[i] = min(r.hi[i], n_lt)
+    else:
+        for i, (_, n_le) in counts.items():
+            r.lo[i] = max(r.lo[i], n_le)
+    return lt, le
+
+
 def _left(r: Request) -> int:
     return sum(h - lo for lo, h in zip(r.lo, r.hi, strict=True))
 
@@ -181,31 +288,10 @@ def _weighted_median(picks: list[tuple[float, int]]) -> float:
 
 async def _cut(client: Any, counting: list[tuple[Request, float]], sizes: dict[str, int]) -> None:
     """Count below / at most each pivot and narrow the windows (or settle the answer)."""
-    probes = _Probes(sizes)
-    asked: list[tuple[Request, int, tuple[int, int]]] = []
+    below = await _count_at(client, counting, sizes)
     for r, pivot in counting:
-        text = score_text(pivot)
-        for i, (lo, hi) in enumerate(zip(r.lo, r.hi, strict=True)):
-            if hi > lo:  # an empty window's counts are known: everything before lo is below
-                asked.append((r, i, probes.add(i, r.keys[i], "c", text)))
-    await probes.run(client)
-    below: dict[int, dict[int, tuple[int, int]]] = {}
-    for r, i, address in asked:
-        n_lt, n_le = probes.reply(address)
-        below.setdefault(id(r), {})[i] = (int(n_lt), int(n_le))
-    for r, pivot in counting:
-        counts = below[id(r)]
-        lt = sum(counts[i][0] if i in counts else r.lo[i] for i in range(len(r.lo)))
-        le = sum(counts[i][1] if i in counts else r.lo[i] for i in range(len(r.lo)))
         windows = (list(r.lo), list(r.hi))
-        if lt <= r.rank < le:
-            r.answer = pivot
-        elif r.rank < lt:
-            for i, (n_lt, _) in counts.items():
-                r.hi[i] = min(r.hi[i], n_lt)
-        else:
-            for i, (_, n_le) in counts.items():
-                r.lo[i] = max(r.lo[i], n_le)
+        _narrow(r, below[id(r)], pivot)
         if r.answer is None and (r.lo, r.hi) == windows:
             # counts past the windows (a set grew since its size was read) cut nothing: the same
             # pivot would come back in every round

@@ -20,7 +20,7 @@ import math
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -864,14 +864,14 @@ class Store:
             sizes, seen, stored, pending = await self._rank_sizes()
             if pending:  # an earlier refresh stopped before making its users due: finish that first
                 await self._mark_rescored(orjson.loads(pending))
+            old = [decode_text(v) if v else "" for v in stored]
             try:
-                cuts = await self._cut_points(sizes, seen)
+                cuts = await self._cut_points(sizes, seen, [_cuts(text) for text in old])
                 break
             except SetsChanged as exc:
                 if attempt == RFM_SELECT_ATTEMPTS:
                     log.warning("RFM thresholds kept: %s, in %d refreshes in a row", exc, attempt)
                     return int(await self.client.hget(self.keys.rfm_thresholds, "version") or 0)
-        old = [decode_text(v) if v else "" for v in stored]
         new = [",".join(c) for c in cuts]
         ranges: list[str] = []
         for j in range(len(RANK_METRICS)):
@@ -899,20 +899,26 @@ class Store:
             await self._mark_rescored(ranges, sizes, seen, moved)
         return int(version or 0)
 
-    async def _cut_points(self, sizes: list[list[int]], seen: dict[str, list[float]]) -> list[list[str]]:
-        """Metric -> its cut points (as ranked) for rank sets of ``sizes``: the quintile rule."""
+    async def _cut_points(
+        self, sizes: list[list[int]], seen: dict[str, list[float]], before: Sequence[Sequence[float]]
+    ) -> list[list[str]]:
+        """Metric -> its cut points (as ranked) for rank sets of ``sizes``: the quintile rule.
+        ``before``: metric -> the cut points stored (the selection's guesses: a day moves few)."""
         shards = range(self.keys.shards)
         requests: list[Request] = []
+        guesses: list[float | None] = []
         slots: list[int] = []  # metric index of each request
         request_sizes: list[list[int]] = []
         for j, metric in enumerate(RANK_METRICS):
             n = sum(sizes[j])
             for k in range(1, 5) if n else ():
                 requests.append(Request([self.keys.rank(s, metric) for s in shards], -(-k * n // 5) - 1))
+                guesses.append(before[j][k - 1] if k <= len(before[j]) else None)
                 slots.append(j)
                 request_sizes.append(sizes[j])
         cuts: list[list[str]] = [[] for _ in RANK_METRICS]
-        for j, cut in zip(slots, await select(self.client, requests, request_sizes, seen), strict=True):
+        selected = await select(self.client, requests, request_sizes, seen, guesses)
+        for j, cut in zip(slots, selected, strict=True):
             cuts[j].append(score_text(cut))
         return cuts
 

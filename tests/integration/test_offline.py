@@ -305,6 +305,62 @@ def test_quintile_thresholds_follow_the_redis_script(settings: Settings) -> None
     assert asyncio.run(run([])) == ()
 
 
+@pytest.mark.parametrize("change", ["a_day", "ties", "far", "one_shard", "below"])
+def test_a_refresh_guessing_from_the_stored_cut_points_gives_the_quintiles(settings: Settings, change: str) -> None:
+    """The second refresh starts from the cut points the first stored (``quantiles._from_guesses``)
+    and must give the independent quintiles of the sets as changed: a day's orders (a few members
+    to the top: the answer a few ranks from each guess), ties settling at the guess, a change too
+    far for the reads next to the guess, and one shard holding every member between a guess and
+    its answer (its read next to the guess is short of the answer: the pivot rounds must take over)."""
+    rng = random.Random(5)
+    first = {f"u{i}": float(rng.randint(0, 10**6)) for i in range(12000)}
+    if change == "ties":
+        first = {u: float(rng.randint(0, 9)) for u in first}
+    second = dict(first)
+    cut = oracle.rfm_thresholds(list(first.values()))
+    if change == "a_day":
+        second.update({u: 2e6 + i for i, u in enumerate(rng.sample(sorted(first), 40))})
+    elif change == "ties":
+        second.update({u: 9.0 for u in rng.sample(sorted(first), 40)})
+    elif change == "far":
+        second.update({u: float(rng.randint(0, 10**5)) for u in rng.sample(sorted(first), 6000)})
+    elif change == "below":  # members from the top to below every cut point
+        second.update({u: -1.0 - i for i, u in enumerate(sorted(first, key=first.__getitem__)[-60:])})
+    one_shard = {f"x{i}": cut[0] + (i + 1) / 1000 for i in range(300)} if change == "one_shard" else {}
+    second.update(one_shard)
+
+    async def run() -> tuple[tuple[float, ...], tuple[float, ...]]:
+        store = Store.from_settings(
+            settings.model_copy(update={"key_prefix": f"{settings.key_prefix}-rfm-{uuid.uuid4().hex[:6]}"})
+        )
+        keys = store.keys
+
+        async def rank(values: dict[str, float]) -> None:
+            pipe = store.client.pipeline(transaction=False)
+            for metric in "rfm":
+                for u, v in values.items():  # the one-shard members all in shard 0
+                    pipe.zadd(keys.rank(0 if u in one_shard else keys.shard(u), metric), {u: v})
+            await pipe.execute()
+
+        try:
+            await rank(first)
+            await store.refresh_rfm(T0)
+            before = (await store.rfm_thresholds()).r
+            await rank({u: v for u, v in second.items() if first.get(u) != v})
+            await store.refresh_rfm(T0 + DAY)
+            after = await store.rfm_thresholds()
+            assert after.r == after.f == after.m
+            return before, after.r
+        finally:
+            await store.delete_namespace()
+            await store.close()
+
+    before, after = asyncio.run(run())
+    assert list(before) == cut
+    assert list(after) == oracle.rfm_thresholds(list(second.values()))
+    assert change == "ties" or after != before
+
+
 @pytest.mark.parametrize("change", ["shrink", "grow", "one"])
 def test_quintile_thresholds_start_over_when_batches_change_the_rank_sets(settings: Settings, change: str) -> None:
     """A batch that changes the rank sets between the refresh's size read and its member reads

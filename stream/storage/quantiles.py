@@ -17,8 +17,9 @@ A refresh asks nearly the ranks of the one before, so a request may come with a 
 previous answer): one round counts at the guess, which settles the answer when the rank falls
 among the guess's ties and otherwise keeps only the windows' part on the answer's side; a second
 round reads each shard's few members next to the guess on that side, and the answer is settled
-when those reads provably hold every member between the guess and it (``_from_guesses``). The
-pivot rounds go on from the narrowed windows only when they do not.
+when those reads provably hold every member between the guess and it; a shard whose read stops
+short of it reads on (twice as many, up to ``GUESS_READS`` rounds: ``_Near``). The pivot rounds go
+on from the narrowed windows only for an answer far from its guess.
 
 Each round's probes of a shard go in one call (``rank_probe.lua``), so a round costs one command
 per shard whatever the number of requests.
@@ -46,6 +47,7 @@ FETCH_ALL = 4096  # read the remaining windows whole once they hold at most this
 # Members read next to a guess in a shard beyond twice its expected share of the ranks between the
 # guess and the answer: a shard then rarely holds more of them than it returned.
 GUESS_MARGIN = 3
+GUESS_READS = 3  # rounds of reads next to the guesses (a shard short of the answer reads on)
 # Members ranked or dropped while a selection runs that it absorbs (a share of all members): up to
 # that, an answer is off by at most as many ranks; beyond, it starts over (``SetsChanged``).
 DRIFT_SHARE = 0.01
@@ -186,52 +188,81 @@ async def select(
 
 
 async def _from_guesses(client: Any, guessed: list[tuple[Request, float]], sizes: dict[str, int]) -> None:
-    """Settle or narrow each request from its guess, in at most two rounds (see the module
-    docstring); the requests left unsettled keep their narrowed windows for the pivot rounds."""
+    """Settle or narrow each request from its guess (see the module docstring); the requests left
+    unsettled keep their narrowed windows for the pivot rounds."""
     counted = await _count_at(client, guessed, sizes)
-    near: list[tuple[Request, bool, int]] = []  # (request, answer above the guess?, ranks from it)
+    near: list[_Near] = []
     for r, guess in guessed:
         lt, le = _narrow(r, counted[id(r)], guess)
         if r.answer is None:
             above = r.rank >= le
-            near.append((r, above, r.rank - le if above else lt - 1 - r.rank))
-    probes = _Probes(sizes)
-    # (request, above, depth, shard, members asked, more beyond them?, reply address)
-    reads: list[tuple[Request, bool, int, int, int, bool, tuple[int, int]]] = []
-    for r, above, depth in near:
-        left = _left(r)
-        take = {
-            i: min(hi - lo, -(-2 * (depth + 1) * (hi - lo) // left) + GUESS_MARGIN)
-            for i, (lo, hi) in enumerate(zip(r.lo, r.hi, strict=True))
+            near.append(_Near(r, above, r.rank - le if above else lt - 1 - r.rank))
+    for n in near:  # each shard's expected share of the ranks between guess and answer, doubled
+        left = _left(n.r)
+        n.wanted = {
+            i: -(-2 * (n.depth + 1) * (hi - lo) // left) + GUESS_MARGIN
+            for i, (lo, hi) in enumerate(zip(n.r.lo, n.r.hi, strict=True))
             if hi > lo
         }
-        if sum(take.values()) > FETCH_ALL:
-            continue  # far from its guess: the pivot rounds find it
-        for i, n in take.items():
-            lo, hi = r.lo[i], r.hi[i]
-            first = lo if above else hi - n
-            reads.append((r, above, depth, i, n, hi - lo > n, probes.add(i, r.keys[i], "z", first, first + n - 1)))
-    if not reads:
-        return
-    await probes.run(client)
-    # each shard's read is its run of members next to the guess; the answer is the depth-th member
-    # of their union counted from the guess, provided no member unread lies between: every shard
-    # with members beyond its read must have read up to (at least) that candidate
-    found: dict[int, tuple[Request, bool, int, list[float], list[tuple[bool, float]]]] = {}
-    for r, above, depth, i, n, more, address in reads:
-        scores = [float(score) for score in probes.reply(address)]
-        if len(scores) < n:
-            raise SetsChanged(f"{r.keys[i]} holds fewer members than counted")
-        entry = found.setdefault(id(r), (r, above, depth, [], []))
-        entry[3].extend(scores)
-        if more:
-            entry[4].append((above, scores[-1] if above else scores[0]))
-    for r, above, depth, merged, edges in found.values():
-        if depth >= len(merged):
-            continue
-        candidate = sorted(merged, reverse=not above)[depth]
-        if all(edge >= candidate if up else edge <= candidate for up, edge in edges):
-            r.answer = candidate
+    for _ in range(GUESS_READS):
+        near = [n for n in near if n.wanted and sum(map(len, n.read.values())) + sum(n.wanted.values()) <= FETCH_ALL]
+        if not near:
+            return  # far from their guesses: the pivot rounds find them
+        probes = _Probes(sizes)
+        asked = [
+            (n, i, count, probes.add(i, n.r.keys[i], "z", *n.span(i, count)))
+            for n in near
+            for i, count in n.wanted.items()
+        ]
+        await probes.run(client)
+        for n, i, count, address in asked:
+            scores = [float(score) for score in probes.reply(address)]
+            if len(scores) < min(count, n.unread(i)):
+                raise SetsChanged(f"{n.r.keys[i]} holds fewer members than counted")
+            got = n.read.setdefault(i, [])
+            n.read[i] = got + scores if n.above else scores + got
+        for n in near:
+            n.settle()
+
+
+@dataclass
+class _Near:
+    """A request whose answer lies ``depth`` ranks from its guess, on one side (``above``): every
+    shard's members next to the guess on that side are read (``read``, in order) until they
+    provably hold the answer: the depth-th of their union counted from the guess, when no shard
+    with members left unread stops short of it."""
+
+    r: Request
+    above: bool
+    depth: int
+    read: dict[int, list[float]] = field(default_factory=dict)  # shard -> scores read, in order
+    wanted: dict[int, int] = field(default_factory=dict)  # shard -> members to read next
+
+    def unread(self, i: int) -> int:
+        return self.r.hi[i] - self.r.lo[i] - len(self.read.get(i, ()))
+
+    def span(self, i: int, count: int) -> tuple[int, int]:
+        """Positions of shard i's next ``count`` members away from the guess."""
+        got = len(self.read.get(i, ()))
+        if self.above:
+            first = self.r.lo[i] + got
+            return first, min(first + count, self.r.hi[i]) - 1
+        last = self.r.hi[i] - got - 1
+        return max(last - count + 1, self.r.lo[i]), last
+
+    def settle(self) -> None:
+        """Settle the answer, or name the shards to read further (``wanted``)."""
+        merged = sorted((x for scores in self.read.values() for x in scores), reverse=not self.above)
+        open_shards = [i for i in self.read if self.unread(i) > 0]
+        if self.depth >= len(merged):
+            short = open_shards
+        else:
+            candidate = merged[self.depth]
+            edge = {i: self.read[i][-1] if self.above else self.read[i][0] for i in open_shards}
+            short = [i for i in open_shards if (edge[i] < candidate if self.above else edge[i] > candidate)]
+            if not short:
+                self.r.answer = candidate
+        self.wanted = {i: 2 * len(self.read[i]) for i in short}
 
 
 async def _count_at(

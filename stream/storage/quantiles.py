@@ -257,9 +257,10 @@ class _Near:
         if self.depth >= len(merged):
             short = open_shards
         else:
-            candidate = merged[self.depth]
-            edge = {i: self.read[i][-1] if self.above else self.read[i][0] for i in open_shards}
-            short = [i for i in open_shards if (edge[i] < candidate if self.above else edge[i] > candidate)]
+            candidate = merged[self.depth]  # a shard is short when its farthest read is before it
+            short = [
+                i for i in open_shards if (self.read[i][-1] < candidate if self.above else self.read[i][0] > candidate)
+            ]
             if not short:
                 self.r.answer = candidate
         self.wanted = {i: 2 * len(self.read[i]) for i in short}

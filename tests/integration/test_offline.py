@@ -310,8 +310,9 @@ def test_a_refresh_guessing_from_the_stored_cut_points_gives_the_quintiles(setti
     """The second refresh starts from the cut points the first stored (``quantiles._from_guesses``)
     and must give the independent quintiles of the sets as changed: a day's orders (a few members
     to the top: the answer a few ranks from each guess), ties settling at the guess, a change too
-    far for the reads next to the guess, and one shard holding every member between a guess and
-    its answer (its read next to the guess is short of the answer: the pivot rounds must take over)."""
+    far for the reads next to the guess, members dropping below every cut point (answers below
+    their guesses), and one shard holding every member between a guess and its answer (its read
+    next to the guess stops short of the answer: it must read on, or the pivot rounds take over)."""
     rng = random.Random(5)
     first = {f"u{i}": float(rng.randint(0, 10**6)) for i in range(12000)}
     if change == "ties":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -51,6 +52,7 @@ from stream.storage.keys import erased_token
 from stream.storage.store import Ends, Store, partition_times, watermark
 from stream.tagging.definitions import TagCatalogue
 from stream.tagging.engine import RfmThresholds, apply_event
+from stream.tagging.state import DAY
 
 log = logging.getLogger(__name__)
 MAX_CONFLICT_RETRIES = 20
@@ -177,8 +179,7 @@ class Processor:
                 head, part, start = cut
                 if head[0]:
                     report.add(await self._process(head, highwaters, received))
-                await self.drain_due(start)
-                await self.refresh_rfm_at(start)
+                await self.refresh_rfm_at(start, settled=True)
             report.add(await self._process(part, highwaters, received))
             return report
         finally:
@@ -245,10 +246,40 @@ class Processor:
             if written == 0:
                 break
 
-    async def refresh_rfm_at(self, at: float) -> None:
-        """Refresh the RFM thresholds at event time ``at`` (users whose scores move are made due)."""
-        await self.retry("rfm_refresh", self.store.refresh_rfm, at, self.rescored_cuts())
+    async def refresh_rfm_at(self, at: float, settled: bool = False) -> None:
+        """Refresh the RFM thresholds at event time ``at`` (users whose scores move are made due).
+
+        ``settled`` (``rfm_event_refresh`` batches): the due points up to ``at`` that the refresh
+        could change are evaluated on the thresholds before it, as the offline driver, which
+        evaluates every user due up to a period start before refreshing there. Only those: a
+        user's scores are the same on both thresholds unless a cut point moved across their
+        metric (``Store.refresh_rfm``'s ``settle``); the rest are due later on the thresholds of
+        then, and as every refresh settles its own users first, those give the scores of their
+        time. Before the cut points are chosen, the ranked users whose retention may end by
+        ``at`` are evaluated too (deleted, they leave the rank sets, as in the driver). So the
+        time-driven path folds the rest, as in "tick", instead of being drained at every start.
+        """
+        if not settled:
+            await self.retry("rfm_refresh", self.store.refresh_rfm, at, self.rescored_cuts())
+        else:
+            # retention ends (retention_end) whole days after the day of the latest event: a user
+            # deleted by ``at`` last ordered before this
+            last_order = (math.floor(at / DAY) - self.settings.lifecycle_retention_days + 1) * DAY
+            first = await self.retry("ranked_before", self.store.ranked_before, last_order)
+            # and the users an earlier refresh re-scored, at this start (as the drain did)
+            for shard, users in (await self.retry("made_due_now", self.store.made_due_now)).items():
+                first.setdefault(shard, []).extend(users)
+            await self._settle(at, first)
+            settle = functools.partial(self._settle, at)
+            await self.retry("rfm_refresh", self.store.refresh_rfm, at, self.rescored_cuts(), settle)
         self.rfm_refreshed_at = max(self.rfm_refreshed_at, at)
+
+    async def _settle(self, at: float, users: dict[int, list[str]]) -> bool:
+        """Evaluate the due points up to ``at`` of those of ``users`` due by then (shard ->
+        users); returns whether one of them was deleted."""
+        due = await self.retry("due_by", self.store.due_by, users, at)
+        written = await self._reevaluate(due, at) if due else []
+        return any(w.state is None for w in written)
 
     async def refresh_rfm_on_tick(self, mark: float) -> None:
         """Event time, the timer's tick at watermark ``mark``: with ``rfm_event_refresh`` "tick",
@@ -460,7 +491,7 @@ class Processor:
                 if time.monotonic() - began > s.due_lease_s / 2:
                     break  # a saturated worker: the rest stays claimed until its lease expires, then is retried
                 await self._ingest_first()
-            done += await self._reevaluate(dict(claimed[start : start + size]), now)
+            done += len(await self._reevaluate(dict(claimed[start : start + size]), now))
         return done
 
     async def _ingest_first(self) -> None:
@@ -471,8 +502,9 @@ class Processor:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._ingest_idle.wait(), INGEST_FIRST_S)
 
-    async def _reevaluate(self, due_at: dict[str, float], now: float) -> int:
-        """Evaluate and write the claimed users ``due_at`` (user -> due time) up to ``now``."""
+    async def _reevaluate(self, due_at: dict[str, float], now: float) -> list[UserWrite]:
+        """Evaluate and write the users ``due_at`` (user -> due time; claimed, or found due by
+        ``_settle``) up to ``now``; returns the writes stored."""
         wall = self.wall_clock()
         pending = list(due_at)
         done: list[UserWrite] = []
@@ -497,7 +529,7 @@ class Processor:
         self._count_decisions(done)
         if any(w.triggers for w in done):
             await self.deliver_triggers()
-        return len(done)
+        return done
 
     def _context(self, thresholds: RfmThresholds, wall: float, settled: float) -> PlanContext:
         s = self.settings

@@ -20,7 +20,7 @@ import math
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -68,6 +68,8 @@ OUTBOX_GROUP = "senders"
 MAX_ERASE_ATTEMPTS = 20  # erase re-reads the state when a write moved its version in between
 MODEL_READ_MIN_SHARE = 64  # model items read per shard at least (read_model_items)
 RFM_SELECT_ATTEMPTS = 5  # refresh_rfm starts over when batches changed the rank sets under its selection
+# refresh_rfm's ``settle``: evaluates the given users' due points (shard -> users), says whether it deleted one
+Settle = Callable[[dict[int, list[str]]], Awaitable[bool]]
 # Every shard's due set and outbox are visited at least this often (wall seconds); in between,
 # claims visit the shards the due index says are due and deliveries the shards this worker wrote
 # triggers to. The sweep also returns expired claim leases and a dead sender's outbox entries.
@@ -847,7 +849,7 @@ class Store:
                 oldest = float(first[0][1])
         return total, oldest
 
-    async def refresh_rfm(self, now: float, rescore: Rescore | None = None) -> int:
+    async def refresh_rfm(self, now: float, rescore: Rescore | None = None, settle: Settle | None = None) -> int:
         """Recompute the RFM thresholds from every shard's rank sets (exactly; while batches rank
         users under it, to within the members they changed, ``quantiles.DRIFT_SHARE``); when a cut point
         moved, the users whose metric lies between its old and new value (the only users whose
@@ -857,9 +859,34 @@ class Store:
         anyone now, and with its ``segments`` only the users whose ``rfm_segment`` moves into or
         out of them; the others are seen at each user's next evaluation.
 
+        ``settle`` (event time, ``rfm_event_refresh`` batches): called, before the new cut points
+        are stored, with the users they re-score (shard -> users), to evaluate those users' due
+        points up to ``now`` on the thresholds before it; the other users due by then score the
+        same on both. It returns whether it deleted a user (retention ended): the cut points are
+        then chosen again from the smaller rank sets.
+
         The quintile rule lives here only: cut point k (1..4) of n ranked users is the score at
         0-based rank ceil(k * n / 5) - 1 of the whole population (no cut points while it is empty).
         """
+        for _ in range(RFM_SELECT_ATTEMPTS if settle is not None else 1):
+            old, cuts, ranges, sizes, seen = await self._select_cuts(rescore)
+            if cuts is None:
+                return int(await self.client.hget(self.keys.rfm_thresholds, "version") or 0)
+            new = [",".join(c) for c in cuts]
+            moved = self._moved(rescore, old, new)
+            if settle is None or not ranges or not await settle(await self._in_ranges(ranges, sizes, seen, moved)):
+                break
+        args = [*new, repr(now), orjson.dumps(ranges)]
+        version, changed = await run_script(self.client, "set_thresholds", [self.keys.rfm_thresholds], args)
+        if int(changed):
+            await self._mark_rescored(ranges, sizes, seen, moved)
+        return int(version or 0)
+
+    async def _select_cuts(
+        self, rescore: Rescore | None
+    ) -> tuple[list[str], list[list[str]] | None, list[str], list[list[int]], dict[str, list[float]]]:
+        """(stored cut points, new cut points (None: the selection kept failing), the score
+        ranges they re-score (mark_due.lua's triples), rank set sizes, the sets read whole)."""
         for attempt in range(1, RFM_SELECT_ATTEMPTS + 1):
             sizes, seen, stored, pending = await self._rank_sizes()
             if pending:  # an earlier refresh stopped before making its users due: finish that first
@@ -871,8 +898,7 @@ class Store:
             except SetsChanged as exc:
                 if attempt == RFM_SELECT_ATTEMPTS:
                     log.warning("RFM thresholds kept: %s, in %d refreshes in a row", exc, attempt)
-                    return int(await self.client.hget(self.keys.rfm_thresholds, "version") or 0)
-        new = [",".join(c) for c in cuts]
+                    return old, None, [], sizes, seen
         ranges: list[str] = []
         for j in range(len(RANK_METRICS)):
             before, after = [x for x in old[j].split(",") if x], cuts[j]
@@ -888,16 +914,17 @@ class Store:
                 elif float(a) != float(b):  # the stored strings, exactly as ranked
                     lo, hi = (a, b) if float(a) < float(b) else (b, a)
                     ranges.extend((str(j + 1), lo, hi))
-        args = [*new, repr(now), orjson.dumps(ranges)]
-        version, changed = await run_script(self.client, "set_thresholds", [self.keys.rfm_thresholds], args)
-        if int(changed):
-            moved = None
-            if rescore is not None and rescore.segments is not None:
-                was, becomes = (RfmThresholds(0, *map(_cuts, texts)) for texts in (old, new))
-                if all((t.r, t.f, t.m) for t in (was, becomes)):  # else rfm_segment (dis)appears: everyone
-                    moved = _segment_moved(was, becomes, rescore.segments)
-            await self._mark_rescored(ranges, sizes, seen, moved)
-        return int(version or 0)
+        return old, cuts, ranges, sizes, seen
+
+    @staticmethod
+    def _moved(rescore: Rescore | None, old: list[str], new: list[str]) -> Callable[[float, float], bool] | None:
+        """Which re-scored users' change matters (``_segment_moved``; None: every one's)."""
+        if rescore is None or rescore.segments is None:
+            return None
+        was, becomes = (RfmThresholds(0, *map(_cuts, texts)) for texts in (old, new))
+        if not all((t.r, t.f, t.m) for t in (was, becomes)):  # rfm_segment (dis)appears: everyone
+            return None
+        return _segment_moved(was, becomes, rescore.segments)
 
     async def _cut_points(
         self, sizes: list[list[int]], seen: dict[str, list[float]], before: Sequence[Sequence[float]]
@@ -1016,6 +1043,30 @@ class Store:
     async def _mark_moved(self, parts: list[tuple[int, list[str]]], moved: Callable[[float, float], bool]) -> list[int]:
         """The users of each (shard, its ranges) whose R and F values ``moved`` keeps made due
         (a user ranked in one of the two only: made due, to be safe); the shards it marked."""
+        due = await self._users_in(parts, moved)
+        if due:
+            pipe = self.client.pipeline(transaction=False)
+            for s, users in due.items():
+                pipe.zadd(self.keys.due(s), dict.fromkeys(users, 0.0), lt=True)
+            await pipe.execute()
+        return list(due)
+
+    async def _in_ranges(
+        self,
+        ranges: list[str],
+        sizes: list[list[int]],
+        seen: Mapping[str, list[float]],
+        moved: Callable[[float, float], bool] | None,
+    ) -> dict[int, list[str]]:
+        """Shard -> the users ``_mark_rescored`` would make due for these arguments."""
+        parts = [(s, self._shard_ranges(s, ranges, sizes, seen)) for s in range(self.keys.shards)]
+        return await self._users_in([(s, part) for s, part in parts if part], moved)
+
+    async def _users_in(
+        self, parts: list[tuple[int, list[str]]], moved: Callable[[float, float], bool] | None
+    ) -> dict[int, list[str]]:
+        """Shard -> the users of its ranges (``parts``: (shard, mark_due.lua's triples)) that
+        ``moved`` keeps (None: all; a user ranked in only one of R and F: kept, to be safe)."""
         ks = self.keys
         pipe = self.client.pipeline(transaction=False)
         for s, part in parts:
@@ -1024,22 +1075,48 @@ class Store:
         replies = iter(await pipe.execute())
         candidates = {s: sorted({u for _ in range(0, len(part), 3) for u in next(replies)}) for s, part in parts}
         candidates = {s: users for s, users in candidates.items() if users}  # nobody in this shard's ranges
+        if moved is None or not candidates:
+            return {s: [decode_text(u) for u in users] for s, users in candidates.items()}
         pipe = self.client.pipeline(transaction=False)
         for s, users in candidates.items():
             pipe.zmscore(ks.rank(s, "r"), users)
             pipe.zmscore(ks.rank(s, "f"), users)
         replies = iter(await pipe.execute())
-        due: dict[int, dict[Any, float]] = {}
+        kept: dict[int, list[str]] = {}
         for s, users in candidates.items():
             for user, r, f in zip(users, next(replies), next(replies), strict=True):
                 if r is None or f is None or moved(r, f):
-                    due.setdefault(s, {})[user] = 0.0
-        if due:
-            pipe = self.client.pipeline(transaction=False)
-            for s, users_due in due.items():
-                pipe.zadd(ks.due(s), users_due, lt=True)
-            await pipe.execute()
-        return list(due)
+                    kept.setdefault(s, []).append(decode_text(user))
+        return kept
+
+    async def ranked_before(self, last_order: float) -> dict[int, list[str]]:
+        """Shard -> the ranked users whose last order is before ``last_order``."""
+        pipe = self.client.pipeline(transaction=False)
+        for s in range(self.keys.shards):
+            pipe.zrangebyscore(self.keys.rank(s, "r"), "-inf", f"({last_order!r}")
+        replies = await pipe.execute()
+        return {s: [decode_text(u) for u in users] for s, users in enumerate(replies) if users}
+
+    async def made_due_now(self) -> dict[int, list[str]]:
+        """Shard -> the users made due now (an RFM re-score, every profile to the clock), not
+        claimed yet."""
+        pipe = self.client.pipeline(transaction=False)
+        for s in range(self.keys.shards):
+            pipe.zrangebyscore(self.keys.due(s), "-inf", 0)
+        replies = await pipe.execute()
+        return {s: [decode_text(u) for u in users] for s, users in enumerate(replies) if users}
+
+    async def due_by(self, users: Mapping[int, list[str]], at: float) -> dict[str, float]:
+        """Of ``users`` (shard -> users), those due at ``at`` at the latest: user -> due time
+        (0: made due now); not those being re-evaluated (claimed) now."""
+        pipe = self.client.pipeline(transaction=False)
+        chosen = [(s, list(group)) for s, group in users.items() if group]
+        for s, group in chosen:
+            pipe.zmscore(self.keys.due(s), group)
+        out: dict[str, float] = {}
+        for (_, group), scores in zip(chosen, await pipe.execute() if chosen else [], strict=True):
+            out.update((u, float(x)) for u, x in zip(group, scores, strict=True) if x is not None and float(x) <= at)
+        return out
 
     async def rfm_thresholds(self) -> RfmThresholds:
         return _thresholds(await self.client.hgetall(self.keys.rfm_thresholds))

@@ -20,6 +20,7 @@ from stream.core.pipeline import Message
 from stream.metrics import Metrics
 from stream.service.processor import Processor, refresh_points
 from stream.tagging.definitions import load_catalogue
+from tests import oracle
 from tests.integration.helpers import no_dead_letters, store_for
 
 pytestmark = pytest.mark.integration
@@ -120,3 +121,37 @@ def test_a_partition_handed_out_past_the_period_starts_lets_the_batch_be_cut(mak
     topics = Topics(make_settings().topic_prefix)
     through = {f"{topics.transactions}/1": (START + timedelta(days=3)).timestamp()}
     assert _run_with_a_lagging_partition(make_settings, names, through) == 3
+
+
+def test_customers_whose_retention_ended_leave_the_population_before_the_cut_points(make_settings, names) -> None:
+    """Retention of 90 days: the customers of day 0 only are deleted at day 90, so the refresh at
+    the start of day 95, in the same batch, ranks only the customers of day 50 (the independent
+    quintiles of their order times), as the offline driver, which evaluates everyone due by a
+    period start before refreshing there. Nothing but that refresh evaluates them here (no timer
+    runs)."""
+    settings = make_settings(
+        clock="event", key_prefix=f"{names.key_prefix}-expiry", rfm_event_refresh="batches", lifecycle_retention_days=90
+    )
+    topics = Topics(settings.topic_prefix)
+    orders = [(0, f"u{i}", 10.0 * (i + 1)) for i in range(5)]
+    orders += [(50, f"u{i}", 7.0 * i) for i in range(5, 10)] + [(95, "u10", 1.0)]
+    batch = [
+        Message(topics.transactions, 0, n, user.encode(), _order(n, day, user, amount))
+        for n, (day, user, amount) in enumerate(orders)
+    ]
+    alive = [(START + timedelta(days=day, minutes=n)).timestamp() for n, (day, _, _) in enumerate(orders) if day == 50]
+
+    async def run() -> tuple[tuple[float, ...], dict[str, str], dict[str, str]]:
+        store = store_for(settings)
+        processor = Processor(settings, load_catalogue(), store, no_dead_letters, Metrics())
+        try:
+            report = await processor.process(batch, {f"{topics.transactions}/0": len(batch)})
+            assert report.applied == len(batch)
+            return (await store.rfm_thresholds()).r, await store.profile("u0"), await store.profile("u5")
+        finally:
+            await store.close()
+
+    r, expired, kept = asyncio.run(run())
+    assert expired == {}
+    assert kept["_rfm_version"]  # evaluated, and still there
+    assert list(r) == oracle.rfm_thresholds(alive)

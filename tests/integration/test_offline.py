@@ -362,6 +362,74 @@ def test_a_refresh_guessing_from_the_stored_cut_points_gives_the_quintiles(setti
     assert change == "ties" or after != before
 
 
+@pytest.mark.parametrize("deletes", [False, True])
+def test_a_settled_refresh_hands_over_the_users_it_rescores_before_it_stores_the_cut_points(
+    settings: Settings, deletes: bool
+) -> None:
+    """``refresh_rfm(settle=)`` (``rfm_event_refresh`` batches): the callback gets exactly the
+    users between a stored cut point and its new value (independent quintiles of the sets before
+    and after a day's orders), while the old thresholds are still stored; when it says it deleted
+    users, the cut points are chosen again, from the sets without them."""
+    rng = random.Random(11)
+    first = {f"u{i}": float(rng.randint(0, 10**6)) for i in range(3000)}
+    second = dict(first)
+    second.update({u: 2e6 + i for i, u in enumerate(rng.sample(sorted(first), 40))})
+    old, new = oracle.rfm_thresholds(list(first.values())), oracle.rfm_thresholds(list(second.values()))
+    moved = [(min(a, b), max(a, b)) for a, b in zip(old, new, strict=True) if a != b]
+    between = {u for u, v in second.items() if any(lo <= v <= hi for lo, hi in moved)}
+    assert between
+
+    async def run() -> tuple[list[set[str]], list[tuple[float, ...]], set[str], tuple[float, ...]]:
+        store = Store.from_settings(
+            settings.model_copy(update={"key_prefix": f"{settings.key_prefix}-settle-{uuid.uuid4().hex[:6]}"})
+        )
+        keys = store.keys
+        handed: list[set[str]] = []
+        seen_stored: list[tuple[float, ...]] = []
+        deleted: set[str] = set()
+
+        async def rank(values: dict[str, float]) -> None:
+            pipe = store.client.pipeline(transaction=False)
+            for metric in "rfm":
+                for u, v in values.items():
+                    pipe.zadd(keys.rank(keys.shard(u), metric), {u: v})
+            await pipe.execute()
+
+        async def settle(users: dict[int, list[str]]) -> bool:
+            assert all(keys.shard(u) == s for s, group in users.items() for u in group)
+            handed.append({u for group in users.values() for u in group})
+            seen_stored.append((await store.rfm_thresholds()).r)
+            if not deletes or deleted:
+                return False
+            deleted.update(sorted(handed[-1])[:20])  # their retention ended: out of the rank sets
+            pipe = store.client.pipeline(transaction=False)
+            for u in deleted:
+                for metric in "rfm":
+                    pipe.zrem(keys.rank(keys.shard(u), metric), u)
+            await pipe.execute()
+            return True
+
+        try:
+            await rank(first)
+            await store.refresh_rfm(T0)
+            await rank({u: v for u, v in second.items() if first[u] != v})
+            await store.refresh_rfm(T0 + DAY, settle=settle)
+            return handed, seen_stored, deleted, (await store.rfm_thresholds()).r
+        finally:
+            await store.delete_namespace()
+            await store.close()
+
+    handed, seen_stored, deleted, stored = asyncio.run(run())
+    assert handed[0] == between
+    assert seen_stored == [tuple(old)] * len(handed)  # settled on the thresholds before the refresh
+    if deletes:
+        assert len(handed) == 2 and len(deleted) == 20
+        assert list(stored) == oracle.rfm_thresholds([v for u, v in second.items() if u not in deleted])
+    else:
+        assert len(handed) == 1
+        assert list(stored) == new
+
+
 @pytest.mark.parametrize("change", ["shrink", "grow", "one"])
 def test_quintile_thresholds_start_over_when_batches_change_the_rank_sets(settings: Settings, change: str) -> None:
     """A batch that changes the rank sets between the refresh's size read and its member reads

@@ -265,11 +265,8 @@ class Processor:
             # retention ends (retention_end) whole days after the day of the latest event: a user
             # deleted by ``at`` last ordered before this
             last_order = (math.floor(at / DAY) - self.settings.lifecycle_retention_days + 1) * DAY
-            first = await self.retry("ranked_before", self.store.ranked_before, last_order)
-            # and the users an earlier refresh re-scored, at this start (as the drain did)
-            for shard, users in (await self.retry("made_due_now", self.store.made_due_now)).items():
-                first.setdefault(shard, []).extend(users)
-            await self._settle(at, first)
+            # and the users an earlier refresh made due now are re-scored at this start (as the drain did)
+            await self._settle(at, await self.retry("ranked_before", self.store.ranked_before_or_due_now, last_order))
             settle = functools.partial(self._settle, at)
             await self.retry("rfm_refresh", self.store.refresh_rfm, at, self.rescored_cuts(), settle)
         self.rfm_refreshed_at = max(self.rfm_refreshed_at, at)

@@ -874,12 +874,16 @@ class Store:
                 return int(await self.client.hget(self.keys.rfm_thresholds, "version") or 0)
             new = [",".join(c) for c in cuts]
             moved = self._moved(rescore, old, new)
-            if settle is None or not ranges or not await settle(await self._in_ranges(ranges, sizes, seen, moved)):
+            if settle is None or not ranges:
+                rescored = None
+                break
+            rescored = await self._in_ranges(ranges, sizes, seen, moved)
+            if not await settle(rescored):
                 break
         args = [*new, repr(now), orjson.dumps(ranges)]
         version, changed = await run_script(self.client, "set_thresholds", [self.keys.rfm_thresholds], args)
         if int(changed):
-            await self._mark_rescored(ranges, sizes, seen, moved)
+            await self._mark_rescored(ranges, sizes, seen, moved, rescored)
         return int(version or 0)
 
     async def _select_cuts(
@@ -1015,15 +1019,21 @@ class Store:
         sizes: list[list[int]] | None = None,
         seen: Mapping[str, list[float]] | None = None,
         moved: Callable[[float, float], bool] | None = None,
+        found: dict[int, list[str]] | None = None,
     ) -> None:
         """Make due now the users of every shard whose metric lies in ``ranges`` (mark_due.lua),
         then drop the thresholds' ``pending`` record of them. ``sizes`` (metric -> shard -> ZCARD)
         and ``seen`` (the rank sets read whole) let it skip the shards no range can reach. With
         ``moved`` (R and F values -> whether the user's score change matters), only those users
         (``_segment_moved``); the ``pending`` record still names every user in the ranges, so a
-        refresh interrupted before this ends re-scores them all."""
+        refresh interrupted before this ends re-scores them all. ``found``: those users, already
+        read (``_in_ranges``)."""
         ks = self.keys
-        if ranges:
+        if found is not None:
+            marked = await self._mark_users(found)
+            if marked:
+                await self.client.zadd(ks.due_index, dict.fromkeys(map(str, marked), 0.0), lt=True)
+        elif ranges:
             parts = [(s, self._shard_ranges(s, ranges, sizes, seen or {})) for s in range(ks.shards)]
             parts = [(s, part) for s, part in parts if part]
             marked = await (self._mark_in_ranges(parts) if moved is None else self._mark_moved(parts, moved))
@@ -1043,11 +1053,15 @@ class Store:
     async def _mark_moved(self, parts: list[tuple[int, list[str]]], moved: Callable[[float, float], bool]) -> list[int]:
         """The users of each (shard, its ranges) whose R and F values ``moved`` keeps made due
         (a user ranked in one of the two only: made due, to be safe); the shards it marked."""
-        due = await self._users_in(parts, moved)
+        return await self._mark_users(await self._users_in(parts, moved))
+
+    async def _mark_users(self, users: Mapping[int, list[str]]) -> list[int]:
+        """Make ``users`` (shard -> users) due now; the shards it marked."""
+        due = {s: group for s, group in users.items() if group}
         if due:
             pipe = self.client.pipeline(transaction=False)
-            for s, users in due.items():
-                pipe.zadd(self.keys.due(s), dict.fromkeys(users, 0.0), lt=True)
+            for s, group in due.items():
+                pipe.zadd(self.keys.due(s), dict.fromkeys(group, 0.0), lt=True)
             await pipe.execute()
         return list(due)
 
@@ -1089,22 +1103,16 @@ class Store:
                     kept.setdefault(s, []).append(decode_text(user))
         return kept
 
-    async def ranked_before(self, last_order: float) -> dict[int, list[str]]:
-        """Shard -> the ranked users whose last order is before ``last_order``."""
+    async def ranked_before_or_due_now(self, last_order: float) -> dict[int, list[str]]:
+        """Shard -> the ranked users whose last order is before ``last_order``, and the users
+        made due now (an RFM re-score, every profile to the clock) not claimed yet."""
         pipe = self.client.pipeline(transaction=False)
         for s in range(self.keys.shards):
             pipe.zrangebyscore(self.keys.rank(s, "r"), "-inf", f"({last_order!r}")
-        replies = await pipe.execute()
-        return {s: [decode_text(u) for u in users] for s, users in enumerate(replies) if users}
-
-    async def made_due_now(self) -> dict[int, list[str]]:
-        """Shard -> the users made due now (an RFM re-score, every profile to the clock), not
-        claimed yet."""
-        pipe = self.client.pipeline(transaction=False)
-        for s in range(self.keys.shards):
             pipe.zrangebyscore(self.keys.due(s), "-inf", 0)
-        replies = await pipe.execute()
-        return {s: [decode_text(u) for u in users] for s, users in enumerate(replies) if users}
+        replies = iter(await pipe.execute())
+        found = {s: {decode_text(u) for u in [*next(replies), *next(replies)]} for s in range(self.keys.shards)}
+        return {s: sorted(users) for s, users in found.items() if users}
 
     async def due_by(self, users: Mapping[int, list[str]], at: float) -> dict[str, float]:
         """Of ``users`` (shard -> users), those due at ``at`` at the latest: user -> due time

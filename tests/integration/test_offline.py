@@ -369,7 +369,8 @@ def test_a_settled_refresh_hands_over_the_users_it_rescores_before_it_stores_the
     """``refresh_rfm(settle=)`` (``rfm_event_refresh`` batches): the callback gets exactly the
     users between a stored cut point and its new value (independent quintiles of the sets before
     and after a day's orders), while the old thresholds are still stored; when it says it deleted
-    users, the cut points are chosen again, from the sets without them."""
+    users, the cut points are chosen again, from the sets without them. The users it was handed
+    last are then made due now."""
     rng = random.Random(11)
     first = {f"u{i}": float(rng.randint(0, 10**6)) for i in range(3000)}
     second = dict(first)
@@ -412,8 +413,14 @@ def test_a_settled_refresh_hands_over_the_users_it_rescores_before_it_stores_the
         try:
             await rank(first)
             await store.refresh_rfm(T0)
+            await store.client.delete(*(keys.due(s) for s in range(keys.shards)))  # the first made all due
             await rank({u: v for u, v in second.items() if first[u] != v})
             await store.refresh_rfm(T0 + DAY, settle=settle)
+            pipe = store.client.pipeline(transaction=False)
+            for u in sorted(second):
+                pipe.zscore(keys.due(keys.shard(u)), u)
+            made_due = {u for u, x in zip(sorted(second), await pipe.execute(), strict=True) if x == 0}
+            assert made_due == handed[-1]  # re-scored by the time-driven path next
             return handed, seen_stored, deleted, (await store.rfm_thresholds()).r
         finally:
             await store.delete_namespace()

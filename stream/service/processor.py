@@ -255,9 +255,10 @@ class Processor:
         user's scores are the same on both thresholds unless a cut point moved across their
         metric (``Store.refresh_rfm``'s ``settle``); the rest are due later on the thresholds of
         then, and as every refresh settles its own users first, those give the scores of their
-        time. Before the cut points are chosen, the ranked users whose retention may end by
-        ``at`` are evaluated too (deleted, they leave the rank sets, as in the driver). So the
-        time-driven path folds the rest, as in "tick", instead of being drained at every start.
+        time. Before the cut points are chosen, two more groups are evaluated: the ranked users
+        whose retention may end by ``at`` (deleted, they leave the rank sets, as in the driver)
+        and the users an earlier refresh made due now (re-scored at this start, as the drain did).
+        The time-driven path folds the rest, as in "tick", instead of being drained at every start.
         """
         if not settled:
             await self.retry("rfm_refresh", self.store.refresh_rfm, at, self.rescored_cuts())
@@ -265,8 +266,8 @@ class Processor:
             # retention ends (retention_end) whole days after the day of the latest event: a user
             # deleted by ``at`` last ordered before this
             last_order = (math.floor(at / DAY) - self.settings.lifecycle_retention_days + 1) * DAY
-            # and the users an earlier refresh made due now are re-scored at this start (as the drain did)
-            await self._settle(at, await self.retry("ranked_before", self.store.ranked_before_or_due_now, last_order))
+            first = await self.retry("ranked_before_or_due_now", self.store.ranked_before_or_due_now, last_order)
+            await self._settle(at, first)
             settle = functools.partial(self._settle, at)
             await self.retry("rfm_refresh", self.store.refresh_rfm, at, self.rescored_cuts(), settle)
         self.rfm_refreshed_at = max(self.rfm_refreshed_at, at)

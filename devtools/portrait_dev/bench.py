@@ -1025,7 +1025,7 @@ class _ProfileWrites:
                 uid = channel[len(prefix) :].partition("}:profile:")[2]
                 self.times.setdefault(uid, []).append(now)
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # typed in newer redis-py (8.2.0 is)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -1366,6 +1366,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="PORTRAIT_RFM_EVENT_REFRESH of the backfill (8): tick (fast) or batches (exact RFM rules)",
     )
     parser.add_argument(
+        "--backfill-trainer",
+        choices=["embedded", "external"],
+        default="embedded",
+        help="PORTRAIT_TRAINER of the backfill (8): on the worker's event loop, or `portrait trainer` beside it",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="py-spy every worker in rep 1 of pipeline1, pipeline2, envelope"
     )
     parser.add_argument("--out", default="results", help="directory for the JSON and PNG")
@@ -1552,14 +1558,16 @@ async def _run_all(
             args.seed,
             args.backfill_workers,
             args.backfill_rfm,
+            args.backfill_trainer,
         )
         b = bench.backfill
         print(
-            f"  backfill ({b['steps']}, RFM refresh {b['rfm']}, {b['workers']} worker(s)): {b['orders']:,} orders of "
+            f"  backfill ({b['steps']}, RFM refresh {b['rfm']}, {b['workers']} worker(s), trainer {b['trainer']}): "
+            f"{b['orders']:,} orders of "
             f"{b['customers']:,} customers over "
             f"{b['months']} months in {b['seconds']:.1f} s ({b['rate']:,.0f} ev/s), "
             f"workers' CPU {b['worker_cpu_s']:.1f} s (all applied after {b['ingest_s']:.1f} s, "
-            f"{b['ingest_cpu_s']:.1f} s of CPU), "
+            f"{b['ingest_cpu_s']:.1f} s of CPU), trainer's CPU {b['trainer_cpu_s']:.1f} s, "
             f"{b['reevaluations']:,} time-driven writes, firings {b['firings']} (by rule {b['firings_by_rule']}), "
             f"dead letters {b['dead_letters']}, churn examples learned {b['churn_examples']}, "
             f"churn bands {b['churn_bands']}",

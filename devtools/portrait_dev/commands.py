@@ -184,6 +184,10 @@ def bench(
         Literal["tick", "batches"],
         typer.Option(help="PORTRAIT_RFM_EVENT_REFRESH of the backfill (8): tick (fast) or batches (exact RFM rules)."),
     ] = "tick",
+    backfill_trainer: Annotated[
+        Literal["embedded", "external"],
+        typer.Option(help="PORTRAIT_TRAINER of the backfill (8): on the worker's event loop, or `portrait trainer`."),
+    ] = "embedded",
 ) -> None:
     """Throughput, latency, memory and read-API benchmark on embedded infrastructure (results in --out)."""
     from portrait_dev.bench import run
@@ -214,6 +218,7 @@ def bench(
         backfill_steps=backfill_steps,
         backfill_workers=backfill_workers,
         backfill_rfm=backfill_rfm,
+        backfill_trainer=backfill_trainer,
     )
     code = run(args)
     if code:

@@ -68,6 +68,10 @@ STORM_ANY_CONFLICTS = 15
 WALL_DUE_SLICE = 20  # users planned and written at once by the time-driven path in wall time (~10 ms)
 INGEST_FIRST_S = 1.0  # the longest a wall-time slice of it waits for a batch of events to finish
 MAX_REFRESHES_PER_TICK = 31  # event time, rfm_event_refresh "batches": RFM period starts a tick catches up
+# Event time: how long the final freshen waits for the trainer's checkpoint of the history. The
+# trainer publishes one within a timer tick of the input stopping; this covers its lease moving
+# to a standby (30 s) and a deployment with no trainer running, where the freshen goes on without.
+MODEL_WAIT_S = 45.0
 __all__ = ["BatchReport", "Processor"]
 # A batch, or a part of one applied on its own: its messages, valid events (event-time order) and dead letters.
 Part = tuple[list[Message], list[Valid], list[DeadLetter]]
@@ -129,6 +133,7 @@ class Processor:
         self.progress = InputProgress()  # how far each input partition was read (event-time watermark)
         self.rfm_refreshed_at = -math.inf  # event time: the last RFM refresh on the event-time cadence
         self._seen_mark = self._freshened = 0.0  # watermark at the last ``freshen`` call / freshening
+        self._model_wait: tuple[float, float] | None = None  # (mark, monotonic start) of a freshen's wait
         # Fresh (log start, end) offsets of every input partition, or None when the consumer cannot
         # tell yet; set by the worker's timers. Without it ``now`` trusts the stored CAUGHT flags.
         self.input_ends: Callable[[], Awaitable[Ends | None]] | None = None
@@ -569,7 +574,11 @@ class Processor:
         profiles lag the clock. When the watermark is the same as at the previous call, is past the
         last freshening and nothing is due up to it, every user is made due now (re-evaluated at
         the watermark by the time-driven path; no rule can fire there: nothing it reads changed).
-        Returns whether it did.
+        With models, it first waits (up to ``MODEL_WAIT_S``) for a checkpoint that has learned
+        every item written and every label resolved by then (``Store.models_cover``), so the
+        profiles end scored with the model that learned the history: the trainer learns behind
+        the writes, and a backfill that ended on an earlier checkpoint kept its churn bands until
+        each user's next evaluation. Returns whether it did.
         """
         s = self.settings
         if s.clock != "event" or s.time_steps != "needed":
@@ -578,10 +587,28 @@ class Processor:
         if not stable or mark <= self._freshened:
             return False
         count, _ = await self.retry("due_stats", self.store.due_stats, mark)
-        if count:
+        if count or not await self._models_cover(mark):
             return False
         await self.retry("mark_all_due", self.store.mark_all_due)
         self._freshened = mark
+        return True
+
+    async def _models_cover(self, mark: float) -> bool:
+        """Whether the profiles may be brought to ``mark`` now: no models, a checkpoint covering
+        it (``Store.models_cover``), or ``MODEL_WAIT_S`` of waiting for one (no trainer runs)."""
+        if self.scoring.models is None or await self.retry("models_cover", self.store.models_cover, mark):
+            return True
+        if self._model_wait is None or self._model_wait[0] != mark:
+            self._model_wait = (mark, time.monotonic())
+        if time.monotonic() - self._model_wait[1] < MODEL_WAIT_S:
+            return False
+        log.warning(
+            "no model checkpoint has learned what was written up to event time %.0f after %.0f s (is a trainer "
+            "running?); bringing the profiles to the clock with model v%d",
+            mark,
+            MODEL_WAIT_S,
+            self.scoring.version,
+        )
         return True
 
     async def observe_due(self) -> None:

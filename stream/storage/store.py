@@ -705,18 +705,27 @@ class Store:
         return ModelItems(items, positions, more=len(safe) > count or horizon is not None)
 
     async def publish_checkpoint(
-        self, raw: bytes, position: str, status: dict[str, Any], held: bytes | None = None
+        self,
+        raw: bytes,
+        position: str,
+        status: dict[str, Any],
+        held: bytes | None = None,
+        released: float = math.inf,
     ) -> int:
         """Store a checkpoint atomically with the stream position it covers and the items read up
         to it that the trainer holds, not learned yet (``held``, opaque bytes; None: none); drop
-        the items the position covers."""
+        the items the position covers. ``released``: the model has learned every churn example
+        read whose label resolved by this event time (``models_cover``; inf: every one read)."""
         pipe = self.client.pipeline(transaction=True)
         pipe.set(self.keys.model_checkpoint, raw)
         if held is None:
             pipe.delete(self.keys.model_held)
         else:
             pipe.set(self.keys.model_held, held)
-        pipe.hset(self.keys.model_meta, mapping={"position": position, "status": orjson.dumps(status)})
+        pipe.hset(
+            self.keys.model_meta,
+            mapping={"position": position, "status": orjson.dumps(status), "released": repr(released)},
+        )
         pipe.hincrby(self.keys.model_meta, "version", 1)
         replies = await pipe.execute()
         positions = _examples_position(position, self.keys.shards)
@@ -766,6 +775,18 @@ class Store:
             pipe.xrevrange(self.keys.model_examples(shard), count=1)
         heads = {s: decode_text(r[0][0]) for s, r in enumerate(await pipe.execute()) if r}
         return _position_text(heads) if heads else None
+
+    async def models_cover(self, at: float) -> bool:
+        """Whether the published model checkpoint has read every model item written so far and
+        learned every churn example whose label resolved by event time ``at`` (True when no item
+        was ever written)."""
+        head = await self.model_examples_head()
+        if head is None:
+            return True
+        position, released = await self.client.hmget(self.keys.model_meta, "position", "released")
+        if position is None or released is None:
+            return False
+        return float(released) >= at and position_covers(decode_text(position), head, self.keys.shards)
 
     async def model_examples_pending(self) -> int:
         pipe = self.client.pipeline(transaction=False)

@@ -14,8 +14,10 @@ import pytest
 from stream.metrics import Metrics
 from stream.models import Models, load_models_config
 from stream.models.features import feature_columns
+from stream.service.processor import Processor
 from stream.service.trainer import READ_BATCH, Trainer
 from stream.storage.store import Store
+from stream.tagging.definitions import load_catalogue
 from tests.integration.helpers import store_for
 
 pytestmark = pytest.mark.integration
@@ -150,3 +152,101 @@ def test_the_time_driven_path_records_how_far_every_due_user_is_evaluated(make_s
             await store.close()
 
     assert asyncio.run(run()) == [100.0, 120.0, 120.0, 250.0, 250.0]
+
+
+def _churn_item(x: dict[str, float], deadline_day: float, label: int, horizon: float) -> bytes:
+    return orjson.dumps({"kind": "churn", "x": x, "ts": deadline_day * DAY - horizon, "y": label})
+
+
+def test_when_the_event_clock_stands_still_the_trainer_publishes_what_a_freshen_waits_for(make_settings) -> None:
+    """When a backfill's input stops, the workers bring every profile to the clock
+    (``Processor.freshen``) once a checkpoint has read every item written and learned every
+    label resolved by then (``Store.models_cover``). The trainer publishes that checkpoint at its
+    first tick after the event clock stood still, not a wall interval later; before, a
+    5,000-customer backfill could end scored by a checkpoint that had learned 9,554 of its 37,229
+    examples, and the churn bands stayed so until each user's next evaluation."""
+    settings = make_settings()
+    config = load_models_config(None)
+    horizon = config.churn.horizon
+    x = dict.fromkeys(feature_columns(Models(config).churn_specs), 0.5)
+
+    async def run() -> list[tuple[str, bool, int]]:
+        store = store_for(settings)
+        seen: list[tuple[str, bool, int]] = []
+
+        async def note(when: str) -> None:
+            _, _, version = await store.model_checkpoint()
+            seen.append((when, await store.models_cover(60 * DAY), version))
+
+        try:
+            await note("nothing written")
+            pipe = store.client.pipeline(transaction=False)
+            for n, (day, label) in enumerate([(20.0, 1), (40.0, 0)]):
+                pipe.xadd(store.keys.model_examples(n % store.keys.shards), {"i": _churn_item(x, day, label, horizon)})
+            await pipe.execute()
+            await store.advance_clock(60 * DAY)  # the events applied reach day 60
+            await store.advance_timed(30 * DAY)  # the time-driven path day 30
+            # no wall interval falls due here: the first tick publishes on the event clock's move
+            trainer = Trainer(store, config, Metrics(), checkpoint_interval_s=3600.0, event_time=True)
+            assert await trainer.tick() == 1  # day 20; day 40 is held
+            await note("clock moved, drained to day 30")
+            await store.advance_timed(60 * DAY)  # the input stopped: drained up to the clock
+            assert await trainer.tick() == 1
+            await note("clock stood still, drained to day 60")
+            assert await trainer.tick() == 0
+            await note("nothing new")
+            await store.client.xadd(store.keys.model_examples(0), {"i": _churn_item(x, 50.0, 0, horizon)})
+            await note("an item written after the checkpoint")
+            return seen
+        finally:
+            await store.close()
+
+    assert asyncio.run(run()) == [
+        ("nothing written", True, 0),
+        ("clock moved, drained to day 30", False, 1),  # published, but learned up to day 30 only
+        ("clock stood still, drained to day 60", True, 2),
+        ("nothing new", True, 2),  # an idle tick with nothing to add publishes nothing
+        ("an item written after the checkpoint", False, 2),
+    ]
+
+
+def test_a_freshen_waits_for_the_checkpoint_of_the_history_and_goes_on_without_a_trainer(
+    make_settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Processor.freshen`` with models: while no checkpoint covers what was written it does not
+    mark every user due; once one does, it does; with no trainer it goes on after
+    ``MODEL_WAIT_S``."""
+    settings = make_settings(clock="event")
+    config = load_models_config(None)
+    horizon = config.churn.horizon
+    x = dict.fromkeys(feature_columns(Models(config).churn_specs), 0.5)
+
+    async def run() -> list[bool]:
+        store = store_for(settings)
+        try:
+            proc = Processor(settings, load_catalogue(), store, _no_letters, Metrics(), models=Models(config))
+            await store.client.xadd(store.keys.model_examples(0), {"i": _churn_item(x, 20.0, 1, horizon)})
+            await store.advance_clock(60 * DAY)
+            await store.advance_timed(60 * DAY)
+            mark = 60 * DAY
+            seen = [await proc.freshen(mark), await proc.freshen(mark)]  # the second sees a stable mark
+            trainer = Trainer(store, config, Metrics(), checkpoint_interval_s=3600.0, event_time=True)
+            await trainer.tick()
+            seen.append(await proc.freshen(mark))
+            seen.append(await proc.freshen(mark))  # done for this mark
+            # a second history, and no trainer any more
+            await store.client.xadd(store.keys.model_examples(1), {"i": _churn_item(x, 90.0, 0, horizon)})
+            later = 120 * DAY
+            await store.advance_clock(later)
+            seen += [await proc.freshen(later), await proc.freshen(later)]
+            monkeypatch.setattr("stream.service.processor.MODEL_WAIT_S", 0.0)
+            seen.append(await proc.freshen(later))
+            return seen
+        finally:
+            await store.close()
+
+    assert asyncio.run(run()) == [False, False, True, False, False, False, True]
+
+
+async def _no_letters(letters: list[object]) -> None:
+    assert not letters

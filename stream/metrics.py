@@ -46,6 +46,12 @@ class Metrics:
             "portrait_write_conflicts", "Batches retried because a user changed concurrently", registry=r
         )
         self.reevaluations = Counter("portrait_reevaluations", "Time-driven re-evaluations done", registry=r)
+        self.lead_wait = Counter(
+            "portrait_lead_wait_seconds",
+            "Event time: wall seconds batches waited for the time-driven path (PORTRAIT_EVENT_TIME_LEAD_S)",
+            ["outcome"],
+            registry=r,
+        )
         self.due_pending = Gauge("portrait_reevaluations_pending", "Users due for re-evaluation now", registry=r)
         self.freshness = Gauge(
             "portrait_tag_freshness_seconds", "Age of the oldest due re-evaluation (0 when none is late)", registry=r

@@ -254,6 +254,13 @@ class Settings(BaseSettings):
     # driver does (its RFM rule firings within 0.1-2.2 %; slower: docs/performance.md, "RFM
     # refreshes in step").
     rfm_event_refresh: Literal["tick", "batches"] = "tick"
+    # Event time: a batch whose last event is more than this far past what the time-driven path
+    # has evaluated (``clock:timed``) waits for it (up to 10 s of wall time), so the labels the
+    # trainer learns, the model the batches score with and the RFM thresholds the timer refreshes
+    # stay close behind the batches (the model lagged 130-250 days of event time in a backfill,
+    # 20-40 with 7 days). 0 (the default): no wait; 7 days cost 1.5x the wall time at 25,000
+    # customers (docs/performance.md, "Batches kept near the time-driven path").
+    event_time_lead_s: float = Field(default=0.0, ge=0)
     # Lifecycle memory: a user inactive this many whole days (after the day of their latest event)
     # is deleted; until then the profile keeps lifetime tags and monthly tiles (docs/tags.md).
     # At least the 90-day window of the daily tiles.

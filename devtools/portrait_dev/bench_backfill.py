@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from typing import Any
 
@@ -86,7 +87,9 @@ async def run_backfill(
         quiet_since: float | None = None
         cpu_first = cpu_quiet = trainer_first = trainer_quiet = 0.0
         last_reevaluations = -1
-        timeline: list[tuple[float, int, int, int, float]] = []  # (s, applied, re-evaluations, due, clock)
+        # (s, applied, re-evaluations, due, clock, how far the time-driven path has evaluated every
+        # due user, the last checkpoint's released time: the model's lag)
+        timeline: list[tuple[float, int, int, int, float, float, float | None]] = []
         deadline = time.monotonic() + bench.timeout
         while True:
             stats = await store.stats()
@@ -100,7 +103,10 @@ async def run_backfill(
             due, _ = await store.due_stats(clock)
             reevaluations = stats.get("reevaluations", 0)
             if first_at is not None and (not timeline or now - first_at - timeline[-1][0] >= 1.0):
-                timeline.append((now - first_at, applied, reevaluations, due, clock))
+                raw = await store.client.hget(store.keys.model_meta, "released")
+                released = float(raw) if raw and math.isfinite(float(raw)) else None  # JSON has no inf
+                _, timed = await store.timed()
+                timeline.append((now - first_at, applied, reevaluations, due, clock, timed, released))
             # and the profiles scored by the checkpoint that learned the history (the final freshen waits for it)
             settled = applied >= len(payloads) and due == 0 and await store.models_cover(clock)
             if settled and reevaluations == last_reevaluations:

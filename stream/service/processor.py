@@ -72,6 +72,7 @@ MAX_REFRESHES_PER_TICK = 31  # event time, rfm_event_refresh "batches": RFM peri
 # trainer publishes one within a timer tick of the input stopping; this covers its lease moving
 # to a standby (30 s) and a deployment with no trainer running, where the freshen goes on without.
 MODEL_WAIT_S = 45.0
+LEAD_WAIT_S = 10.0  # event time: the longest a batch waits for the time-driven path (``event_time_lead_s``)
 __all__ = ["BatchReport", "Processor"]
 # A batch, or a part of one applied on its own: its messages, valid events (event-time order) and dead letters.
 Part = tuple[list[Message], list[Valid], list[DeadLetter]]
@@ -134,6 +135,10 @@ class Processor:
         self.rfm_refreshed_at = -math.inf  # event time: the last RFM refresh on the event-time cadence
         self._seen_mark = self._freshened = 0.0  # watermark at the last ``freshen`` call / freshening
         self._model_wait: tuple[float, float] | None = None  # (mark, monotonic start) of a freshen's wait
+        # event time: the highest watermark ``now`` gave and how far the time-driven path has
+        # evaluated every due user (``Store.advance_timed``); a batch far ahead waits (``_keep_lead``)
+        self._mark_seen = self._timed = -math.inf
+        self._drained = asyncio.Event()
         # Fresh (log start, end) offsets of every input partition, or None when the consumer cannot
         # tell yet; set by the worker's timers. Without it ``now`` trusts the stored CAUGHT flags.
         self.input_ends: Callable[[], Awaitable[Ends | None]] | None = None
@@ -177,6 +182,8 @@ class Processor:
         try:
             received = time.perf_counter()
             part: Part = (messages, *self._intake(messages))
+            if self.settings.clock == "event" and part[1]:
+                await self._keep_lead(max(v.event.epoch for v in part[1]))
             if self.settings.clock == "wall" or self.settings.rfm_event_refresh != "batches":
                 return await self._process(part, highwaters, received)
             report = BatchReport()
@@ -247,9 +254,35 @@ class Processor:
         for _ in range(100):
             written = await self.reevaluate_due(mark)
             if mark is not None:
-                await self.retry("clock", self.store.advance_timed, mark)
+                self._timed = await self.retry("clock", self.store.advance_timed, mark)
+                self._drained.set()
             if written == 0:
                 break
+
+    async def _keep_lead(self, last: float) -> None:
+        """Event time: hold a batch whose last event is more than ``event_time_lead_s`` past how
+        far the time-driven path has evaluated every due user, until it is not or that path has
+        drained up to the latest watermark (waiting longer gains nothing: the watermark moves
+        with the batches), for at most ``LEAD_WAIT_S``. The batches share the loop with that path
+        and ran months ahead of it; the trainer learns a label only once that path has passed its
+        deadline, so the batches scored with a model that had learned nothing of those months
+        (``event_time_lead_s``; 0: no wait). A processor whose ``drain_due`` never ran (the
+        offline driver drains after every batch itself) never waits."""
+        lead = self.settings.event_time_lead_s
+        if not lead or self._timed == -math.inf:
+            return
+        began = time.monotonic()
+        outcome = "caught_up"
+        while self._timed < last - lead and self._timed < self._mark_seen:
+            remaining = began + LEAD_WAIT_S - time.monotonic()
+            if remaining <= 0:
+                outcome = "timed_out"
+                break
+            self._drained.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), remaining)
+        if (waited := time.monotonic() - began) > 0.001:
+            self.metrics.lead_wait.labels(outcome).inc(waited)
 
     async def refresh_rfm_at(self, at: float, settled: bool = False) -> None:
         """Refresh the RFM thresholds at event time ``at`` (users whose scores move are made due).
@@ -444,7 +477,9 @@ class Processor:
         clock, parts = await self.retry("clock", self.store.progress)
         self.event_clock = max(self.event_clock, clock)
         if self.input_ends is None:
-            return watermark(clock, parts)
+            mark = watermark(clock, parts)
+            self._mark_seen = max(self._mark_seen, mark)
+            return mark
         try:
             ends = await self.input_ends()  # fetched after the clock and progress were read
         except Exception as exc:  # the broker is away: the last exact watermark stays safe
@@ -454,6 +489,7 @@ class Processor:
             return self._exact_mark or 0.0
         mark = watermark(clock, parts, None, ends)
         self._exact_mark = mark if self._exact_mark is None else max(self._exact_mark, mark)
+        self._mark_seen = max(self._mark_seen, self._exact_mark)
         return self._exact_mark
 
     def _settled(self, flagged: float) -> float:

@@ -231,3 +231,53 @@ def test_a_time_driven_write_that_conflicts_on_one_shard_writes_the_others_once_
     assert after[other] == before[other] + 1  # written once
     assert after[neighbour] == before[neighbour] + 1  # re-read and written in the same claim
     assert after[raced] == before[raced] + 2  # the batch's write, then the claim's
+
+
+def test_a_batch_far_ahead_of_the_time_driven_path_waits_for_it(make_settings, monkeypatch) -> None:
+    """``PORTRAIT_EVENT_TIME_LEAD_S``: in a backfill the batches ran 130-250 days of event time
+    ahead of the time-driven path, and the trainer, which learns a label once that path has passed
+    its deadline, left the batches scoring with a model months behind them. A batch whose last
+    event is more than the lead past how far that path has evaluated every due user now waits
+    until it is not, or until that path has drained up to the latest watermark, or (a stuck path)
+    for at most ``LEAD_WAIT_S``. The waits are counted by outcome."""
+    orders = "transactions"
+    settings = make_settings(clock="event", event_time_lead_s=7 * 86400.0)
+    topic = f"{settings.topic_prefix}.{orders}"
+    part = f"{topic}/0"
+
+    async def run() -> list[object]:
+        store = store_for(settings)
+        try:
+            metrics = Metrics()
+            proc = Processor(settings, load_catalogue(), store, no_dead_letters, metrics)
+            waited = lambda outcome: metrics.lead_wait.labels(outcome)._value.get()  # noqa: E731
+            seen: list[object] = []
+
+            async def batch(offset: int, day: int) -> asyncio.Task[object]:
+                message = Message(topic, 0, offset, b"u", _order(offset, "u", day))
+                task = asyncio.create_task(proc.process([message], {part: offset + 1}))
+                await asyncio.sleep(0.3)
+                return task
+
+            first = await batch(0, 0)  # no drain yet: nothing to wait for
+            seen.append(first.done())
+            mark = await proc.now()  # the watermark moves to day 0
+            await proc.drain_due(mark)  # and the time-driven path evaluates up to it
+            await proc.process([Message(topic, 0, 1, b"u", _order(1, "u", 5))], {part: 2})  # within the lead
+            await proc.now()  # the watermark: day 5, not drained yet
+            ahead = await batch(2, 60)
+            seen.append(ahead.done())  # waits: 55 days past the drained day 0
+            await proc.drain_due(await proc.now())  # drained up to the watermark: nothing to gain
+            await asyncio.sleep(0.1)
+            seen += [ahead.done(), waited("caught_up") > 0.2, waited("timed_out")]
+            monkeypatch.setattr("stream.service.processor.LEAD_WAIT_S", 0.5)
+            await proc.now()  # the watermark: day 60, never drained: a stuck time-driven path
+            stuck = await batch(3, 120)
+            seen.append(stuck.done())
+            await asyncio.sleep(0.4)
+            seen += [stuck.done(), waited("timed_out") >= 0.5]
+            return seen
+        finally:
+            await store.close()
+
+    assert asyncio.run(run()) == [True, False, True, True, 0.0, False, True, True]

@@ -258,7 +258,7 @@ class Settings(BaseSettings):
     # has evaluated (``clock:timed``) waits for it (up to 10 s of wall time), so the labels the
     # trainer learns, the model the batches score with and the RFM thresholds the timer refreshes
     # stay close behind the batches (the model lagged 130-250 days of event time in a backfill,
-    # 20-40 with 7 days). 0 (the default): no wait; 7 days cost 1.5x the wall time at 25,000
+    # 20-40 with 7 days). 0 (the default): no wait; 7 days cost 1.4-1.5x the wall time at 25,000
     # customers (docs/performance.md, "Batches kept near the time-driven path").
     event_time_lead_s: float = Field(default=0.0, ge=0)
     # Lifecycle memory: a user inactive this many whole days (after the day of their latest event)

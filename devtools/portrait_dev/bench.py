@@ -588,10 +588,10 @@ class Bench:
         self.procs.append(proc)
         return proc
 
-    def start_worker(self, settings: Settings, log_name: str) -> subprocess.Popen[bytes]:
+    def start_worker(self, settings: Settings, log_name: str, command: str = "worker") -> subprocess.Popen[bytes]:
         from portrait_dev.harness import start_worker
 
-        proc = start_worker(settings, self.workdir / log_name)
+        proc = start_worker(settings, self.workdir / log_name, command)
         self.procs.append(proc)
         return proc
 

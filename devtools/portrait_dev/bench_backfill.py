@@ -55,7 +55,7 @@ async def run_backfill(
 ) -> dict[str, Any]:
     """Scenario (8) on ``bench`` (a ``portrait_dev.bench.Bench``: its services and processes)."""
     from portrait_dev import synth
-    from portrait_dev.harness import start_worker, stop_worker
+    from portrait_dev.harness import stop_worker
     from portrait_dev.infra import free_port
     from stream.contracts.topics import Topics
     from stream.kafka.admin import create_topics
@@ -74,8 +74,7 @@ async def run_backfill(
     trainers = []
     if trainer == "external":
         trainer_settings = settings.model_copy(update={"trainer_web_port": free_port()})
-        trainers.append(start_worker(trainer_settings, bench.workdir / "backfill-trainer.log", command="trainer"))
-        bench.procs.append(trainers[0])
+        trainers.append(bench.start_worker(trainer_settings, "backfill-trainer.log", command="trainer"))
 
     def cpu(of: list[Any] = procs) -> float:
         return sum(cpu_seconds(p.pid) for p in of)
@@ -99,13 +98,13 @@ async def run_backfill(
                 first_at, cpu_first, trainer_first = now, cpu(), cpu(trainers)
             if applied_at is None and applied >= len(payloads):
                 applied_at, cpu_applied = now, cpu()
-            clock = await store.clock() or 0.0
+            clock, timed = await store.timed()
             due, _ = await store.due_stats(clock)
             reevaluations = stats.get("reevaluations", 0)
             if first_at is not None and (not timeline or now - first_at - timeline[-1][0] >= 1.0):
-                raw = await store.client.hget(store.keys.model_meta, "released")
-                released = float(raw) if raw and math.isfinite(float(raw)) else None  # JSON has no inf
-                _, timed = await store.timed()
+                _, released = await store.model_coverage()
+                if released is not None and not math.isfinite(released):
+                    released = None  # JSON has no inf
                 timeline.append((now - first_at, applied, reevaluations, due, clock, timed, released))
             # and the profiles scored by the checkpoint that learned the history (the final freshen waits for it)
             settled = applied >= len(payloads) and due == 0 and await store.models_cover(clock)

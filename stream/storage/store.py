@@ -776,6 +776,12 @@ class Store:
         heads = {s: decode_text(r[0][0]) for s, r in enumerate(await pipe.execute()) if r}
         return _position_text(heads) if heads else None
 
+    async def model_coverage(self) -> tuple[str | None, float | None]:
+        """(stream position, ``released`` event time) of the published checkpoint
+        (``publish_checkpoint``); None for what is not stored."""
+        position, released = await self.client.hmget(self.keys.model_meta, "position", "released")
+        return decode_text(position) if position else None, float(released) if released else None
+
     async def models_cover(self, at: float) -> bool:
         """Whether the published model checkpoint has read every model item written so far and
         learned every churn example whose label resolved by event time ``at`` (True when no item
@@ -783,10 +789,10 @@ class Store:
         head = await self.model_examples_head()
         if head is None:
             return True
-        position, released = await self.client.hmget(self.keys.model_meta, "position", "released")
+        position, released = await self.model_coverage()
         if position is None or released is None:
             return False
-        return float(released) >= at and position_covers(decode_text(position), head, self.keys.shards)
+        return released >= at and position_covers(position, head, self.keys.shards)
 
     async def model_examples_pending(self) -> int:
         pipe = self.client.pipeline(transaction=False)

@@ -259,7 +259,8 @@ def test_a_batch_far_ahead_of_the_time_driven_path_waits_for_it(make_settings, m
                 await asyncio.sleep(0.3)
                 return task
 
-            first = await batch(0, 0)  # no drain yet: nothing to wait for
+            first = await batch(0, 0)  # no drain yet: nothing to wait for (not LEAD_WAIT_S)
+            await asyncio.wait_for(first, 5)
             seen.append(first.done())
             mark = await proc.now()  # the watermark moves to day 0
             await proc.drain_due(mark)  # and the time-driven path evaluates up to it
@@ -268,13 +269,13 @@ def test_a_batch_far_ahead_of_the_time_driven_path_waits_for_it(make_settings, m
             ahead = await batch(2, 60)
             seen.append(ahead.done())  # waits: 55 days past the drained day 0
             await proc.drain_due(await proc.now())  # drained up to the watermark: nothing to gain
-            await asyncio.sleep(0.1)
+            await asyncio.wait_for(ahead, 5)  # not LEAD_WAIT_S (10 s)
             seen += [ahead.done(), waited("caught_up") > 0.2, waited("timed_out")]
             monkeypatch.setattr("stream.service.processor.LEAD_WAIT_S", 0.5)
             await proc.now()  # the watermark: day 60, never drained: a stuck time-driven path
             stuck = await batch(3, 120)
             seen.append(stuck.done())
-            await asyncio.sleep(0.4)
+            await asyncio.wait_for(stuck, 5)  # goes on after LEAD_WAIT_S
             seen += [stuck.done(), waited("timed_out") >= 0.5]
             return seen
         finally:

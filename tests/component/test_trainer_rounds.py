@@ -18,7 +18,7 @@ from stream.service.processor import Processor
 from stream.service.trainer import READ_BATCH, Trainer
 from stream.storage.store import Store
 from stream.tagging.definitions import load_catalogue
-from tests.integration.helpers import store_for
+from tests.integration.helpers import no_dead_letters, store_for
 
 pytestmark = pytest.mark.integration
 
@@ -224,7 +224,7 @@ def test_a_freshen_waits_for_the_checkpoint_of_the_history_and_goes_on_without_a
     async def run() -> list[bool]:
         store = store_for(settings)
         try:
-            proc = Processor(settings, load_catalogue(), store, _no_letters, Metrics(), models=Models(config))
+            proc = Processor(settings, load_catalogue(), store, no_dead_letters, Metrics(), models=Models(config))
             await store.client.xadd(store.keys.model_examples(0), {"i": _churn_item(x, 20.0, 1, horizon)})
             await store.advance_clock(60 * DAY)
             await store.advance_timed(60 * DAY)
@@ -246,7 +246,3 @@ def test_a_freshen_waits_for_the_checkpoint_of_the_history_and_goes_on_without_a
             await store.close()
 
     assert asyncio.run(run()) == [False, False, True, False, False, False, True]
-
-
-async def _no_letters(letters: list[object]) -> None:
-    assert not letters
